@@ -1,0 +1,80 @@
+# tarea: `make run` serves it, `make test` tests it, on a fresh Debian/Ubuntu.
+# Everything missing (virtualenv, Docker engine, base image, task image) is set
+# up on the way, saying so.
+
+PYTHON     ?= python3
+VENV       ?= .venv
+BASE_IMAGE ?= python:3.12-slim
+COMPOSE    ?= $(shell docker compose version >/dev/null 2>&1 && echo "docker compose" || echo docker-compose)
+BIN        := $(VENV)/bin
+SERVER_URL ?= http://127.0.0.1:8000
+
+.DEFAULT_GOAL := help
+.PHONY: help run test check bench venv engine base_image wheels \
+        build_server_image build_server_tasks_image up_server down_server \
+        restart_server test_docker clean
+
+help:  ## list the targets
+	@grep -E '^[a-z_]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-26s %s\n", $$1, $$2}'
+
+venv: $(VENV)/.installed  ## the virtualenv with tarea and its dev tools
+$(VENV)/.installed: pyproject.toml
+	@$(PYTHON) -m venv $(VENV) 2>/dev/null || { \
+	  echo "tarea: python3-venv is missing; installing it (apt-get)..." >&2; \
+	  apt-get install -y -qq python3-venv >/dev/null && $(PYTHON) -m venv $(VENV); }
+	$(BIN)/pip install -q -U pip
+	$(BIN)/pip install -q -e '.[dev]'
+	@touch $@
+
+engine:  ## a Docker engine that answers (installs and starts one if root on Debian)
+	@scripts/ensure-docker.sh
+
+base_image: engine  ## the base image, or a local one built from Debian packages
+	@scripts/ensure-base-image.sh "$(BASE_IMAGE)" >/dev/null
+
+build_server_tasks_image: engine  ## the standard task image, as tasks_image and task_service
+	@base=$$(scripts/ensure-base-image.sh "$(BASE_IMAGE)") && \
+	docker build -q -f images/tasks/Dockerfile --build-arg BASE_IMAGE="$$base" \
+	  -t tasks_image:latest -t task_service:latest . >/dev/null && \
+	echo "tarea: built tasks_image:latest = task_service:latest (FROM $$base)"
+
+build_server_image: engine venv  ## the server image (offline: from wheels built here)
+	@base=$$(scripts/ensure-base-image.sh "$(BASE_IMAGE)") && offline=0 && \
+	rm -rf build/wheels && mkdir -p build/wheels && \
+	case "$$base" in tarea-base:*) offline=1; \
+	  echo "tarea: building wheels on the host for an offline image build..."; \
+	  $(BIN)/pip wheel -q --wheel-dir build/wheels '.[postgres]';; esac && \
+	docker build -q -f docker/server.Dockerfile --build-arg BASE_IMAGE="$$base" \
+	  --build-arg PIP_OFFLINE=$$offline -t tarea_server:latest . >/dev/null && \
+	echo "tarea: built tarea_server:latest (FROM $$base)"
+
+run: venv build_server_tasks_image  ## serve tarea on TAREA_HOST:TAREA_PORT (127.0.0.1:8000)
+	@mkdir -p var
+	$(BIN)/tarea
+
+test: venv build_server_tasks_image  ## the whole test suite, on the real Docker engine
+	$(BIN)/pytest
+
+check: venv  ## ruff and mypy --strict
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+up_server: build_server_image build_server_tasks_image  ## the server in a container, port 8000
+	@docker network inspect app_network >/dev/null 2>&1 || \
+	  docker network create --internal app_network >/dev/null
+	$(COMPOSE) up -d
+	@for i in $$(seq 1 60); do \
+	  curl -fsS $(SERVER_URL)/healthz >/dev/null 2>&1 && { echo "tarea: server up at $(SERVER_URL)"; exit 0; }; \
+	  sleep 0.5; done; echo "tarea: server did not answer" >&2; $(COMPOSE) logs; exit 1
+
+down_server:  ## stop the server container
+	$(COMPOSE) down
+
+restart_server: down_server up_server  ## stop, rebuild and start the server container
+
+test_docker: up_server venv  ## the seed's test cases against the server in its container
+	TAREA_TEST_URL=$(SERVER_URL) $(BIN)/pytest tests/integration/test_seed_contract.py -p no:cacheprovider
+
+clean:  ## remove the virtualenv, build output and local data
+	rm -rf $(VENV) build var .mypy_cache .pytest_cache .ruff_cache

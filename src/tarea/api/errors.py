@@ -1,0 +1,105 @@
+"""API errors as RFC 9457 problem details, each with a stable ``code``.
+
+Every error the API answers has ``Content-Type: application/problem+json`` and
+the body ``{"type", "title", "status", "detail", "code", ...}``. No traceback
+ever reaches a client: an unexpected exception is logged and answered 500
+``internal_error``.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from tarea.errors import EngineUnavailable, InvalidRequest
+
+log = logging.getLogger(__name__)
+
+PROBLEM_JSON = "application/problem+json"
+
+#: HTTP status of each failure code when it is answered as an API error.
+STATUS_OF_CODE: dict[str, int] = {
+    "invalid_request": 422,
+    "invalid_image_reference": 422,
+    "validation_error": 422,
+    "unsupported_image": 422,
+    "image_not_found": 404,
+    "image_pull_failed": 424,
+    "image_not_allowed": 403,
+    "engine_unavailable": 503,
+    "not_found": 404,
+    "internal_error": 500,
+}
+
+
+class ProblemError(Exception):
+    """Raise from a route to answer a problem document."""
+
+    def __init__(self, code: str, detail: str, *, status: int | None = None, **extra: Any) -> None:
+        super().__init__(detail)
+        self.code = code
+        self.detail = detail
+        self.status = status or STATUS_OF_CODE.get(code, 400)
+        self.extra = extra
+
+
+def problem(status: int, code: str, detail: str, **extra: Any) -> JSONResponse:
+    """A problem+json response."""
+    body = {
+        "type": f"urn:tarea:problem:{code}",
+        "title": code.replace("_", " ").capitalize(),
+        "status": status,
+        "detail": detail,
+        "code": code,
+        **extra,
+    }
+    return JSONResponse(body, status_code=status, media_type=PROBLEM_JSON)
+
+
+def _describe(errors: list[Any]) -> str:
+    parts = []
+    for err in errors[:5]:
+        loc = ".".join(str(p) for p in err.get("loc", ()) if p != "body")
+        parts.append(f"{loc or 'body'}: {err.get('msg', 'invalid')}")
+    return "; ".join(parts)
+
+
+def install(app: FastAPI) -> None:
+    """Register the handlers that turn every error into a problem document."""
+
+    @app.exception_handler(ProblemError)
+    async def _problem(_: Request, exc: ProblemError) -> JSONResponse:
+        return problem(exc.status, exc.code, exc.detail, **exc.extra)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = [
+            {"loc": list(e.get("loc", ())), "msg": e.get("msg"), "type": e.get("type")}
+            for e in exc.errors()
+        ]
+        return problem(422, "validation_error", _describe(errors), errors=errors)
+
+    @app.exception_handler(InvalidRequest)
+    async def _invalid(_: Request, exc: InvalidRequest) -> JSONResponse:
+        extra = {"field": exc.field} if exc.field else {}
+        return problem(422, exc.code, exc.message, **extra)
+
+    @app.exception_handler(EngineUnavailable)
+    async def _engine(_: Request, exc: EngineUnavailable) -> JSONResponse:
+        log.warning("engine unavailable: %s", exc.message)
+        return problem(503, exc.code, "the Docker engine does not answer; try again later")
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = "not_found" if exc.status_code == 404 else f"http_{exc.status_code}"
+        return problem(exc.status_code, code, str(exc.detail))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return problem(500, "internal_error", "an unexpected error occurred; it was logged")

@@ -1,0 +1,26 @@
+"""Liveness and readiness."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from tarea.api.deps import EngineDep
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/healthz", summary="Liveness: the server process answers")
+async def healthz() -> dict[str, str]:
+    """Always 200 while the process serves requests."""
+    return {"status": "ok"}
+
+
+@router.get(
+    "/readyz",
+    summary="Readiness: the Docker engine answers",
+    responses={503: {"description": "The Docker engine does not answer."}},
+)
+async def readyz(engine: EngineDep) -> dict[str, str]:
+    """200 when the Docker engine answers, 503 otherwise."""
+    await engine.docker.ping()
+    return {"status": "ready"}

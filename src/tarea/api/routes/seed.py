@@ -1,0 +1,131 @@
+"""The seed's endpoint, ``POST /getRemoteTask/``, with its contract unchanged.
+
+Its users already have scripts for it (DESIGN §1): Spanish field names,
+``200 {"resultado": ..}`` on success, ``200 {"error": "Operación no soportada"}``
+for an unknown operation, 422 for a missing field. tarea adds what the seed did
+not have: a clear 4xx for a bad or missing image and 503 when the engine is down.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from typing import Any
+
+from fastapi import APIRouter
+from pydantic import BaseModel, ConfigDict, Field
+
+from tarea.api.deps import EngineDep, SettingsDep
+from tarea.api.errors import STATUS_OF_CODE, ProblemError
+from tarea.domain.task import Limits, RegistryAuth, TaskSpec
+from tarea.settings import Settings
+
+router = APIRouter(tags=["seed"])
+
+#: The seed's answer for an operation the image does not offer (exact text).
+UNSUPPORTED = "Operación no soportada"
+
+
+class SeedCredentials(BaseModel):
+    """Registry credentials for pulling the image; never logged or stored."""
+
+    usuario: str = Field(description="Registry user name.")
+    password: str = Field(description="Registry password, base64-encoded.")
+
+
+class SeedTaskRequest(BaseModel):
+    """The seed's request body, field for field."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "imagen_docker": "tasks_image:latest",
+                    "calculo": "suma",
+                    "parametros": {"a": 10, "b": 20, "c": 5},
+                    "datos_adicionales": None,
+                    "credenciales": None,
+                }
+            ]
+        }
+    )
+
+    imagen_docker: str = Field(description="The task image, e.g. tasks_image:latest.")
+    calculo: str = Field(description="The operation (function) to run, e.g. suma.")
+    parametros: dict[str, Any] = Field(description="The operation's parameters.")
+    datos_adicionales: dict[str, Any] | None = Field(
+        None, description="Extra data, accepted and kept with the task's record."
+    )
+    credenciales: SeedCredentials | None = Field(
+        None, description="Registry credentials for the pull."
+    )
+
+
+class SeedTaskResult(BaseModel):
+    """``{"resultado": ..}`` on success, or ``{"error": ..}`` when the task failed."""
+
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"resultado": 35}, {"error": UNSUPPORTED}]}
+    )
+
+    resultado: Any = None
+    error: str | None = None
+
+
+def default_limits(settings: Settings) -> Limits:
+    """The server's default limits."""
+    return Limits(
+        timeout_s=settings.timeout_s,
+        memory_mb=settings.memory_mb,
+        cpus=settings.cpus,
+        pids=settings.pids,
+        output_kb=settings.output_kb,
+    )
+
+
+def _auth(credentials: SeedCredentials | None) -> RegistryAuth | None:
+    if credentials is None:
+        return None
+    try:
+        password = base64.b64decode(credentials.password, validate=True).decode()
+    except (binascii.Error, UnicodeDecodeError):
+        raise ProblemError(
+            "validation_error",
+            "credenciales.password must be base64-encoded",
+            status=422,
+            field="credenciales.password",
+        ) from None
+    return RegistryAuth(username=credentials.usuario, password=password)
+
+
+@router.post(
+    "/getRemoteTask/",
+    response_model=SeedTaskResult,
+    response_model_exclude_none=True,
+    summary="Run one task and answer its result (the seed's endpoint)",
+    responses={
+        404: {"description": "The image is neither local nor pullable."},
+        422: {"description": "A required field is missing, or the image name is invalid."},
+        503: {"description": "The Docker engine does not answer."},
+    },
+)
+async def get_remote_task(
+    body: SeedTaskRequest, engine: EngineDep, settings: SettingsDep
+) -> dict[str, Any]:
+    """Run ``calculo`` with ``parametros`` in a container of ``imagen_docker``."""
+    spec = TaskSpec(
+        image=body.imagen_docker,
+        function=body.calculo,
+        params=body.parametros,
+        limits=default_limits(settings),
+        auth=_auth(body.credenciales),
+    )
+    outcome = await engine.run(spec)
+    if outcome.error is None:
+        return {"resultado": outcome.result}
+    error = outcome.error
+    if error.code in STATUS_OF_CODE:  # the image, not the task, is at fault
+        raise ProblemError(error.code, error.message, image=body.imagen_docker)
+    if error.code == "unknown_function":
+        return {"error": UNSUPPORTED}
+    return {"error": error.message}

@@ -1,0 +1,1 @@
+"""Pure domain objects: no I/O, no third-party services."""

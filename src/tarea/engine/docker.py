@@ -1,0 +1,386 @@
+"""The Docker Engine boundary: the only module that imports docker.
+
+:class:`DockerEngine` wraps docker-py's low-level ``APIClient`` with async
+methods (each blocking call runs in a dedicated thread pool, never on the event
+loop) and converts docker-py and requests errors into tarea's own
+(:mod:`tarea.errors`): an engine that does not answer is
+:class:`~tarea.errors.EngineUnavailable`, a missing image is
+:class:`~tarea.errors.ImageNotFound`, and so on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import math
+import socket
+import threading
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import docker
+import docker.errors
+import docker.types
+import docker.utils
+import requests.exceptions
+
+from tarea.domain.images import ImageReference
+from tarea.domain.task import RegistryAuth
+from tarea.engine.sandbox import ContainerConfig
+from tarea.errors import (
+    EngineUnavailable,
+    ImageNotFound,
+    ImagePullFailed,
+    TareaError,
+    TaskFailure,
+)
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+# Registry answers that mean "there is no such image for you", as opposed to
+# "the registry could not be reached or failed".
+_NOT_FOUND_HINTS = ("not found", "manifest unknown", "pull access denied", "does not exist")
+
+
+@dataclass(frozen=True, slots=True)
+class ImageInfo:
+    """What tarea needs to know of a local image."""
+
+    id: str
+    user: str
+    labels: dict[str, str]
+    exposed_ports: frozenset[str]
+
+
+@dataclass(frozen=True, slots=True)
+class ContainerState:
+    """The end state of a container, from inspect."""
+
+    exit_code: int | None
+    oom_killed: bool
+    running: bool
+
+
+@dataclass(slots=True)
+class AttachedStdio:
+    """A hijacked connection to a container's stdin, stdout and stderr.
+
+    ``sock`` is the raw socket (Docker's multiplexed stream when no TTY);
+    ``keepalive`` holds docker-py's wrapper so nothing closes it under us.
+    """
+
+    sock: socket.socket
+    keepalive: Any
+
+
+@contextlib.contextmanager
+def _engine_errors() -> Iterator[None]:
+    """Convert transport failures into :class:`EngineUnavailable`."""
+    try:
+        yield
+    except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as exc:
+        raise EngineUnavailable(f"the Docker engine does not answer: {exc}") from exc
+    except docker.errors.DockerException as exc:
+        if isinstance(exc, docker.errors.APIError):
+            raise
+        raise EngineUnavailable(f"the Docker engine does not answer: {exc}") from exc
+
+
+class DockerEngine:
+    """Async access to one Docker engine.
+
+    Args:
+        base_url: the engine's URL; None reads ``DOCKER_HOST`` or uses the
+            local socket.
+        max_workers: threads for blocking docker-py calls (and HTTP
+            connections kept to the engine).
+    """
+
+    def __init__(self, base_url: str | None = None, *, max_workers: int = 32) -> None:
+        self._base_url = base_url
+        self._max_workers = max_workers
+        self._client: docker.APIClient | None = None
+        self._lock = threading.Lock()
+        self._pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="docker")
+
+    # -- plumbing -------------------------------------------------------------
+
+    def _api(self) -> docker.APIClient:
+        """The API client, made on first use so a server starts without an engine."""
+        with self._lock:
+            if self._client is None:
+                kwargs: dict[str, Any] = dict(docker.utils.kwargs_from_env())
+                if self._base_url:
+                    kwargs["base_url"] = self._base_url
+                with _engine_errors():
+                    self._client = docker.APIClient(
+                        version="auto", max_pool_size=self._max_workers, **kwargs
+                    )
+            return self._client
+
+    async def _call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._pool, functools.partial(fn, *args, **kwargs))
+
+    def close(self) -> None:
+        """Release the thread pool and HTTP connections."""
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        if self._client is not None:
+            self._client.close()
+
+    # -- engine ---------------------------------------------------------------
+
+    async def ping(self) -> None:
+        """Check that the engine answers.
+
+        Raises:
+            EngineUnavailable: it does not.
+        """
+
+        def ping() -> None:
+            with _engine_errors():
+                self._api().ping()
+
+        await self._call(ping)
+
+    # -- images ---------------------------------------------------------------
+
+    async def inspect_image(self, ref: str) -> ImageInfo | None:
+        """The local image ``ref``, or None when the engine does not have it."""
+
+        def inspect() -> ImageInfo | None:
+            with _engine_errors():
+                try:
+                    data = self._api().inspect_image(ref)  # type: ignore[no-untyped-call]
+                except docker.errors.ImageNotFound:
+                    return None
+                except docker.errors.NotFound:
+                    return None
+            config = data.get("Config") or {}
+            return ImageInfo(
+                id=data["Id"],
+                user=config.get("User") or "",
+                labels=dict(config.get("Labels") or {}),
+                exposed_ports=frozenset((config.get("ExposedPorts") or {}).keys()),
+            )
+
+        return await self._call(inspect)
+
+    async def pull(self, ref: ImageReference, auth: RegistryAuth | None) -> None:
+        """Pull ``ref`` from its registry, with per-request credentials if given.
+
+        Raises:
+            ImageNotFound: the registry says there is no such image (or denies it).
+            ImagePullFailed: the registry could not be reached or failed.
+        """
+        auth_config = (
+            None if auth is None else {"username": auth.username, "password": auth.password}
+        )
+
+        def pull() -> None:
+            with _engine_errors():
+                try:
+                    for event in self._api().pull(
+                        ref.name,
+                        tag=ref.pull_tag,
+                        auth_config=auth_config,
+                        stream=True,
+                        decode=True,
+                    ):
+                        if "error" in event:
+                            raise _pull_error(ref, str(event["error"]))
+                except docker.errors.APIError as exc:
+                    raise _pull_error(ref, str(exc.explanation or exc)) from None
+
+        await self._call(pull)
+
+    # -- containers -----------------------------------------------------------
+
+    async def create(self, config: ContainerConfig) -> str:
+        """Create (not start) a container; returns its ID."""
+
+        def create() -> str:
+            api = self._api()
+            host_config = api.create_host_config(
+                network_mode=config.network,
+                read_only=config.read_only,
+                tmpfs=config.tmpfs,
+                cap_drop=config.cap_drop,
+                security_opt=config.security_opt,
+                pids_limit=config.pids_limit,
+                mem_limit=config.mem_limit_bytes,
+                memswap_limit=config.memswap_limit_bytes,
+                nano_cpus=config.nano_cpus,
+                ulimits=[
+                    docker.types.Ulimit(name="nofile", soft=config.nofile, hard=config.nofile)
+                ],
+                privileged=False,
+            )
+            with _engine_errors():
+                try:
+                    created = api.create_container(
+                        image=config.image,
+                        user=config.user,
+                        labels=config.labels,
+                        stdin_open=config.stdin_open,
+                        tty=False,
+                        environment=config.environment,
+                        host_config=host_config,
+                    )
+                except docker.errors.ImageNotFound as exc:
+                    raise ImageNotFound(
+                        f"image {config.image!r} disappeared before its container started",
+                        data={"image": config.image},
+                    ) from exc
+                except docker.errors.APIError as exc:
+                    raise TaskFailure(
+                        f"the engine refused to create a container of {config.image!r}: "
+                        f"{exc.explanation or exc}"
+                    ) from exc
+            return str(created["Id"])
+
+        return await self._call(create)
+
+    async def attach_stdio(self, container_id: str) -> AttachedStdio:
+        """Hijack the container's stdio; call before ``start`` so no output is lost."""
+
+        def attach() -> AttachedStdio:
+            with _engine_errors():
+                wrapper = self._api().attach_socket(
+                    container_id, params={"stdin": 1, "stdout": 1, "stderr": 1, "stream": 1}
+                )
+            raw = wrapper if isinstance(wrapper, socket.socket) else wrapper._sock
+            return AttachedStdio(sock=raw, keepalive=wrapper)
+
+        return await self._call(attach)
+
+    async def start(self, container_id: str) -> None:
+        """Start a created container."""
+
+        def start() -> None:
+            with _engine_errors():
+                try:
+                    self._api().start(container_id)
+                except docker.errors.APIError as exc:
+                    raise TaskFailure(
+                        f"the engine could not start the task container: {exc.explanation or exc}"
+                    ) from exc
+
+        await self._call(start)
+
+    async def container_address(self, container_id: str, network: str) -> str:
+        """The container's IP address on ``network``."""
+
+        def address() -> str:
+            with _engine_errors():
+                data = self._api().inspect_container(container_id)
+            networks = data.get("NetworkSettings", {}).get("Networks") or {}
+            ip = (networks.get(network) or {}).get("IPAddress")
+            if not ip:
+                raise TaskFailure(f"the task container has no address on network {network!r}")
+            return str(ip)
+
+        return await self._call(address)
+
+    async def state(self, container_id: str) -> ContainerState:
+        """The container's exit code (None while running) and whether it was OOM-killed."""
+
+        def state() -> ContainerState:
+            with _engine_errors():
+                data = self._api().inspect_container(container_id)
+            st = data.get("State") or {}
+            running = bool(st.get("Running"))
+            return ContainerState(
+                exit_code=None if running else st.get("ExitCode"),
+                oom_killed=bool(st.get("OOMKilled")),
+                running=running,
+            )
+
+        return await self._call(state)
+
+    async def wait(self, container_id: str, timeout_s: float) -> int | None:
+        """Wait for the container to exit; its exit code, or None on timeout."""
+
+        def wait() -> int | None:
+            try:
+                with _engine_errors():
+                    result = self._api().wait(container_id, timeout=math.ceil(timeout_s))
+            except EngineUnavailable as exc:
+                # docker-py's wait() raises requests' timeout directly.
+                if isinstance(
+                    exc.__cause__, requests.exceptions.Timeout | requests.exceptions.ConnectionError
+                ):
+                    return None
+                raise
+            return int(result.get("StatusCode", -1))
+
+        return await self._call(wait)
+
+    async def remove(self, container_id: str) -> None:
+        """Kill and remove the container; a container already gone is fine."""
+
+        def remove() -> None:
+            with _engine_errors(), contextlib.suppress(docker.errors.NotFound):
+                self._api().remove_container(container_id, force=True)
+
+        await self._call(remove)
+
+    async def remove_labelled(self, labels: dict[str, str]) -> list[str]:
+        """Kill and remove every container carrying all ``labels``; their IDs."""
+
+        def remove_all() -> list[str]:
+            filters = {"label": [f"{k}={v}" for k, v in labels.items()]}
+            with _engine_errors():
+                found = self._api().containers(all=True, quiet=True, filters=filters)
+                ids = [str(c["Id"]) for c in found]
+                for cid in ids:
+                    with contextlib.suppress(docker.errors.NotFound):
+                        self._api().remove_container(cid, force=True)
+            return ids
+
+        return await self._call(remove_all)
+
+    # -- networks ---------------------------------------------------------------
+
+    async def ensure_network(self, name: str, *, internal: bool) -> None:
+        """Create the bridge network ``name`` unless it exists (as it is, if so)."""
+
+        def ensure() -> None:
+            with _engine_errors():
+                api = self._api()
+                if api.networks(names=[name]):
+                    return
+                try:
+                    api.create_network(
+                        name,
+                        driver="bridge",
+                        internal=internal,
+                        labels={"io.tarea.managed": "true"},
+                        check_duplicate=True,
+                    )
+                except docker.errors.APIError as exc:
+                    if exc.status_code != 409:
+                        raise TareaError(f"cannot create network {name!r}: {exc}") from exc
+
+        await self._call(ensure)
+
+
+def _pull_error(ref: ImageReference, reason: str) -> TaskFailure:
+    """Classify a failed pull: no such image, or a registry that failed."""
+    image = str(ref)
+    data = {"image": image, "reason": reason}
+    if any(hint in reason.lower() for hint in _NOT_FOUND_HINTS):
+        return ImageNotFound(
+            f"image {image!r} is not present locally and the registry has no such image",
+            data=data,
+        )
+    return ImagePullFailed(
+        f"image {image!r} is not present locally and could not be pulled: {reason}",
+        data=data,
+    )

@@ -1,0 +1,56 @@
+"""Making sure an image is there, and knowing which protocol it speaks."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tarea.domain.images import parse_reference
+from tarea.domain.task import PROTOCOL_LABEL, SEED_PORT, Protocol, RegistryAuth
+from tarea.engine.docker import DockerEngine, ImageInfo
+from tarea.errors import ImageNotFound, UnsupportedImage
+
+
+@dataclass(frozen=True, slots=True)
+class ResolvedImage:
+    """A local image, ready to start containers from."""
+
+    reference: str
+    info: ImageInfo
+    protocol: Protocol
+
+
+def detect_protocol(reference: str, info: ImageInfo) -> Protocol:
+    """The protocol an image speaks: tarea's label first, then the seed's port.
+
+    Raises:
+        UnsupportedImage: the image has neither.
+    """
+    label = info.labels.get(PROTOCOL_LABEL)
+    if label == Protocol.JSONRPC_STDIO.value:
+        return Protocol.JSONRPC_STDIO
+    if label is None and SEED_PORT in info.exposed_ports:
+        return Protocol.SEED_HTTP
+    raise UnsupportedImage(
+        f"image {reference!r} speaks no protocol tarea knows: it carries no "
+        f"{PROTOCOL_LABEL}={Protocol.JSONRPC_STDIO.value} label and exposes no {SEED_PORT}",
+        data={"image": reference, "label": label},
+    )
+
+
+async def resolve(docker: DockerEngine, text: str, auth: RegistryAuth | None) -> ResolvedImage:
+    """Validate ``text``, pull it if it is not local, and detect its protocol.
+
+    Raises:
+        InvalidImageReference: ``text`` is not a valid reference.
+        ImageNotFound, ImagePullFailed: not local, and the pull failed.
+        UnsupportedImage: see :func:`detect_protocol`.
+        EngineUnavailable: the engine does not answer.
+    """
+    ref = parse_reference(text)
+    info = await docker.inspect_image(str(ref))
+    if info is None:
+        await docker.pull(ref, auth)
+        info = await docker.inspect_image(str(ref))
+        if info is None:  # pulled something else than asked (a registry quirk)
+            raise ImageNotFound(f"image {text!r} is still missing after a pull")
+    return ResolvedImage(reference=str(ref), info=info, protocol=detect_protocol(text, info))

@@ -1,0 +1,1 @@
+"""How tarea talks to task containers: JSON-RPC over stdio, or the seed's HTTP."""

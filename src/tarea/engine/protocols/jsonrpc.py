@@ -1,0 +1,289 @@
+"""tarea's task protocol: JSON-RPC 2.0, one message a line, over attached stdio.
+
+A :class:`JsonRpcChannel` owns the hijacked connection to one container
+(Docker's multiplexed stream: an 8-byte header per frame naming stdout or
+stderr). A reader task demultiplexes it: stdout lines are protocol messages,
+stderr is kept as the task's logs, capped to its tail. One call at a time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import socket
+from collections.abc import Callable
+from typing import Any
+
+from tarea.errors import (
+    ContainerCrashed,
+    OutputTooLarge,
+    ProtocolViolation,
+    RemoteTaskError,
+    TaskFailure,
+    TaskTimeout,
+)
+
+ProgressCallback = Callable[[float | None, str | None], None]
+
+_STDOUT, _STDERR = 1, 2
+_HEADER = 8
+
+#: JSON-RPC error codes and the ``error.code`` each becomes (DESIGN §2, §3).
+RPC_ERROR_CODES: dict[int, str] = {
+    -32601: "unknown_function",
+    -32602: "bad_params",
+    -32603: "task_error",
+    -32000: "task_error",
+}
+
+
+def remote_error(error: Any) -> TaskFailure:
+    """Turn a JSON-RPC error object from a task into a :class:`TaskFailure`."""
+    if not isinstance(error, dict) or not isinstance(error.get("code"), int):
+        return ProtocolViolation(f"malformed JSON-RPC error object: {error!r}"[:500])
+    data = error.get("data")
+    code = RPC_ERROR_CODES.get(error["code"], "task_error")
+    return RemoteTaskError(
+        code,
+        str(error.get("message") or code),
+        data={"rpc_code": error["code"], **(data if isinstance(data, dict) else {})},
+    )
+
+
+class LogBuffer:
+    """The tail of a stream, at most ``cap`` bytes, counting what was dropped."""
+
+    def __init__(self, cap: int) -> None:
+        self._cap = cap
+        self._buf = bytearray()
+        self.dropped = 0
+
+    def write(self, data: bytes) -> None:
+        """Append ``data``, dropping the oldest bytes beyond the cap."""
+        self._buf += data
+        excess = len(self._buf) - self._cap
+        if excess > 0:
+            del self._buf[:excess]
+            self.dropped += excess
+
+    def take(self) -> str:
+        """Everything kept so far, as text; the buffer starts empty again."""
+        text = self._buf.decode("utf-8", "replace")
+        if self.dropped:
+            text = f"[{self.dropped} earlier bytes dropped]\n{text}"
+        self._buf.clear()
+        self.dropped = 0
+        return text
+
+
+class JsonRpcChannel:
+    """A JSON-RPC conversation with one container over its attached stdio.
+
+    Args:
+        output_cap: the largest stdout message accepted, in bytes.
+        log_cap: how much stderr to keep, in bytes (the tail).
+    """
+
+    def __init__(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        *,
+        output_cap: int,
+        log_cap: int,
+    ) -> None:
+        self._reader = reader
+        self._writer = writer
+        self._output_cap = output_cap
+        self.logs = LogBuffer(log_cap)
+        self._line = bytearray()
+        self._ready: asyncio.Future[list[str]] = asyncio.get_running_loop().create_future()
+        self._pending: tuple[Any, asyncio.Future[Any]] | None = None
+        self._on_progress: ProgressCallback | None = None
+        self._failure: TaskFailure | None = None
+        self.eof = asyncio.Event()
+        self._pump_task = asyncio.create_task(self._pump())
+
+    @classmethod
+    async def open(cls, sock: socket.socket, *, output_cap: int, log_cap: int) -> JsonRpcChannel:
+        """Wrap a hijacked Docker attach socket."""
+        sock.setblocking(False)
+        reader, writer = await asyncio.open_connection(sock=sock, limit=2**16)
+        return cls(reader, writer, output_cap=output_cap, log_cap=log_cap)
+
+    @property
+    def broken(self) -> bool:
+        """True once the stream ended or spoke out of protocol: never reuse it."""
+        return self._failure is not None or self.eof.is_set()
+
+    async def wait_ready(self, timeout_s: float) -> list[str]:
+        """Wait for the ``ready`` notification; the functions it names.
+
+        Raises:
+            TaskTimeout: no ``ready`` within ``timeout_s``.
+            ContainerCrashed: the container ended first.
+            ProtocolViolation: it wrote something else first.
+        """
+        try:
+            return await asyncio.wait_for(asyncio.shield(self._ready), timeout_s)
+        except TimeoutError:
+            raise TaskTimeout(
+                f"the task container was not ready within {timeout_s:g} s",
+                data={"phase": "start"},
+            ) from None
+
+    async def call(
+        self,
+        request_id: str,
+        method: str,
+        params: dict[str, Any],
+        *,
+        timeout_s: float,
+        on_progress: ProgressCallback | None = None,
+    ) -> Any:
+        """Send one request and wait for its response; the result.
+
+        Raises:
+            RemoteTaskError: the task answered with an error.
+            TaskTimeout: no answer within ``timeout_s``.
+            ContainerCrashed, ProtocolViolation, OutputTooLarge: see
+                :mod:`tarea.errors`.
+        """
+        if self._failure is not None:
+            raise self._failure
+        if self.eof.is_set():
+            raise ContainerCrashed("the task process had already exited")
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._pending = (request_id, future)
+        self._on_progress = on_progress
+        message = {"jsonrpc": "2.0", "id": request_id, "method": method, "params": params}
+        try:
+            self._writer.write(_encode(message))
+            await self._writer.drain()
+            return await asyncio.wait_for(future, timeout_s)
+        except TimeoutError:
+            raise TaskTimeout(
+                f"the task did not finish within {timeout_s:g} s", data={"timeout_s": timeout_s}
+            ) from None
+        except (ConnectionError, OSError) as exc:
+            raise ContainerCrashed(f"the task's stdin closed: {exc}") from None
+        finally:
+            self._pending = None
+            self._on_progress = None
+
+    async def close_stdin(self) -> None:
+        """Close the container's stdin: a protocol-abiding task then exits 0."""
+        with contextlib.suppress(OSError, RuntimeError):
+            if self._writer.can_write_eof():
+                self._writer.write_eof()
+
+    async def wait_eof(self, timeout_s: float) -> bool:
+        """Wait until the container closes its output; False on timeout."""
+        try:
+            await asyncio.wait_for(self.eof.wait(), timeout_s)
+        except TimeoutError:
+            return False
+        return True
+
+    def close(self) -> None:
+        """Drop the connection (the container is removed separately)."""
+        self._pump_task.cancel()
+        self._writer.close()
+
+    # -- reading -----------------------------------------------------------------
+
+    async def _pump(self) -> None:
+        try:
+            while True:
+                header = await self._reader.readexactly(_HEADER)
+                size = int.from_bytes(header[4:8], "big")
+                payload = await self._reader.readexactly(size) if size else b""
+                if header[0] == _STDERR:
+                    self.logs.write(payload)
+                elif header[0] == _STDOUT:
+                    self._feed(payload)
+        except (asyncio.IncompleteReadError, ConnectionError, OSError):
+            pass
+        except TaskFailure as failure:
+            self._fail(failure)
+        finally:
+            self.eof.set()
+            self._fail(ContainerCrashed("the task process exited before answering"))
+
+    def _feed(self, data: bytes) -> None:
+        self._line += data
+        while (end := self._line.find(b"\n")) >= 0:
+            line = bytes(self._line[:end])
+            del self._line[: end + 1]
+            if len(line) > self._output_cap:
+                raise _too_large(len(line), self._output_cap)
+            if line.strip():
+                self._handle(line)
+        if len(self._line) > self._output_cap:
+            raise _too_large(len(self._line), self._output_cap)
+
+    def _handle(self, line: bytes) -> None:
+        try:
+            message = json.loads(line)
+        except ValueError:
+            raise ProtocolViolation(
+                "the task wrote a line that is not JSON on stdout",
+                data={"line": line[:200].decode("utf-8", "replace")},
+            ) from None
+        if not isinstance(message, dict) or message.get("jsonrpc") != "2.0":
+            raise ProtocolViolation(
+                "the task wrote a message that is not JSON-RPC 2.0",
+                data={"line": line[:200].decode("utf-8", "replace")},
+            )
+        method = message.get("method")
+        if method == "ready":
+            functions = (message.get("params") or {}).get("functions") or []
+            if not self._ready.done():
+                self._ready.set_result([str(f) for f in functions])
+            return
+        if method == "progress":
+            params = message.get("params") or {}
+            if self._on_progress is not None and self._pending is not None:
+                progress = params.get("progress")
+                note = params.get("message")
+                self._on_progress(
+                    float(progress) if isinstance(progress, int | float) else None,
+                    str(note) if note is not None else None,
+                )
+            return
+        if method is not None:
+            return  # other notifications are allowed and ignored
+        if self._pending is None or message.get("id") != self._pending[0]:
+            raise ProtocolViolation(
+                f"the task answered request id {message.get('id')!r}, which was not asked",
+            )
+        future = self._pending[1]
+        if future.done():
+            return
+        if "error" in message:
+            future.set_exception(remote_error(message["error"]))
+        elif "result" in message:
+            future.set_result(message["result"])
+        else:
+            future.set_exception(ProtocolViolation("a response with neither result nor error"))
+
+    def _fail(self, failure: TaskFailure) -> None:
+        if self._failure is None and not isinstance(failure, ContainerCrashed):
+            self._failure = failure
+        if not self._ready.done():
+            self._ready.set_exception(self._failure or failure)
+            self._ready.exception()  # retrieved: no "never retrieved" warning
+        if self._pending is not None and not self._pending[1].done():
+            self._pending[1].set_exception(self._failure or failure)
+
+
+def _encode(message: dict[str, Any]) -> bytes:
+    return json.dumps(message, separators=(",", ":"), ensure_ascii=False).encode() + b"\n"
+
+
+def _too_large(size: int, cap: int) -> OutputTooLarge:
+    return OutputTooLarge(
+        f"the task sent a message of more than {cap // 1024} KiB",
+        data={"bytes": size, "cap_bytes": cap},
+    )

@@ -1,0 +1,92 @@
+"""The seed's contract: an HTTP service on port 5000 (DESIGN §1).
+
+Readiness is polled on ``GET /status/`` (never a fixed sleep), then the task
+is ``POST /ejecutarTarea/`` with ``{"parametros": .., "calculo": ..}`` and the
+service answers the JSON to return.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import httpx
+
+from tarea.errors import ProtocolViolation, RemoteTaskError, TaskTimeout
+
+SEED_PORT = 5000
+#: The seed's words for an unsupported operation; mapped to ``unknown_function``.
+UNSUPPORTED = "no soportada"
+
+
+async def wait_ready(client: httpx.AsyncClient, base_url: str, timeout_s: float) -> None:
+    """Poll ``GET /status/`` until it answers 200.
+
+    Raises:
+        TaskTimeout: it did not within ``timeout_s``.
+    """
+    deadline = time.monotonic() + timeout_s
+    delay = 0.01
+    while True:
+        try:
+            response = await client.get(f"{base_url}/status/", timeout=1.0)
+            if response.status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        if time.monotonic() + delay > deadline:
+            raise TaskTimeout(
+                f"the seed task service was not ready within {timeout_s:g} s",
+                data={"phase": "start"},
+            )
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 0.1)
+
+
+async def execute(
+    client: httpx.AsyncClient,
+    base_url: str,
+    function: str,
+    params: dict[str, Any],
+    *,
+    timeout_s: float,
+) -> Any:
+    """Run one task; the value of ``resultado``, or the whole answer if it has none.
+
+    Raises:
+        RemoteTaskError: the service answered ``{"error": ..}``.
+        TaskTimeout: no answer within ``timeout_s``.
+        ProtocolViolation: the answer is not JSON.
+    """
+    try:
+        response = await client.post(
+            f"{base_url}/ejecutarTarea/",
+            json={"parametros": params, "calculo": function},
+            timeout=timeout_s,
+        )
+    except httpx.TimeoutException:
+        raise TaskTimeout(f"the task did not finish within {timeout_s:g} s") from None
+    except httpx.TransportError as exc:
+        raise ProtocolViolation(f"the seed task service dropped the request: {exc}") from None
+    try:
+        body = response.json()
+    except ValueError:
+        raise ProtocolViolation(
+            f"the seed task service answered HTTP {response.status_code} with a body "
+            "that is not JSON",
+            data={"status": response.status_code, "body": response.text[:200]},
+        ) from None
+    if isinstance(body, dict) and "error" in body and "resultado" not in body:
+        message = str(body["error"])
+        code = "unknown_function" if UNSUPPORTED in message.lower() else "task_error"
+        raise RemoteTaskError(code, message, data={"function": function})
+    if response.status_code >= 400:
+        raise RemoteTaskError(
+            "task_error",
+            f"the seed task service answered HTTP {response.status_code}",
+            data={"status": response.status_code, "body": body},
+        )
+    if isinstance(body, dict) and "resultado" in body:
+        return body["resultado"]
+    return body

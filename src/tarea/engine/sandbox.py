@@ -1,0 +1,107 @@
+"""The lockdown of every task container, as a pure function (DESIGN §4).
+
+:func:`container_config` turns a task's limits and its image's facts into the
+exact create-container settings. Nothing a client sends reaches these settings
+except the limits, which are numbers already bounded by the API.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from tarea.domain.task import Limits, Protocol
+
+#: Every container tarea creates carries this label (and removes by it).
+MANAGED_LABEL = "io.tarea.managed"
+#: The protocol a container speaks, so a restarted server knows what it left.
+PROTOCOL_LABEL = "io.tarea.protocol"
+#: The task a container was started for ("" for a container not yet assigned).
+TASK_LABEL = "io.tarea.task"
+
+_ROOT_USERS = frozenset({"", "0", "root", "0:0", "root:root", "root:0", "0:root"})
+
+
+@dataclass(frozen=True, slots=True)
+class SandboxPolicy:
+    """Server-wide hardening knobs (from settings), the same for every task."""
+
+    default_user: str = "65534:65534"
+    nofile: int = 1024
+    tmpfs_mb: int = 64
+    seed_network: str = "app_network"
+    extra_labels: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class ContainerConfig:
+    """Arguments for creating one task container, engine-agnostic."""
+
+    image: str
+    user: str
+    labels: dict[str, str]
+    stdin_open: bool
+    network: str
+    read_only: bool
+    tmpfs: dict[str, str]
+    cap_drop: list[str]
+    security_opt: list[str]
+    pids_limit: int
+    mem_limit_bytes: int
+    memswap_limit_bytes: int
+    nano_cpus: int
+    nofile: int
+    environment: dict[str, str]
+
+
+def effective_user(image_user: str, default_user: str) -> str:
+    """The user a task runs as: the image's own, unless that is root."""
+    return default_user if image_user.strip() in _ROOT_USERS else image_user
+
+
+def container_config(
+    *,
+    image: str,
+    protocol: Protocol,
+    image_user: str,
+    limits: Limits,
+    policy: SandboxPolicy,
+    task_id: str = "",
+) -> ContainerConfig:
+    """The hardened create-container settings for one task container.
+
+    Args:
+        image: the image ID or reference to start (already resolved).
+        protocol: how the server will talk to it.
+        image_user: the ``User`` from the image's config ("" when unset).
+        limits: the task's resource limits (already validated).
+        policy: the server's hardening settings.
+        task_id: the task this container is started for, if any.
+    """
+    memory = limits.memory_mb * 1024 * 1024
+    stdio = protocol is Protocol.JSONRPC_STDIO
+    return ContainerConfig(
+        image=image,
+        user=effective_user(image_user, policy.default_user),
+        labels={
+            MANAGED_LABEL: "true",
+            PROTOCOL_LABEL: protocol.value,
+            TASK_LABEL: task_id,
+            **policy.extra_labels,
+        },
+        stdin_open=stdio,
+        # stdio images get no network at all; seed-HTTP images get the internal
+        # network (no route out) that the server reaches them on.
+        network="none" if stdio else policy.seed_network,
+        read_only=True,
+        tmpfs={"/tmp": f"rw,nosuid,nodev,noexec,size={policy.tmpfs_mb}m,mode=1777"},  # noqa: S108
+        cap_drop=["ALL"],
+        security_opt=["no-new-privileges"],
+        pids_limit=limits.pids,
+        mem_limit_bytes=memory,
+        memswap_limit_bytes=memory,
+        nano_cpus=int(limits.cpus * 1_000_000_000),
+        nofile=policy.nofile,
+        # Nothing of the server's environment goes in; seed images get the
+        # variable that makes tarea's runtime serve HTTP, harmless elsewhere.
+        environment={} if stdio else {"TAREA_RUNTIME_MODE": "http"},
+    )

@@ -1,0 +1,127 @@
+"""tarea's exceptions: one root, converted from foreign errors where they enter.
+
+The tree::
+
+    TareaError                      root of everything tarea raises on purpose
+    ├── ConfigurationError          settings that cannot work
+    ├── InvalidRequest              a client asked for something malformed (422)
+    │   └── InvalidImageReference   not a valid distribution reference
+    ├── EngineUnavailable           the Docker engine does not answer (503)
+    └── TaskFailure                 one task could not produce a result; ``code``
+        ├── ImageNotFound           image_not_found: not local and not pullable
+        ├── ImagePullFailed         image_pull_failed: the registry refused or failed
+        ├── UnsupportedImage        unsupported_image: speaks neither protocol
+        ├── TaskTimeout             timed_out: the wall-clock limit passed
+        ├── ProtocolViolation       protocol_error: the container spoke garbage
+        ├── OutputTooLarge          output_too_large: a message over the cap
+        └── ContainerCrashed        crashed: the process ended mid-call
+
+Every ``TaskFailure`` carries a stable ``code`` (the ``error.code`` of the v1
+API, DESIGN §3), a human ``message`` and JSON-able ``data``. docker-py and
+requests errors never leave :mod:`tarea.engine.docker`; they become one of the
+classes above there.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class TareaError(Exception):
+    """Root of every exception tarea raises on purpose."""
+
+
+class ConfigurationError(TareaError):
+    """The server's settings cannot work (bad URL, unknown option)."""
+
+
+class InvalidRequest(TareaError):
+    """A client asked for something malformed; answered with 422."""
+
+    code: str = "invalid_request"
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.field = field
+
+
+class InvalidImageReference(InvalidRequest):
+    """The image name is not a valid distribution reference."""
+
+    code: str = "invalid_image_reference"
+
+
+class EngineUnavailable(TareaError):
+    """The Docker engine does not answer; answered with 503."""
+
+    code: str = "engine_unavailable"
+
+    def __init__(self, message: str = "the Docker engine does not answer") -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class TaskFailure(TareaError):
+    """A task ended without a result; ``code`` names why, stably."""
+
+    code: str = "task_error"
+
+    def __init__(self, message: str, *, data: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.data: dict[str, Any] = data or {}
+
+
+class ImageNotFound(TaskFailure):
+    """The image is neither present locally nor pullable."""
+
+    code: str = "image_not_found"
+
+
+class ImagePullFailed(TaskFailure):
+    """A pull was attempted and the registry refused or failed."""
+
+    code: str = "image_pull_failed"
+
+
+class UnsupportedImage(TaskFailure):
+    """The image carries no tarea protocol label and exposes no seed port."""
+
+    code: str = "unsupported_image"
+
+
+class TaskTimeout(TaskFailure):
+    """The task passed its wall-clock limit and its container was killed."""
+
+    code: str = "timed_out"
+
+
+class ProtocolViolation(TaskFailure):
+    """The container wrote something that is not the protocol."""
+
+    code: str = "protocol_error"
+
+
+class OutputTooLarge(TaskFailure):
+    """The container sent a message larger than the output cap."""
+
+    code: str = "output_too_large"
+
+
+class ContainerCrashed(TaskFailure):
+    """The task's process ended before answering."""
+
+    code: str = "crashed"
+
+
+class RemoteTaskError(TaskFailure):
+    """The task answered with an error of its own (a JSON-RPC error object).
+
+    ``code`` is per instance here: ``unknown_function``, ``bad_params`` or
+    ``task_error``, from the JSON-RPC error code.
+    """
+
+    def __init__(self, code: str, message: str, *, data: dict[str, Any] | None = None) -> None:
+        super().__init__(message, data=data)
+        self.code = code
