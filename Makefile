@@ -5,7 +5,7 @@
 PYTHON     ?= python3
 VENV       ?= .venv
 BASE_IMAGE ?= python:3.12-slim
-COMPOSE    ?= $(shell docker compose version >/dev/null 2>&1 && echo "docker compose" || echo docker-compose)
+COMPOSE    ?= $(shell docker compose version >/dev/null 2>&1 && echo "docker compose" || echo docker-compose) -p tarea
 BIN        := $(VENV)/bin
 SERVER_URL ?= http://127.0.0.1:8000
 

@@ -1,0 +1,175 @@
+"""Integration fixtures: the real Docker engine, real images, a live server.
+
+Nothing here skips: when Docker does not answer or an image is missing, the
+tests that need it fail with a message that says what to run.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+IMAGES = Path(__file__).resolve().parent / "images"
+TASKS_IMAGE = "tasks_image:latest"
+SEED_HTTP_IMAGE = "tarea-test-seed-http:latest"
+MISBEHAVING_IMAGE = "tarea-test-misbehaving:latest"
+#: Containers tarea makes carry this label; tests remove them by it.
+MANAGED = "io.tarea.managed=true"
+
+
+def docker(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    """Run the docker CLI; output captured as text."""
+    return subprocess.run(["docker", *args], capture_output=True, text=True, check=check)
+
+
+def managed_containers() -> list[str]:
+    """IDs of every container (running or not) tarea made."""
+    return docker("ps", "-aq", "--filter", f"label={MANAGED}").stdout.split()
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def docker_ready() -> None:
+    """A Docker engine that answers; fails (never skips) when none does."""
+    result = docker("info", "--format", "{{.ServerVersion}}", check=False)
+    if result.returncode != 0:
+        pytest.fail(
+            "no Docker engine answers (`docker info` failed): run `make engine` or "
+            f"start dockerd.\n{result.stderr}",
+            pytrace=False,
+        )
+
+
+@pytest.fixture(scope="session")
+def base_image(docker_ready: None) -> str:
+    """The base image the test images build FROM (local one when offline)."""
+    wanted = os.environ.get("BASE_IMAGE", "python:3.12-slim")
+    result = subprocess.run(
+        [str(ROOT / "scripts/ensure-base-image.sh"), wanted],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if result.returncode != 0:
+        pytest.fail(f"no base image for test images:\n{result.stderr}", pytrace=False)
+    return result.stdout.strip()
+
+
+def _build(base: str, tag: str, context: Path) -> str:
+    result = docker(
+        "build", "-q", "--build-arg", f"BASE_IMAGE={base}", "-t", tag, str(context), check=False
+    )
+    if result.returncode != 0:
+        pytest.fail(f"building {tag} failed:\n{result.stderr}", pytrace=False)
+    return tag
+
+
+@pytest.fixture(scope="session")
+def tasks_image(docker_ready: None) -> str:
+    """tarea's standard task image, built by `make build_server_tasks_image`."""
+    for tag in (TASKS_IMAGE, "task_service:latest"):
+        if docker("image", "inspect", tag, check=False).returncode != 0:
+            pytest.fail(
+                f"{tag} is missing: run `make build_server_tasks_image`", pytrace=False
+            )
+    return TASKS_IMAGE
+
+
+@pytest.fixture(scope="session")
+def seed_http_image(base_image: str) -> str:
+    """A label-less seed-style HTTP task image, not built on tarea's runtime."""
+    return _build(base_image, SEED_HTTP_IMAGE, IMAGES / "seed_http")
+
+
+@pytest.fixture(scope="session")
+def misbehaving_image(base_image: str) -> str:
+    """A JSON-RPC image that crashes, writes garbage or hangs on request."""
+    return _build(base_image, MISBEHAVING_IMAGE, IMAGES / "misbehaving")
+
+
+class LiveServer:
+    """A tarea server process started by the tests, and where its log goes."""
+
+    def __init__(self, url: str, log: Path | None) -> None:
+        self.url = url
+        self.log = log
+
+    def log_text(self) -> str:
+        """Everything the server wrote so far (stdout and stderr)."""
+        return self.log.read_text(errors="replace") if self.log else ""
+
+
+def start_server(env: dict[str, str], log: Path) -> tuple[subprocess.Popen[bytes], str]:
+    """Start ``python -m tarea`` with ``env`` on a free port; its process and URL."""
+    port = free_port()
+    full_env = {**os.environ, **env, "TAREA_HOST": "127.0.0.1", "TAREA_PORT": str(port)}
+    with log.open("ab") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "tarea"], env=full_env, stdout=out, stderr=subprocess.STDOUT
+        )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"the server exited early:\n{log.read_text()}", pytrace=False)
+        try:
+            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                return proc, url
+        except httpx.TransportError:
+            time.sleep(0.1)
+    proc.kill()
+    pytest.fail(f"the server did not answer within 30 s:\n{log.read_text()}", pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def live_server(
+    docker_ready: None, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[LiveServer]:
+    """A real tarea server: ``TAREA_TEST_URL`` if set, else one started here."""
+    external = os.environ.get("TAREA_TEST_URL")
+    if external:
+        yield LiveServer(external.rstrip("/"), None)
+        return
+    tmp = tmp_path_factory.mktemp("server")
+    log = tmp / "server.log"
+    proc, url = start_server({"TAREA_DATABASE_URL": f"sqlite:///{tmp}/tarea.db"}, log)
+    try:
+        yield LiveServer(url, log)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+@pytest.fixture
+def client(live_server: LiveServer) -> Iterator[httpx.Client]:
+    """An HTTP client for the live server."""
+    with httpx.Client(base_url=live_server.url, timeout=60) as http:
+        yield http
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _remove_leftovers() -> Iterator[None]:
+    """Remove every container tarea or the tests made, by label, at the end."""
+    yield
+    for label in (MANAGED, "io.tarea.test=true"):
+        ids = docker("ps", "-aq", "--filter", f"label={label}", check=False).stdout.split()
+        if ids:
+            docker("rm", "-f", *ids, check=False)

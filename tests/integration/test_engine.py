@@ -1,0 +1,168 @@
+"""The engine on the real Docker engine: lockdown, failures, cleanup."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import pytest
+
+from tarea.api.app import build_engine
+from tarea.domain.task import Limits, Outcome, TaskSpec
+from tarea.engine.executor import Engine
+from tarea.settings import Settings
+from tests.integration.conftest import docker, managed_containers
+
+pytestmark = pytest.mark.docker
+
+T = TypeVar("T")
+LIMITS = Limits(timeout_s=20, memory_mb=128, cpus=0.5, pids=64, output_kb=64)
+
+
+def with_engine(body: Callable[[Engine], Awaitable[T]]) -> T:
+    """Run ``body`` with a fresh engine, then remove what it started."""
+
+    async def main() -> T:
+        engine = build_engine(Settings())
+        try:
+            return await body(engine)
+        finally:
+            await engine.settle()
+            await engine.aclose()
+
+    return asyncio.run(main())
+
+
+def run(image: str, function: str, params: dict[str, Any], limits: Limits = LIMITS) -> Outcome:
+    return with_engine(
+        lambda engine: engine.run(
+            TaskSpec(image=image, function=function, params=params, limits=limits)
+        )
+    )
+
+
+async def inspect_while_running(engine: Engine, spec: TaskSpec) -> tuple[dict[str, Any], Outcome]:
+    """Start ``spec``, inspect its container while it runs, then wait for it."""
+    task = asyncio.create_task(engine.run(spec))
+    for _ in range(200):
+        ids = managed_containers()
+        if ids:
+            break
+        await asyncio.sleep(0.05)
+    else:
+        pytest.fail("no task container appeared")
+    info = json.loads(docker("inspect", ids[0]).stdout)[0]
+    return info, await task
+
+
+def assert_locked_down(info: dict[str, Any], limits: Limits) -> None:
+    host = info["HostConfig"]
+    config = info["Config"]
+    assert config["Labels"]["io.tarea.managed"] == "true"
+    assert host["ReadonlyRootfs"] is True
+    assert host["CapDrop"] == ["ALL"]
+    assert "no-new-privileges" in host["SecurityOpt"]
+    assert host["Privileged"] is False
+    assert not host.get("Binds")
+    assert not info.get("Mounts")
+    assert "/tmp" in host["Tmpfs"]
+    assert "size=" in host["Tmpfs"]["/tmp"]
+    assert host["PidsLimit"] == limits.pids
+    assert host["Memory"] == limits.memory_mb * 1024 * 1024
+    assert host["MemorySwap"] == host["Memory"]
+    assert host["NanoCpus"] == int(limits.cpus * 1e9)
+    assert {u["Name"] for u in host["Ulimits"]} == {"nofile"}
+    assert config["User"] not in ("", "0", "root")
+    assert not any(e.startswith(("TAREA_DATABASE", "DOCKER_")) for e in config["Env"] or [])
+
+
+def test_stdio_task_container_is_locked_down(tasks_image: str) -> None:
+    """A JSON-RPC task runs with no network, read-only root, no capabilities, limits and a non-root user."""
+    spec = TaskSpec(image=tasks_image, function="esperar", params={"segundos": 1.5}, limits=LIMITS)
+    info, outcome = with_engine(lambda engine: inspect_while_running(engine, spec))
+    assert outcome.result == 1.5
+    assert_locked_down(info, LIMITS)
+    assert info["HostConfig"]["NetworkMode"] == "none"
+
+
+def test_seed_http_container_is_locked_down_on_internal_network(seed_http_image: str) -> None:
+    """A seed-HTTP task runs on the internal network, with the same lockdown."""
+    spec = TaskSpec(image=seed_http_image, function="suma", params={"a": 1}, limits=LIMITS)
+    info, outcome = with_engine(lambda engine: inspect_while_running(engine, spec))
+    assert outcome.result == 1
+    assert_locked_down(info, LIMITS)
+    assert info["HostConfig"]["NetworkMode"] == "app_network"
+    network = json.loads(docker("network", "inspect", "app_network").stdout)[0]
+    assert network["Internal"] is True
+
+
+def test_timeout_kills_the_task_and_reports_timed_out(tasks_image: str) -> None:
+    """A task past its wall-clock limit ends timed_out and its container is gone."""
+    limits = Limits(timeout_s=1, memory_mb=128, cpus=0.5, pids=64, output_kb=64)
+    outcome = run(tasks_image, "esperar", {"segundos": 30}, limits)
+    assert outcome.error is not None
+    assert outcome.error.code == "timed_out"
+    assert outcome.timings.run_ms < 5000
+    assert managed_containers() == []
+
+
+def test_exit_mid_call_reports_crashed_with_exit_code_and_stderr(misbehaving_image: str) -> None:
+    """A process that exits before answering is 'crashed', with its exit code and stderr tail."""
+    outcome = run(misbehaving_image, "exit", {"code": 3})
+    assert outcome.error is not None
+    assert outcome.error.code == "crashed"
+    assert outcome.exit_code == 3
+    assert "about to die on purpose" in outcome.error.data["stderr_tail"]
+
+
+def test_non_json_stdout_reports_protocol_error(misbehaving_image: str) -> None:
+    """A line on stdout that is not JSON ends the task with protocol_error."""
+    outcome = run(misbehaving_image, "garbage", {})
+    assert outcome.error is not None
+    assert outcome.error.code == "protocol_error"
+    assert "not JSON" in outcome.error.message
+
+
+def test_result_over_output_cap_reports_output_too_large(misbehaving_image: str) -> None:
+    """A response larger than output_kb ends the task with output_too_large."""
+    outcome = run(misbehaving_image, "echo", {"blob": "x" * 100_000})
+    assert outcome.error is not None
+    assert outcome.error.code == "output_too_large"
+
+
+def test_progress_notifications_reach_the_caller(tasks_image: str) -> None:
+    """Progress a task sends while it works reaches the on_progress callback."""
+    seen: list[tuple[float | None, str | None]] = []
+    spec = TaskSpec(image=tasks_image, function="esperar", params={"segundos": 2.2}, limits=LIMITS)
+    outcome = with_engine(
+        lambda engine: engine.run(spec, on_progress=lambda p, m: seen.append((p, m)))
+    )
+    assert outcome.result == 2.2
+    assert seen, "no progress notification arrived"
+    assert all(p is None or 0 <= p <= 1 for p, _ in seen)
+
+
+def test_task_stderr_is_kept_as_logs(tasks_image: str) -> None:
+    """What a failing task writes on stderr comes back as its logs."""
+    outcome = run(tasks_image, "division", {"a": 1, "b": 0})
+    assert outcome.error is not None
+    assert outcome.error.code == "task_error"
+    assert "division" in outcome.logs
+
+
+def test_bad_params_report_bad_params(tasks_image: str) -> None:
+    """Parameters of the wrong type end the task with bad_params naming the parameter."""
+    outcome = run(tasks_image, "resta", {"a": "ten", "b": 1})
+    assert outcome.error is not None
+    assert outcome.error.code == "bad_params"
+    assert "a" in json.dumps(outcome.error.data)
+
+
+def test_unlabelled_image_without_port_is_unsupported(base_image: str) -> None:
+    """An image with neither the tarea label nor port 5000 is refused as unsupported_image."""
+    outcome = run(base_image, "suma", {})
+    assert outcome.error is not None
+    assert outcome.error.code == "unsupported_image"
+    assert base_image in outcome.error.message
