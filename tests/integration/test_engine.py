@@ -79,7 +79,7 @@ def assert_locked_down(info: dict[str, Any], limits: Limits) -> None:
 
 
 def test_stdio_task_container_is_locked_down(tasks_image: str) -> None:
-    """A JSON-RPC task runs with no network, read-only root, no capabilities, limits and a non-root user."""
+    """A JSON-RPC task runs with no network, read-only root, no capabilities, limits, non-root."""
     spec = TaskSpec(image=tasks_image, function="esperar", params={"segundos": 1.5}, limits=LIMITS)
     info, outcome = with_engine(lambda engine: inspect_while_running(engine, spec))
     assert outcome.result == 1.5

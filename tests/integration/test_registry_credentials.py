@@ -11,6 +11,7 @@ import base64
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import ClassVar
 
 import httpx
 import pytest
@@ -25,7 +26,7 @@ PASSWORD = "s3cr3t-Pa55-tarea-test"
 class RegistryStub(BaseHTTPRequestHandler):
     """Answers the registry API: 401 without credentials, no manifests with them."""
 
-    seen: list[str] = []  # Authorization headers received
+    seen: ClassVar[list[str]] = []  # Authorization headers received
 
     def do_GET(self) -> None:
         auth = self.headers.get("Authorization")
