@@ -12,7 +12,7 @@ from tarea.domain.task import ErrorInfo, Outcome, Protocol, TaskSpec, Timings
 from tarea.engine import images
 from tarea.engine.docker import DockerEngine
 from tarea.engine.protocols import seed_http
-from tarea.engine.protocols.jsonrpc import JsonRpcChannel, ProgressCallback
+from tarea.engine.protocols.jsonrpc import JsonRpcChannel, LogCallback, ProgressCallback
 from tarea.engine.sandbox import SandboxPolicy, container_config
 from tarea.errors import ContainerCrashed, TaskFailure
 
@@ -53,7 +53,13 @@ class Engine:
             await asyncio.gather(*self._cleanups, return_exceptions=True)
         await self._http.aclose()
 
-    async def run(self, spec: TaskSpec, *, on_progress: ProgressCallback | None = None) -> Outcome:
+    async def run(
+        self,
+        spec: TaskSpec,
+        *,
+        on_progress: ProgressCallback | None = None,
+        on_log: LogCallback | None = None,
+    ) -> Outcome:
         """Run ``spec`` in a fresh container; never raises for a task's failure.
 
         Raises:
@@ -65,7 +71,7 @@ class Engine:
         except TaskFailure as failure:
             return Outcome(error=_error_info(failure))
         if resolved.protocol is Protocol.JSONRPC_STDIO:
-            return await self._run_stdio(spec, resolved, on_progress)
+            return await self._run_stdio(spec, resolved, on_progress, on_log)
         return await self._run_seed_http(spec, resolved)
 
     # -- JSON-RPC over stdio ------------------------------------------------------
@@ -75,6 +81,7 @@ class Engine:
         spec: TaskSpec,
         resolved: images.ResolvedImage,
         on_progress: ProgressCallback | None,
+        on_log: LogCallback | None,
     ) -> Outcome:
         config = container_config(
             image=resolved.info.id,
@@ -91,7 +98,10 @@ class Engine:
         try:
             stdio = await self.docker.attach_stdio(cid)
             channel = await JsonRpcChannel.open(
-                stdio.sock, output_cap=spec.limits.output_kb * 1024, log_cap=self.log_cap
+                stdio.sock,
+                output_cap=spec.limits.output_kb * 1024,
+                log_cap=self.log_cap,
+                on_log=on_log,
             )
             await self.docker.start(cid)
             await channel.wait_ready(self.start_timeout_s)

@@ -18,8 +18,6 @@ PROTOCOL_LABEL = "io.tarea.protocol"
 #: The task a container was started for ("" for a container not yet assigned).
 TASK_LABEL = "io.tarea.task"
 
-_ROOT_USERS = frozenset({"", "0", "root", "0:0", "root:root", "root:0", "0:root"})
-
 
 @dataclass(frozen=True, slots=True)
 class SandboxPolicy:
@@ -54,8 +52,10 @@ class ContainerConfig:
 
 
 def effective_user(image_user: str, default_user: str) -> str:
-    """The user a task runs as: the image's own, unless that is root."""
-    return default_user if image_user.strip() in _ROOT_USERS else image_user
+    """The user a task runs as: the image's own, unless its uid is root's (any group)."""
+    uid = image_user.strip().partition(":")[0]
+    is_root = uid in ("", "root") or (uid.isdigit() and int(uid) == 0)
+    return default_user if is_root else image_user
 
 
 def container_config(
@@ -83,10 +83,10 @@ def container_config(
         image=image,
         user=effective_user(image_user, policy.default_user),
         labels={
+            **policy.extra_labels,
             MANAGED_LABEL: "true",
             PROTOCOL_LABEL: protocol.value,
             TASK_LABEL: task_id,
-            **policy.extra_labels,
         },
         stdin_open=stdio,
         # stdio images get no network at all; seed-HTTP images get the internal
@@ -99,7 +99,7 @@ def container_config(
         pids_limit=limits.pids,
         mem_limit_bytes=memory,
         memswap_limit_bytes=memory,
-        nano_cpus=int(limits.cpus * 1_000_000_000),
+        nano_cpus=round(limits.cpus * 1_000_000_000),
         nofile=policy.nofile,
         # Nothing of the server's environment goes in; seed images get the
         # variable that makes tarea's runtime serve HTTP, harmless elsewhere.

@@ -25,6 +25,7 @@ from tarea.errors import (
 )
 
 ProgressCallback = Callable[[float | None, str | None], None]
+LogCallback = Callable[[str], None]
 
 _STDOUT, _STDERR = 1, 2
 _HEADER = 8
@@ -47,7 +48,7 @@ def remote_error(error: Any) -> TaskFailure:
     return RemoteTaskError(
         code,
         str(error.get("message") or code),
-        data={"rpc_code": error["code"], **(data if isinstance(data, dict) else {})},
+        data={**(data if isinstance(data, dict) else {}), "rpc_code": error["code"]},
     )
 
 
@@ -92,11 +93,13 @@ class JsonRpcChannel:
         *,
         output_cap: int,
         log_cap: int,
+        on_log: LogCallback | None = None,
     ) -> None:
         self._reader = reader
         self._writer = writer
         self._output_cap = output_cap
         self.logs = LogBuffer(log_cap)
+        self.on_log = on_log
         self._line = bytearray()
         self._ready: asyncio.Future[list[str]] = asyncio.get_running_loop().create_future()
         self._pending: tuple[Any, asyncio.Future[Any]] | None = None
@@ -106,11 +109,18 @@ class JsonRpcChannel:
         self._pump_task = asyncio.create_task(self._pump())
 
     @classmethod
-    async def open(cls, sock: socket.socket, *, output_cap: int, log_cap: int) -> JsonRpcChannel:
+    async def open(
+        cls,
+        sock: socket.socket,
+        *,
+        output_cap: int,
+        log_cap: int,
+        on_log: LogCallback | None = None,
+    ) -> JsonRpcChannel:
         """Wrap a hijacked Docker attach socket."""
         sock.setblocking(False)
         reader, writer = await asyncio.open_connection(sock=sock, limit=2**16)
-        return cls(reader, writer, output_cap=output_cap, log_cap=log_cap)
+        return cls(reader, writer, output_cap=output_cap, log_cap=log_cap, on_log=on_log)
 
     @property
     def broken(self) -> bool:
@@ -163,9 +173,11 @@ class JsonRpcChannel:
             await self._writer.drain()
             return await asyncio.wait_for(future, timeout_s)
         except TimeoutError:
-            raise TaskTimeout(
+            # A late answer would be out of step: this channel is done for.
+            self._failure = TaskTimeout(
                 f"the task did not finish within {timeout_s:g} s", data={"timeout_s": timeout_s}
-            ) from None
+            )
+            raise self._failure from None
         except (ConnectionError, OSError) as exc:
             raise ContainerCrashed(f"the task's stdin closed: {exc}") from None
         finally:
@@ -201,6 +213,8 @@ class JsonRpcChannel:
                 payload = await self._reader.readexactly(size) if size else b""
                 if header[0] == _STDERR:
                     self.logs.write(payload)
+                    if self.on_log is not None:
+                        self.on_log(payload.decode("utf-8", "replace"))
                 elif header[0] == _STDOUT:
                     self._feed(payload)
         except (asyncio.IncompleteReadError, ConnectionError, OSError):
@@ -237,18 +251,26 @@ class JsonRpcChannel:
                 data={"line": line[:200].decode("utf-8", "replace")},
             )
         method = message.get("method")
+        params = message.get("params")
+        if method in ("ready", "progress") and not isinstance(params, dict):
+            raise ProtocolViolation(f"the task's {method!r} notification has no params object")
         if method == "ready":
-            functions = (message.get("params") or {}).get("functions") or []
+            assert isinstance(params, dict)
+            functions = params.get("functions", [])
+            if not isinstance(functions, list) or not all(isinstance(f, str) for f in functions):
+                raise ProtocolViolation("the task's 'ready' names functions that are not strings")
             if not self._ready.done():
-                self._ready.set_result([str(f) for f in functions])
+                self._ready.set_result(functions)
             return
         if method == "progress":
-            params = message.get("params") or {}
+            assert isinstance(params, dict)
             if self._on_progress is not None and self._pending is not None:
                 progress = params.get("progress")
                 note = params.get("message")
                 self._on_progress(
-                    float(progress) if isinstance(progress, int | float) else None,
+                    float(progress)
+                    if isinstance(progress, int | float) and not isinstance(progress, bool)
+                    else None,
                     str(note) if note is not None else None,
                 )
             return

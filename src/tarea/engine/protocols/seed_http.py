@@ -29,8 +29,11 @@ async def wait_ready(client: httpx.AsyncClient, base_url: str, timeout_s: float)
     deadline = time.monotonic() + timeout_s
     delay = 0.01
     while True:
+        remaining = deadline - time.monotonic()
         try:
-            response = await client.get(f"{base_url}/status/", timeout=1.0)
+            response = await client.get(
+                f"{base_url}/status/", timeout=max(0.05, min(1.0, remaining))
+            )
             if response.status_code == 200:
                 return
         except httpx.TransportError:
@@ -72,6 +75,12 @@ async def execute(
     try:
         body = response.json()
     except ValueError:
+        if response.status_code >= 500:
+            raise RemoteTaskError(
+                "task_error",
+                f"the seed task service failed with HTTP {response.status_code}",
+                data={"status": response.status_code, "body": response.text[:200]},
+            ) from None
         raise ProtocolViolation(
             f"the seed task service answered HTTP {response.status_code} with a body "
             "that is not JSON",
