@@ -1,0 +1,121 @@
+"""Between :class:`~tarea.domain.records.TaskRecord` and :class:`TaskRow`: the one place.
+
+Datetimes must be timezone-aware (a naive one raises ``ValueError``); the
+column type, :class:`~tarea.store.tables.UTCDateTime`, stores them in UTC and
+gives them back aware, in UTC, on every backend. :class:`CallbackState` is
+stored as a JSON object whose ``delivered_at`` is an ISO 8601 string.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from datetime import UTC, datetime
+from typing import Any
+
+from tarea.domain.records import CallbackState, TaskRecord
+from tarea.domain.status import Status
+from tarea.store.tables import TaskRow
+
+#: Every TaskRecord field, in declaration order.
+FIELDS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(TaskRecord))
+#: TaskRecord fields whose TaskRow attribute has another name.
+_ATTRIBUTE = {"metadata": "metadata_"}
+_DATETIMES = frozenset({"created_at", "started_at", "finished_at"})
+
+
+def attribute(field: str) -> str:
+    """The :class:`TaskRow` attribute that holds TaskRecord field ``field``."""
+    return _ATTRIBUTE.get(field, field)
+
+
+def to_row(record: TaskRecord) -> TaskRow:
+    """A new row holding every field of ``record``."""
+    return TaskRow(**to_values({name: getattr(record, name) for name in FIELDS}))
+
+
+def to_values(fields: dict[str, Any]) -> dict[str, Any]:
+    """TaskRecord ``fields`` as TaskRow attribute values, keyed by attribute name.
+
+    Raises:
+        ValueError: a name that is not a TaskRecord field, or a naive datetime.
+    """
+    values: dict[str, Any] = {}
+    for name, value in fields.items():
+        if name not in FIELDS:
+            raise ValueError(f"TaskRecord has no field {name!r}")
+        values[attribute(name)] = _encode(name, value)
+    return values
+
+
+def to_record(row: TaskRow) -> TaskRecord:
+    """The TaskRecord a row holds."""
+    return TaskRecord(
+        id=row.id,
+        tenant=row.tenant,
+        status=Status(row.status),
+        image=row.image,
+        function=row.function,
+        params=row.params,
+        metadata=row.metadata_,
+        limits=row.limits,
+        isolation=row.isolation,
+        callback_url=row.callback_url,
+        idempotency_key=row.idempotency_key,
+        request_hash=row.request_hash,
+        result=row.result,
+        error=row.error,
+        logs=row.logs,
+        created_at=row.created_at,
+        started_at=row.started_at,
+        finished_at=row.finished_at,
+        queued_ms=row.queued_ms,
+        start_ms=row.start_ms,
+        run_ms=row.run_ms,
+        container_id=row.container_id,
+        exit_code=row.exit_code,
+        worker=row.worker,
+        progress=row.progress,
+        progress_message=row.progress_message,
+        callback=None if row.callback is None else _decode_callback(row.callback),
+    )
+
+
+def _encode(name: str, value: Any) -> Any:
+    if name == "status":
+        return Status(value).value
+    if name == "callback":
+        return None if value is None else _encode_callback(value)
+    if name in _DATETIMES and value is not None:
+        return aware(value, name)
+    return value
+
+
+def _encode_callback(state: CallbackState) -> dict[str, Any]:
+    delivered = state.delivered_at
+    return {
+        "status": state.status,
+        "attempts": state.attempts,
+        "last_error": state.last_error,
+        "delivered_at": None if delivered is None else aware(delivered, "delivered_at").isoformat(),
+    }
+
+
+def _decode_callback(data: dict[str, Any]) -> CallbackState:
+    delivered = data.get("delivered_at")
+    return CallbackState(
+        status=data.get("status", "pending"),
+        attempts=data.get("attempts", 0),
+        last_error=data.get("last_error"),
+        delivered_at=None if delivered is None else _utc(datetime.fromisoformat(delivered)),
+    )
+
+
+def aware(value: datetime, name: str) -> datetime:
+    """``value`` in UTC; ``name`` says which field, should it be naive (ValueError)."""
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise ValueError(f"{name} must be a timezone-aware datetime, got {value!r}")
+    return value.astimezone(UTC)
+
+
+def _utc(value: datetime) -> datetime:
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)

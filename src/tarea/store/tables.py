@@ -1,0 +1,119 @@
+"""The ``tasks`` table: one row per :class:`~tarea.domain.records.TaskRecord`.
+
+This module describes the schema for the code that queries it; the schema in
+a database comes only from the migrations in :mod:`tarea.store.migrations`,
+which must be kept in step with it by hand (or by autogenerate, then cleaned).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    CheckConstraint,
+    DateTime,
+    Dialect,
+    Float,
+    Index,
+    Integer,
+    MetaData,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.types import TypeEngine
+
+from tarea.domain.status import Status
+
+#: Constraint and index names are fixed by this convention, so that migrations
+#: written today name them the way the table below does.
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+def json_type(*, nullable: bool) -> TypeEngine[Any]:
+    """JSON, stored as JSONB on PostgreSQL; ``nullable`` maps None to SQL NULL."""
+    return JSON(none_as_null=nullable).with_variant(JSONB(none_as_null=nullable), "postgresql")
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """A timezone-aware timestamp that always comes back in UTC.
+
+    PostgreSQL keeps the instant (``timestamptz``); SQLite keeps no zone, so
+    values are written as naive UTC there and given ``UTC`` back on reading.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        """Aware values in UTC (naive ones are taken as UTC already)."""
+        if value is None or value.tzinfo is None:
+            return value
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        """Aware, in UTC."""
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
+
+
+class Base(DeclarativeBase):
+    """Declarative base of tarea's tables."""
+
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+_STATUSES = ", ".join(f"'{status.value}'" for status in Status)
+
+
+class TaskRow(Base):
+    """One task, a column per :class:`~tarea.domain.records.TaskRecord` field."""
+
+    __tablename__ = "tasks"
+    __table_args__ = (
+        CheckConstraint(f"status IN ({_STATUSES})", name="status"),
+        UniqueConstraint("tenant", "idempotency_key"),  # NULL keys never collide
+        Index(None, "tenant", "created_at", "id"),
+        Index(None, "status"),
+    )
+
+    id: Mapped[str] = mapped_column(Text, primary_key=True)
+    tenant: Mapped[str] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(Text)
+    image: Mapped[str] = mapped_column(Text)
+    function: Mapped[str] = mapped_column(Text)
+    params: Mapped[dict[str, Any]] = mapped_column(json_type(nullable=False))
+    metadata_: Mapped[dict[str, Any]] = mapped_column("metadata", json_type(nullable=False))
+    limits: Mapped[dict[str, Any]] = mapped_column(json_type(nullable=False))
+    isolation: Mapped[str] = mapped_column(Text)
+    callback_url: Mapped[str | None] = mapped_column(Text)
+    idempotency_key: Mapped[str | None] = mapped_column(Text)
+    request_hash: Mapped[str | None] = mapped_column(Text)
+    result: Mapped[Any] = mapped_column(json_type(nullable=True), nullable=True)
+    error: Mapped[dict[str, Any] | None] = mapped_column(json_type(nullable=True))
+    logs: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    queued_ms: Mapped[float | None] = mapped_column(Float)
+    start_ms: Mapped[float | None] = mapped_column(Float)
+    run_ms: Mapped[float | None] = mapped_column(Float)
+    container_id: Mapped[str | None] = mapped_column(Text)
+    exit_code: Mapped[int | None] = mapped_column(Integer)
+    worker: Mapped[str | None] = mapped_column(Text)
+    progress: Mapped[float | None] = mapped_column(Float)
+    progress_message: Mapped[str | None] = mapped_column(Text)
+    callback: Mapped[dict[str, Any] | None] = mapped_column(json_type(nullable=True))

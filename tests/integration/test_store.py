@@ -1,0 +1,569 @@
+"""The task store on both of its backends: a SQLite file and a real PostgreSQL.
+
+PostgreSQL comes from ``TAREA_TEST_POSTGRES_URL`` or, when that is unset, from
+``scripts/ensure-postgres.sh`` (which sets one up as root on Debian). Each
+PostgreSQL test runs in a schema of its own with a random name, dropped after
+it. Nothing here skips: without PostgreSQL the tests fail, saying why.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from sqlalchemy import Engine
+
+from tarea.domain.records import CallbackState, TaskRecord, new_task_id
+from tarea.domain.status import TERMINAL, Status
+from tarea.errors import ConfigurationError, InvalidRequest
+from tarea.store import SqlStore
+from tarea.store.sql import encode_cursor
+from tarea.store.tables import Base
+from tests.integration.conftest import postgres_schema
+
+ROOT = Path(__file__).resolve().parents[2]
+T = TypeVar("T")
+#: An instant with microseconds, well away from any real task.
+BASE = datetime(2024, 5, 17, 12, 30, 45, 123456, tzinfo=UTC)
+PLUS_2 = timezone(timedelta(hours=2))
+MINUS_5 = timezone(timedelta(hours=-5, minutes=-30))
+
+
+# --- fixtures -----------------------------------------------------------------
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A URL of an empty database: a new SQLite file, or a new PostgreSQL schema."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path}/not-yet/tasks.db"
+        return
+    url: str = request.getfixturevalue("postgres_url")
+    admin: Engine = request.getfixturevalue("postgres_admin")
+    with postgres_schema(url, admin) as schema_url:
+        yield schema_url
+
+
+@pytest.fixture
+def store(store_url: str) -> Iterator[SqlStore]:
+    """A migrated store on an empty database."""
+    sql_store = SqlStore(store_url)
+    sql_store.migrate()
+    yield sql_store
+    sql_store.close()
+
+
+# --- helpers ------------------------------------------------------------------
+
+
+def task(**fields: Any) -> TaskRecord:
+    """A queued task of tenant ``acme``; ``fields`` override the defaults."""
+    defaults: dict[str, Any] = {
+        "id": new_task_id(),
+        "tenant": "acme",
+        "status": Status.QUEUED,
+        "image": "tasks_image:latest",
+        "function": "suma",
+        "params": {"a": 1, "b": 2},
+        "created_at": BASE,
+    }
+    return TaskRecord(**{**defaults, **fields})
+
+
+def full_task() -> TaskRecord:
+    """A task with every field set to something other than its default."""
+    return TaskRecord(
+        id=new_task_id(),
+        tenant="tenant-ñ",
+        status=Status.SUCCEEDED,
+        image="registry.example:5000/team/imagen:1.2",
+        function="multiplicación",
+        params={"números": [1, 2.5, -3], "anidado": {"clé": None, "ok": True}, "texto": "日本"},
+        metadata={"owner": "zoë", "tags": ["a", "b"]},
+        limits={"timeout_s": 1.5, "memory_mb": 128},
+        isolation="fresh",
+        callback_url="https://example.com/hook?x=1",
+        idempotency_key="key-✓",
+        request_hash="sha256:abc",
+        result={"resultado": [1.25, "ünï", None, {"x": 10**15}]},
+        error={"code": "task_error", "message": "fallo ☹", "data": {"type": "ValueError"}},
+        logs="línea 1\nline 2 ✓\n",
+        created_at=datetime(2024, 5, 17, 14, 30, 45, 123456, tzinfo=PLUS_2),
+        started_at=datetime(2024, 5, 17, 7, 1, 0, 1, tzinfo=MINUS_5),
+        finished_at=BASE + timedelta(seconds=90, microseconds=7),
+        queued_ms=1.5,
+        start_ms=260.25,
+        run_ms=0.24,
+        container_id="c0ffee" * 10,
+        exit_code=137,
+        worker="worker-1@host",
+        progress=0.75,
+        progress_message="casi ✓",
+        callback=CallbackState(
+            status="delivered",
+            attempts=3,
+            last_error="HTTP 503",
+            delivered_at=datetime(2024, 5, 17, 20, 0, 0, 42, tzinfo=PLUS_2),
+        ),
+    )
+
+
+def datetimes(record: TaskRecord) -> list[datetime]:
+    """Every datetime a record holds, the callback's included."""
+    values = [record.created_at, record.started_at, record.finished_at]
+    if record.callback is not None:
+        values.append(record.callback.delivered_at)
+    return [value for value in values if value is not None]
+
+
+def at_once(count: int, work: Callable[[int], T]) -> list[T]:
+    """Run ``work(0..count-1)`` in ``count`` threads released together."""
+    barrier = threading.Barrier(count)
+
+    def run(index: int) -> T:
+        barrier.wait(timeout=30)
+        return work(index)
+
+    with ThreadPoolExecutor(max_workers=count) as pool:
+        return list(pool.map(run, range(count)))
+
+
+def ids(records: list[TaskRecord]) -> list[str]:
+    """The ids of ``records``, in order."""
+    return [record.id for record in records]
+
+
+# --- schema and connections ---------------------------------------------------
+
+
+def test_migrate_twice_is_a_no_op(store: SqlStore) -> None:
+    """Migrating an up-to-date database changes nothing and keeps the tasks."""
+    stored, _ = store.create(task())
+    store.migrate()
+    store.migrate()
+    with store.engine.connect() as connection:
+        revision = MigrationContext.configure(connection).get_current_revision()
+    assert revision == "0001"
+    assert store.get(stored.id) == stored
+
+
+MIGRATE_AT = """
+import sys, time
+from tarea.store import SqlStore
+store = SqlStore(sys.argv[1])
+time.sleep(max(0.0, float(sys.argv[2]) - time.time()))
+store.migrate()
+store.close()
+"""
+
+
+def test_processes_migrating_at_once_all_succeed(store_url: str) -> None:
+    """Four processes migrating one empty database at the same moment all succeed."""
+    start = time.time() + 3  # after every process has imported tarea
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-c", MIGRATE_AT, store_url, str(start)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(4)
+    ]
+    outcomes = [(process.wait(timeout=60), process.communicate()[1]) for process in processes]
+    assert [code for code, _ in outcomes] == [0, 0, 0, 0], outcomes
+    sql_store = SqlStore(store_url)
+    try:
+        stored, created = sql_store.create(task())
+        assert created
+        assert sql_store.get(stored.id) == stored
+    finally:
+        sql_store.close()
+
+
+def test_threads_migrating_at_once_all_succeed(store_url: str) -> None:
+    """Four stores in one process migrating one empty database at once all succeed."""
+    stores = [SqlStore(store_url) for _ in range(4)]
+    try:
+        at_once(4, lambda index: stores[index].migrate())
+        stored, _ = stores[0].create(task())
+        assert stores[3].get(stored.id) == stored
+    finally:
+        for sql_store in stores:
+            sql_store.close()
+
+
+def test_migrations_build_the_schema_tables_py_describes(store: SqlStore) -> None:
+    """The schema the migrations build is exactly the one tables.py describes."""
+    with store.engine.connect() as connection:
+        differences = compare_metadata(MigrationContext.configure(connection), Base.metadata)
+    assert differences == []
+
+
+def test_connection_settings(store_url: str) -> None:
+    """SQLite runs in WAL with a busy timeout; plain postgresql:// URLs use psycopg 3."""
+    plain = store_url.replace("postgresql+psycopg://", "postgresql://", 1)
+    sql_store = SqlStore(plain)
+    try:
+        sql_store.migrate()
+        with sql_store.engine.connect() as connection:
+            if connection.dialect.name == "sqlite":
+                pragmas = [
+                    connection.exec_driver_sql(f"PRAGMA {name}").scalar()
+                    for name in ("journal_mode", "busy_timeout", "synchronous")
+                ]
+                assert pragmas == ["wal", 5000, 1]  # 1 = NORMAL
+                assert Path(store_url.removeprefix("sqlite:///")).is_file()
+            else:
+                assert connection.dialect.driver == "psycopg"
+    finally:
+        sql_store.close()
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["not a url", "sqlite://", "sqlite:///:memory:", "mysql://u:p@localhost/db"],
+)
+def test_unusable_urls_are_configuration_errors(url: str) -> None:
+    """A URL the store cannot use (malformed, in-memory, another database) fails at once."""
+    with pytest.raises(ConfigurationError):
+        SqlStore(url)
+
+
+# --- create and get -----------------------------------------------------------
+
+
+def test_every_field_round_trips(store: SqlStore) -> None:
+    """Each TaskRecord field comes back as stored: JSON, unicode, instants, callback state."""
+    record = full_task()
+    stored, created = store.create(record)
+    fetched = store.get(record.id)
+    assert created
+    assert stored == record
+    assert fetched == record
+    assert fetched is not None
+    for name in ("created_at", "started_at", "finished_at"):
+        assert getattr(fetched, name) == getattr(record, name), name
+    assert all(value.tzinfo is UTC for value in datetimes(fetched))
+    assert fetched.created_at.microsecond == 123456
+
+
+def test_defaults_and_json_scalars_round_trip(store: SqlStore) -> None:
+    """A task with default fields, and results that are JSON scalars, come back equal."""
+    results: list[Any] = [None, 0, "", False, [], {}, "texto", 2.5]
+    records = [task(result=value) for value in results]
+    for record in records:
+        store.create(record)
+    fetched = [store.get(record.id) for record in records]
+    assert fetched == records
+    assert [record.result for record in fetched if record] == results
+
+
+def test_naive_datetimes_are_refused(store: SqlStore) -> None:
+    """A naive datetime is a bug, refused instead of stored as some local time."""
+    with pytest.raises(ValueError, match="created_at"):
+        store.create(task(created_at=datetime(2024, 1, 1)))
+    stored, _ = store.create(task())
+    with pytest.raises(ValueError, match="started_at"):
+        store.transition(stored.id, Status.RUNNING, started_at=datetime(2024, 1, 1))
+
+
+def test_a_duplicate_id_is_a_value_error(store: SqlStore) -> None:
+    """Creating a second task with an id already stored raises ValueError."""
+    stored, _ = store.create(task())
+    with pytest.raises(ValueError, match=stored.id):
+        store.create(task(id=stored.id, function="otra"))
+
+
+def test_get_is_scoped_by_tenant(store: SqlStore) -> None:
+    """A task is invisible to another tenant, visible to its own and to tenant None."""
+    stored, _ = store.create(task(tenant="acme"))
+    assert store.get(stored.id, tenant="other") is None
+    assert store.get(stored.id, tenant="acme") == stored
+    assert store.get(stored.id) == stored
+    assert store.get(new_task_id()) is None
+
+
+# --- idempotency ----------------------------------------------------------------
+
+
+def test_idempotency_key_returns_the_first_task(store: SqlStore) -> None:
+    """The same tenant and key give back the first task, not created again."""
+    first, created = store.create(task(idempotency_key="k1", params={"n": 1}))
+    again, created_again = store.create(task(idempotency_key="k1", params={"n": 2}))
+    assert created
+    assert not created_again
+    assert again == first
+    page, _ = store.list(tenant="acme")
+    assert ids(page) == [first.id]
+
+
+def test_idempotency_keys_are_per_tenant(store: SqlStore) -> None:
+    """Another tenant may use the same key; many tasks may have no key at all."""
+    mine, _ = store.create(task(tenant="acme", idempotency_key="k1"))
+    theirs, created = store.create(task(tenant="other", idempotency_key="k1"))
+    assert created
+    assert theirs.id != mine.id
+    keyless = [store.create(task(tenant="acme"))[1] for _ in range(3)]
+    assert keyless == [True, True, True]
+
+
+def test_concurrent_creates_with_one_key_create_one_task(store: SqlStore) -> None:
+    """Eight threads creating with the same key at once: one creates, all get that task."""
+    outcomes = at_once(8, lambda _: store.create(task(idempotency_key="race")))
+    created = [record for record, was_created in outcomes if was_created]
+    assert len(created) == 1
+    assert {record.id for record, _ in outcomes} == {created[0].id}
+    page, _ = store.list(tenant="acme")
+    assert ids(page) == [created[0].id]
+
+
+# --- list -----------------------------------------------------------------------
+
+
+def test_list_is_newest_first_and_filters(store: SqlStore) -> None:
+    """Tasks list newest first by instant, whatever zone they were given in, and filter."""
+    old = task(created_at=BASE.astimezone(MINUS_5), image="a:1")
+    middle = task(created_at=(BASE + timedelta(seconds=1)).astimezone(PLUS_2), image="b:1")
+    new = task(created_at=BASE + timedelta(seconds=2), image="a:1", status=Status.RUNNING)
+    other_tenant = task(tenant="other", created_at=BASE + timedelta(seconds=3), image="a:1")
+    for record in (middle, new, old, other_tenant):
+        store.create(record)
+
+    assert ids(store.list(tenant="acme")[0]) == [new.id, middle.id, old.id]
+    assert ids(store.list(tenant=None)[0]) == [other_tenant.id, new.id, middle.id, old.id]
+    assert ids(store.list(tenant="acme", status=Status.QUEUED)[0]) == [middle.id, old.id]
+    assert ids(store.list(tenant="acme", image="a:1")[0]) == [new.id, old.id]
+    assert ids(store.list(tenant="acme", image="a:1", status=Status.RUNNING)[0]) == [new.id]
+    assert store.list(tenant="nobody") == ([], None)
+
+
+def test_pagination_visits_every_task_once(store: SqlStore) -> None:
+    """Seven tasks, three per page: pages of 3, 3 and 1, in order, then no cursor."""
+    # Ties in created_at are broken by id, so pages neither skip nor repeat them.
+    records = [task(created_at=BASE + timedelta(seconds=index // 2)) for index in range(7)]
+    for record in records:
+        store.create(record)
+    expected = ids(sorted(records, key=lambda r: (r.created_at, r.id), reverse=True))
+
+    pages: list[list[str]] = []
+    cursor: str | None = None
+    while True:
+        page, cursor = store.list(tenant="acme", cursor=cursor, limit=3)
+        pages.append(ids(page))
+        if cursor is None:
+            break
+        assert len(pages) < 4, "pagination does not end"
+
+    assert [len(page) for page in pages] == [3, 3, 1]
+    assert [task_id for page in pages for task_id in page] == expected
+
+
+def test_a_full_last_page_has_no_cursor(store: SqlStore) -> None:
+    """When the tasks fill the last page exactly, no cursor to an empty page is returned."""
+    for index in range(6):
+        store.create(task(created_at=BASE + timedelta(seconds=index)))
+    first, cursor = store.list(tenant="acme", limit=3)
+    second, end = store.list(tenant="acme", cursor=cursor, limit=3)
+    assert (len(first), len(second), end) == (3, 3, None)
+
+
+@pytest.mark.parametrize(
+    "cursor",
+    [
+        "not a cursor!",
+        "",
+        "bm9wZQ",  # "nope"
+        encode_cursor(task(id="")),  # no id
+        "MjAyNC0wMS0wMVQwMDowMDowMHxhYmM",  # "2024-01-01T00:00:00|abc": a naive instant
+        "_w",  # not UTF-8
+    ],
+)
+def test_a_bad_cursor_is_an_invalid_request(store: SqlStore, cursor: str) -> None:
+    """A cursor the store did not make is an InvalidRequest about the field cursor."""
+    with pytest.raises(InvalidRequest, match="cursor") as raised:
+        store.list(tenant="acme", cursor=cursor)
+    assert raised.value.field == "cursor"
+
+
+def test_a_limit_under_one_is_an_invalid_request(store: SqlStore) -> None:
+    """Asking for pages of zero tasks is an InvalidRequest about the field limit."""
+    with pytest.raises(InvalidRequest) as raised:
+        store.list(tenant="acme", limit=0)
+    assert raised.value.field == "limit"
+
+
+# --- transitions ------------------------------------------------------------------
+
+
+def test_transitions_set_their_fields(store: SqlStore) -> None:
+    """queued → running → succeeded sets the given fields; a second ending changes nothing."""
+    stored, _ = store.create(task())
+    started = BASE + timedelta(seconds=1)
+    running = store.transition(
+        stored.id, Status.RUNNING, started_at=started, worker="w1", container_id="abc"
+    )
+    assert running == dataclasses.replace(
+        stored, status=Status.RUNNING, started_at=started, worker="w1", container_id="abc"
+    )
+
+    finished = BASE + timedelta(seconds=2)
+    done = store.transition(
+        stored.id,
+        Status.SUCCEEDED,
+        result={"resultado": 3},
+        finished_at=finished,
+        exit_code=0,
+        logs="ok\n",
+        queued_ms=1.0,
+        start_ms=2.0,
+        run_ms=3.0,
+    )
+    assert done is not None
+    assert (done.status, done.result, done.finished_at, done.exit_code) == (
+        Status.SUCCEEDED,
+        {"resultado": 3},
+        finished,
+        0,
+    )
+    assert (done.logs, done.queued_ms, done.start_ms, done.run_ms) == ("ok\n", 1.0, 2.0, 3.0)
+    assert store.get(stored.id) == done
+
+    again = store.transition(stored.id, Status.FAILED, error={"code": "crashed"}, exit_code=1)
+    assert again is None
+    assert store.get(stored.id) == done
+
+
+def test_a_queued_task_can_be_cancelled(store: SqlStore) -> None:
+    """A queued task moves straight to cancelled, and then stays there."""
+    stored, _ = store.create(task())
+    cancelled = store.transition(stored.id, Status.CANCELLED, finished_at=BASE)
+    assert cancelled is not None
+    assert cancelled.status is Status.CANCELLED
+    assert store.transition(stored.id, Status.RUNNING) is None
+    assert store.get(stored.id) == cancelled
+
+
+@pytest.mark.parametrize("terminal", sorted(TERMINAL))
+def test_a_terminal_task_never_runs_again(store: SqlStore, terminal: Status) -> None:
+    """A task in a terminal status cannot move to running (nor back to queued)."""
+    stored, _ = store.create(task(status=terminal))
+    assert store.transition(stored.id, Status.RUNNING, worker="w") is None
+    assert store.transition(stored.id, Status.QUEUED) is None
+    assert store.get(stored.id) == stored
+
+
+def test_transition_of_a_missing_task_is_none(store: SqlStore) -> None:
+    """Moving a task that does not exist returns None and creates nothing."""
+    assert store.transition(new_task_id(), Status.RUNNING) is None
+    assert store.list(tenant=None) == ([], None)
+
+
+@pytest.mark.parametrize(
+    ("fields", "named"),
+    [({"status": Status.FAILED}, "status"), ({"id": "x"}, "id"), ({"no_such": 1}, "no_such")],
+)
+def test_transition_refuses_fields_it_cannot_set(
+    store: SqlStore, fields: dict[str, Any], named: str
+) -> None:
+    """status and id cannot be set as fields, nor names TaskRecord does not have."""
+    stored, _ = store.create(task())
+    with pytest.raises(ValueError, match=named):
+        store.transition(stored.id, Status.RUNNING, **fields)
+    assert store.get(stored.id) == stored
+
+
+def end_twice_at_once(store: SqlStore, task_id: str) -> list[TaskRecord | None]:
+    """Two threads move one task at once: to succeeded and to cancelled."""
+    endings: list[tuple[Status, dict[str, Any]]] = [
+        (Status.SUCCEEDED, {"result": {"resultado": 1}}),
+        (Status.CANCELLED, {"error": {"code": "cancelled", "message": "by the client"}}),
+    ]
+
+    def end(index: int) -> TaskRecord | None:
+        status, fields = endings[index]
+        return store.transition(task_id, status, finished_at=BASE, **fields)
+
+    return at_once(2, end)
+
+
+def test_racing_endings_have_one_winner(store: SqlStore) -> None:
+    """Two threads ending one running task differently at once: exactly one wins."""
+    for _ in range(10):
+        stored, _ = store.create(task(status=Status.RUNNING))
+        winners = [outcome for outcome in end_twice_at_once(store, stored.id) if outcome]
+        assert len(winners) == 1
+        assert store.get(stored.id) == winners[0]
+
+
+# --- update and unfinished --------------------------------------------------------
+
+
+def test_update_sets_non_status_fields(store: SqlStore) -> None:
+    """update() sets progress, its message, logs and the callback state, nothing else."""
+    stored, _ = store.create(task(status=Status.RUNNING))
+    state = CallbackState(status="failed", attempts=2, last_error="timeout")
+    store.update(stored.id, progress=0.4, progress_message="40 % ✓", logs="a\nb\n")
+    store.update(stored.id, callback=state)
+    assert store.get(stored.id) == dataclasses.replace(
+        stored, progress=0.4, progress_message="40 % ✓", logs="a\nb\n", callback=state
+    )
+    delivered = dataclasses.replace(state, status="delivered", delivered_at=BASE)
+    store.update(stored.id, callback=delivered)
+    fetched = store.get(stored.id)
+    assert fetched is not None
+    assert fetched.callback == delivered
+    store.update(stored.id, callback=None)
+    assert store.get(stored.id) == dataclasses.replace(fetched, callback=None)
+
+
+@pytest.mark.parametrize(
+    ("fields", "named"),
+    [({"status": "running"}, "status"), ({"id": "x"}, "id"), ({"nope": 1}, "nope")],
+)
+def test_update_refuses_status_and_unknown_fields(
+    store: SqlStore, fields: dict[str, Any], named: str
+) -> None:
+    """update() raises ValueError for status, id or a name TaskRecord does not have."""
+    stored, _ = store.create(task())
+    with pytest.raises(ValueError, match=named):
+        store.update(stored.id, **fields)
+    assert store.get(stored.id) == stored
+
+
+def test_update_of_a_missing_task_does_nothing(store: SqlStore) -> None:
+    """Updating a task that does not exist is not an error and creates nothing."""
+    store.update(new_task_id(), progress=0.5)
+    assert store.list(tenant=None) == ([], None)
+
+
+def test_unfinished_lists_queued_and_running_oldest_first(store: SqlStore) -> None:
+    """unfinished() returns every tenant's queued and running tasks, oldest first."""
+    statuses = [
+        Status.RUNNING,
+        Status.SUCCEEDED,
+        Status.QUEUED,
+        Status.FAILED,
+        Status.RUNNING,
+        Status.CANCELLED,
+        Status.TIMED_OUT,
+        Status.QUEUED,
+    ]
+    records = [
+        task(status=status, tenant=f"t{index % 3}", created_at=BASE - timedelta(minutes=index))
+        for index, status in enumerate(statuses)
+    ]
+    for record in records:
+        store.create(record)
+    expected = [r for r in reversed(records) if r.status in (Status.QUEUED, Status.RUNNING)]
+    assert store.unfinished() == expected
