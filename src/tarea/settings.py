@@ -6,6 +6,9 @@ test and pass it to :func:`tarea.api.app.create_app`.
 
 from __future__ import annotations
 
+import secrets
+import socket
+
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -42,3 +45,60 @@ class Settings(BaseSettings):
     log_kb: int = Field(1024, ge=1, description="Largest stderr kept per task, in KiB.")
     tmpfs_mb: int = Field(64, ge=1, description="Size of the tmpfs mounted at /tmp.")
     default_user: str = Field("65534:65534", description="User for images whose own user is root.")
+
+    # Server maxima: a task may ask for up to these, no more (422 beyond).
+    max_timeout_s: float = Field(3600.0, gt=0, description="Largest timeout_s a task may ask.")
+    max_memory_mb: int = Field(4096, ge=16, description="Largest memory_mb a task may ask.")
+    max_cpus: float = Field(4.0, gt=0, description="Largest cpus a task may ask.")
+    max_pids: int = Field(4096, ge=8, description="Largest pids a task may ask.")
+    max_output_kb: int = Field(16384, ge=1, description="Largest output_kb a task may ask.")
+
+    # Dispatch.
+    server_id: str = Field(
+        default_factory=socket.gethostname,
+        description="This server's name: labels its containers and records (worker).",
+    )
+    concurrency: int = Field(8, ge=1, description="Tasks run at once by this server.")
+    max_queued: int = Field(1000, ge=1, description="Tasks that may wait; more get 503.")
+    wait_max_s: float = Field(
+        60.0, gt=0, description="Longest ?wait=true blocks before answering 202."
+    )
+    drain_timeout_s: float = Field(
+        30.0, ge=0, description="On SIGTERM, how long running tasks may take to finish."
+    )
+    callback_secret: str = Field(
+        default_factory=lambda: secrets.token_hex(32),
+        description="HMAC-SHA256 key that signs callbacks (random per start if unset).",
+    )
+    callback_attempts: int = Field(5, ge=1, description="Tries per callback.")
+    callback_backoff_s: float = Field(0.5, gt=0, description="Delay after the first failure.")
+
+    # Warm pool (DESIGN §4): containers reused per tenant, image and limits.
+    pool_max_total: int = Field(32, ge=1, description="Most task containers at once.")
+    pool_max_per_image: int = Field(16, ge=1, description="Most containers of one image.")
+    pool_idle_s: float = Field(300.0, gt=0, description="Idle containers are removed after.")
+    stem_cells: int = Field(
+        2, ge=0, description="Never-used containers kept ready per image used fresh."
+    )
+    prewarm: str = Field(
+        "",
+        description="Images to keep ready containers of at start, e.g. "
+        "'tasks_image:latest=2,other:1.0=1'.",
+    )
+    image_cache_s: float = Field(
+        10.0, ge=0, description="How long a resolved image is trusted without asking Docker."
+    )
+
+    def prewarm_images(self) -> list[tuple[str, int]]:
+        """``prewarm`` parsed: (image, count) pairs.
+
+        Raises:
+            ValueError: an entry is not ``image=count`` with a count >= 1.
+        """
+        pairs = []
+        for entry in filter(None, (e.strip() for e in self.prewarm.split(","))):
+            image, sep, count = entry.rpartition("=")
+            if not sep or not image or not count.isdigit() or int(count) < 1:
+                raise ValueError(f"TAREA_PREWARM entry {entry!r} is not image=count")
+            pairs.append((image, int(count)))
+        return pairs

@@ -6,7 +6,9 @@ tests that need it fail with a message that says what to run.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import secrets
 import socket
 import subprocess
 import sys
@@ -16,6 +18,8 @@ from pathlib import Path
 
 import httpx
 import pytest
+from sqlalchemy import Engine, create_engine, text
+from sqlalchemy.engine import make_url
 
 ROOT = Path(__file__).resolve().parents[2]
 IMAGES = Path(__file__).resolve().parent / "images"
@@ -32,8 +36,16 @@ def docker(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
 
 
 def managed_containers() -> list[str]:
-    """IDs of every container (running or not) tarea made."""
-    return docker("ps", "-aq", "--filter", f"label={MANAGED}").stdout.split()
+    """IDs of the containers (running or not) this session's tarea made.
+
+    Against an external server (``TAREA_TEST_URL``), every tarea container.
+    """
+    server_id = os.environ.get("TAREA_SERVER_ID")
+    if os.environ.get("TAREA_TEST_URL") or not server_id:
+        label = MANAGED
+    else:
+        label = f"io.tarea.server={server_id}"
+    return docker("ps", "-aq", "--filter", f"label={label}").stdout.split()
 
 
 def free_port() -> int:
@@ -84,9 +96,7 @@ def tasks_image(docker_ready: None) -> str:
     """tarea's standard task image, built by `make build_server_tasks_image`."""
     for tag in (TASKS_IMAGE, "task_service:latest"):
         if docker("image", "inspect", tag, check=False).returncode != 0:
-            pytest.fail(
-                f"{tag} is missing: run `make build_server_tasks_image`", pytrace=False
-            )
+            pytest.fail(f"{tag} is missing: run `make build_server_tasks_image`", pytrace=False)
     return TASKS_IMAGE
 
 
@@ -100,6 +110,59 @@ def seed_http_image(base_image: str) -> str:
 def misbehaving_image(base_image: str) -> str:
     """A JSON-RPC image that crashes, writes garbage or hangs on request."""
     return _build(base_image, MISBEHAVING_IMAGE, IMAGES / "misbehaving")
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> str:
+    """The URL of a real PostgreSQL database (scripts/ensure-postgres.sh); fails if none."""
+    url = os.environ.get("TAREA_TEST_POSTGRES_URL", "")
+    if not url:
+        script = ROOT / "scripts" / "ensure-postgres.sh"
+        result = subprocess.run(
+            [str(script)], capture_output=True, text=True, check=False, timeout=900
+        )
+        if result.returncode != 0 or not result.stdout.strip():
+            pytest.fail(
+                f"no PostgreSQL for the tests: {script} failed (exit {result.returncode}); "
+                f"set TAREA_TEST_POSTGRES_URL or run it as root.\n{result.stderr}",
+                pytrace=False,
+            )
+        url = result.stdout.strip().splitlines()[-1]
+    return url
+
+
+@pytest.fixture(scope="session")
+def postgres_admin(postgres_url: str) -> Iterator[Engine]:
+    """An SQLAlchemy engine on the test database, to create and drop schemas."""
+    parsed = make_url(postgres_url)
+    if parsed.drivername in ("postgresql", "postgres"):
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    engine = create_engine(parsed)
+    try:
+        with engine.connect() as connection:
+            connection.execute(text("SELECT 1"))
+    except Exception as exc:
+        engine.dispose()
+        pytest.fail(f"PostgreSQL at {parsed!r} does not answer: {exc}", pytrace=False)
+    yield engine
+    engine.dispose()
+
+
+@contextlib.contextmanager
+def postgres_schema(url: str, admin: Engine) -> Iterator[str]:
+    """A fresh, empty schema; yields a URL whose search_path is it; dropped after."""
+    schema = f"tarea_test_{secrets.token_hex(6)}"
+    with admin.begin() as connection:
+        connection.execute(text(f'CREATE SCHEMA "{schema}"'))
+    try:
+        yield (
+            make_url(url)
+            .update_query_dict({"options": f"-csearch_path={schema}"})
+            .render_as_string(hide_password=False)
+        )
+    finally:
+        with admin.begin() as connection:
+            connection.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
 
 
 class LiveServer:
@@ -166,10 +229,18 @@ def client(live_server: LiveServer) -> Iterator[httpx.Client]:
 
 
 @pytest.fixture(scope="session", autouse=True)
-def _remove_leftovers() -> Iterator[None]:
-    """Remove every container tarea or the tests made, by label, at the end."""
-    yield
-    for label in (MANAGED, "io.tarea.test=true"):
+def _session_server_id() -> Iterator[str]:
+    """A server id of this test session's own, so that sessions sharing a
+    machine never remove each other's containers; its leftovers go at the end."""
+    server_id = f"tarea-test-{os.getpid()}"
+    previous = os.environ.get("TAREA_SERVER_ID")
+    os.environ["TAREA_SERVER_ID"] = server_id
+    yield server_id
+    if previous is None:
+        os.environ.pop("TAREA_SERVER_ID", None)
+    else:
+        os.environ["TAREA_SERVER_ID"] = previous
+    for label in (f"io.tarea.server={server_id}", "io.tarea.test=true"):
         ids = docker("ps", "-aq", "--filter", f"label={label}", check=False).stdout.split()
         if ids:
             docker("rm", "-f", *ids, check=False)

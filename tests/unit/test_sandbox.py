@@ -8,7 +8,6 @@ from tarea.domain.task import Limits, Protocol
 from tarea.engine.sandbox import (
     MANAGED_LABEL,
     PROTOCOL_LABEL,
-    TASK_LABEL,
     ContainerConfig,
     SandboxPolicy,
     container_config,
@@ -36,7 +35,6 @@ def make_config(
     limits: Limits | None = None,
     image_user: str = "",
     policy: SandboxPolicy = POLICY,
-    task_id: str = "task-1",
 ) -> ContainerConfig:
     return container_config(
         image="sha256:abc",
@@ -44,7 +42,6 @@ def make_config(
         image_user=image_user,
         limits=limits or Limits(timeout_s=30, memory_mb=256, cpus=1.0, pids=64, output_kb=1024),
         policy=policy,
-        task_id=task_id,
     )
 
 
@@ -123,32 +120,18 @@ def test_protocol_decides_network_stdin_and_environment(
 
 
 @pytest.mark.parametrize("protocol", PROTOCOLS)
-def test_labels_name_tarea_protocol_and_task(protocol: Protocol) -> None:
-    """Every container is labelled managed, with its protocol, its task and the policy's extras."""
+def test_labels_name_tarea_and_protocol(protocol: Protocol) -> None:
+    """Every container is labelled managed, with its protocol and the policy's extras."""
     policy = SandboxPolicy(extra_labels={"io.tarea.server": "s1"})
 
-    config = make_config(protocol, policy=policy, task_id="t-42")
+    config = make_config(protocol, policy=policy)
 
     assert config.labels == {
         "io.tarea.managed": "true",
         "io.tarea.protocol": protocol.value,
-        "io.tarea.task": "t-42",
         "io.tarea.server": "s1",
     }
-    assert {MANAGED_LABEL, PROTOCOL_LABEL, TASK_LABEL} <= config.labels.keys()
-
-
-def test_unassigned_container_has_empty_task_label() -> None:
-    """A container started for no task carries an empty task label, not a missing one."""
-    config = container_config(
-        image="img",
-        protocol=Protocol.JSONRPC_STDIO,
-        image_user="",
-        limits=Limits(timeout_s=1, memory_mb=64, cpus=1.0, pids=8, output_kb=64),
-        policy=POLICY,
-    )
-
-    assert config.labels[TASK_LABEL] == ""
+    assert {MANAGED_LABEL, PROTOCOL_LABEL} <= config.labels.keys()
 
 
 ROOT_USERS = ["", "0", "root", "0:0", "root:root", "root:0", "0:root", " root "]

@@ -7,7 +7,11 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from tarea.engine.executor import Engine
+from tarea.service import TaskService
 from tarea.settings import Settings
+
+#: The tenant of requests while authentication is off.
+DEFAULT_TENANT = "default"
 
 
 def _engine(request: Request) -> Engine:
@@ -20,5 +24,16 @@ def _settings(request: Request) -> Settings:
     return settings
 
 
+def _service(request: Request) -> TaskService:
+    service: TaskService = request.app.state.service
+    return service
+
+
+def _tenant() -> str:
+    return DEFAULT_TENANT
+
+
 EngineDep = Annotated[Engine, Depends(_engine)]
 SettingsDep = Annotated[Settings, Depends(_settings)]
+ServiceDep = Annotated[TaskService, Depends(_service)]
+TenantDep = Annotated[str, Depends(_tenant)]

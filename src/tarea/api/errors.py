@@ -16,7 +16,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from tarea.errors import EngineUnavailable, InvalidRequest
+from tarea.errors import EngineUnavailable, InvalidRequest, TareaError
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +33,11 @@ STATUS_OF_CODE: dict[str, int] = {
     "image_not_allowed": 403,
     "engine_unavailable": 503,
     "not_found": 404,
+    "task_not_found": 404,
+    "not_cancellable": 409,
+    "idempotency_key_reused": 422,
+    "draining": 503,
+    "queue_full": 503,
     "internal_error": 500,
 }
 
@@ -93,6 +98,18 @@ def install(app: FastAPI) -> None:
     async def _engine(_: Request, exc: EngineUnavailable) -> JSONResponse:
         log.warning("engine unavailable: %s", exc.message)
         return problem(503, exc.code, "the Docker engine does not answer; try again later")
+
+    @app.exception_handler(TareaError)
+    async def _tarea(_: Request, exc: TareaError) -> JSONResponse:
+        code = getattr(exc, "code", "internal_error")
+        status = STATUS_OF_CODE.get(code, 500)
+        if status >= 500 and code == "internal_error":
+            log.error("unmapped error: %r", exc)
+        headers = {"Retry-After": "1"} if status == 503 else None
+        response = problem(status, code, getattr(exc, "message", None) or str(exc))
+        if headers:
+            response.headers.update(headers)
+        return response
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:

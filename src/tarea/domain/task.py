@@ -53,8 +53,12 @@ class TaskSpec:
     params: dict[str, Any]
     limits: Limits
     auth: RegistryAuth | None = None
-    #: Who asked; used to label containers and, later, to keep tenants apart.
+    #: The task's id, sent as the JSON-RPC request id.
     task_id: str = ""
+    #: Whose task it is: warm containers are never shared between tenants.
+    tenant: str = "default"
+    #: "warm" (a container may be reused) or "fresh" (one nobody used before).
+    isolation: str = "warm"
 
 
 @dataclass(frozen=True, slots=True)

@@ -322,14 +322,22 @@ class DockerEngine:
 
         return await self._call(wait)
 
+    def _remove_now(self, container_id: str) -> None:
+        """Kill and remove; gone already, or being removed by another call, is fine."""
+        with _engine_errors():
+            try:
+                self._api().remove_container(container_id, force=True)
+            except docker.errors.NotFound:
+                pass
+            except docker.errors.APIError as exc:
+                if exc.status_code != 409:  # 409: removal already in progress
+                    raise TareaError(
+                        f"cannot remove container {container_id[:12]}: {exc.explanation or exc}"
+                    ) from exc
+
     async def remove(self, container_id: str) -> None:
         """Kill and remove the container; a container already gone is fine."""
-
-        def remove() -> None:
-            with _engine_errors(), contextlib.suppress(docker.errors.NotFound):
-                self._api().remove_container(container_id, force=True)
-
-        await self._call(remove)
+        await self._call(self._remove_now, container_id)
 
     async def remove_labelled(self, labels: dict[str, str]) -> list[str]:
         """Kill and remove every container carrying all ``labels``; their IDs."""
@@ -338,10 +346,9 @@ class DockerEngine:
             filters = {"label": [f"{k}={v}" for k, v in labels.items()]}
             with _engine_errors():
                 found = self._api().containers(all=True, quiet=True, filters=filters)
-                ids = [str(c["Id"]) for c in found]
-                for cid in ids:
-                    with contextlib.suppress(docker.errors.NotFound):
-                        self._api().remove_container(cid, force=True)
+            ids = [str(c["Id"]) for c in found]
+            for cid in ids:
+                self._remove_now(cid)
             return ids
 
         return await self._call(remove_all)

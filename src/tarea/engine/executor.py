@@ -1,16 +1,24 @@
-"""Running one task in one container, start to finish, with either protocol."""
+"""Running tasks in containers: image, container from the pool, call, outcome."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
+from collections.abc import Awaitable, Callable
 
 import httpx
 
-from tarea.domain.task import ErrorInfo, Outcome, Protocol, TaskSpec, Timings
+from tarea.domain.task import ErrorInfo, Limits, Outcome, Protocol, TaskSpec, Timings
 from tarea.engine import images
+from tarea.engine.containers import (
+    PoolKey,
+    SeedHttpContainer,
+    StdioContainer,
+    StemKey,
+    TaskContainer,
+)
 from tarea.engine.docker import DockerEngine
+from tarea.engine.pool import PoolLimits, WarmPool
 from tarea.engine.protocols import seed_http
 from tarea.engine.protocols.jsonrpc import JsonRpcChannel, LogCallback, ProgressCallback
 from tarea.engine.sandbox import SandboxPolicy, container_config
@@ -19,16 +27,23 @@ from tarea.errors import ContainerCrashed, TaskFailure
 log = logging.getLogger(__name__)
 
 _EXIT_GRACE_S = 2.0
+#: Failures after which the container is still sound (the task said no, cleanly).
+_REUSABLE_AFTER = frozenset({"unknown_function", "bad_params", "task_error"})
+
+#: Called once the task has a container; False means "abandon the task".
+StartCallback = Callable[[str], Awaitable[bool]]
 
 
 class Engine:
-    """Starts hardened task containers and talks to them.
+    """Runs tasks in hardened containers, reusing them through a :class:`WarmPool`.
 
     Args:
         docker: the Docker engine boundary.
         policy: the server's sandbox settings.
         start_timeout_s: how long a container may take to become ready.
         log_cap: how much of a task's stderr to keep, in bytes.
+        pool_limits: caps and idle time of the warm pool.
+        image_cache_s: how long a resolved image is trusted without asking Docker.
     """
 
     def __init__(
@@ -38,203 +53,196 @@ class Engine:
         *,
         start_timeout_s: float = 30.0,
         log_cap: int = 1024 * 1024,
+        pool_limits: PoolLimits | None = None,
+        image_cache_s: float = 10.0,
     ) -> None:
         self.docker = docker
         self.policy = policy
         self.start_timeout_s = start_timeout_s
         self.log_cap = log_cap
+        self.pool = WarmPool(self._remove, pool_limits or PoolLimits())
+        self._image_cache_s = image_cache_s
+        self._images: dict[str, tuple[float, images.ResolvedImage]] = {}
         self._http = httpx.AsyncClient(trust_env=False)
         self._seed_network_ready = False
-        self._cleanups: set[asyncio.Task[None]] = set()
+
+    def start(self) -> None:
+        """Start the pool's housekeeping."""
+        self.pool.start()
 
     async def aclose(self) -> None:
-        """Finish pending container removals and release connections."""
-        if self._cleanups:
-            await asyncio.gather(*self._cleanups, return_exceptions=True)
+        """Remove every pooled container and release connections."""
+        await self.pool.aclose()
+        await self.pool.settle()
         await self._http.aclose()
+
+    async def settle(self) -> None:
+        """Wait until every container removal scheduled so far has finished."""
+        await self.pool.settle()
+
+    # -- images ------------------------------------------------------------------------
+
+    async def resolve(self, reference: str, spec: TaskSpec | None = None) -> images.ResolvedImage:
+        """The image, pulled if needed; cached for a few seconds (no Docker call on a hit)."""
+        now = time.monotonic()
+        cached = self._images.get(reference)
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        resolved = await images.resolve(self.docker, reference, spec.auth if spec else None)
+        self._images[reference] = (now + self._image_cache_s, resolved)
+        return resolved
+
+    async def prewarm(self, reference: str, count: int, limits: Limits) -> None:
+        """Keep ``count`` never-used containers of ``reference`` ready from now on."""
+        resolved = await self.resolve(reference)
+        stem = StemKey(resolved.info.id, limits)
+        self.pool.prewarm(stem, count, lambda: self._launch(resolved, limits))
+
+    # -- running -----------------------------------------------------------------------
 
     async def run(
         self,
         spec: TaskSpec,
         *,
+        on_start: StartCallback | None = None,
         on_progress: ProgressCallback | None = None,
         on_log: LogCallback | None = None,
     ) -> Outcome:
-        """Run ``spec`` in a fresh container; never raises for a task's failure.
+        """Run ``spec`` in a pooled (or, if ``isolation`` says so, fresh) container.
 
-        Raises:
-            InvalidImageReference: the image name is malformed (a client error).
-            EngineUnavailable: the Docker engine does not answer.
+        Never raises for a task's failure: the outcome carries it. Raises
+        InvalidImageReference for a malformed name and EngineUnavailable when
+        Docker does not answer.
         """
+        t0 = time.perf_counter()
         try:
-            resolved = await images.resolve(self.docker, spec.image, spec.auth)
+            resolved = await self.resolve(spec.image, spec)
         except TaskFailure as failure:
             return Outcome(error=_error_info(failure))
-        if resolved.protocol is Protocol.JSONRPC_STDIO:
-            return await self._run_stdio(spec, resolved, on_progress, on_log)
-        return await self._run_seed_http(spec, resolved)
-
-    # -- JSON-RPC over stdio ------------------------------------------------------
-
-    async def _run_stdio(
-        self,
-        spec: TaskSpec,
-        resolved: images.ResolvedImage,
-        on_progress: ProgressCallback | None,
-        on_log: LogCallback | None,
-    ) -> Outcome:
-        config = container_config(
-            image=resolved.info.id,
-            protocol=resolved.protocol,
-            image_user=resolved.info.user,
-            limits=spec.limits,
-            policy=self.policy,
-            task_id=spec.task_id,
-        )
-        t0 = time.perf_counter()
-        cid = await self.docker.create(config)
-        channel: JsonRpcChannel | None = None
-        t_ready = t0
+        fresh = spec.isolation == "fresh"
+        key = PoolKey(spec.tenant, resolved.info.id, spec.limits)
         try:
-            stdio = await self.docker.attach_stdio(cid)
-            channel = await JsonRpcChannel.open(
-                stdio.sock,
-                output_cap=spec.limits.output_kb * 1024,
-                log_cap=self.log_cap,
-                on_log=on_log,
+            container = await self.pool.acquire(
+                key, lambda: self._launch(resolved, spec.limits), fresh=fresh
             )
-            await self.docker.start(cid)
-            await channel.wait_ready(self.start_timeout_s)
-            t_ready = time.perf_counter()
-            result = await channel.call(
-                spec.task_id or cid[:12],
+        except TaskFailure as failure:
+            return Outcome(error=_error_info(failure), timings=_timings(t0, time.perf_counter()))
+        t_ready = time.perf_counter()
+        reusable = False
+        try:
+            if on_start is not None and not await on_start(container.id):
+                reusable = not fresh
+                return Outcome(container_id=container.id, error=ErrorInfo("cancelled", "abandoned"))
+            result = await container.call(
+                spec.task_id or container.id[:12],
                 spec.function,
                 spec.params,
                 timeout_s=spec.limits.timeout_s,
                 on_progress=on_progress,
+                on_log=on_log,
             )
-            t_done = time.perf_counter()
-            await channel.close_stdin()
-            exit_code = None
-            if await channel.wait_eof(_EXIT_GRACE_S):
-                exit_code = await self.docker.wait(cid, _EXIT_GRACE_S)
+            reusable = not fresh
             return Outcome(
                 result=result,
-                container_id=cid,
-                exit_code=exit_code,
-                logs=channel.logs.take(),
-                timings=_timings(t0, t_ready, t_done),
+                container_id=container.id,
+                logs=container.take_logs(),
+                timings=_timings(t0, t_ready),
             )
         except TaskFailure as failure:
             t_done = time.perf_counter()
-            error, exit_code = await self._explain(cid, failure, channel)
+            reusable = not fresh and failure.code in _REUSABLE_AFTER and not container.broken
+            error, exit_code = await self._explain(container, failure)
             return Outcome(
                 error=error,
-                container_id=cid,
+                container_id=container.id,
                 exit_code=exit_code,
-                logs=channel.logs.take() if channel else "",
+                logs=container.take_logs(),
                 timings=_timings(t0, t_ready, t_done),
             )
         finally:
-            if channel is not None:
-                channel.close()
-            self._remove_later(cid)
+            await self.pool.release(container, reusable=reusable)
 
     async def _explain(
-        self, cid: str, failure: TaskFailure, channel: JsonRpcChannel | None
+        self, container: TaskContainer, failure: TaskFailure
     ) -> tuple[ErrorInfo, int | None]:
         """Complete a failure with what the engine knows: exit code, OOM kill."""
-        if not isinstance(failure, ContainerCrashed):
+        if not isinstance(failure, ContainerCrashed) and not (
+            container.protocol is Protocol.SEED_HTTP and failure.code == "protocol_error"
+        ):
             return _error_info(failure), None
-        exit_code = await self.docker.wait(cid, _EXIT_GRACE_S)
-        state = await self.docker.state(cid)
-        tail = channel.logs.take()[-2000:] if channel else ""
+        container.failed = True
+        exit_code = await self.docker.wait(container.id, _EXIT_GRACE_S)
+        state = await self.docker.state(container.id)
         if state.oom_killed:
             return ErrorInfo(
-                "oom_killed",
-                "the task ran out of memory and was killed",
-                {"exit_code": exit_code},
+                "oom_killed", "the task ran out of memory and was killed", {"exit_code": exit_code}
             ), exit_code
+        if exit_code is None:  # still running: it was the protocol, not a crash
+            return _error_info(failure), None
+        tail = container.take_logs()[-2000:]
         return ErrorInfo(
             "crashed",
             f"the task process exited with code {exit_code} before answering",
             {"exit_code": exit_code, "stderr_tail": tail},
         ), exit_code
 
-    # -- the seed's HTTP contract -----------------------------------------------
+    # -- containers --------------------------------------------------------------------
 
-    async def _run_seed_http(self, spec: TaskSpec, resolved: images.ResolvedImage) -> Outcome:
-        if not self._seed_network_ready:
+    async def _launch(self, resolved: images.ResolvedImage, limits: Limits) -> TaskContainer:
+        """Create, start and wait for a new container until it is ready for calls."""
+        if resolved.protocol is Protocol.SEED_HTTP and not self._seed_network_ready:
             await self.docker.ensure_network(self.policy.seed_network, internal=True)
             self._seed_network_ready = True
         config = container_config(
             image=resolved.info.id,
             protocol=resolved.protocol,
             image_user=resolved.info.user,
-            limits=spec.limits,
+            limits=limits,
             policy=self.policy,
-            task_id=spec.task_id,
         )
+        stem = StemKey(resolved.info.id, limits)
         t0 = time.perf_counter()
         cid = await self.docker.create(config)
-        t_ready = t0
+        channel: JsonRpcChannel | None = None
         try:
+            if resolved.protocol is Protocol.JSONRPC_STDIO:
+                stdio = await self.docker.attach_stdio(cid)
+                channel = await JsonRpcChannel.open(
+                    stdio.sock, output_cap=limits.output_kb * 1024, log_cap=self.log_cap
+                )
+                await self.docker.start(cid)
+                await channel.wait_ready(self.start_timeout_s)
+                start_ms = (time.perf_counter() - t0) * 1000
+                return StdioContainer(cid, resolved.reference, stem, start_ms, channel)
             await self.docker.start(cid)
             address = await self.docker.container_address(cid, self.policy.seed_network)
             base_url = f"http://{address}:{seed_http.SEED_PORT}"
             await seed_http.wait_ready(self._http, base_url, self.start_timeout_s)
-            t_ready = time.perf_counter()
-            result = await seed_http.execute(
-                self._http, base_url, spec.function, spec.params, timeout_s=spec.limits.timeout_s
-            )
-            return Outcome(
-                result=result,
-                container_id=cid,
-                timings=_timings(t0, t_ready, time.perf_counter()),
-            )
-        except TaskFailure as failure:
-            state = await self.docker.state(cid)
-            error = _error_info(failure)
-            if state.oom_killed:
-                error = ErrorInfo("oom_killed", "the task ran out of memory and was killed")
-            elif not state.running and error.code == "timed_out":
-                error = ErrorInfo(
-                    "crashed",
-                    f"the seed task service exited with code {state.exit_code}",
-                    {"exit_code": state.exit_code},
-                )
-            return Outcome(
-                error=error,
-                container_id=cid,
-                exit_code=state.exit_code,
-                timings=_timings(t0, t_ready, time.perf_counter()),
-            )
-        finally:
-            self._remove_later(cid)
-
-    # -- housekeeping ---------------------------------------------------------------
-
-    def _remove_later(self, cid: str) -> None:
-        """Remove the container off the answer's path; awaited on shutdown."""
-        task = asyncio.create_task(self._remove(cid))
-        self._cleanups.add(task)
-        task.add_done_callback(self._cleanups.discard)
-
-    async def _remove(self, cid: str) -> None:
-        try:
+            start_ms = (time.perf_counter() - t0) * 1000
+            return SeedHttpContainer(cid, resolved.reference, stem, start_ms, self._http, base_url)
+        except BaseException as exc:
+            logs = channel.logs.take()[-2000:] if channel is not None else ""
+            if channel is not None:
+                channel.close()
+            if isinstance(exc, ContainerCrashed):
+                exit_code = await self.docker.wait(cid, _EXIT_GRACE_S)
+                await self.docker.remove(cid)
+                raise ContainerCrashed(
+                    f"the task container exited with code {exit_code} before it was ready",
+                    data={"exit_code": exit_code, "stderr_tail": logs},
+                ) from exc
             await self.docker.remove(cid)
-        except Exception:  # a leftover is removed by label at the next start-up
-            log.warning("could not remove task container %s", cid[:12], exc_info=True)
+            raise
 
-    async def settle(self) -> None:
-        """Wait until every container removal scheduled so far has finished."""
-        while self._cleanups:
-            await asyncio.gather(*list(self._cleanups), return_exceptions=True)
+    async def _remove(self, container: TaskContainer) -> None:
+        container.close()
+        await self.docker.remove(container.id)
 
 
 def _error_info(failure: TaskFailure) -> ErrorInfo:
     return ErrorInfo(failure.code, failure.message, dict(failure.data))
 
 
-def _timings(t0: float, t_ready: float, t_done: float) -> Timings:
-    return Timings(start_ms=(t_ready - t0) * 1000, run_ms=(t_done - t_ready) * 1000)
+def _timings(t0: float, t_ready: float, t_done: float | None = None) -> Timings:
+    end = time.perf_counter() if t_done is None else t_done
+    return Timings(start_ms=(t_ready - t0) * 1000, run_ms=(end - t_ready) * 1000)

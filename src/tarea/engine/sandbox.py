@@ -15,8 +15,8 @@ from tarea.domain.task import Limits, Protocol
 MANAGED_LABEL = "io.tarea.managed"
 #: The protocol a container speaks, so a restarted server knows what it left.
 PROTOCOL_LABEL = "io.tarea.protocol"
-#: The task a container was started for ("" for a container not yet assigned).
-TASK_LABEL = "io.tarea.task"
+#: The server that started a container; a restarted server removes its own.
+SERVER_LABEL = "io.tarea.server"
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,7 +65,6 @@ def container_config(
     image_user: str,
     limits: Limits,
     policy: SandboxPolicy,
-    task_id: str = "",
 ) -> ContainerConfig:
     """The hardened create-container settings for one task container.
 
@@ -75,7 +74,8 @@ def container_config(
         image_user: the ``User`` from the image's config ("" when unset).
         limits: the task's resource limits (already validated).
         policy: the server's hardening settings.
-        task_id: the task this container is started for, if any.
+
+    Containers are not tied to one task: the warm pool reuses them.
     """
     memory = limits.memory_mb * 1024 * 1024
     stdio = protocol is Protocol.JSONRPC_STDIO
@@ -86,7 +86,6 @@ def container_config(
             **policy.extra_labels,
             MANAGED_LABEL: "true",
             PROTOCOL_LABEL: protocol.value,
-            TASK_LABEL: task_id,
         },
         stdin_open=stdio,
         # stdio images get no network at all; seed-HTTP images get the internal

@@ -15,10 +15,11 @@ from typing import Any
 from fastapi import APIRouter
 from pydantic import BaseModel, ConfigDict, Field
 
-from tarea.api.deps import EngineDep, SettingsDep
+from tarea.api.deps import ServiceDep, SettingsDep, TenantDep
 from tarea.api.errors import STATUS_OF_CODE, ProblemError
-from tarea.domain.task import Limits, RegistryAuth, TaskSpec
-from tarea.settings import Settings
+from tarea.domain.status import Status
+from tarea.domain.task import RegistryAuth
+from tarea.service import NewTask
 
 router = APIRouter(tags=["seed"])
 
@@ -72,17 +73,6 @@ class SeedTaskResult(BaseModel):
     error: str | None = None
 
 
-def default_limits(settings: Settings) -> Limits:
-    """The server's default limits."""
-    return Limits(
-        timeout_s=settings.timeout_s,
-        memory_mb=settings.memory_mb,
-        cpus=settings.cpus,
-        pids=settings.pids,
-        output_kb=settings.output_kb,
-    )
-
-
 def _auth(credentials: SeedCredentials | None) -> RegistryAuth | None:
     if credentials is None:
         return None
@@ -110,22 +100,28 @@ def _auth(credentials: SeedCredentials | None) -> RegistryAuth | None:
     },
 )
 async def get_remote_task(
-    body: SeedTaskRequest, engine: EngineDep, settings: SettingsDep
+    body: SeedTaskRequest, service: ServiceDep, settings: SettingsDep, tenant: TenantDep
 ) -> dict[str, Any]:
-    """Run ``calculo`` with ``parametros`` in a container of ``imagen_docker``."""
-    spec = TaskSpec(
+    """Run ``calculo`` with ``parametros`` in a container of ``imagen_docker``.
+
+    The call is recorded like any v1 task (metadata ``source: getRemoteTask``),
+    so it can be looked up later under ``/v1/tasks``.
+    """
+    new = NewTask(
         image=body.imagen_docker,
         function=body.calculo,
         params=body.parametros,
-        limits=default_limits(settings),
-        auth=_auth(body.credenciales),
+        metadata={"source": "getRemoteTask", "datos_adicionales": body.datos_adicionales},
     )
-    outcome = await engine.run(spec)
-    if outcome.error is None:
-        return {"resultado": outcome.result}
-    error = outcome.error
-    if error.code in STATUS_OF_CODE:  # the image, not the task, is at fault
-        raise ProblemError(error.code, error.message, image=body.imagen_docker)
-    if error.code == "unknown_function":
+    bound = settings.pull_timeout_s + settings.start_timeout_s + settings.max_timeout_s + 5
+    record, _ = await service.submit(
+        new, tenant=tenant, auth=_auth(body.credenciales), wait_s=bound
+    )
+    if record.status is Status.SUCCEEDED:
+        return {"resultado": record.result}
+    error = record.error or {"code": "task_error", "message": f"the task is {record.status}"}
+    if error["code"] in STATUS_OF_CODE:  # the image or the engine is at fault, not the task
+        raise ProblemError(error["code"], error["message"], image=body.imagen_docker)
+    if error["code"] == "unknown_function":
         return {"error": UNSUPPORTED}
-    return {"error": error.message}
+    return {"error": str(error["message"])}

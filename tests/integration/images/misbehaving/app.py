@@ -14,8 +14,13 @@ def send(message):
     sys.stdout.flush()
 
 
-send({"jsonrpc": "2.0", "method": "ready", "params": {"protocol": "tarea/1",
-                                                        "functions": ["echo", "exit", "garbage", "sleep"]}})
+send(
+    {
+        "jsonrpc": "2.0",
+        "method": "ready",
+        "params": {"protocol": "tarea/1", "functions": ["echo", "exit", "garbage", "sleep"]},
+    }
+)
 for line in sys.stdin:
     request = json.loads(line)
     method, params, rid = request["method"], request.get("params") or {}, request["id"]

@@ -1,0 +1,82 @@
+"""``GET /v1/pools`` and ``GET /metrics``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel, ConfigDict
+
+from tarea.api.deps import EngineDep
+
+router = APIRouter(tags=["pools"])
+
+
+class PoolEntry(BaseModel):
+    """Containers of one image for one tenant ("" for never-used stem cells)."""
+
+    image: str
+    tenant: str
+    idle: int
+    busy: int
+    stem_cells: int
+
+
+class PoolsOut(BaseModel):
+    """The warm pool: sizes per image and tenant, caps and counters."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "total": 3,
+                    "max_total": 32,
+                    "max_per_image": 16,
+                    "counters": {
+                        "hits": 120,
+                        "stem_hits": 4,
+                        "misses": 1,
+                        "starts": 5,
+                        "start_failures": 0,
+                        "evictions_idle": 0,
+                        "evictions_capacity": 0,
+                        "evictions_broken": 1,
+                    },
+                    "pools": [
+                        {
+                            "image": "tasks_image:latest",
+                            "tenant": "default",
+                            "idle": 1,
+                            "busy": 0,
+                            "stem_cells": 2,
+                        }
+                    ],
+                }
+            ]
+        }
+    )
+
+    total: int
+    max_total: int
+    max_per_image: int
+    counters: dict[str, int]
+    pools: list[PoolEntry]
+
+
+@router.get("/v1/pools", response_model=PoolsOut, summary="Warm containers per image")
+async def pools(engine: EngineDep) -> dict[str, Any]:
+    """What the warm pool holds now, and its hits, misses, starts and evictions."""
+    return engine.pool.stats()
+
+
+@router.get(
+    "/metrics",
+    summary="Prometheus metrics",
+    response_class=Response,
+    responses={200: {"content": {"text/plain": {"example": "tarea_pool_total 3.0\n"}}}},
+)
+async def metrics(request: Request) -> Response:
+    """Pool, queue and task metrics in the Prometheus text format."""
+    return Response(generate_latest(request.app.state.registry), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,222 @@
+"""``/v1/tasks`` and ``/v1/batches``: submit, read, list, cancel, logs, events."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Header, Path, Query, Response
+from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.sse import EventSourceResponse, ServerSentEvent
+
+from tarea.api.deps import ServiceDep, SettingsDep, TenantDep
+from tarea.api.schemas import BatchCreate, BatchOut, TaskCreate, TaskOut, TaskPage, render_task
+from tarea.domain.records import TaskRecord
+from tarea.domain.status import TERMINAL, Status
+from tarea.errors import InvalidRequest
+from tarea.service import NewTask, TaskService
+
+router = APIRouter(prefix="/v1", tags=["tasks"])
+
+TaskId = Annotated[str, Path(description="The task's id.", max_length=64)]
+IdempotencyKey = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key",
+        max_length=255,
+        description="Retry-safe submit: the same key and body give back the same task.",
+    ),
+]
+
+_PROBLEMS: dict[int | str, dict[str, Any]] = {
+    404: {"description": "No such task."},
+    409: {"description": "The task already ended."},
+    422: {"description": "Invalid request (problem+json names the field)."},
+    503: {"description": "The server is draining or its queue is full."},
+}
+
+
+def _new_task(body: TaskCreate) -> NewTask:
+    return NewTask(
+        image=body.image,
+        function=body.function,
+        params=body.params,
+        metadata=body.metadata,
+        limits=body.limits.model_dump(exclude_none=True) if body.limits else {},
+        isolation=body.isolation,
+        callback_url=str(body.callback_url) if body.callback_url else None,
+    )
+
+
+def _task_response(record: TaskRecord, status_code: int) -> JSONResponse:
+    headers = {"Location": f"/v1/tasks/{record.id}"} if status_code == 202 else None
+    return JSONResponse(render_task(record), status_code=status_code, headers=headers)
+
+
+@router.post(
+    "/tasks",
+    response_model=TaskOut,
+    status_code=202,
+    summary="Submit a task",
+    responses={
+        200: {"model": TaskOut, "description": "With ?wait=true: the task ended."},
+        **_PROBLEMS,
+    },
+)
+async def submit_task(
+    body: TaskCreate,
+    service: ServiceDep,
+    settings: SettingsDep,
+    tenant: TenantDep,
+    idempotency_key: IdempotencyKey = None,
+    wait: Annotated[
+        bool, Query(description="Block until the task ends (bounded; then 202).")
+    ] = False,
+) -> Response:
+    """Record the task and queue it: 202 with a Location to poll.
+
+    With ``?wait=true`` the answer waits for the task to end and is 200 with
+    the finished task; a task still running after the server's bound (60 s by
+    default) is answered 202 as without ``wait``.
+    """
+    record, _ = await service.submit(
+        _new_task(body),
+        tenant=tenant,
+        idempotency_key=idempotency_key,
+        wait_s=settings.wait_max_s if wait else None,
+    )
+    return _task_response(record, 200 if wait and record.status.terminal else 202)
+
+
+@router.get(
+    "/tasks",
+    response_model=TaskPage,
+    summary="List tasks, newest first",
+    responses={422: _PROBLEMS[422]},
+)
+async def list_tasks(
+    service: ServiceDep,
+    tenant: TenantDep,
+    status: Annotated[Status | None, Query(description="Only tasks in this status.")] = None,
+    image: Annotated[str | None, Query(description="Only tasks of this image.")] = None,
+    cursor: Annotated[str | None, Query(description="From a previous page's next.")] = None,
+    limit: Annotated[int, Query(ge=1, le=200, description="Tasks per page.")] = 50,
+) -> JSONResponse:
+    """A page of this tenant's tasks and the cursor of the next one (null at the end)."""
+    items, next_cursor = await service.store.list(
+        tenant=tenant, status=status, image=image, cursor=cursor, limit=limit
+    )
+    return JSONResponse({"items": [render_task(r) for r in items], "next": next_cursor})
+
+
+@router.get(
+    "/tasks/{task_id}",
+    response_model=TaskOut,
+    summary="Get a task",
+    responses={404: _PROBLEMS[404]},
+)
+async def get_task(task_id: TaskId, service: ServiceDep, tenant: TenantDep) -> JSONResponse:
+    """The task: its status, result or error, timings, container and callback."""
+    return JSONResponse(render_task(await service.get(task_id, tenant)))
+
+
+@router.post(
+    "/tasks/{task_id}/cancel",
+    response_model=TaskOut,
+    summary="Cancel a queued or running task",
+    responses={404: _PROBLEMS[404], 409: _PROBLEMS[409]},
+)
+async def cancel_task(task_id: TaskId, service: ServiceDep, tenant: TenantDep) -> JSONResponse:
+    """Cancel the task; a running one has its container killed. 409 if it already ended."""
+    return JSONResponse(render_task(await service.cancel(task_id, tenant)))
+
+
+@router.get(
+    "/tasks/{task_id}/logs",
+    response_class=PlainTextResponse,
+    summary="The task's stderr",
+    responses={
+        200: {"content": {"text/plain": {"example": "loading data\n"}}},
+        404: _PROBLEMS[404],
+    },
+)
+async def task_logs(task_id: TaskId, service: ServiceDep, tenant: TenantDep) -> PlainTextResponse:
+    """What the task wrote on stderr (its tail, capped), once it ended."""
+    record = await service.get(task_id, tenant)
+    return PlainTextResponse(record.logs)
+
+
+async def _existing(task_id: TaskId, service: ServiceDep, tenant: TenantDep) -> TaskRecord:
+    """The task, resolved as a dependency: a 404 is answered before any stream starts."""
+    return await service.get(task_id, tenant)
+
+
+@router.get(
+    "/tasks/{task_id}/events",
+    response_class=EventSourceResponse,
+    summary="Server-sent events of a task",
+    responses={
+        200: {
+            "description": "event: status|progress|log; the stream ends after a terminal status.",
+            "content": {
+                "text/event-stream": {
+                    "example": 'event: status\ndata: {"status":"running"}\n\n'
+                    'event: progress\ndata: {"progress":0.5,"message":"half way"}\n\n'
+                }
+            },
+        },
+        404: _PROBLEMS[404],
+    },
+)
+async def task_events(
+    record: Annotated[TaskRecord, Depends(_existing)], service: ServiceDep, tenant: TenantDep
+) -> AsyncIterator[ServerSentEvent]:
+    """Status changes, progress and log lines as they happen, ending with the final status."""
+    async for event in _stream(service, record.id, tenant):
+        yield event
+
+
+async def _stream(
+    service: TaskService, task_id: str, tenant: str
+) -> AsyncIterator[ServerSentEvent]:
+    terminal = {s.value for s in TERMINAL}
+    async with service.hub.subscribe(task_id) as subscription:
+        record = await service.get(task_id, tenant)  # after subscribing: nothing is missed
+        yield ServerSentEvent(
+            event="status", data={"status": record.status.value, "task": render_task(record)}
+        )
+        if record.status.terminal:
+            return
+        while True:
+            event = await subscription.get(timeout_s=3600)
+            if event is None:
+                continue
+            yield ServerSentEvent(event=event.kind, data=event.data)
+            if event.kind == "status" and event.data.get("status") in terminal:
+                return
+
+
+@router.post(
+    "/batches",
+    response_model=BatchOut,
+    status_code=202,
+    summary="Submit many tasks in one call",
+    tags=["batches"],
+    responses={422: _PROBLEMS[422], 503: _PROBLEMS[503]},
+)
+async def submit_batch(body: BatchCreate, service: ServiceDep, tenant: TenantDep) -> JSONResponse:
+    """Record and queue every task; their ids come back in the order given.
+
+    Each task is validated before any is recorded: one invalid task refuses the
+    whole batch with 422 naming it (``tasks.<index>...``).
+    """
+    news = [_new_task(t) for t in body.tasks]
+    for index, new in enumerate(news):
+        try:
+            service.validate(new)
+        except InvalidRequest as exc:
+            raise InvalidRequest(
+                f"tasks[{index}]: {exc.message}", field=f"tasks.{index}.{exc.field}"
+            ) from None
+    records = [(await service.submit(new, tenant=tenant))[0] for new in news]
+    return JSONResponse({"items": [render_task(r) for r in records]}, status_code=202)

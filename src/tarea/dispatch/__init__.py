@@ -1,0 +1,1 @@
+"""Getting accepted tasks executed: queueing, running, recording, calling back."""

@@ -1,0 +1,204 @@
+"""Executing one recorded task: running → engine → terminal status, recorded.
+
+The runner is where a task's record and its container meet. Every state change
+goes through the store's guarded transitions, so a task cancelled meanwhile,
+or already finished by another path, is never overwritten.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import asdict
+from typing import Any
+
+import httpx
+
+from tarea.dispatch import callbacks
+from tarea.domain.records import CallbackState, TaskRecord, utcnow
+from tarea.domain.status import Status, status_for_error
+from tarea.domain.task import Limits, RegistryAuth, TaskSpec
+from tarea.engine.executor import Engine
+from tarea.errors import EngineUnavailable
+from tarea.events import EventHub
+from tarea.store.aio import AsyncStore
+
+log = logging.getLogger(__name__)
+
+#: Renders a record as the API shows it (so callbacks carry the same JSON).
+Render = Callable[[TaskRecord], dict[str, Any]]
+
+
+class Completions:
+    """Hands each task's final record to whoever waits for it in this process."""
+
+    def __init__(self) -> None:
+        self._waiters: dict[str, list[asyncio.Future[TaskRecord]]] = {}
+
+    def waiter(self, task_id: str) -> asyncio.Future[TaskRecord]:
+        """A future resolved with the task's record when it ends (register it first)."""
+        future: asyncio.Future[TaskRecord] = asyncio.get_running_loop().create_future()
+        self._waiters.setdefault(task_id, []).append(future)
+        return future
+
+    def discard(self, task_id: str, future: asyncio.Future[TaskRecord]) -> None:
+        """Forget a waiter that stopped waiting."""
+        futures = self._waiters.get(task_id)
+        if futures is not None and future in futures:
+            futures.remove(future)
+            if not futures:
+                del self._waiters[task_id]
+
+    def done(self, record: TaskRecord) -> None:
+        """``record`` ended: hand it to everyone waiting for it."""
+        for future in self._waiters.pop(record.id, ()):
+            if not future.done():
+                future.set_result(record)
+
+
+class TaskRunner:
+    """Runs recorded tasks on the engine and records how they ended."""
+
+    def __init__(
+        self,
+        *,
+        store: AsyncStore,
+        engine: Engine,
+        hub: EventHub,
+        completions: Completions,
+        render: Render,
+        worker: str,
+        callback_secret: bytes,
+        callback_policy: callbacks.RetryPolicy,
+    ) -> None:
+        self.store = store
+        self.engine = engine
+        self.hub = hub
+        self.completions = completions
+        self.render = render
+        self.worker = worker
+        self.callback_secret = callback_secret
+        self.callback_policy = callback_policy
+        #: Registry credentials of queued tasks, by id: memory only, used once.
+        self.credentials: dict[str, RegistryAuth] = {}
+        #: Ids of queued tasks cancelled since they were queued: skipped, not run.
+        self.cancelled: set[str] = set()
+        #: Terminal statuses reached, for the metrics.
+        self.finished: Counter[str] = Counter()
+        self._http = httpx.AsyncClient(trust_env=False)
+        self._background: set[asyncio.Task[Any]] = set()
+
+    async def execute(self, record: TaskRecord) -> None:
+        """Run the queued task ``record`` to a terminal status (no-op if cancelled since)."""
+        task_id = record.id
+        auth = self.credentials.pop(task_id, None)
+        if task_id in self.cancelled:
+            self.cancelled.discard(task_id)
+            return
+        abandoned = False
+
+        async def on_start(container_id: str) -> bool:
+            nonlocal abandoned
+            started = utcnow()
+            running = await self.store.transition(
+                task_id,
+                Status.RUNNING,
+                started_at=started,
+                queued_ms=(started - record.created_at).total_seconds() * 1000,
+                worker=self.worker,
+                container_id=container_id,
+            )
+            if running is None:  # cancelled while it waited for its container
+                abandoned = True
+                return False
+            self.hub.publish(task_id, "status", status=Status.RUNNING.value)
+            return True
+
+        def on_progress(progress: float | None, message: str | None) -> None:
+            self.hub.publish(task_id, "progress", progress=progress, message=message)
+            self._spawn(self.store.update(task_id, progress=progress, progress_message=message))
+
+        def on_log(text: str) -> None:
+            self.hub.publish(task_id, "log", text=text)
+
+        spec = TaskSpec(
+            image=record.image,
+            function=record.function,
+            params=record.params,
+            limits=Limits(**record.limits),
+            auth=auth,
+            task_id=task_id,
+            tenant=record.tenant,
+            isolation=record.isolation,
+        )
+        try:
+            outcome = await self.engine.run(
+                spec, on_start=on_start, on_progress=on_progress, on_log=on_log
+            )
+        except EngineUnavailable as exc:
+            await self.finish(
+                task_id, Status.FAILED, error={"code": exc.code, "message": exc.message, "data": {}}
+            )
+            return
+        if abandoned:
+            return
+        fields: dict[str, Any] = {
+            "logs": outcome.logs,
+            "container_id": outcome.container_id,
+            "exit_code": outcome.exit_code,
+            "start_ms": outcome.timings.start_ms,
+            "run_ms": outcome.timings.run_ms,
+        }
+        if outcome.error is None:
+            await self.finish(task_id, Status.SUCCEEDED, result=outcome.result, **fields)
+        else:
+            await self.finish(
+                task_id,
+                status_for_error(outcome.error.code),
+                error=asdict(outcome.error),
+                **fields,
+            )
+
+    async def finish(self, task_id: str, status: Status, **fields: Any) -> TaskRecord | None:
+        """Move the task to terminal ``status``, announce it, call back; None if not allowed."""
+        record = await self.store.transition(task_id, status, finished_at=utcnow(), **fields)
+        if record is None:
+            return None
+        self.finished[status.value] += 1
+        self.announce(record)
+        return record
+
+    def announce(self, record: TaskRecord) -> None:
+        """Tell waiters, watchers and the callback URL that ``record`` ended."""
+        self.hub.publish(record.id, "status", status=record.status.value, task=self.render(record))
+        self.completions.done(record)
+        if record.callback_url:
+            self._spawn(self.call_back(record))
+
+    async def call_back(self, record: TaskRecord) -> None:
+        """Deliver the finished task to its callback URL, recording each attempt."""
+        assert record.callback_url is not None
+        body = json.dumps(self.render(record), separators=(",", ":")).encode()
+
+        async def save(state: CallbackState) -> None:
+            await self.store.update(record.id, callback=state)
+
+        await callbacks.deliver(
+            self._http, record.callback_url, body, self.callback_secret, self.callback_policy, save
+        )
+
+    def _spawn(self, coro: Any) -> None:
+        task: asyncio.Task[Any] = asyncio.create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def aclose(self, timeout_s: float = 5.0) -> None:
+        """Give background work (callbacks, progress writes) a moment, then stop it."""
+        if self._background:
+            _, pending = await asyncio.wait(set(self._background), timeout=timeout_s)
+            for task in pending:
+                task.cancel()
+        await self._http.aclose()

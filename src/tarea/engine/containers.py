@@ -1,0 +1,171 @@
+"""A started, ready task container, and the calls made into it.
+
+:class:`TaskContainer` hides the protocol: a JSON-RPC channel over attached
+stdio, or the seed's HTTP service. A container serves one call at a time and
+may serve many (the warm pool); once ``broken`` it is never called again.
+"""
+
+from __future__ import annotations
+
+import time
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from tarea.domain.task import Limits, Protocol
+from tarea.engine.protocols import seed_http
+from tarea.engine.protocols.jsonrpc import JsonRpcChannel, LogCallback, ProgressCallback
+
+
+@dataclass(frozen=True, slots=True)
+class PoolKey:
+    """What makes two tasks able to share a container: tenant, image and limits."""
+
+    tenant: str
+    image_id: str
+    limits: Limits
+
+    @property
+    def stem(self) -> StemKey:
+        """The tenant-neutral part: which never-used containers fit this key."""
+        return StemKey(self.image_id, self.limits)
+
+
+@dataclass(frozen=True, slots=True)
+class StemKey:
+    """Which never-used ("stem cell") containers can serve a task: image and limits."""
+
+    image_id: str
+    limits: Limits
+
+
+class TaskContainer(ABC):
+    """One running task container, ready for calls."""
+
+    protocol: Protocol
+
+    def __init__(self, container_id: str, image: str, stem: StemKey, start_ms: float) -> None:
+        self.id = container_id
+        self.image = image
+        self.stem = stem
+        self.start_ms = start_ms
+        self.uses = 0
+        self.last_used = time.monotonic()
+        self.failed = False
+        #: Whether the pool still counts it toward its caps.
+        self.counted = True
+
+    @property
+    def broken(self) -> bool:
+        """True once the container must not be called again."""
+        return self.failed
+
+    @abstractmethod
+    async def call(
+        self,
+        request_id: str,
+        function: str,
+        params: dict[str, Any],
+        *,
+        timeout_s: float,
+        on_progress: ProgressCallback | None,
+        on_log: LogCallback | None,
+    ) -> Any:
+        """Run one function call; its result.
+
+        Raises:
+            TaskFailure: the call failed (see :mod:`tarea.errors`).
+        """
+
+    def take_logs(self) -> str:
+        """The stderr written since the last call to this (stdio containers only)."""
+        return ""
+
+    def close(self) -> None:  # noqa: B027 - most containers hold nothing to release
+        """Release local resources (the container itself is removed separately)."""
+
+
+class StdioContainer(TaskContainer):
+    """A container speaking JSON-RPC over its attached stdio."""
+
+    protocol = Protocol.JSONRPC_STDIO
+
+    def __init__(
+        self,
+        container_id: str,
+        image: str,
+        stem: StemKey,
+        start_ms: float,
+        channel: JsonRpcChannel,
+    ) -> None:
+        super().__init__(container_id, image, stem, start_ms)
+        self.channel = channel
+
+    @property
+    def broken(self) -> bool:
+        return self.failed or self.channel.broken
+
+    async def call(
+        self,
+        request_id: str,
+        function: str,
+        params: dict[str, Any],
+        *,
+        timeout_s: float,
+        on_progress: ProgressCallback | None,
+        on_log: LogCallback | None,
+    ) -> Any:
+        self.uses += 1
+        self.channel.on_log = on_log
+        try:
+            return await self.channel.call(
+                request_id, function, params, timeout_s=timeout_s, on_progress=on_progress
+            )
+        finally:
+            self.channel.on_log = None
+            self.last_used = time.monotonic()
+
+    def take_logs(self) -> str:
+        return self.channel.logs.take()
+
+    def close(self) -> None:
+        self.channel.close()
+
+
+class SeedHttpContainer(TaskContainer):
+    """A container running the seed's HTTP task service on port 5000."""
+
+    protocol = Protocol.SEED_HTTP
+
+    def __init__(
+        self,
+        container_id: str,
+        image: str,
+        stem: StemKey,
+        start_ms: float,
+        client: httpx.AsyncClient,
+        base_url: str,
+    ) -> None:
+        super().__init__(container_id, image, stem, start_ms)
+        self.client = client
+        self.base_url = base_url
+
+    async def call(
+        self,
+        request_id: str,
+        function: str,
+        params: dict[str, Any],
+        *,
+        timeout_s: float,
+        on_progress: ProgressCallback | None,
+        on_log: LogCallback | None,
+    ) -> Any:
+        self.uses += 1
+        try:
+            return await seed_http.execute(
+                self.client, self.base_url, function, params, timeout_s=timeout_s
+            )
+        finally:
+            self.last_used = time.monotonic()

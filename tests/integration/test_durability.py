@@ -1,0 +1,125 @@
+"""Nothing accepted is lost: a killed server's tasks settle on restart; SIGTERM drains."""
+
+from __future__ import annotations
+
+import secrets
+import signal
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.integration.conftest import docker, start_server
+
+pytestmark = pytest.mark.docker
+
+TERMINAL = {"succeeded", "failed", "timed_out", "cancelled"}
+
+
+def poll(url: str, task_id: str, until: set[str], timeout_s: float = 30) -> dict[str, Any]:
+    """GET the task until its status is in ``until``; the last answer."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        task: dict[str, Any] = httpx.get(f"{url}/v1/tasks/{task_id}").json()
+        if task["status"] in until or time.monotonic() > deadline:
+            return task
+        time.sleep(0.05)
+
+
+def containers(label: str) -> list[str]:
+    return docker("ps", "-aq", "--filter", f"label={label}").stdout.split()
+
+
+def container_exists(container_id: str) -> bool:
+    return bool(docker("ps", "-aq", "--filter", f"id={container_id}").stdout.strip())
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def test_sigkill_mid_task_then_restart_settles_every_task(tmp_path: Path, tasks_image: str) -> None:
+    """After SIGKILL, a restart fails the running task as worker_lost, re-runs the queued one,
+    and removes the killed run's containers."""
+    server_id = f"tarea-test-kill-{secrets.token_hex(3)}"
+    env = {
+        "TAREA_DATABASE_URL": f"sqlite:///{tmp_path}/tarea.db",
+        "TAREA_SERVER_ID": server_id,
+        "TAREA_CONCURRENCY": "1",
+    }
+    proc, url = start_server(env, tmp_path / "first.log")
+    try:
+        running = httpx.post(
+            f"{url}/v1/tasks",
+            json={"image": tasks_image, "function": "esperar", "params": {"segundos": 120}},
+        ).json()
+        started = poll(url, running["id"], {"running"})
+        assert started["status"] == "running"
+        container = started["container"]["id"]
+        queued = httpx.post(
+            f"{url}/v1/tasks",
+            json={"image": tasks_image, "function": "suma", "params": {"a": 2, "b": 3}},
+        ).json()
+        assert httpx.get(f"{url}/v1/tasks/{queued['id']}").json()["status"] == "queued"
+        assert container_exists(container)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert container_exists(container), "SIGKILL leaves the container behind"
+
+    proc, url = start_server(env, tmp_path / "second.log")
+    try:
+        lost = httpx.get(f"{url}/v1/tasks/{running['id']}").json()
+        assert lost["status"] == "failed"
+        assert lost["error"]["code"] == "worker_lost"
+        assert not container_exists(container)
+        rerun = poll(url, queued["id"], TERMINAL)
+        assert rerun["status"] == "succeeded"
+        assert rerun["result"] == 5
+    finally:
+        stop(proc)
+    assert containers(f"io.tarea.server={server_id}") == []
+
+
+def test_sigterm_drains_running_tasks_and_refuses_new_ones(
+    tmp_path: Path, tasks_image: str
+) -> None:
+    """On SIGTERM, new tasks get 503 draining while the running one finishes, then it exits 0."""
+    env = {
+        "TAREA_DATABASE_URL": f"sqlite:///{tmp_path}/tarea.db",
+        "TAREA_SERVER_ID": f"tarea-test-term-{secrets.token_hex(3)}",
+        "TAREA_DRAIN_TIMEOUT_S": "30",
+    }
+    proc, url = start_server(env, tmp_path / "first.log")
+    try:
+        task = httpx.post(
+            f"{url}/v1/tasks",
+            json={"image": tasks_image, "function": "esperar", "params": {"segundos": 3}},
+        ).json()
+        assert poll(url, task["id"], {"running"})["status"] == "running"
+        proc.send_signal(signal.SIGTERM)
+        time.sleep(0.3)
+        refused = httpx.post(
+            f"{url}/v1/tasks", json={"image": tasks_image, "function": "suma", "params": {}}
+        )
+        assert refused.status_code == 503
+        assert refused.json()["code"] == "draining"
+        assert proc.wait(timeout=30) == 0
+    finally:
+        stop(proc)
+
+    proc, url = start_server(env, tmp_path / "second.log")
+    try:
+        finished = httpx.get(f"{url}/v1/tasks/{task['id']}").json()
+        assert finished["status"] == "succeeded"
+        assert finished["result"] == 3
+    finally:
+        stop(proc)
