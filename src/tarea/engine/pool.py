@@ -62,7 +62,9 @@ class WarmPool:
         self._stem_launch: dict[StemKey, Launch] = {}
         self._stem_demand: dict[StemKey, float] = {}
         self._stem_starting: Counter[StemKey] = Counter()
-        self._busy: dict[str, tuple[PoolKey | None, TaskContainer]] = {}
+        #: Busy containers by id: their key, and whether they serve a fresh task.
+        self._busy: dict[str, tuple[PoolKey, bool, TaskContainer]] = {}
+        self._closed = False
         self._per_image: Counter[str] = Counter()  # every container, any state
         self._total = 0
         self._changed = asyncio.Condition()
@@ -77,20 +79,23 @@ class WarmPool:
         self._reaper = asyncio.create_task(self._reap_forever(), name="tarea-pool-reaper")
 
     async def aclose(self) -> None:
-        """Remove every container the pool holds (busy ones are removed on release)."""
+        """Remove every container the pool holds; busy ones are removed on release.
+
+        Removals and starts already under way are awaited, not cancelled: a
+        stem cell that becomes ready now is removed at once.
+        """
+        self._closed = True
         if self._reaper is not None:
             self._reaper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._reaper
-        for task in list(self._background):
-            task.cancel()
-        await asyncio.gather(*self._background, return_exceptions=True)
+        self._stem_targets.clear()
         doomed = [c for cs in self._idle.values() for c in cs]
         doomed += [c for cs in self._stems.values() for c in cs]
         self._idle.clear()
         self._stems.clear()
-        self._stem_targets.clear()
         await asyncio.gather(*(self._destroy(c) for c in doomed), return_exceptions=True)
+        await self.settle()
 
     # -- taking and giving back -------------------------------------------------------------
 
@@ -113,12 +118,12 @@ class WarmPool:
                     self.counters["stem_hits"] += 1
                     self._replenish(stem)
             if container is not None:
-                self._busy[container.id] = (None if fresh else key, container)
+                self._busy[container.id] = (key, fresh, container)
                 return container
             if self._reserve(stem.image_id):
                 self.counters["misses"] += 1
                 container = await self._launch_reserved(stem.image_id, launch)
-                self._busy[container.id] = (None if fresh else key, container)
+                self._busy[container.id] = (key, fresh, container)
                 return container
             if self._evict_idle_for(stem.image_id):
                 continue  # the eviction made room: reserve it on the next turn
@@ -127,8 +132,9 @@ class WarmPool:
 
     async def release(self, container: TaskContainer, *, reusable: bool) -> None:
         """Take a container back after a call: kept warm if ``reusable``, else removed."""
-        key, _ = self._busy.pop(container.id, (None, container))
-        if reusable and key is not None and not container.broken:
+        key, fresh, _ = self._busy.pop(container.id, (None, True, container))
+        keep = reusable and key is not None and not fresh and not self._closed
+        if keep and key is not None and not container.broken:
             container.last_used = time.monotonic()
             self._idle[key].append(container)
             await self._notify()
@@ -160,8 +166,8 @@ class WarmPool:
         for key, containers in self._idle.items():
             for c in containers:
                 entry(c.image, key.tenant)["idle"] += 1
-        for busy_key, c in self._busy.values():
-            entry(c.image, busy_key.tenant if busy_key else "")["busy"] += 1
+        for busy_key, _, c in self._busy.values():
+            entry(c.image, busy_key.tenant)["busy"] += 1
         for containers in self._stems.values():
             for c in containers:
                 entry(c.image, "")["stem_cells"] += 1
@@ -193,6 +199,7 @@ class WarmPool:
             container = idle.pop()  # the most recently used: its caches are warmest
             if not container.broken:
                 return container
+            self.counters["evictions_broken"] += 1
             self._spawn(self._destroy(container))
         return None
 
@@ -285,10 +292,14 @@ class WarmPool:
         self._stem_launch[stem] = launch
         if self._stem_targets.get(stem, 0) < self.limits.stem_cells:
             self._stem_targets[stem] = self.limits.stem_cells
-            self._replenish(stem)
+        # Always: a target missed earlier (a failed start, a full pool) is
+        # pursued again at the next demand.
+        self._replenish(stem)
 
     def _replenish(self, stem: StemKey) -> None:
         """Start stem cells in the background until this key has its target."""
+        if self._closed:
+            return
         target = self._stem_targets.get(stem, 0)
         launch = self._stem_launch.get(stem)
         if launch is None:
