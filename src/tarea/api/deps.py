@@ -1,4 +1,8 @@
-"""Dependencies shared by the routes, as ``Annotated`` aliases."""
+"""Dependencies shared by the routes, as ``Annotated`` aliases.
+
+They are ``async def`` on purpose: FastAPI runs a plain ``def`` dependency in a
+worker thread, a thread hop per dependency per request.
+"""
 
 from __future__ import annotations
 
@@ -14,22 +18,22 @@ from tarea.settings import Settings
 DEFAULT_TENANT = "default"
 
 
-def _engine(request: Request) -> Engine:
+async def _engine(request: Request) -> Engine:
     engine: Engine = request.app.state.engine
     return engine
 
 
-def _settings(request: Request) -> Settings:
+async def _settings(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
 
 
-def _service(request: Request) -> TaskService:
+async def _service(request: Request) -> TaskService:
     service: TaskService = request.app.state.service
     return service
 
 
-def _tenant() -> str:
+async def _tenant() -> str:
     return DEFAULT_TENANT
 
 

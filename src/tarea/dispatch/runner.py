@@ -98,22 +98,26 @@ class TaskRunner:
         if task_id in self.cancelled:
             self.cancelled.discard(task_id)
             return
-        abandoned = False
+        marking: asyncio.Task[bool] | None = None
 
         async def on_start(container_id: str) -> bool:
-            nonlocal abandoned
-            started = utcnow()
-            running = await self.store.transition(
-                task_id,
-                Status.RUNNING,
-                started_at=started,
-                queued_ms=(started - record.created_at).total_seconds() * 1000,
-                worker=self.worker,
-                container_id=container_id,
-            )
-            if running is None:  # cancelled while it waited for its container
-                abandoned = True
+            nonlocal marking
+            if task_id in self.cancelled:  # cancelled while it waited for its container
+                self.cancelled.discard(task_id)
                 return False
+            started = utcnow()
+            # Recorded while the call goes out, not before: awaited below, before
+            # the end is recorded, so the end can never overtake it.
+            marking = asyncio.create_task(
+                self.store.advance(
+                    task_id,
+                    Status.RUNNING,
+                    started_at=started,
+                    queued_ms=(started - record.created_at).total_seconds() * 1000,
+                    worker=self.worker,
+                    container_id=container_id,
+                )
+            )
             self.hub.publish(task_id, "status", status=Status.RUNNING.value)
             return True
 
@@ -143,7 +147,9 @@ class TaskRunner:
                 task_id, Status.FAILED, error={"code": exc.code, "message": exc.message, "data": {}}
             )
             return
-        if abandoned:
+        finally:
+            moved = await marking if marking is not None else True
+        if not moved:  # it ended meanwhile (cancelled): that end stands
             return
         fields: dict[str, Any] = {
             "logs": outcome.logs,

@@ -53,6 +53,10 @@ class AsyncStore:
         """Move the task to ``new`` if allowed; the updated record or None."""
         return await self._call(self.sync.transition, task_id, new, **fields)
 
+    async def advance(self, task_id: str, new: Status, **fields: Any) -> bool:
+        """Move the task to ``new`` if allowed, without reading it back; whether it moved."""
+        return await self._call(self.sync.advance, task_id, new, **fields)
+
     async def update(self, task_id: str, **fields: Any) -> None:
         """Set non-status fields."""
         await self._call(self.sync.update, task_id, **fields)

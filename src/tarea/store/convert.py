@@ -9,6 +9,7 @@ stored as a JSON object whose ``delivered_at`` is an ISO 8601 string.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -45,6 +46,31 @@ def to_values(fields: dict[str, Any]) -> dict[str, Any]:
             raise ValueError(f"TaskRecord has no field {name!r}")
         values[attribute(name)] = _encode(name, value)
     return values
+
+
+def to_columns(fields: Mapping[str, Any]) -> dict[str, Any]:
+    """TaskRecord ``fields`` as column values of the ``tasks`` table (for Core statements).
+
+    Column names are the TaskRecord field names.
+
+    Raises:
+        ValueError: a name that is not a TaskRecord field, or a naive datetime.
+    """
+    values: dict[str, Any] = {}
+    for name, value in fields.items():
+        if name not in FIELDS:
+            raise ValueError(f"TaskRecord has no field {name!r}")
+        values[name] = _encode(name, value)
+    return values
+
+
+def from_columns(row: Mapping[Any, Any]) -> TaskRecord:
+    """The TaskRecord a ``tasks`` row holds, from a Core row's mapping."""
+    values = dict(row)
+    values["status"] = Status(values["status"])
+    callback = values["callback"]
+    values["callback"] = None if callback is None else _decode_callback(callback)
+    return TaskRecord(**values)
 
 
 def to_record(row: TaskRow) -> TaskRecord:

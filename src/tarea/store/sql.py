@@ -14,11 +14,23 @@ import builtins
 import threading
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Connection, Engine, create_engine, event, select, text, tuple_, update
+from sqlalchemy import (
+    Connection,
+    Engine,
+    Table,
+    bindparam,
+    create_engine,
+    event,
+    insert,
+    select,
+    text,
+    tuple_,
+    update,
+)
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, IntegrityError
 from sqlalchemy.orm import sessionmaker
@@ -27,7 +39,7 @@ from sqlalchemy.pool import ConnectionPoolEntry, QueuePool
 from tarea.domain.records import TaskRecord
 from tarea.domain.status import Status, can_transition
 from tarea.errors import ConfigurationError, InvalidRequest
-from tarea.store.convert import aware, to_record, to_row, to_values
+from tarea.store.convert import FIELDS, aware, from_columns, to_columns, to_record, to_values
 from tarea.store.tables import TaskRow
 
 _MIGRATIONS = Path(__file__).resolve().parent / "migrations"
@@ -38,6 +50,10 @@ _ALEMBIC = threading.Lock()
 #: Fields that neither transition() nor update() may set.
 _FIXED = frozenset({"id", "status"})
 _UNFINISHED = (Status.QUEUED.value, Status.RUNNING.value)
+#: For each status, the statuses a task may move to it from.
+_PREDECESSORS: dict[Status, list[str]] = {
+    new: [old.value for old in Status if can_transition(old, new)] for new in Status
+}
 _SQLITE_DRIVERS = frozenset({"sqlite", "sqlite+pysqlite"})
 _POSTGRES_DRIVERS = frozenset({"postgresql", "postgres", "postgresql+psycopg"})
 
@@ -57,6 +73,17 @@ class SqlStore:
     def __init__(self, url: str) -> None:
         self._engine = _create_engine(url)
         self._sessions = sessionmaker(self._engine, expire_on_commit=False)
+        # The hot path (create, transition, get) runs prebuilt Core statements:
+        # SQLAlchemy compiles each shape once and caches it.
+        table = cast(Table, TaskRow.__table__)
+        self._insert = insert(table)
+        guarded = update(table).where(
+            table.c.id == bindparam("_id"), table.c.status.in_(bindparam("_from", expanding=True))
+        )
+        self._advance = guarded
+        self._transition = guarded.returning(*table.c)
+        self._get_any = select(table).where(table.c.id == bindparam("_id"))
+        self._get_own = self._get_any.where(table.c.tenant == bindparam("_tenant"))
 
     @property
     def engine(self) -> Engine:
@@ -98,26 +125,27 @@ class SqlStore:
         Raises:
             ValueError: a task with this id exists, or a datetime is naive.
         """
-        row = to_row(record)
+        values = to_columns({name: getattr(record, name) for name in FIELDS})
         try:
-            with self._sessions.begin() as session:
-                session.add(row)
+            with self._engine.begin() as connection:
+                connection.execute(self._insert, values)
         except IntegrityError as exc:
             if record.idempotency_key is not None:
                 existing = self._by_key(record.tenant, record.idempotency_key)
                 if existing is not None:
                     return existing, False
             raise ValueError(f"task {record.id!r} cannot be stored: {exc.orig}") from exc
-        return to_record(row), True
+        return from_columns(values), True
 
     def get(self, task_id: str, tenant: str | None = None) -> TaskRecord | None:
         """The task ``task_id``; None if missing or (``tenant`` given) another tenant's."""
-        query = select(TaskRow).where(TaskRow.id == task_id)
-        if tenant is not None:
-            query = query.where(TaskRow.tenant == tenant)
-        with self._sessions() as session:
-            row = session.scalars(query).first()
-            return None if row is None else to_record(row)
+        if tenant is None:
+            statement, params = self._get_any, {"_id": task_id}
+        else:
+            statement, params = self._get_own, {"_id": task_id, "_tenant": tenant}
+        with self._engine.connect() as connection:
+            row = connection.execute(statement, params).first()
+        return None if row is None else from_columns(row._mapping)
 
     def list(
         self,
@@ -182,21 +210,32 @@ class SqlStore:
         Raises:
             ValueError: an unknown field, ``id`` or ``status`` in ``fields``.
         """
-        values = self._settable(fields)
-        values["status"] = Status(new).value
-        allowed = [status.value for status in Status if can_transition(status, new)]
+        params = self._guarded_params(task_id, new, fields)
+        if params is None:
+            return None
+        with self._engine.begin() as connection:
+            row = connection.execute(self._transition, params).first()
+        return None if row is None else from_columns(row._mapping)
+
+    def advance(self, task_id: str, new: Status, **fields: Any) -> bool:
+        """:meth:`transition` without reading the task back: whether it moved."""
+        params = self._guarded_params(task_id, new, fields)
+        if params is None:
+            return False
+        with self._engine.begin() as connection:
+            return connection.execute(self._advance, params).rowcount == 1
+
+    def _guarded_params(
+        self, task_id: str, new: Status, fields: dict[str, Any]
+    ) -> dict[str, Any] | None:
+        """Parameters of the guarded UPDATE; None when nothing may move to ``new``."""
+        fixed = _FIXED.intersection(fields)
+        if fixed:
+            raise ValueError(f"cannot set {', '.join(sorted(fixed))} this way")
+        allowed = _PREDECESSORS[Status(new)]
         if not allowed:
             return None
-        statement = (
-            update(TaskRow)
-            .where(TaskRow.id == task_id, TaskRow.status.in_(allowed))
-            .values(values)
-            .returning(TaskRow)
-            .execution_options(synchronize_session=False)
-        )
-        with self._sessions.begin() as session:
-            row = session.scalars(statement).first()
-            return None if row is None else to_record(row)
+        return {**to_columns(fields), "status": Status(new).value, "_id": task_id, "_from": allowed}
 
     def update(self, task_id: str, **fields: Any) -> None:
         """Set non-status fields (``progress``, ``progress_message``, ``callback``, ``logs``...).
