@@ -9,16 +9,18 @@ containers, by label; its unfinished tasks, re-queued or failed as
 from __future__ import annotations
 
 import asyncio
+import fnmatch
 import hashlib
 import json
 import logging
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
 from tarea.dispatch import callbacks
 from tarea.dispatch.local import LocalDispatcher
 from tarea.dispatch.runner import Completions, Render, TaskRunner
-from tarea.domain.images import parse_reference
+from tarea.domain.images import ImageReference, parse_reference
 from tarea.domain.records import TaskRecord, new_task_id
 from tarea.domain.status import Status
 from tarea.domain.task import RegistryAuth
@@ -38,6 +40,22 @@ class QueueFull(TareaError):
     """As many tasks wait as the server allows; try again later (503)."""
 
     code = "queue_full"
+
+
+class QuotaExceeded(TareaError):
+    """The tenant has as many tasks queued and running as it may (429)."""
+
+    code = "quota_exceeded"
+
+
+class ImageNotAllowed(TareaError):
+    """The image matches none of the server's allowed patterns (403)."""
+
+    code = "image_not_allowed"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
 
 
 class TaskNotFound(TareaError):
@@ -95,6 +113,19 @@ class NewTask:
         return hashlib.sha256(body.encode()).hexdigest()
 
 
+def image_allowed(reference: ImageReference, patterns: list[str]) -> bool:
+    """Whether ``reference`` (normalised: a tag, ``latest`` if none) matches a pattern.
+
+    No patterns: every image is allowed (the seed's behaviour).
+    """
+    if not patterns:
+        return True
+    name = f"{reference.name}:{reference.tag or 'latest'}"
+    if reference.digest:
+        name += f"@{reference.digest}"
+    return any(fnmatch.fnmatchcase(name, pattern) for pattern in patterns)
+
+
 def effective_limits(asked: dict[str, Any], settings: Settings) -> dict[str, Any]:
     """The task's limits: the server defaults, overridden by what it asked, within maxima.
 
@@ -139,7 +170,16 @@ class TaskService:
             ),
         )
         self.dispatcher = LocalDispatcher(self.runner.execute, concurrency=settings.concurrency)
+        self.runner.on_end = self._ended
         self.draining = False
+        self._image_patterns = settings.image_patterns()
+        #: Queued and running tasks per tenant, for the quota.
+        self._active: Counter[str] = Counter()
+
+    def _ended(self, record: TaskRecord) -> None:
+        self._active[record.tenant] -= 1
+        if self._active[record.tenant] <= 0:
+            del self._active[record.tenant]
 
     # -- life cycle -----------------------------------------------------------------
 
@@ -174,6 +214,7 @@ class TaskService:
                     },
                 )
             else:
+                self._active[record.tenant] += 1
                 self.dispatcher.enqueue(record)
 
     async def drain(self) -> None:
@@ -206,9 +247,12 @@ class TaskService:
 
         Raises:
             InvalidImageReference: the image name is not a valid reference.
+            ImageNotAllowed: the image matches none of TAREA_IMAGE_ALLOW.
             InvalidRequest: a limit over the server's maximum.
         """
-        parse_reference(new.image)
+        reference = parse_reference(new.image)
+        if not image_allowed(reference, self._image_patterns):
+            raise ImageNotAllowed(f"image {new.image!r} is not allowed on this server")
         return effective_limits(new.limits, self.settings)
 
     async def submit(
@@ -229,6 +273,7 @@ class TaskService:
         Raises:
             Draining: the server is shutting down.
             QueueFull: too many tasks wait already.
+            QuotaExceeded: the tenant has too many tasks queued or running.
             InvalidImageReference, InvalidRequest: the request is malformed.
             IdempotencyKeyReused: the key came before with another body.
         """
@@ -236,6 +281,9 @@ class TaskService:
             raise Draining("the server is shutting down; submit again shortly")
         if self.dispatcher.queued >= self.settings.max_queued:
             raise QueueFull(f"{self.settings.max_queued} tasks are already queued")
+        quota = self.settings.tenant_max_active
+        if quota and self._active[tenant] >= quota:
+            raise QuotaExceeded(f"{quota} tasks of this tenant are already queued or running")
         limits = self.validate(new)
         record = TaskRecord(
             id=new_task_id(),
@@ -264,6 +312,7 @@ class TaskService:
             self.runner.credentials[stored.id] = auth
         # The waiter exists before the task can end: its end cannot be missed.
         waiter = self.completions.waiter(stored.id) if wait_s is not None else None
+        self._active[tenant] += 1
         self.dispatcher.enqueue(stored)
         self.hub.publish(stored.id, "status", status=Status.QUEUED.value)
         if waiter is not None and wait_s is not None:
@@ -328,9 +377,11 @@ class TaskService:
 __all__ = [
     "Draining",
     "IdempotencyKeyReused",
+    "ImageNotAllowed",
     "NewTask",
     "NotCancellable",
     "QueueFull",
+    "QuotaExceeded",
     "TaskNotFound",
     "TaskService",
     "effective_limits",

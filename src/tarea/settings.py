@@ -9,8 +9,15 @@ from __future__ import annotations
 import secrets
 import socket
 
-from pydantic import Field
+from pydantic import BaseModel, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class RegistryLogin(BaseModel):
+    """Credentials for one registry, from server configuration."""
+
+    username: str
+    password: SecretStr
 
 
 class Settings(BaseSettings):
@@ -102,3 +109,44 @@ class Settings(BaseSettings):
                 raise ValueError(f"TAREA_PREWARM entry {entry!r} is not image=count")
             pairs.append((image, int(count)))
         return pairs
+
+    # Clients and tenants (issue: hostile clients).
+    api_keys: SecretStr = Field(
+        SecretStr(""),
+        description="'tenant:key,...': turns on Bearer authentication (every route but "
+        "/healthz and /readyz); each key names its tenant.",
+    )
+    tenant_max_active: int = Field(
+        100, ge=0, description="Queued+running tasks one tenant may have (429 beyond; 0: no cap)."
+    )
+    max_body_kb: int = Field(1024, ge=1, description="Largest request body, KiB (413 beyond).")
+    image_allow: str = Field(
+        "",
+        description="Comma-separated glob patterns of the image references tasks may use, "
+        "e.g. 'tasks_image:*,registry.example.com/team/*'; empty: any.",
+    )
+    registry_auth: dict[str, RegistryLogin] = Field(
+        default_factory=dict,
+        description='JSON: {"registry.example.com": {"username": .., "password": ..}}; '
+        "used to pull from that registry when a request brings no credentials.",
+    )
+
+    def tenants_by_key(self) -> dict[str, str]:
+        """``api_keys`` parsed: {key: tenant}; empty when authentication is off.
+
+        Raises:
+            ValueError: an entry is not ``tenant:key``, or a key appears twice.
+        """
+        keys: dict[str, str] = {}
+        for entry in filter(None, (e.strip() for e in self.api_keys.get_secret_value().split(","))):
+            tenant, sep, key = entry.partition(":")
+            if not sep or not tenant or not key:
+                raise ValueError("each TAREA_API_KEYS entry must be tenant:key")
+            if key in keys:
+                raise ValueError(f"TAREA_API_KEYS gives one key to two tenants ({tenant!r})")
+            keys[key] = tenant
+        return keys
+
+    def image_patterns(self) -> list[str]:
+        """``image_allow`` parsed: the glob patterns (none: every image is allowed)."""
+        return [p.strip() for p in self.image_allow.split(",") if p.strip()]

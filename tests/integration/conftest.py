@@ -12,9 +12,12 @@ import secrets
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import ClassVar
 
 import httpx
 import pytest
@@ -163,6 +166,48 @@ def postgres_schema(url: str, admin: Engine) -> Iterator[str]:
     finally:
         with admin.begin() as connection:
             connection.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+
+
+class RegistryStub(BaseHTTPRequestHandler):
+    """Answers the registry API: 401 without credentials, no manifests with them."""
+
+    seen: ClassVar[list[str]] = []  # Authorization headers received
+
+    def do_GET(self) -> None:
+        auth = self.headers.get("Authorization")
+        if auth:
+            RegistryStub.seen.append(auth)
+        if not auth:
+            self.send_response(401)
+            self.send_header("WWW-Authenticate", 'Basic realm="tarea-test"')
+            self.send_header("Docker-Distribution-API-Version", "registry/2.0")
+            self.end_headers()
+        elif self.path in ("/v2/", "/v2"):
+            self.send_response(200)
+            self.send_header("Docker-Distribution-API-Version", "registry/2.0")
+            self.end_headers()
+        else:
+            body = b'{"errors":[{"code":"MANIFEST_UNKNOWN","message":"manifest unknown"}]}'
+            self.send_response(404)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    do_HEAD = do_GET
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def registry() -> Iterator[str]:
+    RegistryStub.seen = []
+    server = ThreadingHTTPServer(("127.0.0.1", 0), RegistryStub)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
 
 
 class LiveServer:

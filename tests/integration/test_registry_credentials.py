@@ -8,61 +8,15 @@ sends when tarea asks it to pull.
 from __future__ import annotations
 
 import base64
-import threading
-from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import ClassVar
 
 import httpx
 import pytest
 
-from tests.integration.conftest import LiveServer
+from tests.integration.conftest import LiveServer, RegistryStub
 
 pytestmark = pytest.mark.docker
 
 PASSWORD = "s3cr3t-Pa55-tarea-test"
-
-
-class RegistryStub(BaseHTTPRequestHandler):
-    """Answers the registry API: 401 without credentials, no manifests with them."""
-
-    seen: ClassVar[list[str]] = []  # Authorization headers received
-
-    def do_GET(self) -> None:
-        auth = self.headers.get("Authorization")
-        if auth:
-            RegistryStub.seen.append(auth)
-        if not auth:
-            self.send_response(401)
-            self.send_header("WWW-Authenticate", 'Basic realm="tarea-test"')
-            self.send_header("Docker-Distribution-API-Version", "registry/2.0")
-            self.end_headers()
-        elif self.path in ("/v2/", "/v2"):
-            self.send_response(200)
-            self.send_header("Docker-Distribution-API-Version", "registry/2.0")
-            self.end_headers()
-        else:
-            body = b'{"errors":[{"code":"MANIFEST_UNKNOWN","message":"manifest unknown"}]}'
-            self.send_response(404)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-    do_HEAD = do_GET
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-
-@pytest.fixture
-def registry() -> Iterator[str]:
-    RegistryStub.seen = []
-    server = ThreadingHTTPServer(("127.0.0.1", 0), RegistryStub)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
 
 
 def test_credentials_are_used_for_the_pull_and_never_logged(

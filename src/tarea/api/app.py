@@ -11,9 +11,10 @@ from fastapi import FastAPI
 
 from tarea import __version__
 from tarea.api import errors
+from tarea.api.middleware import BearerAuth, BodyLimit
 from tarea.api.routes import health, pools, seed, tasks
 from tarea.api.schemas import render_task
-from tarea.domain.task import Limits
+from tarea.domain.task import Limits, RegistryAuth
 from tarea.engine.docker import DockerEngine
 from tarea.engine.executor import Engine
 from tarea.engine.pool import PoolLimits
@@ -50,6 +51,10 @@ def build_engine(settings: Settings) -> Engine:
             stem_cells=settings.stem_cells,
         ),
         image_cache_s=settings.image_cache_s,
+        registry_logins={
+            host: RegistryAuth(login.username, login.password.get_secret_value())
+            for host, login in settings.registry_auth.items()
+        },
     )
 
 
@@ -71,6 +76,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the tarea API for ``settings`` (read from the environment if None)."""
     settings = settings or Settings()
     settings.prewarm_images()  # a malformed TAREA_PREWARM fails at start, not later
+    keys = settings.tenants_by_key()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -108,6 +114,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.settings = settings
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_kb * 1024)
+    app.add_middleware(BearerAuth, keys=keys)  # outermost: no key, no body read
     errors.install(app)
     app.include_router(tasks.router)
     app.include_router(seed.router)

@@ -8,14 +8,15 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, Request, Security
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from tarea.engine.executor import Engine
 from tarea.service import TaskService
 from tarea.settings import Settings
 
-#: The tenant of requests while authentication is off.
-DEFAULT_TENANT = "default"
+#: Documents the bearer scheme in OpenAPI; the check itself is tarea.api.auth's.
+_bearer = HTTPBearer(auto_error=False, description="An API key from TAREA_API_KEYS.")
 
 
 async def _engine(request: Request) -> Engine:
@@ -33,8 +34,12 @@ async def _service(request: Request) -> TaskService:
     return service
 
 
-async def _tenant() -> str:
-    return DEFAULT_TENANT
+async def _tenant(
+    request: Request,
+    _credentials: HTTPAuthorizationCredentials | None = Security(_bearer),  # noqa: B008
+) -> str:
+    tenant: str = request.state.tenant
+    return tenant
 
 
 EngineDep = Annotated[Engine, Depends(_engine)]

@@ -14,6 +14,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from tarea.errors import EngineUnavailable, InvalidRequest, TareaError
@@ -38,8 +39,62 @@ STATUS_OF_CODE: dict[str, int] = {
     "idempotency_key_reused": 422,
     "draining": 503,
     "queue_full": 503,
+    "quota_exceeded": 429,
+    "unauthorized": 401,
+    "request_too_large": 413,
     "internal_error": 500,
 }
+
+
+class Problem(BaseModel):
+    """An RFC 9457 problem document, with tarea's stable ``code``."""
+
+    model_config = ConfigDict(
+        extra="allow",
+        json_schema_extra={
+            "examples": [
+                {
+                    "type": "urn:tarea:problem:task_not_found",
+                    "title": "Task not found",
+                    "status": 404,
+                    "detail": "no task '01a21f...'",
+                    "code": "task_not_found",
+                }
+            ]
+        },
+    )
+
+    type: str
+    title: str
+    status: int
+    detail: str
+    code: str = Field(description="Stable machine-readable error code.")
+
+
+_WHY: dict[int, str] = {
+    401: "No valid API key (when TAREA_API_KEYS is set).",
+    403: "The image is not allowed on this server.",
+    404: "No such resource.",
+    409: "The task already ended.",
+    413: "The request body is over TAREA_MAX_BODY_KB.",
+    422: "Invalid request: the problem names the field.",
+    424: "The image could not be pulled.",
+    429: "The tenant has too many tasks queued or running.",
+    500: "An unexpected error (logged).",
+    503: "Draining, queue full, or the Docker engine does not answer.",
+}
+
+
+def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` for these statuses, each a problem+json document."""
+    schema = Problem.model_json_schema()
+    return {
+        status: {
+            "description": _WHY.get(status, "An error."),
+            "content": {PROBLEM_JSON: {"schema": schema}},
+        }
+        for status in statuses
+    }
 
 
 class ProblemError(Exception):
@@ -105,7 +160,7 @@ def install(app: FastAPI) -> None:
         status = STATUS_OF_CODE.get(code, 500)
         if status >= 500 and code == "internal_error":
             log.error("unmapped error: %r", exc)
-        headers = {"Retry-After": "1"} if status == 503 else None
+        headers = {"Retry-After": "1"} if status in (429, 503) else None
         response = problem(status, code, getattr(exc, "message", None) or str(exc))
         if headers:
             response.headers.update(headers)
@@ -113,7 +168,9 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        code = "not_found" if exc.status_code == 404 else f"http_{exc.status_code}"
+        code = {404: "not_found", 413: "request_too_large"}.get(
+            exc.status_code, f"http_{exc.status_code}"
+        )
         return problem(exc.status_code, code, str(exc.detail))
 
     @app.exception_handler(Exception)

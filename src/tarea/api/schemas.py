@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, HttpUrl
+from pydantic import BaseModel, ConfigDict, Field, HttpUrl, SecretStr
 
 from tarea.domain.records import TaskRecord
 from tarea.domain.status import Status
@@ -44,6 +44,15 @@ class LimitsIn(BaseModel):
     output_kb: int | None = Field(None, ge=1, description="Largest result message, KiB.")
 
 
+class RegistryAuthIn(BaseModel):
+    """Credentials for pulling this task's image: used for that pull, never stored."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    username: str = Field(max_length=256)
+    password: SecretStr = Field(max_length=4096)
+
+
 class TaskCreate(BaseModel):
     """A task to run: one call of one function in one image."""
 
@@ -78,6 +87,9 @@ class TaskCreate(BaseModel):
     )
     callback_url: HttpUrl | None = Field(
         None, description="POSTed the finished task, signed with X-Tarea-Signature."
+    )
+    registry_auth: RegistryAuthIn | None = Field(
+        None, description="Credentials for the image's pull; never logged or stored."
     )
 
 

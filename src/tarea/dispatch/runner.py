@@ -86,6 +86,8 @@ class TaskRunner:
         self.credentials: dict[str, RegistryAuth] = {}
         #: Ids of queued tasks cancelled since they were queued: skipped, not run.
         self.cancelled: set[str] = set()
+        #: Called with every record that reaches a terminal status here.
+        self.on_end: Callable[[TaskRecord], None] | None = None
         #: Terminal statuses reached, for the metrics.
         self.finished: Counter[str] = Counter()
         self._http = httpx.AsyncClient(trust_env=False)
@@ -181,6 +183,8 @@ class TaskRunner:
         """Tell waiters, watchers and the callback URL that ``record`` ended."""
         self.hub.publish(record.id, "status", status=record.status.value, task=self.render(record))
         self.completions.done(record)
+        if self.on_end is not None:
+            self.on_end(record)
         if record.callback_url:
             self._spawn(self.call_back(record))
 

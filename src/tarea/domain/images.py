@@ -46,6 +46,14 @@ class ImageReference:
         return text
 
     @property
+    def registry(self) -> str:
+        """The registry host the name points at (``docker.io`` when it names none)."""
+        first, sep, _ = self.name.partition("/")
+        if sep and ("." in first or ":" in first or first == "localhost" or first != first.lower()):
+            return first
+        return "docker.io"
+
+    @property
     def pull_tag(self) -> str:
         """What to ask a registry for: the digest, else the tag, else ``latest``."""
         return self.digest or self.tag or "latest"

@@ -8,7 +8,15 @@ from collections.abc import Awaitable, Callable
 
 import httpx
 
-from tarea.domain.task import ErrorInfo, Limits, Outcome, Protocol, TaskSpec, Timings
+from tarea.domain.task import (
+    ErrorInfo,
+    Limits,
+    Outcome,
+    Protocol,
+    RegistryAuth,
+    TaskSpec,
+    Timings,
+)
 from tarea.engine import images
 from tarea.engine.containers import (
     PoolKey,
@@ -44,6 +52,7 @@ class Engine:
         log_cap: how much of a task's stderr to keep, in bytes.
         pool_limits: caps and idle time of the warm pool.
         image_cache_s: how long a resolved image is trusted without asking Docker.
+        registry_logins: the server's credentials per registry host, for pulls.
     """
 
     def __init__(
@@ -55,6 +64,7 @@ class Engine:
         log_cap: int = 1024 * 1024,
         pool_limits: PoolLimits | None = None,
         image_cache_s: float = 10.0,
+        registry_logins: dict[str, RegistryAuth] | None = None,
     ) -> None:
         self.docker = docker
         self.policy = policy
@@ -62,6 +72,7 @@ class Engine:
         self.log_cap = log_cap
         self.pool = WarmPool(self._remove, pool_limits or PoolLimits())
         self._image_cache_s = image_cache_s
+        self._logins = registry_logins or {}
         self._images: dict[str, tuple[float, images.ResolvedImage]] = {}
         self._http = httpx.AsyncClient(trust_env=False)
         self._seed_network_ready = False
@@ -88,7 +99,9 @@ class Engine:
         cached = self._images.get(reference)
         if cached is not None and cached[0] > now:
             return cached[1]
-        resolved = await images.resolve(self.docker, reference, spec.auth if spec else None)
+        resolved = await images.resolve(
+            self.docker, reference, spec.auth if spec else None, self._logins
+        )
         self._images[reference] = (now + self._image_cache_s, resolved)
         return resolved
 

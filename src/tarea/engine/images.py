@@ -37,8 +37,16 @@ def detect_protocol(reference: str, info: ImageInfo) -> Protocol:
     )
 
 
-async def resolve(docker: DockerEngine, text: str, auth: RegistryAuth | None) -> ResolvedImage:
+async def resolve(
+    docker: DockerEngine,
+    text: str,
+    auth: RegistryAuth | None,
+    logins: dict[str, RegistryAuth] | None = None,
+) -> ResolvedImage:
     """Validate ``text``, pull it if it is not local, and detect its protocol.
+
+    The pull uses ``auth`` (the request's credentials), else the server's
+    login for the reference's registry in ``logins``, else none.
 
     Raises:
         InvalidImageReference: ``text`` is not a valid reference.
@@ -49,7 +57,7 @@ async def resolve(docker: DockerEngine, text: str, auth: RegistryAuth | None) ->
     ref = parse_reference(text)
     info = await docker.inspect_image(str(ref))
     if info is None:
-        await docker.pull(ref, auth)
+        await docker.pull(ref, auth or (logins or {}).get(ref.registry))
         info = await docker.inspect_image(str(ref))
         if info is None:  # pulled something else than asked (a registry quirk)
             raise ImageNotFound(f"image {text!r} is still missing after a pull")

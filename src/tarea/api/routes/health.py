@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from tarea.api.deps import EngineDep
+from tarea.api.errors import problem_responses
 
 router = APIRouter(tags=["health"])
 
@@ -18,7 +19,7 @@ async def healthz() -> dict[str, str]:
 @router.get(
     "/readyz",
     summary="Readiness: the Docker engine answers",
-    responses={503: {"description": "The Docker engine does not answer."}},
+    responses=problem_responses(503),
 )
 async def readyz(engine: EngineDep) -> dict[str, str]:
     """200 when the Docker engine answers, 503 otherwise."""

@@ -9,9 +9,10 @@ from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ConfigDict
 
-from tarea.api.deps import EngineDep
+from tarea.api.deps import EngineDep, TenantDep
+from tarea.api.errors import problem_responses
 
-router = APIRouter(tags=["pools"])
+router = APIRouter(tags=["pools"], responses=problem_responses(401))
 
 
 class PoolEntry(BaseModel):
@@ -66,9 +67,12 @@ class PoolsOut(BaseModel):
 
 
 @router.get("/v1/pools", response_model=PoolsOut, summary="Warm containers per image")
-async def pools(engine: EngineDep) -> dict[str, Any]:
-    """What the warm pool holds now, and its hits, misses, starts and evictions."""
-    return engine.pool.stats()
+async def pools(engine: EngineDep, tenant: TenantDep) -> dict[str, Any]:
+    """What the warm pool holds now for this tenant (and never-used stem cells), and
+    the pool's hits, misses, starts and evictions."""
+    stats = engine.pool.stats()
+    stats["pools"] = [p for p in stats["pools"] if p["tenant"] in (tenant, "")]
+    return stats
 
 
 @router.get(
@@ -77,6 +81,6 @@ async def pools(engine: EngineDep) -> dict[str, Any]:
     response_class=Response,
     responses={200: {"content": {"text/plain": {"example": "tarea_pool_total 3.0\n"}}}},
 )
-async def metrics(request: Request) -> Response:
+async def metrics(request: Request, _tenant: TenantDep) -> Response:
     """Pool, queue and task metrics in the Prometheus text format."""
     return Response(generate_latest(request.app.state.registry), media_type=CONTENT_TYPE_LATEST)

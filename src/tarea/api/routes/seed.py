@@ -16,7 +16,7 @@ from fastapi import APIRouter
 from pydantic import BaseModel, ConfigDict, Field
 
 from tarea.api.deps import ServiceDep, SettingsDep, TenantDep
-from tarea.api.errors import STATUS_OF_CODE, ProblemError
+from tarea.api.errors import STATUS_OF_CODE, ProblemError, problem_responses
 from tarea.domain.status import Status
 from tarea.domain.task import RegistryAuth
 from tarea.service import NewTask
@@ -93,11 +93,7 @@ def _auth(credentials: SeedCredentials | None) -> RegistryAuth | None:
     response_model=SeedTaskResult,
     response_model_exclude_none=True,
     summary="Run one task and answer its result (the seed's endpoint)",
-    responses={
-        404: {"description": "The image is neither local nor pullable."},
-        422: {"description": "A required field is missing, or the image name is invalid."},
-        503: {"description": "The Docker engine does not answer."},
-    },
+    responses=problem_responses(401, 403, 404, 413, 422, 424, 429, 503),
 )
 async def get_remote_task(
     body: SeedTaskRequest, service: ServiceDep, settings: SettingsDep, tenant: TenantDep

@@ -3,20 +3,23 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Depends, Header, Path, Query, Response
 from fastapi.responses import JSONResponse, PlainTextResponse
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 
 from tarea.api.deps import ServiceDep, SettingsDep, TenantDep
+from tarea.api.errors import problem_responses
 from tarea.api.schemas import BatchCreate, BatchOut, TaskCreate, TaskOut, TaskPage, render_task
 from tarea.domain.records import TaskRecord
 from tarea.domain.status import TERMINAL, Status
+from tarea.domain.task import RegistryAuth
 from tarea.errors import InvalidRequest
 from tarea.service import NewTask, TaskService
 
-router = APIRouter(prefix="/v1", tags=["tasks"])
+router = APIRouter(prefix="/v1", tags=["tasks"], responses=problem_responses(401, 422))
+_SUBMIT_PROBLEMS = problem_responses(403, 413, 429, 503)
 
 TaskId = Annotated[str, Path(description="The task's id.", max_length=64)]
 IdempotencyKey = Annotated[
@@ -27,13 +30,6 @@ IdempotencyKey = Annotated[
         description="Retry-safe submit: the same key and body give back the same task.",
     ),
 ]
-
-_PROBLEMS: dict[int | str, dict[str, Any]] = {
-    404: {"description": "No such task."},
-    409: {"description": "The task already ended."},
-    422: {"description": "Invalid request (problem+json names the field)."},
-    503: {"description": "The server is draining or its queue is full."},
-}
 
 
 def _new_task(body: TaskCreate) -> NewTask:
@@ -48,6 +44,13 @@ def _new_task(body: TaskCreate) -> NewTask:
     )
 
 
+def _auth(body: TaskCreate) -> RegistryAuth | None:
+    login = body.registry_auth
+    if login is None:
+        return None
+    return RegistryAuth(login.username, login.password.get_secret_value())
+
+
 def _task_response(record: TaskRecord, status_code: int) -> JSONResponse:
     headers = {"Location": f"/v1/tasks/{record.id}"} if status_code == 202 else None
     return JSONResponse(render_task(record), status_code=status_code, headers=headers)
@@ -60,7 +63,7 @@ def _task_response(record: TaskRecord, status_code: int) -> JSONResponse:
     summary="Submit a task",
     responses={
         200: {"model": TaskOut, "description": "With ?wait=true: the task ended."},
-        **_PROBLEMS,
+        **_SUBMIT_PROBLEMS,
     },
 )
 async def submit_task(
@@ -83,6 +86,7 @@ async def submit_task(
         _new_task(body),
         tenant=tenant,
         idempotency_key=idempotency_key,
+        auth=_auth(body),
         wait_s=settings.wait_max_s if wait else None,
     )
     return _task_response(record, 200 if wait and record.status.terminal else 202)
@@ -92,7 +96,6 @@ async def submit_task(
     "/tasks",
     response_model=TaskPage,
     summary="List tasks, newest first",
-    responses={422: _PROBLEMS[422]},
 )
 async def list_tasks(
     service: ServiceDep,
@@ -113,7 +116,7 @@ async def list_tasks(
     "/tasks/{task_id}",
     response_model=TaskOut,
     summary="Get a task",
-    responses={404: _PROBLEMS[404]},
+    responses=problem_responses(404),
 )
 async def get_task(task_id: TaskId, service: ServiceDep, tenant: TenantDep) -> JSONResponse:
     """The task: its status, result or error, timings, container and callback."""
@@ -124,7 +127,7 @@ async def get_task(task_id: TaskId, service: ServiceDep, tenant: TenantDep) -> J
     "/tasks/{task_id}/cancel",
     response_model=TaskOut,
     summary="Cancel a queued or running task",
-    responses={404: _PROBLEMS[404], 409: _PROBLEMS[409]},
+    responses=problem_responses(404, 409),
 )
 async def cancel_task(task_id: TaskId, service: ServiceDep, tenant: TenantDep) -> JSONResponse:
     """Cancel the task; a running one has its container killed. 409 if it already ended."""
@@ -137,7 +140,7 @@ async def cancel_task(task_id: TaskId, service: ServiceDep, tenant: TenantDep) -
     summary="The task's stderr",
     responses={
         200: {"content": {"text/plain": {"example": "loading data\n"}}},
-        404: _PROBLEMS[404],
+        **problem_responses(404),
     },
 )
 async def task_logs(task_id: TaskId, service: ServiceDep, tenant: TenantDep) -> PlainTextResponse:
@@ -165,7 +168,7 @@ async def _existing(task_id: TaskId, service: ServiceDep, tenant: TenantDep) -> 
                 }
             },
         },
-        404: _PROBLEMS[404],
+        **problem_responses(404),
     },
 )
 async def task_events(
@@ -202,7 +205,7 @@ async def _stream(
     status_code=202,
     summary="Submit many tasks in one call",
     tags=["batches"],
-    responses={422: _PROBLEMS[422], 503: _PROBLEMS[503]},
+    responses=_SUBMIT_PROBLEMS,
 )
 async def submit_batch(body: BatchCreate, service: ServiceDep, tenant: TenantDep) -> JSONResponse:
     """Record and queue every task; their ids come back in the order given.
@@ -218,5 +221,8 @@ async def submit_batch(body: BatchCreate, service: ServiceDep, tenant: TenantDep
             raise InvalidRequest(
                 f"tasks[{index}]: {exc.message}", field=f"tasks.{index}.{exc.field}"
             ) from None
-    records = [(await service.submit(new, tenant=tenant))[0] for new in news]
+    records = [
+        (await service.submit(new, tenant=tenant, auth=_auth(task)))[0]
+        for new, task in zip(news, body.tasks, strict=True)
+    ]
     return JSONResponse({"items": [render_task(r) for r in records]}, status_code=202)

@@ -1,0 +1,121 @@
+"""Pure ASGI middlewares in front of every route: authentication and the body cap.
+
+**Bearer keys.**
+
+With ``TAREA_API_KEYS="tenant:key,..."`` set, a request must carry
+``Authorization: Bearer <key>``; the key names the request's tenant, which the
+routes read from ``request.state.tenant``. Only ``/healthz`` and ``/readyz``
+are open (probes carry no key). A middleware rather than a per-route
+dependency, so a route added later is protected without anyone remembering.
+Keys are compared in constant time.
+
+**Body cap.** A request body over ``TAREA_MAX_BODY_KB`` is refused with 413
+before it is buffered: at once when its Content-Length says so, else as soon
+as the bytes read pass the cap.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+
+from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from tarea.api.errors import PROBLEM_JSON
+
+#: The tenant of every request while authentication is off.
+DEFAULT_TENANT = "default"
+OPEN_PATHS = frozenset({"/healthz", "/readyz"})
+
+
+class BearerAuth:
+    """Resolve each request's tenant from its bearer key, or answer 401."""
+
+    def __init__(self, app: ASGIApp, keys: dict[str, str]) -> None:
+        self.app = app
+        self._keys = [(key.encode(), tenant) for key, tenant in keys.items()]
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        state = scope.setdefault("state", {})
+        if not self._keys or scope["path"] in OPEN_PATHS:
+            state["tenant"] = DEFAULT_TENANT
+            await self.app(scope, receive, send)
+            return
+        tenant = self._tenant(scope)
+        if tenant is None:
+            await _unauthorized(send)
+            return
+        state["tenant"] = tenant
+        await self.app(scope, receive, send)
+
+    def _tenant(self, scope: Scope) -> str | None:
+        header = next((value for name, value in scope["headers"] if name == b"authorization"), b"")
+        scheme, _, token = header.partition(b" ")
+        if scheme.lower() != b"bearer" or not token:
+            return None
+        found = None
+        for key, tenant in self._keys:  # every key compared: no timing hint
+            if hmac.compare_digest(key, token.strip()):
+                found = tenant
+        return found
+
+
+async def _unauthorized(send: Send) -> None:
+    body = json.dumps(
+        {
+            "type": "urn:tarea:problem:unauthorized",
+            "title": "Unauthorized",
+            "status": 401,
+            "detail": "a valid API key is required: Authorization: Bearer <key>",
+            "code": "unauthorized",
+        }
+    ).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 401,
+            "headers": [
+                (b"content-type", PROBLEM_JSON.encode()),
+                (b"content-length", str(len(body)).encode()),
+                (b"www-authenticate", b'Bearer realm="tarea"'),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+class BodyLimit:
+    """Refuse request bodies over ``max_bytes`` with 413, without buffering them."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = next(
+            (value for name, value in scope["headers"] if name == b"content-length"), None
+        )
+        too_large = HTTPException(
+            413, f"the request body is over the server's cap of {self.max_bytes // 1024} KiB"
+        )
+        seen = 0
+
+        async def limited() -> Message:
+            nonlocal seen
+            if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+                raise too_large  # answered by the app's handlers as problem+json
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_bytes:
+                    raise too_large
+            return message
+
+        await self.app(scope, limited, send)
