@@ -83,6 +83,9 @@ class TaskContainer(ABC):
         """The stderr written since the last call to this (stdio containers only)."""
         return ""
 
+    async def settle_logs(self) -> None:  # noqa: B027 - only stdio containers have logs
+        """Let stderr that is still arriving for the last call land first."""
+
     def close(self) -> None:  # noqa: B027 - most containers hold nothing to release
         """Release local resources (the container itself is removed separately)."""
 
@@ -129,6 +132,9 @@ class StdioContainer(TaskContainer):
 
     def take_logs(self) -> str:
         return self.channel.logs.take()
+
+    async def settle_logs(self) -> None:
+        await self.channel.quiet_stderr()
 
     def close(self) -> None:
         self.channel.close()

@@ -221,6 +221,7 @@ class DockerEngine:
                     docker.types.Ulimit(name="nofile", soft=config.nofile, hard=config.nofile)
                 ],
                 privileged=False,
+                log_config=docker.types.LogConfig(type=config.log_driver),
             )
             with _engine_errors():
                 try:

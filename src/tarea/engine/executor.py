@@ -155,6 +155,7 @@ class Engine:
                 on_log=on_log,
             )
             reusable = not fresh
+            await container.settle_logs()
             return Outcome(
                 result=result,
                 container_id=container.id,

@@ -49,6 +49,10 @@ class ContainerConfig:
     nano_cpus: int
     nofile: int
     environment: dict[str, str]
+    #: Docker's log driver: "none". tarea reads (and caps) the output itself over
+    #: the attach stream; Docker's default json-file would copy every byte a
+    #: task writes to the host's disk, with no cap.
+    log_driver: str = "none"
 
 
 def effective_user(image_user: str, default_user: str) -> str:

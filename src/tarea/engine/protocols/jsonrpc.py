@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import json
 import socket
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -100,6 +101,8 @@ class JsonRpcChannel:
         self._output_cap = output_cap
         self.logs = LogBuffer(log_cap)
         self.on_log = on_log
+        #: When stderr last brought bytes (monotonic seconds).
+        self.last_stderr = 0.0
         self._line = bytearray()
         self._ready: asyncio.Future[list[str]] = asyncio.get_running_loop().create_future()
         self._pending: tuple[Any, asyncio.Future[Any]] | None = None
@@ -184,6 +187,18 @@ class JsonRpcChannel:
             self._pending = None
             self._on_progress = None
 
+    async def quiet_stderr(self, quiet_s: float = 0.005, max_s: float = 0.05) -> None:
+        """Wait (at most ``max_s``) until stderr was silent for ``quiet_s``.
+
+        stdout and stderr are separate pipes: the answer can overtake the last
+        bytes a task wrote on stderr. Waiting for a short silence keeps them
+        with their own call's logs. A task that wrote nothing lately pays nothing.
+        """
+        deadline = time.monotonic() + max_s
+        # A poll, not an Event: what is awaited is the absence of bytes.
+        while time.monotonic() - self.last_stderr < quiet_s and time.monotonic() < deadline:  # noqa: ASYNC110
+            await asyncio.sleep(quiet_s / 2)
+
     async def close_stdin(self) -> None:
         """Close the container's stdin: a protocol-abiding task then exits 0."""
         with contextlib.suppress(OSError, RuntimeError):
@@ -212,6 +227,7 @@ class JsonRpcChannel:
                 size = int.from_bytes(header[4:8], "big")
                 payload = await self._reader.readexactly(size) if size else b""
                 if header[0] == _STDERR:
+                    self.last_stderr = time.monotonic()
                     self.logs.write(payload)
                     if self.on_log is not None:
                         self.on_log(payload.decode("utf-8", "replace"))
