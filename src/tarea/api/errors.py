@@ -168,10 +168,19 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 400:
+            # FastAPI's answer to a body it cannot decode (not UTF-8): invalid
+            # input like any other, answered as the documented 422.
+            return problem(
+                422, "validation_error", "the request body is not valid UTF-8 JSON"
+            )
         code = {404: "not_found", 413: "request_too_large"}.get(
             exc.status_code, f"http_{exc.status_code}"
         )
-        return problem(exc.status_code, code, str(exc.detail))
+        response = problem(exc.status_code, code, str(exc.detail))
+        if exc.headers:  # e.g. Allow on a 405
+            response.headers.update(exc.headers)
+        return response
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

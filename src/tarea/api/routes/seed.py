@@ -9,7 +9,6 @@ not have: a clear 4xx for a bad or missing image and 503 when the engine is down
 from __future__ import annotations
 
 import base64
-import binascii
 from typing import Any
 
 from fastapi import APIRouter
@@ -78,7 +77,7 @@ def _auth(credentials: SeedCredentials | None) -> RegistryAuth | None:
         return None
     try:
         password = base64.b64decode(credentials.password, validate=True).decode()
-    except (binascii.Error, UnicodeDecodeError):
+    except ValueError:  # not ASCII, not base64 (binascii.Error), or not UTF-8 inside
         raise ProblemError(
             "validation_error",
             "credenciales.password must be base64-encoded",
