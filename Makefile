@@ -60,6 +60,10 @@ check: venv  ## ruff and mypy --strict
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
+bench: venv build_server_tasks_image  ## tarea against its floor, docker run and the seed; writes docs/benchmarks.md (BENCH_QUICK=1: short)
+	@base=$$(scripts/ensure-base-image.sh "$(BASE_IMAGE)") && \
+	BENCH_BASE_IMAGE="$$base" $(BIN)/python -m bench
+
 up_server: build_server_image build_server_tasks_image  ## the server in a container, port 8000
 	@docker network inspect app_network >/dev/null 2>&1 || \
 	  docker network create --internal app_network >/dev/null

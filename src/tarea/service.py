@@ -172,6 +172,8 @@ class TaskService:
         self.dispatcher = LocalDispatcher(self.runner.execute, concurrency=settings.concurrency)
         self.runner.on_end = self._ended
         self.draining = False
+        #: Set once draining ended: waiters answer with the task as it is then.
+        self._drained = asyncio.Event()
         self._image_patterns = settings.image_patterns()
         #: Queued and running tasks per tenant, for the quota.
         self._active: Counter[str] = Counter()
@@ -237,6 +239,9 @@ class TaskService:
                 },
             )
         await self.dispatcher.stop()
+        # Tasks still queued stay queued (they run at the next start): release
+        # whoever waits for them, so no request holds the shutdown.
+        self._drained.set()
         await self.engine.settle()
         await self.runner.aclose()
 
@@ -342,11 +347,18 @@ class TaskService:
     async def _await(
         self, task_id: str, waiter: asyncio.Future[TaskRecord], timeout_s: float
     ) -> TaskRecord:
-        try:
-            return await asyncio.wait_for(asyncio.shield(waiter), timeout_s)
-        except TimeoutError:
-            self.completions.discard(task_id, waiter)
-            return await self.get(task_id, None)
+        if not self._drained.is_set():
+            drained: asyncio.Future[Any] = asyncio.ensure_future(self._drained.wait())
+            try:
+                await asyncio.wait(
+                    {waiter, drained}, timeout=timeout_s, return_when="FIRST_COMPLETED"
+                )
+            finally:
+                drained.cancel()
+        if waiter.done():
+            return waiter.result()
+        self.completions.discard(task_id, waiter)
+        return await self.get(task_id, None)
 
     async def cancel(self, task_id: str, tenant: str | None) -> TaskRecord:
         """Cancel a queued or running task, killing its container.

@@ -5,6 +5,7 @@ from __future__ import annotations
 import secrets
 import signal
 import subprocess
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -121,5 +122,46 @@ def test_sigterm_drains_running_tasks_and_refuses_new_ones(
         finished = httpx.get(f"{url}/v1/tasks/{task['id']}").json()
         assert finished["status"] == "succeeded"
         assert finished["result"] == 3
+    finally:
+        stop(proc)
+
+
+def test_sigterm_releases_clients_waiting_on_queued_tasks(tmp_path: Path, tasks_image: str) -> None:
+    """A ?wait=true client of a task still queued at shutdown gets 202 at once, not after
+    the wait bound, and the server exits; the task stays queued for the next start."""
+    env = {
+        "TAREA_DATABASE_URL": f"sqlite:///{tmp_path}/tarea.db",
+        "TAREA_SERVER_ID": f"tarea-test-wait-{secrets.token_hex(3)}",
+        "TAREA_CONCURRENCY": "1",
+        "TAREA_DRAIN_TIMEOUT_S": "1",
+        "TAREA_WAIT_MAX_S": "60",
+    }
+    proc, url = start_server(env, tmp_path / "server.log")
+    answers: list[httpx.Response] = []
+    try:
+        blocker = httpx.post(
+            f"{url}/v1/tasks",
+            json={"image": tasks_image, "function": "esperar", "params": {"segundos": 30}},
+        ).json()
+        assert poll(url, blocker["id"], {"running"})["status"] == "running"
+        waiting = threading.Thread(
+            target=lambda: answers.append(
+                httpx.post(
+                    f"{url}/v1/tasks?wait=true",
+                    timeout=90,
+                    json={"image": tasks_image, "function": "suma", "params": {"a": 1}},
+                )
+            )
+        )
+        waiting.start()
+        time.sleep(0.5)
+        started = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        waiting.join(timeout=30)
+        assert answers, "the waiting client got no answer"
+        assert answers[0].status_code == 202
+        assert answers[0].json()["status"] == "queued"
+        assert proc.wait(timeout=30) == 0
+        assert time.monotonic() - started < 15
     finally:
         stop(proc)

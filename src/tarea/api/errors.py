@@ -171,9 +171,7 @@ def install(app: FastAPI) -> None:
         if exc.status_code == 400:
             # FastAPI's answer to a body it cannot decode (not UTF-8): invalid
             # input like any other, answered as the documented 422.
-            return problem(
-                422, "validation_error", "the request body is not valid UTF-8 JSON"
-            )
+            return problem(422, "validation_error", "the request body is not valid UTF-8 JSON")
         code = {404: "not_found", 413: "request_too_large"}.get(
             exc.status_code, f"http_{exc.status_code}"
         )

@@ -1,0 +1,125 @@
+"""Latency at one connection and throughput at many, with wrk, against one server."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from bench.config import EXPECTED_RESULT, BenchConfig, task_body
+from bench.procs import BenchError, Server
+from bench.results import HttpLoad
+from bench.wrk import WrkResult, WrkRun, run_wrk
+
+SUBMIT_PATH = "/v1/tasks?wait=true"
+
+
+def warm_up(base_url: str, calls: int) -> list[str]:
+    """Submit ``calls`` warm tasks one after another; the failures, described.
+
+    Raises:
+        BenchError: the very first call failed, so measuring would be pointless.
+    """
+    errors: list[str] = []
+    with httpx.Client(base_url=base_url, timeout=120.0) as client:
+        for index in range(calls):
+            response = client.post(
+                SUBMIT_PATH, content=task_body(), headers={"Content-Type": "application/json"}
+            )
+            problem = _problem(response)
+            if problem and index == 0:
+                raise BenchError(f"the first warm-up task failed: {problem}")
+            if problem:
+                errors.append(problem)
+    return errors
+
+
+def wait_idle(base_url: str, timeout_s: float = 30.0) -> bool:
+    """Wait until the server has no queued or running task; whether it got there in time.
+
+    After a load client stops, tasks it left in flight still finish on the
+    server: this waits for them (polling ``GET /v1/tasks?status=...``).
+    """
+    deadline = time.monotonic() + timeout_s
+    with httpx.Client(base_url=base_url, timeout=10.0) as client:
+        while time.monotonic() < deadline:
+            busy = False
+            for status in ("queued", "running"):
+                page = client.get("/v1/tasks", params={"status": status, "limit": 1})
+                busy = busy or page.status_code != 200 or bool(page.json().get("items"))
+            if not busy:
+                return True
+            time.sleep(0.1)  # polling the server's state, not waiting blindly
+    return False
+
+
+def pool_state(base_url: str) -> dict[str, Any] | None:
+    """What ``GET /v1/pools`` says about the warm pool (None if it does not answer 200)."""
+    try:
+        response = httpx.get(base_url + "/v1/pools", timeout=10.0)
+    except httpx.HTTPError:
+        return None
+    if response.status_code != 200:
+        return None
+    state: dict[str, Any] = response.json()
+    return state
+
+
+def _problem(response: httpx.Response) -> str | None:
+    """Why ``response`` is not a succeeded task answering 35, or None if it is."""
+    if response.status_code != 200:
+        return f"HTTP {response.status_code}: {response.text[:300]}"
+    task = response.json()
+    if task.get("status") != "succeeded" or task.get("result") != EXPECTED_RESULT:
+        return f"task {task.get('status')}: {response.text[:300]}"
+    return None
+
+
+def measure(label: str, server: Server, config: BenchConfig, log_path: Path) -> HttpLoad:
+    """Warm ``server`` up, then wrk it at one connection and at many.
+
+    Each measured run follows a wrk warm-up run at the same number of connections.
+    The server's CPU time is read around the last (many connections) run.
+    """
+    base_url = server.url
+    warmup_errors = warm_up(base_url, config.warmup_tasks)
+    warmups: list[WrkResult] = []
+    measured: list[WrkResult] = []
+    cpu_s = 0.0
+    for connections in (config.latency_connections, config.load_connections):
+        for kind, seconds in (("warm-up", config.warmup_seconds), ("run", config.wrk_seconds)):
+            run = WrkRun(
+                label=f"{label}, {connections} conn, {kind}",
+                url=base_url + SUBMIT_PATH,
+                body=task_body(),
+                connections=connections,
+                duration_s=seconds,
+                timeout_s=config.wrk_timeout_s,
+            )
+            print(f"bench: {run.label} ({seconds} s)...", flush=True)
+            cpu_before = server.cpu_seconds()
+            result = run_wrk(run, log_path)
+            cpu_s = server.cpu_seconds() - cpu_before
+            (warmups if kind == "warm-up" else measured).append(result)
+            _say(result)
+    return HttpLoad(
+        label=label,
+        latency=measured[0],
+        throughput=measured[1],
+        warmups=(warmups[0], warmups[1]),
+        warmup_errors=tuple(warmup_errors),
+        cpu_ms_per_request=cpu_s * 1000 / max(1, measured[1].responses),
+    )
+
+
+def _say(result: WrkResult) -> None:
+    latency = result.latency_ms
+    p50, p99 = latency.get("p50", float("nan")), latency.get("p99", float("nan"))
+    extra = f", {result.failures} failed (codes {result.codes})" if result.failures else ""
+    print(
+        f"bench:   {result.succeeded} ok in {result.duration_s:.1f} s = {result.rps:,.0f} req/s, "
+        f"p50 {p50:.2f} ms, p99 {p99:.2f} ms{extra}",
+        flush=True,
+    )

@@ -1,0 +1,256 @@
+"""The benchmark run: prepare, measure each phase, clean up, print and write the report.
+
+Phases, in order, each on its own so that one failing does not lose the others:
+
+1. the floor (``bench.floor_app``) under wrk;
+2. tarea (``python -m tarea``, warm pool asked for) under wrk, after a warm-up;
+3. tarea's ``isolation: "fresh"`` against a bare ``docker run``, alternating;
+4. tarea's memory over a long run of warm tasks;
+5. the seed's way, without and with its 5 s sleep (tarea stopped by then).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import asdict
+from datetime import datetime
+from pathlib import Path
+from types import FrameType
+from typing import TypeVar
+
+import docker.errors
+import httpx
+
+from bench import http_load, memory, oneshot, seedway
+from bench.config import ROOT, BenchConfig
+from bench.machine import Machine, load_average
+from bench.markdown import render
+from bench.procs import BenchError, Server, free_port, scan_log
+from bench.report import rows, tarea_failures, text_table
+from bench.results import Results
+from bench.session import Session
+from bench.setup import base_image, build_seed_image, ensure_wrk
+
+T = TypeVar("T")
+
+#: Errors that stop one phase (recorded in the report) without stopping the run.
+PHASE_ERRORS = (
+    BenchError,
+    docker.errors.DockerException,
+    httpx.HTTPError,
+    OSError,
+    subprocess.SubprocessError,
+    KeyError,
+    ValueError,
+)
+#: Settings not shown in the report: what the benchmark sets for itself, and secrets.
+_OWN = {"TAREA_HOST", "TAREA_PORT", "TAREA_DATABASE_URL", "TAREA_SERVER_ID"}
+_SECRET = ("SECRET", "PASSWORD", "TOKEN")
+
+
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def _phase(results: Results, name: str, step: Callable[[], T]) -> T | None:
+    """Run one phase; on failure record why in ``results`` and carry on."""
+    print(f"\nbench: == {name}", flush=True)
+    try:
+        return step()
+    except PHASE_ERRORS as exc:
+        results.phase_errors[name] = f"{type(exc).__name__}: {exc}"
+        print(f"bench: {name} could not run: {exc}", file=sys.stderr, flush=True)
+        return None
+
+
+def _tarea_server(session: Session, config: BenchConfig, log_dir: Path) -> Server:
+    """The tarea server under test: loopback, a temporary SQLite database, the warm pool."""
+    port = free_port()
+    env = {
+        **dict(os.environ),
+        "TAREA_HOST": "127.0.0.1",
+        "TAREA_PORT": str(port),
+        "TAREA_DATABASE_URL": f"sqlite:///{session.tmp / 'tarea.db'}",
+        "TAREA_SERVER_ID": session.server_id,
+        "TAREA_PREWARM": config.prewarm,
+    }
+    env.setdefault("TAREA_DRAIN_TIMEOUT_S", "10")
+    env.pop("TAREA_API_KEYS", None)  # measured without authentication: wrk sends no key
+    return Server(
+        "tarea",
+        [sys.executable, "-m", "tarea"],
+        env,
+        port,
+        log_dir / "tarea.log",
+        ready_path="/readyz",
+        cwd=ROOT,
+    )
+
+
+def _settings_shown(env: dict[str, str]) -> dict[str, str]:
+    return {
+        k: v
+        for k, v in env.items()
+        if k.startswith("TAREA_") and k not in _OWN and not any(w in k for w in _SECRET)
+    }
+
+
+def _measure_floor(session: Session, config: BenchConfig, log_dir: Path, results: Results) -> None:
+    port = free_port()
+    floor = Server(
+        "floor",
+        [sys.executable, "-m", "bench.floor_app", "--port", str(port)],
+        dict(os.environ),
+        port,
+        log_dir / "floor.log",
+        cwd=ROOT,
+    )
+
+    def run() -> None:
+        session.start(floor)
+        try:
+            results.floor = http_load.measure("floor", floor, config, log_dir / "wrk.log")
+        finally:
+            floor.stop()
+
+    _phase(results, "the floor under wrk", run)
+
+
+def _measure_tarea(session: Session, config: BenchConfig, log_dir: Path, results: Results) -> None:
+    tarea = _tarea_server(session, config, log_dir)
+    results.server_settings = _settings_shown(tarea.env)
+    wrk_log = log_dir / "wrk.log"
+
+    def start() -> float:
+        print(f"bench: starting tarea (TAREA_PREWARM={config.prewarm})...", flush=True)
+        session.start(tarea, ready_timeout_s=120)
+        return tarea.rss_mb()
+
+    rss_start = _phase(results, "starting tarea", start)
+    if rss_start is None:
+        return
+    try:
+        results.warm = _phase(
+            results,
+            "tarea, warm suma under wrk",
+            lambda: http_load.measure("tarea warm", tarea, config, wrk_log),
+        )
+        pair = _phase(
+            results,
+            'isolation "fresh" against docker run',
+            lambda: oneshot.measure(tarea.url, config, session.labels),
+        )
+        if pair is not None:
+            results.fresh, results.bare = pair
+        results.memory = _phase(
+            results,
+            "tarea's memory over many warm tasks",
+            lambda: memory.measure(tarea, config, rss_start, wrk_log),
+        )
+        results.pools = http_load.pool_state(tarea.url)
+    finally:
+        print("bench: stopping tarea...", flush=True)
+        results.server_stop = tarea.stop() or ""
+        print(f"bench:   tarea {results.server_stop}", flush=True)
+    scan = scan_log(tarea.log_path)
+    results.server_statuses = scan.statuses
+    results.server_notable = scan.notable
+    results.server_notable_total = scan.notable_total
+
+
+def _measure_seed(session: Session, config: BenchConfig, results: Results) -> None:
+    network = _phase(results, "a bridge network for the seed's way", session.network)
+    if network is None:
+        return
+    results.seed = _phase(
+        results,
+        "the seed's way",
+        lambda: seedway.measure(
+            session.engine, network, session.labels, config.seed_n, 0.0, "the seed's way"
+        ),
+    )
+    if config.seed_sleep_n > 0:
+        results.seed_sleep = _phase(
+            results,
+            "the seed as written (5 s sleep)",
+            lambda: seedway.measure(
+                session.engine,
+                network,
+                session.labels,
+                config.seed_sleep_n,
+                config.seed_sleep_s,
+                "the seed as written, with its 5 s sleep",
+            ),
+        )
+
+
+def _finish(results: Results, config: BenchConfig, log_dir: Path) -> None:
+    """Print the table and what went wrong; keep results.json; rewrite the doc if all ran."""
+    table = rows(results)
+    print("\n" + text_table(table) + "\n")
+    verdicts = [row.result for row in table if row.result]
+    print(f"bench: targets met: {sum(v.startswith('PASS') for v in verdicts)} of {len(verdicts)}")
+    failures = tarea_failures(results)
+    if failures:
+        print(
+            f"bench: {failures} requests to tarea failed; access-log status codes: "
+            f"{results.server_statuses}"
+        )
+        for line in results.server_notable[:10]:
+            print(f"bench:   log: {line}")
+    (log_dir / "results.json").write_text(json.dumps(asdict(results), indent=2, default=str))
+    print(f"bench: logs and results.json in {log_dir}")
+    if results.phase_errors:
+        print(
+            f"bench: {config.output} left as it was: "
+            f"{', '.join(results.phase_errors)} could not run",
+            file=sys.stderr,
+        )
+        return
+    config.output.parent.mkdir(parents=True, exist_ok=True)
+    config.output.write_text(render(results, config))
+    print(f"bench: wrote {config.output}")
+
+
+def main() -> int:
+    """Run the whole benchmark; 0 once measured (targets met or not), 1 if a step failed."""
+    config = BenchConfig.from_env()
+    run_id = uuid.uuid4().hex[:8]
+    log_dir = config.log_root / f"{datetime.now():%Y%m%d-%H%M%S}-{run_id}"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    results = Results(quick=config.quick, log_dir=str(log_dir))
+    started = time.monotonic()
+    signal.signal(signal.SIGTERM, _interrupt)
+    print(f"bench: {'quick' if config.quick else 'full'} run {run_id}, logs in {log_dir}")
+    try:
+        ensure_wrk()
+        build_seed_image(base_image(config.base_image))
+        results.machine = Machine.describe()
+        if results.machine.busy:
+            print(
+                f"bench: note: the machine is not idle (load {results.machine.load_at_start}, "
+                f"{results.machine.containers_at_start} containers running): numbers will be noisy",
+                flush=True,
+            )
+        with Session(run_id) as session:
+            _measure_floor(session, config, log_dir, results)
+            _measure_tarea(session, config, log_dir, results)
+            _measure_seed(session, config, results)
+            print("\nbench: cleaning up...", flush=True)
+    except KeyboardInterrupt:
+        print("\nbench: interrupted; everything it started is stopped and removed", file=sys.stderr)
+        return 130
+    except BenchError as exc:
+        print(f"bench: {exc}", file=sys.stderr)
+        return 1
+    results.elapsed_s = time.monotonic() - started
+    results.load_at_end = load_average()
+    _finish(results, config, log_dir)
+    return 1 if results.phase_errors else 0

@@ -1,0 +1,316 @@
+"""``docs/benchmarks.md``: the latest run's tables, the machine, and how to reproduce."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import astuple
+
+from bench.config import BenchConfig
+from bench.report import HEADER, Row, ms, rows, tarea_failures
+from bench.results import HttpLoad, Memory, Results, Series
+from bench.wrk import WrkResult
+
+
+def _table(header: Sequence[str], body: Iterable[Sequence[str]]) -> list[str]:
+    def line(cells: Sequence[str]) -> str:
+        return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
+
+    return [line(header), "|" + "|".join(" --- " for _ in header) + "|", *map(line, body)]
+
+
+def _summary(results: Results) -> list[str]:
+    table: list[Row] = rows(results)
+    body = [astuple(row) for row in table]
+    return _table(astuple(HEADER), body)
+
+
+def _wrk_rows(load: HttpLoad | None) -> list[tuple[str, ...]]:
+    if load is None:
+        return []
+    first, second = load.warmups
+    return [_wrk_row(run) for run in (first, load.latency, second, load.throughput)]
+
+
+def _wrk_row(run: WrkResult) -> tuple[str, ...]:
+    lat = run.latency_ms
+
+    def p(key: str) -> str:
+        return ms(lat[key] / 1000) if key in lat else "n/a"
+
+    codes = ", ".join(f"{code}: {n:,}" for code, n in run.codes.items()) or "none"
+    sockets = ", ".join(f"{k} {n}" for k, n in run.socket_errors.items() if n) or "0"
+    return (
+        run.label,
+        f"{run.duration_s:.1f} s",
+        f"{run.responses:,}",
+        f"{run.rps:,.1f}",
+        p("p50"),
+        p("p90"),
+        p("p99"),
+        p("max"),
+        codes,
+        str(run.failed_tasks),
+        sockets,
+    )
+
+
+def _wrk_section(results: Results) -> list[str]:
+    runs = _wrk_rows(results.floor) + _wrk_rows(results.warm)
+    if results.memory:
+        runs.append(_wrk_row(results.memory.run))
+    header = (
+        "run",
+        "duration",
+        "responses",
+        "ok req/s",
+        "p50",
+        "p90",
+        "p99",
+        "max",
+        "status codes",
+        "failed tasks",
+        "socket errors",
+    )
+    return ["### wrk runs", "", *_table(header, runs)]
+
+
+def _series_row(series: Series | None) -> tuple[str, ...] | None:
+    if series is None:
+        return None
+    s = series.summary
+    if s is None:
+        return (series.label, "0", "n/a", "n/a", "n/a", "n/a", str(len(series.errors)))
+    return (
+        series.label,
+        str(s.n),
+        ms(s.p50),
+        ms(s.p90),
+        ms(s.minimum),
+        ms(s.maximum),
+        str(len(series.errors)),
+    )
+
+
+def _series_section(results: Results) -> list[str]:
+    all_series = (results.fresh, results.bare, results.seed, results.seed_sleep)
+    body = [row for row in map(_series_row, all_series) if row is not None]
+    header = ("calls, one at a time", "n", "p50", "p90", "min", "max", "failed")
+    lines = ["### One call at a time", "", *_table(header, body)]
+    for series in all_series:
+        for error in (series.errors if series else [])[:5]:
+            lines.append(f"- {series.label if series else ''} failed: `{error[:200]}`")
+    return lines
+
+
+def _memory_section(memory: Memory | None) -> list[str]:
+    if memory is None:
+        return []
+    lines = [
+        "### Memory",
+        "",
+        f"RSS of the tarea process (`VmRSS`): {memory.rss_start_mb:.1f} MB once ready, "
+        f"{memory.rss_before_mb:.1f} MB after the warm-up and the runs above, "
+        f"{memory.rss_after_mb:.1f} MB after {memory.tasks:,} more warm tasks "
+        f"({memory.run.duration_s:.0f} s at {memory.run.connections} connections); "
+        f"peak {memory.peak_mb:.1f} MB. The server used "
+        f"{ms((memory.cpu_ms_per_task or 0) / 1000)} of CPU per task over that run.",
+    ]
+    if not memory.complete:
+        lines += [
+            "",
+            f"**Only {memory.tasks:,} of the {memory.target_tasks:,} tasks ran** within the "
+            f"{memory.cap_s} s cap, so the memory target was checked on fewer tasks than it "
+            "names.",
+        ]
+    if memory.samples:
+        step = max(1, len(memory.samples) // 10)
+        picked = list(memory.samples[::step])
+        lines += [
+            "",
+            *_table(
+                ("elapsed", "tasks", "RSS"),
+                [(f"{s.elapsed_s:.0f} s", f"{s.tasks:,}", f"{s.rss_mb:.1f} MB") for s in picked],
+            ),
+        ]
+    return lines
+
+
+def _log_section(results: Results) -> list[str]:
+    codes = ", ".join(f"{code}: {n:,}" for code, n in results.server_statuses.items()) or "none"
+    lines = [
+        "### tarea's log",
+        "",
+        f"Access-log status codes: {codes}. Warning and error lines: "
+        f"{results.server_notable_total}. Stopped at the end: {results.server_stop or 'n/a'}.",
+    ]
+    if results.pools is not None:
+        keep = {k: v for k, v in results.pools.items() if k in ("total", "counters")}
+        shown = json.dumps(keep or results.pools, separators=(",", ":"))[:400]
+        lines += ["", f"The warm pool after the memory run (`GET /v1/pools`): `{shown}`."]
+    if results.server_notable:
+        lines += ["", "```", *results.server_notable[:10], "```"]
+    return lines
+
+
+def _machine(results: Results) -> list[str]:
+    m = results.machine
+    if m is None:
+        return []
+    return [
+        "## The machine",
+        "",
+        *_table(
+            ("", ""),
+            [
+                ("date", m.date),
+                ("CPUs (nproc)", f"{m.nproc} × {m.cpu}"),
+                ("memory", f"{m.memory_gib:.1f} GiB"),
+                ("kernel", m.kernel),
+                ("OS", m.os),
+                ("Docker Engine", m.docker),
+                ("Python", m.python),
+                ("FastAPI, uvicorn", f"{m.fastapi}, {m.uvicorn}"),
+                ("uvloop, httptools", f"{m.uvloop}, {m.httptools}"),
+                ("wrk", m.wrk),
+                ("commit", m.commit),
+                (
+                    "load average (1, 5, 15 min)",
+                    f"{m.load_at_start} at start, {results.load_at_end or 'n/a'} at the end",
+                ),
+                ("containers running at start", str(m.containers_at_start)),
+            ],
+        ),
+        "",
+        "tarea ran on 127.0.0.1 with a temporary SQLite database and "
+        + ", ".join(f"`{k}={v}`" for k, v in sorted(results.server_settings.items()))
+        + "; its other settings at their defaults.",
+    ]
+
+
+_REPRODUCE = """\
+## How to reproduce
+
+```sh
+make bench                 # about 25 minutes at most on 2 cores; rewrites this page
+BENCH_QUICK=1 make bench   # a few minutes: shorter runs, 10,000 tasks for memory
+```
+
+`make bench` sets up what it needs (the virtualenv, the task image, the
+seed-style image `tarea-test-seed-http:latest` built from
+`tests/integration/images/seed_http`, and `wrk`, installed with apt-get when
+missing and run as root), then runs `python -m bench`. Everything it starts
+(servers, containers labelled `io.tarea.bench=true`, a bridge network, a
+temporary SQLite database) is stopped and removed at the end, on Ctrl-C too.
+All traffic goes to 127.0.0.1. wrk's output, both servers' logs and the raw
+results (`results.json`) are kept under `var/bench/<date>-<run>/`. The
+benchmark is a measurement, not a test: it exits 0 whether targets are met or
+not (non-zero only if a step could not run), and it does not run in CI.
+
+Knobs (environment): `BENCH_QUICK=1`; `BENCH_WRK_SECONDS` (10),
+`BENCH_WARMUP_SECONDS` (3), `BENCH_CONNECTIONS` (32), `BENCH_ONESHOT_N` (20),
+`BENCH_SEED_N` (10), `BENCH_SEED_SLEEP_N` (3), `BENCH_MEMORY_TASKS` (100000),
+`BENCH_MEMORY_CAP_S` (1200), `BENCH_OUTPUT` (this file), `BENCH_LOG_DIR`
+(`var/bench`); `TAREA_*` variables (e.g. `TAREA_PREWARM`,
+`TAREA_CONCURRENCY`) pass through to the server under test.
+"""
+
+_METHOD = """\
+## What is measured, and how
+
+1. **The floor** (`bench/floor_app.py`): FastAPI and uvicorn answering
+   `POST /v1/tasks` with a finished task of tarea's shape, doing no work; the
+   body is validated by a pydantic model, as tarea's is. It is served like
+   tarea: one uvicorn process, default loop and HTTP implementations as
+   installed (uvloop and httptools here), `log_level="info"`, access log on.
+   Against it, tarea (`python -m tarea`, `TAREA_PREWARM=tasks_image:latest=2`,
+   a temporary SQLite database, authentication off) answers `POST /v1/tasks?wait=true` for a warm
+   `suma` on `tasks_image:latest`. Both get the same sequential warm-up calls,
+   then, with wrk (one thread, `bench/wrk_report.lua` posting the same JSON):
+   a warm-up run, then a measured run, at 1 connection (latency: p50, p99) and
+   again at 32 connections (throughput: succeeded tasks per second). wrk's
+   request timeout is 30 s, so a slow answer is measured, not dropped.
+   Every response is checked: a non-2xx status, a 2xx whose task did not
+   succeed, and every socket error (connect, read, write, timeout) count as
+   failed. The server process's CPU time (`/proc/<pid>/stat`) is read around
+   the 32-connection run: with one process, CPU per request bounds throughput.
+2. **A fresh container per call**: tasks with `"isolation": "fresh"` against
+   a bare `docker run -i --rm --network none tasks_image:latest` fed the same
+   JSON-RPC call on stdin (what `printf '%s\\n' "$REQUEST" | docker run ...`
+   does, without the shell). The two alternate, one call at a time, half a
+   second apart; times are wall-clock at the client, p50 and p90.
+3. **The seed's way**: per request, start a `tarea-test-seed-http:latest`
+   container (docker-py) on a user-defined bridge network with port 5000
+   published on 127.0.0.1, poll `GET /status/` every 50 ms until 200,
+   `POST /ejecutarTarea/`, then stop and remove the container; all of it is
+   timed. The seed-style image, like the seed's service, takes about a second
+   to listen. **The original seed also slept a fixed 5 s** before polling, so
+   one of its requests took about 6 s: the row "the seed as written"
+   reproduces that sleep (`BENCH_SEED_SLEEP_N` requests, 3 by default).
+4. **Memory**: the RSS of the tarea process (`VmRSS` in `/proc/<pid>/status`)
+   before and after 100,000 more warm tasks at 32 connections (wrk stops at
+   that count), sampled every 5 s in between; the run is capped at 20 minutes,
+   and if the server is slower than that the table says how many tasks ran.
+5. **Targets**: warm p50 at 1 connection ≤ 2× the floor's; warm throughput at
+   32 connections ≥ 0.5× the floor's; fresh p50 ≤ 0.5× the bare `docker run`'s;
+   no failed responses; memory growth ≤ 50 MB over 100,000 tasks.
+"""
+
+
+def render(results: Results, config: BenchConfig) -> str:
+    """The whole of ``docs/benchmarks.md`` for ``results``."""
+    verdicts = [row.result for row in rows(results) if row.result]
+    met = sum(v.startswith("PASS") for v in verdicts)
+    mode = "quick run (`BENCH_QUICK=1`)" if config.quick else "full run"
+    date = results.machine.date if results.machine else "unknown date"
+    failures = tarea_failures(results)
+    lines = [
+        "# Benchmarks",
+        "",
+        "`make bench` measures tarea on one machine, in one run, against what it",
+        "should be compared with: the cost of FastAPI itself (the floor), a bare",
+        "`docker run` of the same call, and the seed's way of running a task. This",
+        "page is rewritten by each run; the numbers below are the latest run's.",
+        "",
+        f"## Latest run: {date}, {mode}",
+        "",
+        f"Targets met: **{met} of {len(verdicts)}**. Ratios are tarea ÷ baseline. "
+        f"The bench took {results.elapsed_s / 60:.1f} minutes.",
+        "",
+        *_summary(results),
+        "",
+    ]
+    machine = results.machine
+    if machine and machine.busy:
+        lines += [
+            f"**The machine was not idle** when this run began (load {machine.load_at_start}, "
+            f"{machine.containers_at_start} containers running): other work skews these numbers.",
+            "",
+        ]
+    if failures:
+        lines += [
+            f"**{failures} requests to tarea failed**; see the status codes and log below.",
+            "",
+        ]
+    if results.phase_errors:
+        lines += ["Steps that could not run:", ""]
+        lines += [f"- {phase}: `{err[:300]}`" for phase, err in results.phase_errors.items()]
+        lines.append("")
+    lines += [
+        *_wrk_section(results),
+        "",
+        *_series_section(results),
+        "",
+        *_memory_section(results.memory),
+        "",
+        *_log_section(results),
+        "",
+        *_machine(results),
+        "",
+        _REPRODUCE,
+        _METHOD,
+    ]
+    text = "\n".join(lines)
+    while "\n\n\n" in text:
+        text = text.replace("\n\n\n", "\n\n")
+    return text.rstrip() + "\n"

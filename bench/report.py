@@ -1,0 +1,243 @@
+"""The targets, each measurement's ratio against its baseline, and the summary table."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import astuple, dataclass
+
+from bench.results import HttpLoad, Results, Series
+
+#: Targets (issue "make bench"): tarea against its floor, docker run, and its own memory.
+MAX_LATENCY_RATIO = 2.0
+MIN_THROUGHPUT_RATIO = 0.5
+MAX_FRESH_RATIO = 0.5
+MAX_MEMORY_GROWTH_MB = 50.0
+
+
+def ms(seconds: float | None) -> str:
+    """A duration for people: ``0.482 ms``, ``48.2 ms``, ``1.55 s``; ``n/a`` for None or NaN."""
+    if seconds is None or math.isnan(seconds):
+        return "n/a"
+    if seconds >= 1:
+        return f"{seconds:.2f} s"
+    millis = seconds * 1000
+    if millis >= 100:
+        return f"{millis:.0f} ms"
+    if millis >= 10:
+        return f"{millis:.1f} ms"
+    return f"{millis:.2f} ms" if millis >= 1 else f"{millis:.3f} ms"
+
+
+def ratio(value: float | None, baseline: float | None) -> float | None:
+    """``value / baseline``, or None when either is missing or the baseline is zero."""
+    if value is None or baseline is None or baseline == 0 or math.isnan(value):
+        return None
+    return value / baseline
+
+
+def times(value: float | None) -> str:
+    """A ratio as ``1.27×`` (``n/a`` if missing)."""
+    if value is None:
+        return "n/a"
+    if value < 10:
+        return f"{value:.2f}×"
+    return f"{value:.1f}×" if value < 100 else f"{value:,.0f}×"
+
+
+def faster(value: float | None, baseline: float | None) -> str:
+    """How many times faster ``value`` is than ``baseline``, as ``5.3× faster``."""
+    speedup = ratio(baseline, value)
+    if speedup is None:
+        return "n/a"
+    return f"{speedup:.1f}× faster" if speedup < 10 else f"{speedup:,.0f}× faster"
+
+
+def verdict(passed: bool | None) -> str:
+    """PASS, MISS, or ``n/a`` when the measurement is missing."""
+    return "n/a" if passed is None else ("PASS" if passed else "MISS")
+
+
+@dataclass(frozen=True)
+class Row:
+    """One line of the summary: what, the baseline, tarea, their ratio, the target, the verdict."""
+
+    measure: str
+    baseline: str
+    tarea: str
+    ratio: str = ""
+    target: str = ""
+    result: str = ""
+
+
+def _p(load: HttpLoad | None, run: str, key: str) -> float | None:
+    if load is None:
+        return None
+    value = getattr(load, run).latency_ms.get(key)
+    return None if value is None else value / 1000
+
+
+def _rps(load: HttpLoad | None) -> float | None:
+    return None if load is None else load.throughput.rps
+
+
+def _p50(series: Series | None) -> float | None:
+    summary = series.summary if series else None
+    return None if summary is None else summary.p50
+
+
+def _p90(series: Series | None) -> float | None:
+    summary = series.summary if series else None
+    return None if summary is None else summary.p90
+
+
+def _cpu_ms(load: HttpLoad | None) -> float | None:
+    return None if load is None else load.cpu_ms_per_request
+
+
+def _cpu(load: HttpLoad | None) -> str:
+    value = _cpu_ms(load)
+    return "n/a" if value is None else ms(value / 1000)
+
+
+def _at_most(value: float | None, bound: float) -> bool | None:
+    return None if value is None else value <= bound
+
+
+def _latency_rows(r: Results) -> list[Row]:
+    p50 = ratio(_p(r.warm, "latency", "p50"), _p(r.floor, "latency", "p50"))
+    p99 = ratio(_p(r.warm, "latency", "p99"), _p(r.floor, "latency", "p99"))
+    rps = ratio(_rps(r.warm), _rps(r.floor))
+    floor_rps, warm_rps = _rps(r.floor), _rps(r.warm)
+    floor_32 = f"{ms(_p(r.floor, 'throughput', 'p50'))} / {ms(_p(r.floor, 'throughput', 'p99'))}"
+    warm_32 = f"{ms(_p(r.warm, 'throughput', 'p50'))} / {ms(_p(r.warm, 'throughput', 'p99'))}"
+    return [
+        Row(
+            "warm suma, p50 latency, 1 connection",
+            f"floor {ms(_p(r.floor, 'latency', 'p50'))}",
+            ms(_p(r.warm, "latency", "p50")),
+            times(p50),
+            f"≤ {MAX_LATENCY_RATIO:g}×",
+            verdict(_at_most(p50, MAX_LATENCY_RATIO)),
+        ),
+        Row(
+            "warm suma, p99 latency, 1 connection",
+            f"floor {ms(_p(r.floor, 'latency', 'p99'))}",
+            ms(_p(r.warm, "latency", "p99")),
+            times(p99),
+        ),
+        Row(
+            "warm suma, throughput, 32 connections",
+            "floor n/a" if floor_rps is None else f"floor {floor_rps:,.0f} req/s",
+            "n/a" if warm_rps is None else f"{warm_rps:,.0f} req/s",
+            times(rps),
+            f"≥ {MIN_THROUGHPUT_RATIO:g}×",
+            verdict(None if rps is None else rps >= MIN_THROUGHPUT_RATIO),
+        ),
+        Row(
+            "server CPU per request, 32 connections",
+            f"floor {_cpu(r.floor)}",
+            _cpu(r.warm),
+            times(ratio(_cpu_ms(r.warm), _cpu_ms(r.floor))),
+        ),
+        Row(
+            "warm suma, p50 / p99 latency, 32 connections",
+            f"floor {floor_32}",
+            warm_32,
+        ),
+    ]
+
+
+def _oneshot_rows(r: Results) -> list[Row]:
+    p50 = ratio(_p50(r.fresh), _p50(r.bare))
+    return [
+        Row(
+            'isolation "fresh", p50',
+            f"docker run {ms(_p50(r.bare))}",
+            ms(_p50(r.fresh)),
+            times(p50),
+            f"≤ {MAX_FRESH_RATIO:g}×",
+            verdict(_at_most(p50, MAX_FRESH_RATIO)),
+        ),
+        Row(
+            'isolation "fresh", p90',
+            f"docker run {ms(_p90(r.bare))}",
+            ms(_p90(r.fresh)),
+            times(ratio(_p90(r.fresh), _p90(r.bare))),
+        ),
+        Row(
+            "the seed's way (start, poll, post, stop), p50",
+            f"seed's way {ms(_p50(r.seed))}",
+            f"fresh {ms(_p50(r.fresh))}",
+            faster(_p50(r.fresh), _p50(r.seed)),
+        ),
+        Row(
+            "the seed as written (with its 5 s sleep), p50",
+            f"seed {ms(_p50(r.seed_sleep))}",
+            f"warm {ms(_p(r.warm, 'latency', 'p50'))}",
+            faster(_p(r.warm, "latency", "p50"), _p50(r.seed_sleep)),
+        ),
+    ]
+
+
+def tarea_failures(r: Results) -> int | None:
+    """Failed responses and socket errors over everything sent to tarea (None: nothing sent)."""
+    parts: list[int] = []
+    if r.warm:
+        parts.append(r.warm.failures)
+    if r.memory:
+        parts.append(r.memory.run.failures)
+    if r.fresh:
+        parts.append(len(r.fresh.errors))
+    return sum(parts) if parts else None
+
+
+def _health_rows(r: Results) -> list[Row]:
+    failures = tarea_failures(r)
+    memory = r.memory
+    growth = None if memory is None else memory.growth_mb
+    if memory is None:
+        memory_label, memory_base = "memory growth over 100,000 warm tasks", "n/a"
+    else:
+        memory_label = f"memory growth over {memory.tasks:,} warm tasks"
+        memory_base = f"RSS {memory.rss_before_mb:.1f} → {memory.rss_after_mb:.1f} MB"
+    memory_verdict = verdict(_at_most(growth, MAX_MEMORY_GROWTH_MB))
+    if memory is not None and not memory.complete:
+        memory_verdict += f" (only {memory.tasks:,} of {memory.target_tasks:,})"
+    return [
+        Row(
+            "failed responses (non-2xx, failed tasks, socket errors)",
+            "floor n/a" if r.floor is None else f"floor {r.floor.failures}",
+            "n/a" if failures is None else str(failures),
+            "",
+            "0",
+            verdict(None if failures is None else failures == 0),
+        ),
+        Row(
+            memory_label,
+            memory_base,
+            "n/a" if growth is None else f"{growth:+.1f} MB",
+            "",
+            f"≤ {MAX_MEMORY_GROWTH_MB:g} MB",
+            memory_verdict,
+        ),
+    ]
+
+
+def rows(results: Results) -> list[Row]:
+    """The summary table of ``results``: every target with its verdict, and context rows."""
+    return _latency_rows(results) + _oneshot_rows(results) + _health_rows(results)
+
+
+HEADER = Row("measurement", "baseline", "tarea", "ratio", "target", "result")
+
+
+def text_table(table: Sequence[Row]) -> str:
+    """``table`` as aligned plain text, with a header line."""
+    cells = [astuple(row) for row in (HEADER, *table)]
+    widths = [max(len(line[i]) for line in cells) for i in range(len(cells[0]))]
+    out = [
+        "  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip() for line in cells
+    ]
+    out.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(out)

@@ -1,0 +1,119 @@
+"""What one run measured: the results of each phase (plain data, no I/O)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from bench.machine import Machine
+from bench.stats import Summary
+from bench.wrk import WrkResult
+
+
+@dataclass
+class Series:
+    """Wall-clock times of one kind of call, made one at a time, and the calls that failed."""
+
+    label: str
+    seconds: list[float] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+    @property
+    def summary(self) -> Summary | None:
+        """Percentiles of the successful calls (None if none succeeded)."""
+        return Summary.of(self.seconds)
+
+
+@dataclass(frozen=True)
+class HttpLoad:
+    """One server under wrk: latency at one connection, throughput at many."""
+
+    label: str
+    latency: WrkResult
+    throughput: WrkResult
+    #: The wrk warm-up runs before each measured run (counted for failures too).
+    warmups: tuple[WrkResult, WrkResult]
+    #: Sequential warm-up calls that failed (status and body).
+    warmup_errors: tuple[str, ...] = ()
+    #: The server process's CPU time per response during the many-connections run.
+    cpu_ms_per_request: float | None = None
+
+    @property
+    def failures(self) -> int:
+        """Failed responses and socket errors over every run against this server."""
+        runs = (self.latency, self.throughput, *self.warmups)
+        return sum(r.failures for r in runs) + len(self.warmup_errors)
+
+
+@dataclass(frozen=True)
+class MemorySample:
+    """The server's RSS after some tasks."""
+
+    elapsed_s: float
+    tasks: int
+    rss_mb: float
+
+
+@dataclass(frozen=True)
+class Memory:
+    """The server's RSS around a long run of warm tasks."""
+
+    target_tasks: int
+    cap_s: int
+    rss_start_mb: float
+    rss_before_mb: float
+    rss_after_mb: float
+    run: WrkResult
+    samples: tuple[MemorySample, ...]
+    #: The server process's CPU time per task over the run.
+    cpu_ms_per_task: float | None = None
+
+    @property
+    def tasks(self) -> int:
+        """Tasks answered during the run (whatever their outcome)."""
+        return self.run.responses
+
+    @property
+    def growth_mb(self) -> float:
+        """RSS after the run minus RSS before it."""
+        return self.rss_after_mb - self.rss_before_mb
+
+    @property
+    def peak_mb(self) -> float:
+        """The highest RSS seen during the run."""
+        return max([self.rss_after_mb, *(s.rss_mb for s in self.samples)])
+
+    @property
+    def complete(self) -> bool:
+        """Whether all ``target_tasks`` ran within the time cap."""
+        return self.tasks >= self.target_tasks
+
+
+@dataclass
+class Results:
+    """Everything one run measured; a phase that did not run is None."""
+
+    quick: bool
+    machine: Machine | None = None
+    server_settings: dict[str, str] = field(default_factory=dict)
+    floor: HttpLoad | None = None
+    warm: HttpLoad | None = None
+    fresh: Series | None = None
+    bare: Series | None = None
+    memory: Memory | None = None
+    seed: Series | None = None
+    seed_sleep: Series | None = None
+    #: Phase name to the error that stopped it.
+    phase_errors: dict[str, str] = field(default_factory=dict)
+    #: Access-log status counts and notable lines of tarea's log.
+    server_statuses: dict[str, int] = field(default_factory=dict)
+    server_notable: list[str] = field(default_factory=list)
+    server_notable_total: int = 0
+    #: ``GET /v1/pools`` after the memory run, as tarea answered it (kept in results.json).
+    pools: dict[str, Any] | None = None
+    #: How tarea ended when it was stopped (SIGTERM, then SIGKILL after a grace period).
+    server_stop: str = ""
+    log_dir: str = ""
+    elapsed_s: float = 0.0
+    #: The load averages when the run ended (compare with the machine's at start).
+    load_at_end: str = ""
