@@ -172,8 +172,6 @@ class TaskService:
         self.dispatcher = LocalDispatcher(self.runner.execute, concurrency=settings.concurrency)
         self.runner.on_end = self._ended
         self.draining = False
-        #: Set once draining ended: waiters answer with the task as it is then.
-        self._drained = asyncio.Event()
         self._image_patterns = settings.image_patterns()
         #: Queued and running tasks per tenant, for the quota.
         self._active: Counter[str] = Counter()
@@ -241,7 +239,7 @@ class TaskService:
         await self.dispatcher.stop()
         # Tasks still queued stay queued (they run at the next start): release
         # whoever waits for them, so no request holds the shutdown.
-        self._drained.set()
+        self.completions.release_all()
         await self.engine.settle()
         await self.runner.aclose()
 
@@ -345,18 +343,14 @@ class TaskService:
         return await self._await(task_id, waiter, timeout_s)
 
     async def _await(
-        self, task_id: str, waiter: asyncio.Future[TaskRecord], timeout_s: float
+        self, task_id: str, waiter: asyncio.Future[TaskRecord | None], timeout_s: float
     ) -> TaskRecord:
-        if not self._drained.is_set():
-            drained: asyncio.Future[Any] = asyncio.ensure_future(self._drained.wait())
-            try:
-                await asyncio.wait(
-                    {waiter, drained}, timeout=timeout_s, return_when="FIRST_COMPLETED"
-                )
-            finally:
-                drained.cancel()
-        if waiter.done():
-            return waiter.result()
+        try:
+            record = await asyncio.wait_for(waiter, timeout_s)
+        except TimeoutError:
+            record = None
+        if record is not None:
+            return record
         self.completions.discard(task_id, waiter)
         return await self.get(task_id, None)
 

@@ -36,15 +36,26 @@ class Completions:
     """Hands each task's final record to whoever waits for it in this process."""
 
     def __init__(self) -> None:
-        self._waiters: dict[str, list[asyncio.Future[TaskRecord]]] = {}
+        self._waiters: dict[str, list[asyncio.Future[TaskRecord | None]]] = {}
 
-    def waiter(self, task_id: str) -> asyncio.Future[TaskRecord]:
-        """A future resolved with the task's record when it ends (register it first)."""
-        future: asyncio.Future[TaskRecord] = asyncio.get_running_loop().create_future()
+    def waiter(self, task_id: str) -> asyncio.Future[TaskRecord | None]:
+        """A future resolved with the task's record when it ends (register it first).
+
+        It resolves to None when waiting was called off (the server is stopping).
+        """
+        future: asyncio.Future[TaskRecord | None] = asyncio.get_running_loop().create_future()
         self._waiters.setdefault(task_id, []).append(future)
         return future
 
-    def discard(self, task_id: str, future: asyncio.Future[TaskRecord]) -> None:
+    def release_all(self) -> None:
+        """Stop every wait: each waiter gets None and reads the task as it is."""
+        for futures in self._waiters.values():
+            for future in futures:
+                if not future.done():
+                    future.set_result(None)
+        self._waiters.clear()
+
+    def discard(self, task_id: str, future: asyncio.Future[TaskRecord | None]) -> None:
         """Forget a waiter that stopped waiting."""
         futures = self._waiters.get(task_id)
         if futures is not None and future in futures:

@@ -83,8 +83,12 @@ class TaskContainer(ABC):
         """The stderr written since the last call to this (stdio containers only)."""
         return ""
 
-    async def settle_logs(self) -> None:  # noqa: B027 - only stdio containers have logs
-        """Let stderr that is still arriving for the last call land first."""
+    async def settle_logs(self, *, failed: bool = False) -> None:  # noqa: B027 - stdio only
+        """Let stderr that is still arriving for the last call land first.
+
+        After a failure (whose message is usually on stderr) this always waits
+        for a short silence; after a success only if the call wrote to stderr.
+        """
 
     def close(self) -> None:  # noqa: B027 - most containers hold nothing to release
         """Release local resources (the container itself is removed separately)."""
@@ -105,6 +109,7 @@ class StdioContainer(TaskContainer):
     ) -> None:
         super().__init__(container_id, image, stem, start_ms)
         self.channel = channel
+        self.call_started = 0.0
 
     @property
     def broken(self) -> bool:
@@ -121,6 +126,7 @@ class StdioContainer(TaskContainer):
         on_log: LogCallback | None,
     ) -> Any:
         self.uses += 1
+        self.call_started = time.monotonic()
         self.channel.on_log = on_log
         try:
             return await self.channel.call(
@@ -133,8 +139,11 @@ class StdioContainer(TaskContainer):
     def take_logs(self) -> str:
         return self.channel.logs.take()
 
-    async def settle_logs(self) -> None:
-        await self.channel.quiet_stderr()
+    async def settle_logs(self, *, failed: bool = False) -> None:
+        if failed:
+            await self.channel.quiet_stderr(0.02, 0.1, since=time.monotonic())
+        elif self.channel.last_stderr >= self.call_started:
+            await self.channel.quiet_stderr()
 
     def close(self) -> None:
         self.channel.close()

@@ -165,6 +165,8 @@ class Engine:
         except TaskFailure as failure:
             t_done = time.perf_counter()
             reusable = not fresh and failure.code in _REUSABLE_AFTER and not container.broken
+            if not isinstance(failure, ContainerCrashed):  # a crash's stream already ended
+                await container.settle_logs(failed=True)
             error, exit_code = await self._explain(container, failure)
             return Outcome(
                 error=error,

@@ -26,6 +26,7 @@ from sqlalchemy import (
     create_engine,
     event,
     insert,
+    literal_column,
     select,
     text,
     tuple_,
@@ -35,6 +36,7 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, IntegrityError
 from sqlalchemy.orm import sessionmaker
 from sqlalchemy.pool import ConnectionPoolEntry, QueuePool
+from sqlalchemy.sql.dml import ReturningUpdate, Update
 
 from tarea.domain.records import TaskRecord
 from tarea.domain.status import Status, can_transition
@@ -77,11 +79,19 @@ class SqlStore:
         # SQLAlchemy compiles each shape once and caches it.
         table = cast(Table, TaskRow.__table__)
         self._insert = insert(table)
-        guarded = update(table).where(
-            table.c.id == bindparam("_id"), table.c.status.in_(bindparam("_from", expanding=True))
-        )
-        self._advance = guarded
-        self._transition = guarded.returning(*table.c)
+        # One guarded UPDATE per target status, its predecessors written into
+        # the SQL (fixed enum values): no per-execution expansion of an IN list.
+        self._advance: dict[Status, Update] = {}
+        self._transition: dict[Status, ReturningUpdate[Any]] = {}
+        for new, allowed in _PREDECESSORS.items():
+            if not allowed:
+                continue
+            guarded = update(table).where(
+                table.c.id == bindparam("_id"),
+                table.c.status.in_([literal_column(f"'{value}'") for value in allowed]),
+            )
+            self._advance[new] = guarded
+            self._transition[new] = guarded.returning(*table.c)
         self._get_any = select(table).where(table.c.id == bindparam("_id"))
         self._get_own = self._get_any.where(table.c.tenant == bindparam("_tenant"))
 
@@ -214,7 +224,7 @@ class SqlStore:
         if params is None:
             return None
         with self._engine.begin() as connection:
-            row = connection.execute(self._transition, params).first()
+            row = connection.execute(self._transition[Status(new)], params).first()
         return None if row is None else from_columns(row._mapping)
 
     def advance(self, task_id: str, new: Status, **fields: Any) -> bool:
@@ -223,7 +233,7 @@ class SqlStore:
         if params is None:
             return False
         with self._engine.begin() as connection:
-            return connection.execute(self._advance, params).rowcount == 1
+            return connection.execute(self._advance[Status(new)], params).rowcount == 1
 
     def _guarded_params(
         self, task_id: str, new: Status, fields: dict[str, Any]
@@ -232,10 +242,9 @@ class SqlStore:
         fixed = _FIXED.intersection(fields)
         if fixed:
             raise ValueError(f"cannot set {', '.join(sorted(fixed))} this way")
-        allowed = _PREDECESSORS[Status(new)]
-        if not allowed:
+        if not _PREDECESSORS[Status(new)]:
             return None
-        return {**to_columns(fields), "status": Status(new).value, "_id": task_id, "_from": allowed}
+        return {**to_columns(fields), "status": Status(new).value, "_id": task_id}
 
     def update(self, task_id: str, **fields: Any) -> None:
         """Set non-status fields (``progress``, ``progress_message``, ``callback``, ``logs``...).

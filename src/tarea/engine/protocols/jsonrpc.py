@@ -187,16 +187,23 @@ class JsonRpcChannel:
             self._pending = None
             self._on_progress = None
 
-    async def quiet_stderr(self, quiet_s: float = 0.005, max_s: float = 0.05) -> None:
+    async def quiet_stderr(
+        self, quiet_s: float = 0.005, max_s: float = 0.05, *, since: float | None = None
+    ) -> None:
         """Wait (at most ``max_s``) until stderr was silent for ``quiet_s``.
 
-        stdout and stderr are separate pipes: the answer can overtake the last
-        bytes a task wrote on stderr. Waiting for a short silence keeps them
-        with their own call's logs. A task that wrote nothing lately pays nothing.
+        stdout and stderr are separate pipes, copied by separate readers in the
+        engine: the answer can overtake the last bytes a task wrote on stderr.
+        Waiting for a short silence keeps them with their own call's logs.
+        ``since`` counts as stderr activity (pass the present to wait at least
+        ``quiet_s``); otherwise a task that wrote nothing lately pays nothing.
         """
         deadline = time.monotonic() + max_s
-        # A poll, not an Event: what is awaited is the absence of bytes.
-        while time.monotonic() - self.last_stderr < quiet_s and time.monotonic() < deadline:  # noqa: ASYNC110
+        while True:
+            last = max(self.last_stderr, since or 0.0)
+            now = time.monotonic()
+            if now - last >= quiet_s or now >= deadline:
+                return
             await asyncio.sleep(quiet_s / 2)
 
     async def close_stdin(self) -> None:
