@@ -7,6 +7,14 @@ The tree::
     ├── InvalidRequest              a client asked for something malformed (422)
     │   └── InvalidImageReference   not a valid distribution reference
     ├── EngineUnavailable           the Docker engine does not answer (503)
+    ├── Refused                     the service said no to a request; ``code``
+    │   ├── ImageNotAllowed         image_not_allowed (403)
+    │   ├── TaskNotFound            task_not_found (404): none, or another tenant's
+    │   ├── NotCancellable          not_cancellable (409): it already ended
+    │   ├── IdempotencyKeyReused    idempotency_key_reused (422)
+    │   ├── QuotaExceeded           quota_exceeded (429)
+    │   ├── QueueFull               queue_full (503)
+    │   └── Draining                draining (503): the server is shutting down
     └── TaskFailure                 one task could not produce a result; ``code``
         ├── ImageNotFound           image_not_found: not local and not pullable
         ├── ImagePullFailed         image_pull_failed: the registry refused or failed
@@ -14,7 +22,9 @@ The tree::
         ├── TaskTimeout             timed_out: the wall-clock limit passed
         ├── ProtocolViolation       protocol_error: the container spoke garbage
         ├── OutputTooLarge          output_too_large: a message over the cap
-        └── ContainerCrashed        crashed: the process ended mid-call
+        ├── ContainerCrashed        crashed: the process ended mid-call
+        └── RemoteTaskError         unknown_function | bad_params | task_error:
+                                    the task answered with an error of its own
 
 Every ``TaskFailure`` carries a stable ``code`` (the ``error.code`` of the v1
 API, DESIGN §3), a human ``message`` and JSON-able ``data``. docker-py and
@@ -60,6 +70,58 @@ class EngineUnavailable(TareaError):
     def __init__(self, message: str = "the Docker engine does not answer") -> None:
         super().__init__(message)
         self.message = message
+
+
+class Refused(TareaError):
+    """The service refused a request; ``code`` says why (its HTTP status: api.errors)."""
+
+    code: str = "refused"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class ImageNotAllowed(Refused):
+    """The image matches none of the server's allowed patterns (TAREA_IMAGE_ALLOW)."""
+
+    code = "image_not_allowed"
+
+
+class TaskNotFound(Refused):
+    """No such task, or it is another tenant's."""
+
+    code = "task_not_found"
+
+
+class NotCancellable(Refused):
+    """The task already ended."""
+
+    code = "not_cancellable"
+
+
+class IdempotencyKeyReused(Refused):
+    """The Idempotency-Key was used before with another request body."""
+
+    code = "idempotency_key_reused"
+
+
+class QuotaExceeded(Refused):
+    """The tenant has as many tasks queued and running as it may."""
+
+    code = "quota_exceeded"
+
+
+class QueueFull(Refused):
+    """As many tasks wait as the server allows; try again later."""
+
+    code = "queue_full"
+
+
+class Draining(Refused):
+    """The server is shutting down and takes no new tasks."""
+
+    code = "draining"
 
 
 class TaskFailure(TareaError):

@@ -26,7 +26,17 @@ from tarea.domain.status import Status
 from tarea.domain.task import RegistryAuth
 from tarea.engine.executor import Engine
 from tarea.engine.sandbox import MANAGED_LABEL, SERVER_LABEL
-from tarea.errors import InvalidRequest, TareaError
+from tarea.errors import (
+    Draining,
+    IdempotencyKeyReused,
+    ImageNotAllowed,
+    InvalidRequest,
+    NotCancellable,
+    QueueFull,
+    QuotaExceeded,
+    TareaError,
+    TaskNotFound,
+)
 from tarea.events import EventHub
 from tarea.settings import Settings
 from tarea.store.aio import AsyncStore
@@ -34,52 +44,6 @@ from tarea.store.aio import AsyncStore
 log = logging.getLogger(__name__)
 
 LIMIT_FIELDS = ("timeout_s", "memory_mb", "cpus", "pids", "output_kb")
-
-
-class QueueFull(TareaError):
-    """As many tasks wait as the server allows; try again later (503)."""
-
-    code = "queue_full"
-
-
-class QuotaExceeded(TareaError):
-    """The tenant has as many tasks queued and running as it may (429)."""
-
-    code = "quota_exceeded"
-
-
-class ImageNotAllowed(TareaError):
-    """The image matches none of the server's allowed patterns (403)."""
-
-    code = "image_not_allowed"
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.message = message
-
-
-class TaskNotFound(TareaError):
-    """No such task (for this tenant)."""
-
-    code = "task_not_found"
-
-
-class NotCancellable(TareaError):
-    """The task already ended."""
-
-    code = "not_cancellable"
-
-
-class IdempotencyKeyReused(TareaError):
-    """The Idempotency-Key was used before with another request body."""
-
-    code = "idempotency_key_reused"
-
-
-class Draining(TareaError):
-    """The server is shutting down and takes no new tasks."""
-
-    code = "draining"
 
 
 @dataclass(frozen=True, slots=True)
@@ -380,15 +344,4 @@ class TaskService:
         return cancelled
 
 
-__all__ = [
-    "Draining",
-    "IdempotencyKeyReused",
-    "ImageNotAllowed",
-    "NewTask",
-    "NotCancellable",
-    "QueueFull",
-    "QuotaExceeded",
-    "TaskNotFound",
-    "TaskService",
-    "effective_limits",
-]
+__all__ = ["NewTask", "TaskService", "effective_limits", "image_allowed"]
