@@ -52,6 +52,10 @@ class EventHub:
         self._queue_size = queue_size
         self._subscribers: dict[str, set[Subscription]] = defaultdict(set)
 
+    def watched(self, task_id: str) -> bool:
+        """Whether anyone watches ``task_id`` (to skip building unread events)."""
+        return task_id in self._subscribers
+
     def publish(self, task_id: str, kind: str, **data: Any) -> None:
         """Send an event to everyone watching ``task_id`` (no-op if nobody is)."""
         subscribers = self._subscribers.get(task_id)

@@ -192,7 +192,10 @@ class TaskRunner:
 
     def announce(self, record: TaskRecord) -> None:
         """Tell waiters, watchers and the callback URL that ``record`` ended."""
-        self.hub.publish(record.id, "status", status=record.status.value, task=self.render(record))
+        if self.hub.watched(record.id):  # the rendering is for watchers only
+            self.hub.publish(
+                record.id, "status", status=record.status.value, task=self.render(record)
+            )
         self.completions.done(record)
         if self.on_end is not None:
             self.on_end(record)
