@@ -51,6 +51,7 @@ def build_engine(settings: Settings) -> Engine:
             stem_cells=settings.stem_cells,
         ),
         image_cache_s=settings.image_cache_s,
+        pull_timeout_s=settings.pull_timeout_s,
         registry_logins={
             host: RegistryAuth(login.username, login.password.get_secret_value())
             for host, login in settings.registry_auth.items()

@@ -53,6 +53,7 @@ class Engine:
         pool_limits: caps and idle time of the warm pool.
         image_cache_s: how long a resolved image is trusted without asking Docker.
         registry_logins: the server's credentials per registry host, for pulls.
+        pull_timeout_s: the longest one image pull may take.
     """
 
     def __init__(
@@ -65,6 +66,7 @@ class Engine:
         pool_limits: PoolLimits | None = None,
         image_cache_s: float = 10.0,
         registry_logins: dict[str, RegistryAuth] | None = None,
+        pull_timeout_s: float = 300.0,
     ) -> None:
         self.docker = docker
         self.policy = policy
@@ -73,6 +75,7 @@ class Engine:
         self.pool = WarmPool(self._remove, pool_limits or PoolLimits())
         self._image_cache_s = image_cache_s
         self._logins = registry_logins or {}
+        self._pull_timeout_s = pull_timeout_s
         self._images: dict[str, tuple[float, images.ResolvedImage]] = {}
         self._http = httpx.AsyncClient(trust_env=False)
         self._seed_network_ready = False
@@ -100,7 +103,11 @@ class Engine:
         if cached is not None and cached[0] > now:
             return cached[1]
         resolved = await images.resolve(
-            self.docker, reference, spec.auth if spec else None, self._logins
+            self.docker,
+            reference,
+            spec.auth if spec else None,
+            self._logins,
+            pull_timeout_s=self._pull_timeout_s,
         )
         self._images[reference] = (now + self._image_cache_s, resolved)
         return resolved

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 
 from tarea.domain.images import parse_reference
 from tarea.domain.task import PROTOCOL_LABEL, SEED_PORT, Protocol, RegistryAuth
 from tarea.engine.docker import DockerEngine, ImageInfo
-from tarea.errors import ImageNotFound, UnsupportedImage
+from tarea.errors import ImageNotFound, ImagePullFailed, UnsupportedImage
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +43,8 @@ async def resolve(
     text: str,
     auth: RegistryAuth | None,
     logins: dict[str, RegistryAuth] | None = None,
+    *,
+    pull_timeout_s: float = 300.0,
 ) -> ResolvedImage:
     """Validate ``text``, pull it if it is not local, and detect its protocol.
 
@@ -50,14 +53,24 @@ async def resolve(
 
     Raises:
         InvalidImageReference: ``text`` is not a valid reference.
-        ImageNotFound, ImagePullFailed: not local, and the pull failed.
+        ImageNotFound, ImagePullFailed: not local, and the pull failed (or
+            took longer than ``pull_timeout_s``).
         UnsupportedImage: see :func:`detect_protocol`.
         EngineUnavailable: the engine does not answer.
     """
     ref = parse_reference(text)
     info = await docker.inspect_image(str(ref))
     if info is None:
-        await docker.pull(ref, auth or (logins or {}).get(ref.registry))
+        try:
+            await asyncio.wait_for(
+                docker.pull(ref, auth or (logins or {}).get(ref.registry)), pull_timeout_s
+            )
+        except TimeoutError:
+            raise ImagePullFailed(
+                f"image {text!r} is not present locally and its pull took longer than "
+                f"{pull_timeout_s:g} s",
+                data={"image": text, "pull_timeout_s": pull_timeout_s},
+            ) from None
         info = await docker.inspect_image(str(ref))
         if info is None:  # pulled something else than asked (a registry quirk)
             raise ImageNotFound(f"image {text!r} is still missing after a pull")
