@@ -6,6 +6,7 @@ tests that need it fail with a message that says what to run.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import secrets
@@ -14,15 +15,19 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar, TypeVar
 
 import httpx
 import pytest
 from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.engine import make_url
+
+from tarea.api.app import build_engine
+from tarea.engine.executor import Engine as TaskEngine
+from tarea.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 IMAGES = Path(__file__).resolve().parent / "images"
@@ -31,6 +36,8 @@ SEED_HTTP_IMAGE = "tarea-test-seed-http:latest"
 MISBEHAVING_IMAGE = "tarea-test-misbehaving:latest"
 #: Containers tarea makes carry this label; tests remove them by it.
 MANAGED = "io.tarea.managed=true"
+
+T = TypeVar("T")
 
 
 def docker(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -208,6 +215,21 @@ def registry() -> Iterator[str]:
     thread.start()
     yield f"127.0.0.1:{server.server_address[1]}"
     server.shutdown()
+
+
+def with_engine(body: Callable[[TaskEngine], Awaitable[T]], **settings: Any) -> T:
+    """Run ``body`` with a fresh engine in its own event loop (settings overridable),
+    then remove every container it started."""
+
+    async def main() -> T:
+        engine = build_engine(Settings(**settings))
+        engine.start()
+        try:
+            return await body(engine)
+        finally:
+            await engine.aclose()
+
+    return asyncio.run(main())
 
 
 class LiveServer:

@@ -4,35 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import pytest
 
-from tarea.api.app import build_engine
 from tarea.domain.task import Limits, Outcome, TaskSpec
 from tarea.engine.executor import Engine
-from tarea.settings import Settings
-from tests.integration.conftest import docker, managed_containers
+from tests.integration.conftest import docker, managed_containers, with_engine
 
 pytestmark = pytest.mark.docker
 
 T = TypeVar("T")
 LIMITS = Limits(timeout_s=20, memory_mb=128, cpus=0.5, pids=64, output_kb=64)
-
-
-def with_engine(body: Callable[[Engine], Awaitable[T]]) -> T:
-    """Run ``body`` with a fresh engine, then remove what it started."""
-
-    async def main() -> T:
-        engine = build_engine(Settings())
-        try:
-            return await body(engine)
-        finally:
-            await engine.settle()
-            await engine.aclose()
-
-    return asyncio.run(main())
 
 
 def run(image: str, function: str, params: dict[str, Any], limits: Limits = LIMITS) -> Outcome:

@@ -4,36 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import httpx
 import pytest
 
-from tarea.api.app import build_engine
 from tarea.domain.task import Limits, Outcome, TaskSpec
 from tarea.engine.executor import Engine
-from tarea.settings import Settings
-from tests.integration.conftest import docker, managed_containers, start_server
+from tests.integration.conftest import docker, managed_containers, start_server, with_engine
 
 pytestmark = pytest.mark.docker
 
 T = TypeVar("T")
 LIMITS = Limits(timeout_s=20, memory_mb=128, cpus=0.5, pids=64, output_kb=64)
-
-
-def with_engine(body: Callable[[Engine], Awaitable[T]], **settings: Any) -> T:
-    """Run ``body`` with a fresh engine (pool settings overridable), then close it."""
-
-    async def main() -> T:
-        engine = build_engine(Settings(**settings))
-        engine.start()
-        try:
-            return await body(engine)
-        finally:
-            await engine.aclose()
-
-    return asyncio.run(main())
 
 
 def spec(

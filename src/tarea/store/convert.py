@@ -29,11 +29,6 @@ def attribute(field: str) -> str:
     return _ATTRIBUTE.get(field, field)
 
 
-def to_row(record: TaskRecord) -> TaskRow:
-    """A new row holding every field of ``record``."""
-    return TaskRow(**to_values({name: getattr(record, name) for name in FIELDS}))
-
-
 def to_values(fields: dict[str, Any]) -> dict[str, Any]:
     """TaskRecord ``fields`` as TaskRow attribute values, keyed by attribute name.
 

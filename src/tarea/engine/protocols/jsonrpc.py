@@ -9,7 +9,6 @@ stderr is kept as the task's logs, capped to its tail. One call at a time.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import socket
 import time
@@ -205,20 +204,6 @@ class JsonRpcChannel:
             if now - last >= quiet_s or now >= deadline:
                 return
             await asyncio.sleep(quiet_s / 2)
-
-    async def close_stdin(self) -> None:
-        """Close the container's stdin: a protocol-abiding task then exits 0."""
-        with contextlib.suppress(OSError, RuntimeError):
-            if self._writer.can_write_eof():
-                self._writer.write_eof()
-
-    async def wait_eof(self, timeout_s: float) -> bool:
-        """Wait until the container closes its output; False on timeout."""
-        try:
-            await asyncio.wait_for(self.eof.wait(), timeout_s)
-        except TimeoutError:
-            return False
-        return True
 
     def close(self) -> None:
         """Drop the connection (the container is removed separately)."""
