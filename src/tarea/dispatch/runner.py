@@ -8,6 +8,7 @@ or already finished by another path, is never overwritten.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 from collections import Counter
@@ -102,41 +103,46 @@ class TaskRunner:
         #: Terminal statuses reached, for the metrics.
         self.finished: Counter[str] = Counter()
         self._http = httpx.AsyncClient(trust_env=False)
-        self._background: set[asyncio.Task[Any]] = set()
+        self._background: set[asyncio.Future[Any]] = set()
 
     async def execute(self, record: TaskRecord) -> None:
-        """Run the queued task ``record`` to a terminal status (no-op if cancelled since)."""
+        """Run the queued task ``record`` to a terminal status (no-op if cancelled since).
+
+        ``record`` is the task as stored; the runner keeps it up to date as it
+        writes, and hands the final one to waiters without reading it back.
+        """
         task_id = record.id
         auth = self.credentials.pop(task_id, None)
         if task_id in self.cancelled:
             self.cancelled.discard(task_id)
             return
-        marking: asyncio.Task[bool] | None = None
+        marking: asyncio.Future[bool] | None = None
+        current = record
 
         async def on_start(container_id: str) -> bool:
-            nonlocal marking
+            nonlocal marking, current
             if task_id in self.cancelled:  # cancelled while it waited for its container
                 self.cancelled.discard(task_id)
                 return False
             started = utcnow()
+            running: dict[str, Any] = {
+                "started_at": started,
+                "queued_ms": (started - record.created_at).total_seconds() * 1000,
+                "worker": self.worker,
+                "container_id": container_id,
+            }
             # Recorded while the call goes out, not before: awaited below, before
             # the end is recorded, so the end can never overtake it.
-            marking = asyncio.create_task(
-                self.store.advance(
-                    task_id,
-                    Status.RUNNING,
-                    started_at=started,
-                    queued_ms=(started - record.created_at).total_seconds() * 1000,
-                    worker=self.worker,
-                    container_id=container_id,
-                )
-            )
+            marking = self.store.advance(task_id, Status.RUNNING, **running)
+            current = dataclasses.replace(current, status=Status.RUNNING, **running)
             self.hub.publish(task_id, "status", status=Status.RUNNING.value)
             return True
 
         def on_progress(progress: float | None, message: str | None) -> None:
+            nonlocal current
             self.hub.publish(task_id, "progress", progress=progress, message=message)
-            self._spawn(self.store.update(task_id, progress=progress, progress_message=message))
+            current = dataclasses.replace(current, progress=progress, progress_message=message)
+            self._watch(self.store.update(task_id, progress=progress, progress_message=message))
 
         def on_log(text: str) -> None:
             self.hub.publish(task_id, "log", text=text)
@@ -172,22 +178,24 @@ class TaskRunner:
             "run_ms": outcome.timings.run_ms,
         }
         if outcome.error is None:
-            await self.finish(task_id, Status.SUCCEEDED, result=outcome.result, **fields)
+            status, fields["result"] = Status.SUCCEEDED, outcome.result
         else:
-            await self.finish(
-                task_id,
-                status_for_error(outcome.error.code),
-                error=asdict(outcome.error),
-                **fields,
-            )
+            status, fields["error"] = status_for_error(outcome.error.code), asdict(outcome.error)
+        if marking is None:  # never started: its record is the queued one, as carried
+            await self.finish(task_id, status, **fields)
+            return
+        self._ended(await self.store.finish(current, status, finished_at=utcnow(), **fields))
 
     async def finish(self, task_id: str, status: Status, **fields: Any) -> TaskRecord | None:
         """Move the task to terminal ``status``, announce it, call back; None if not allowed."""
-        record = await self.store.transition(task_id, status, finished_at=utcnow(), **fields)
-        if record is None:
-            return None
-        self.finished[status.value] += 1
-        self.announce(record)
+        return self._ended(
+            await self.store.transition(task_id, status, finished_at=utcnow(), **fields)
+        )
+
+    def _ended(self, record: TaskRecord | None) -> TaskRecord | None:
+        if record is not None:
+            self.finished[record.status.value] += 1
+            self.announce(record)
         return record
 
     def announce(self, record: TaskRecord) -> None:
@@ -215,9 +223,17 @@ class TaskRunner:
         )
 
     def _spawn(self, coro: Any) -> None:
-        task: asyncio.Task[Any] = asyncio.create_task(coro)
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
+        self._watch(asyncio.create_task(coro))
+
+    def _watch(self, future: asyncio.Future[Any]) -> None:
+        """Keep ``future`` (background work) until it is done; log its failure."""
+        self._background.add(future)
+        future.add_done_callback(self._background_done)
+
+    def _background_done(self, future: asyncio.Future[Any]) -> None:
+        self._background.discard(future)
+        if not future.cancelled() and future.exception() is not None:
+            log.error("background work failed", exc_info=future.exception())
 
     async def aclose(self, timeout_s: float = 5.0) -> None:
         """Give background work (callbacks, progress writes) a moment, then stop it."""
