@@ -22,12 +22,13 @@ from typing import Any, TypeVar
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import Engine
+from sqlalchemy import Engine, insert, update
 
 from tarea.domain.records import CallbackState, TaskRecord, new_task_id
 from tarea.domain.status import TERMINAL, Status
 from tarea.errors import ConfigurationError, InvalidRequest
 from tarea.store import SqlStore
+from tarea.store.convert import to_columns
 from tarea.store.sql import encode_cursor
 from tarea.store.tables import Base
 from tests.integration.conftest import postgres_schema
@@ -567,3 +568,106 @@ def test_unfinished_lists_queued_and_running_oldest_first(store: SqlStore) -> No
         store.create(record)
     expected = [r for r in reversed(records) if r.status in (Status.QUEUED, Status.RUNNING)]
     assert store.unfinished() == expected
+
+
+# --- batches and the driver's cursor ---------------------------------------------
+
+
+def _raw_row(store: SqlStore, task_id: str) -> dict[str, Any]:
+    """The row as the database holds it (no conversion on the way out), but its keys."""
+    with store.engine.connect() as connection:
+        result = connection.exec_driver_sql(f"SELECT * FROM tasks WHERE id = '{task_id}'")
+        row = dict(zip(result.keys(), result.one(), strict=True))
+    del row["id"], row["idempotency_key"]
+    return row
+
+
+def test_hot_writes_store_exactly_what_core_stores(store: SqlStore) -> None:
+    """The driver-cursor insert and update write the same bytes as SQLAlchemy Core would."""
+    table = Base.metadata.tables["tasks"]
+    fast = dataclasses.replace(full_task(), status=Status.RUNNING)
+    core = dataclasses.replace(fast, id=new_task_id(), idempotency_key=None)
+    store.create(fast)
+    with store.engine.begin() as connection:
+        connection.execute(
+            insert(table).values(
+                to_columns(
+                    dataclasses.asdict(core)
+                    | {
+                        "callback": core.callback,
+                    }
+                )
+            )
+        )
+    assert _raw_row(store, fast.id) == _raw_row(store, core.id)
+
+    fields: dict[str, Any] = {
+        "result": {"suma": [1, 2.5, "tres", None]},
+        "error": None,
+        "finished_at": BASE + timedelta(seconds=3),
+        "callback": CallbackState(status="delivered", attempts=1, delivered_at=BASE),
+    }
+    assert store.advance(fast.id, Status.SUCCEEDED, **fields)
+    with store.engine.begin() as connection:
+        connection.execute(
+            update(table)
+            .where(table.c.id == core.id)
+            .values(to_columns({**fields, "status": Status.SUCCEEDED}))
+        )
+    assert _raw_row(store, fast.id) == _raw_row(store, core.id)
+
+
+def test_a_batch_runs_its_writes_in_order_in_one_transaction(store: SqlStore) -> None:
+    """run_batch gives each write its own result, later writes seeing earlier ones."""
+    first, second = task(), task()
+    started = {"started_at": BASE, "worker": "w1"}
+    running = dataclasses.replace(first, status=Status.RUNNING, **started)
+    ended = {"result": 3, "finished_at": BASE + timedelta(seconds=1)}
+    done = store.run_batch(
+        [
+            store.create_write(first),
+            store.create_write(second),
+            store.advance_write(first.id, Status.RUNNING, started),
+            store.transition_write(second.id, Status.CANCELLED, {}),
+            store.finish_write(running, Status.SUCCEEDED, ended),
+            store.advance_write(second.id, Status.RUNNING, {}),  # cancelled: no longer
+        ]
+    )
+    errors = [error for _, error in done]
+    results = [result for result, _ in done]
+    assert errors == [None] * 6
+    assert results[0] == (first, True)
+    assert results[1] == (second, True)
+    assert results[2] is True
+    assert results[3] == dataclasses.replace(second, status=Status.CANCELLED)
+    assert results[4] == dataclasses.replace(running, status=Status.SUCCEEDED, **ended)
+    assert results[5] is False
+    assert store.get(first.id) == results[4]
+    assert store.get(second.id) == results[3]
+
+
+def test_a_failing_write_fails_only_itself(store: SqlStore) -> None:
+    """One write whose statement fails gets the error; the rest of its batch is stored."""
+    taken, _ = store.create(task())
+    before, after = task(), task()
+    done = store.run_batch(
+        [
+            store.create_write(before),
+            store.create_write(task(id=taken.id)),
+            store.create_write(after),
+        ]
+    )
+    assert done[0] == ((before, True), None)
+    assert done[2] == ((after, True), None)
+    assert done[1][0] is None
+    assert isinstance(done[1][1], ValueError)
+    assert store.get(before.id) == before
+    assert store.get(after.id) == after
+
+
+def test_a_bad_field_raises_when_the_write_is_built(store: SqlStore) -> None:
+    """A write with a field it may not set fails at once, before anything is queued."""
+    with pytest.raises(ValueError, match="status"):
+        store.update_write(new_task_id(), {"status": "succeeded"})
+    with pytest.raises(ValueError, match="nonsense"):
+        store.advance_write(new_task_id(), Status.RUNNING, {"nonsense": 1})

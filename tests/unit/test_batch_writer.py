@@ -1,0 +1,120 @@
+"""The store's writer thread: group commit, order, errors and shutdown (a fake run_batch)."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import threading
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+import pytest
+
+from tarea.store.aio import BatchWriter
+from tarea.store.sql import Done, Tx, Write
+
+
+class Recorder:
+    """A run_batch that records each batch; writes are ints, or exceptions to fail with.
+
+    ``gate`` holds the first batch until it is set, so that writes submitted
+    meanwhile pile up for the next one.
+    """
+
+    def __init__(self) -> None:
+        self.batches: list[list[Any]] = []
+        self.gate = threading.Event()
+        self.started = threading.Event()
+
+    def __call__(self, writes: list[Write[Any]]) -> list[Done]:
+        self.started.set()
+        self.gate.wait(5)
+        tx = Tx(connection=None, cursor=None)  # type: ignore[arg-type]
+        self.batches.append([write(tx) for write in writes])
+        return [_outcome(write(tx)) for write in writes]
+
+
+def _outcome(value: Any) -> Done:
+    return (None, value) if isinstance(value, Exception) else (value, None)
+
+
+def write(value: Any) -> Write[Any]:
+    return lambda _tx: value
+
+
+def in_loop(scenario: Callable[[], Coroutine[Any, Any, None]]) -> Callable[[], None]:
+    """The test runs ``scenario`` in a new event loop."""
+
+    @functools.wraps(scenario)
+    def test() -> None:
+        asyncio.run(scenario())
+
+    return test
+
+
+@in_loop
+async def test_writes_submitted_during_a_commit_share_the_next_batch() -> None:
+    run = Recorder()
+    writer = BatchWriter(run)
+    first = writer.submit(write(0))
+    await asyncio.to_thread(run.started.wait, 5)
+    rest = [writer.submit(write(n)) for n in range(1, 6)]
+    run.gate.set()
+    assert await asyncio.gather(first, *rest) == [0, 1, 2, 3, 4, 5]
+    assert run.batches == [[0], [1, 2, 3, 4, 5]]
+    writer.close()
+
+
+@in_loop
+async def test_a_batch_takes_at_most_batch_max_writes() -> None:
+    run = Recorder()
+    writer = BatchWriter(run, batch_max=2)
+    first = writer.submit(write(0))
+    await asyncio.to_thread(run.started.wait, 5)
+    rest = [writer.submit(write(n)) for n in range(1, 6)]
+    run.gate.set()
+    await asyncio.gather(first, *rest)
+    assert run.batches == [[0], [1, 2], [3, 4], [5]]
+    writer.close()
+
+
+@in_loop
+async def test_each_future_gets_its_own_result_or_error() -> None:
+    run = Recorder()
+    run.gate.set()
+    writer = BatchWriter(run)
+    boom = ValueError("boom")
+    futures = [writer.submit(write(v)) for v in ("a", boom, "c")]
+    results = await asyncio.gather(*futures, return_exceptions=True)
+    assert results == ["a", boom, "c"]
+    writer.close()
+
+
+@in_loop
+async def test_a_cancelled_waiter_does_not_stop_the_write() -> None:
+    run = Recorder()
+    writer = BatchWriter(run)
+    first = writer.submit(write(0))
+    await asyncio.to_thread(run.started.wait, 5)
+    second = writer.submit(write(1))
+    second.cancel()
+    run.gate.set()
+    assert await first == 0
+    await asyncio.to_thread(writer.close)
+    assert run.batches == [[0], [1]]
+
+
+@in_loop
+async def test_close_runs_what_is_queued_then_refuses_more() -> None:
+    run = Recorder()
+    writer = BatchWriter(run)
+    first = writer.submit(write(0))
+    await asyncio.to_thread(run.started.wait, 5)
+    second = writer.submit(write(1))
+    closing = asyncio.create_task(asyncio.to_thread(writer.close))
+    run.gate.set()
+    await closing
+    assert run.batches == [[0], [1]]
+    assert (await first, await second) == (0, 1)
+    with pytest.raises(RuntimeError, match="closed"):
+        writer.submit(write(2))
