@@ -90,6 +90,19 @@ def test_health_routes_need_no_key(server: Server) -> None:
     assert httpx.get(f"{server.url}/readyz").status_code == 200
 
 
+def test_openapi_says_which_routes_take_a_bearer_key(server: Server) -> None:
+    """The schema names the bearer scheme for every route, and no scheme for the probes."""
+    with server.client("alpha") as alpha:
+        schema = alpha.get("/openapi.json").json()
+    scheme = schema["components"]["securitySchemes"]["HTTPBearer"]
+    assert (scheme["type"], scheme["scheme"]) == ("http", "bearer")
+    assert schema["security"] == [{"HTTPBearer": []}]
+    for path, operations in schema["paths"].items():
+        for operation in operations.values():
+            expected = [] if path in ("/healthz", "/readyz") else None
+            assert operation.get("security") == expected, path
+
+
 def test_a_tenant_never_sees_another_tenants_task(server: Server) -> None:
     """Another tenant's task is 404 on every route and absent from its list."""
     with server.client("alpha") as alpha, server.client("beta") as beta:

@@ -11,6 +11,7 @@ from fastapi import FastAPI
 
 from tarea import __version__
 from tarea.api import errors
+from tarea.api.deps import document_bearer_auth
 from tarea.api.middleware import BearerAuth, BodyLimit
 from tarea.api.routes import health, pools, seed, tasks
 from tarea.api.schemas import render_task
@@ -122,4 +123,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(seed.router)
     app.include_router(pools.router)
     app.include_router(health.router)
+    document_bearer_auth(app)
     return app

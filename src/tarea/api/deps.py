@@ -1,22 +1,27 @@
-"""Dependencies shared by the routes, as ``Annotated`` aliases.
+"""Dependencies shared by the routes, as ``Annotated`` aliases, and the auth scheme's docs.
 
 They are ``async def`` on purpose: FastAPI runs a plain ``def`` dependency in a
-worker thread, a thread hop per dependency per request.
+worker thread, a thread hop per dependency per request. Each still costs tens
+of microseconds per request, so the hot route (``POST /v1/tasks``) reads the
+same values from the request itself (:func:`service_of`, :func:`tenant_of`).
+
+Authentication is the :class:`~tarea.api.middleware.BearerAuth` middleware's;
+:func:`document_bearer_auth` only describes it in the OpenAPI schema.
 """
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
-from fastapi import Depends, Request, Security
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi import Depends, FastAPI, Request
 
+from tarea.api.middleware import OPEN_PATHS
 from tarea.engine.executor import Engine
 from tarea.service import TaskService
 from tarea.settings import Settings
 
-#: Documents the bearer scheme in OpenAPI; the check itself is tarea.api.auth's.
-_bearer = HTTPBearer(auto_error=False, description="An API key from TAREA_API_KEYS.")
+#: The name of the bearer scheme in the OpenAPI schema.
+BEARER_SCHEME = "HTTPBearer"
 
 
 async def _engine(request: Request) -> Engine:
@@ -34,12 +39,44 @@ async def _service(request: Request) -> TaskService:
     return service
 
 
-async def _tenant(
-    request: Request,
-    _credentials: HTTPAuthorizationCredentials | None = Security(_bearer),  # noqa: B008
-) -> str:
+async def _tenant(request: Request) -> str:
+    return tenant_of(request)
+
+
+def service_of(request: Request) -> TaskService:
+    """The app's task service."""
+    service: TaskService = request.app.state.service
+    return service
+
+
+def tenant_of(request: Request) -> str:
+    """The request's tenant, as the authentication middleware resolved it."""
     tenant: str = request.state.tenant
     return tenant
+
+
+def document_bearer_auth(app: FastAPI) -> None:
+    """Describe the bearer keys in ``app``'s OpenAPI: required everywhere but the probes."""
+
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        schema = build()  # FastAPI's own, which caches it in app.openapi_schema
+        components = schema.setdefault("components", {})
+        components.setdefault("securitySchemes", {})[BEARER_SCHEME] = {
+            "type": "http",
+            "scheme": "bearer",
+            "description": "An API key from TAREA_API_KEYS (required when it is set).",
+        }
+        schema["security"] = [{BEARER_SCHEME: []}]
+        for path in OPEN_PATHS:
+            for operation in schema["paths"].get(path, {}).values():
+                operation["security"] = []
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 EngineDep = Annotated[Engine, Depends(_engine)]

@@ -5,11 +5,11 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Header, Path, Query, Response
+from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response
 from fastapi.responses import JSONResponse, PlainTextResponse
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 
-from tarea.api.deps import ServiceDep, SettingsDep, TenantDep
+from tarea.api.deps import ServiceDep, TenantDep, service_of, tenant_of
 from tarea.api.errors import problem_responses
 from tarea.api.schemas import BatchCreate, BatchOut, TaskCreate, TaskOut, TaskPage, render_task
 from tarea.domain.records import TaskRecord
@@ -68,9 +68,7 @@ def _task_response(record: TaskRecord, status_code: int) -> JSONResponse:
 )
 async def submit_task(
     body: TaskCreate,
-    service: ServiceDep,
-    settings: SettingsDep,
-    tenant: TenantDep,
+    request: Request,
     idempotency_key: IdempotencyKey = None,
     wait: Annotated[
         bool, Query(description="Block until the task ends (bounded; then 202).")
@@ -82,12 +80,15 @@ async def submit_task(
     the finished task; a task still running after the server's bound (60 s by
     default) is answered 202 as without ``wait``.
     """
+    # The hot route: the service and tenant come from the request, not through
+    # dependencies (three of them cost ~15% of a warm task's server CPU, measured).
+    service = service_of(request)
     record, _ = await service.submit(
         _new_task(body),
-        tenant=tenant,
+        tenant=tenant_of(request),
         idempotency_key=idempotency_key,
         auth=_auth(body),
-        wait_s=settings.wait_max_s if wait else None,
+        wait_s=service.settings.wait_max_s if wait else None,
     )
     return _task_response(record, 200 if wait and record.status.terminal else 202)
 
