@@ -7,6 +7,7 @@ sends can be read as a flag, a path or another registry's syntax.
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 
@@ -59,6 +60,7 @@ class ImageReference:
         return self.digest or self.tag or "latest"
 
 
+@functools.lru_cache(maxsize=1024)
 def parse_reference(text: str) -> ImageReference:
     """Parse and validate an image reference.
 

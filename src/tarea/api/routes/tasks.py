@@ -6,11 +6,12 @@ from collections.abc import AsyncIterator
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.responses import PlainTextResponse
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 
 from tarea.api.deps import ServiceDep, TenantDep, service_of, tenant_of
 from tarea.api.errors import problem_responses
+from tarea.api.responses import FastJSONResponse
 from tarea.api.schemas import BatchCreate, BatchOut, TaskCreate, TaskOut, TaskPage, render_task
 from tarea.domain.records import TaskRecord
 from tarea.domain.status import TERMINAL, Status
@@ -51,9 +52,9 @@ def _auth(body: TaskCreate) -> RegistryAuth | None:
     return RegistryAuth(login.username, login.password.get_secret_value())
 
 
-def _task_response(record: TaskRecord, status_code: int) -> JSONResponse:
+def _task_response(record: TaskRecord, status_code: int) -> FastJSONResponse:
     headers = {"Location": f"/v1/tasks/{record.id}"} if status_code == 202 else None
-    return JSONResponse(render_task(record), status_code=status_code, headers=headers)
+    return FastJSONResponse(render_task(record), status_code=status_code, headers=headers)
 
 
 @router.post(
@@ -105,12 +106,12 @@ async def list_tasks(
     image: Annotated[str | None, Query(description="Only tasks of this image.")] = None,
     cursor: Annotated[str | None, Query(description="From a previous page's next.")] = None,
     limit: Annotated[int, Query(ge=1, le=200, description="Tasks per page.")] = 50,
-) -> JSONResponse:
+) -> FastJSONResponse:
     """A page of this tenant's tasks and the cursor of the next one (null at the end)."""
     items, next_cursor = await service.store.list(
         tenant=tenant, status=status, image=image, cursor=cursor, limit=limit
     )
-    return JSONResponse({"items": [render_task(r) for r in items], "next": next_cursor})
+    return FastJSONResponse({"items": [render_task(r) for r in items], "next": next_cursor})
 
 
 @router.get(
@@ -119,9 +120,9 @@ async def list_tasks(
     summary="Get a task",
     responses=problem_responses(404),
 )
-async def get_task(task_id: TaskId, service: ServiceDep, tenant: TenantDep) -> JSONResponse:
+async def get_task(task_id: TaskId, service: ServiceDep, tenant: TenantDep) -> FastJSONResponse:
     """The task: its status, result or error, timings, container and callback."""
-    return JSONResponse(render_task(await service.get(task_id, tenant)))
+    return FastJSONResponse(render_task(await service.get(task_id, tenant)))
 
 
 @router.post(
@@ -130,9 +131,9 @@ async def get_task(task_id: TaskId, service: ServiceDep, tenant: TenantDep) -> J
     summary="Cancel a queued or running task",
     responses=problem_responses(404, 409),
 )
-async def cancel_task(task_id: TaskId, service: ServiceDep, tenant: TenantDep) -> JSONResponse:
+async def cancel_task(task_id: TaskId, service: ServiceDep, tenant: TenantDep) -> FastJSONResponse:
     """Cancel the task; a running one has its container killed. 409 if it already ended."""
-    return JSONResponse(render_task(await service.cancel(task_id, tenant)))
+    return FastJSONResponse(render_task(await service.cancel(task_id, tenant)))
 
 
 @router.get(
@@ -208,7 +209,9 @@ async def _stream(
     tags=["batches"],
     responses=_SUBMIT_PROBLEMS,
 )
-async def submit_batch(body: BatchCreate, service: ServiceDep, tenant: TenantDep) -> JSONResponse:
+async def submit_batch(
+    body: BatchCreate, service: ServiceDep, tenant: TenantDep
+) -> FastJSONResponse:
     """Record and queue every task; their ids come back in the order given.
 
     Each task is validated before any is recorded: one invalid task refuses the
@@ -226,4 +229,4 @@ async def submit_batch(body: BatchCreate, service: ServiceDep, tenant: TenantDep
         (await service.submit(new, tenant=tenant, auth=_auth(task)))[0]
         for new, task in zip(news, body.tasks, strict=True)
     ]
-    return JSONResponse({"items": [render_task(r) for r in records]}, status_code=202)
+    return FastJSONResponse({"items": [render_task(r) for r in records]}, status_code=202)

@@ -1,0 +1,118 @@
+"""The embedded dispatcher's scheduling: cap, order, start, cancel, drain (fake tasks)."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from tarea.dispatch.local import LocalDispatcher
+from tarea.domain.records import TaskRecord
+from tarea.domain.status import Status
+
+
+def record(name: str) -> TaskRecord:
+    return TaskRecord(id=name, tenant="t", status=Status.QUEUED, image="i", function="f", params={})
+
+
+def in_loop(scenario: Callable[[], Coroutine[Any, Any, None]]) -> Callable[[], None]:
+    """The test runs ``scenario`` in a new event loop."""
+
+    @functools.wraps(scenario)
+    def test() -> None:
+        asyncio.run(scenario())
+
+    return test
+
+
+class Tasks:
+    """Fake task executions that run until the test lets each one end."""
+
+    def __init__(self) -> None:
+        self.started: list[str] = []
+        self.gates: dict[str, asyncio.Event] = {}
+
+    async def execute(self, task: TaskRecord) -> None:
+        self.started.append(task.id)
+        gate = self.gates.setdefault(task.id, asyncio.Event())
+        await gate.wait()
+        if task.id.startswith("boom"):
+            raise RuntimeError("the runner failed")
+
+    def end(self, task_id: str) -> None:
+        self.gates.setdefault(task_id, asyncio.Event()).set()
+
+
+async def settle() -> None:
+    for _ in range(20):
+        await asyncio.sleep(0)
+
+
+@in_loop
+async def test_at_most_concurrency_run_and_the_rest_start_in_order() -> None:
+    tasks = Tasks()
+    dispatcher = LocalDispatcher(tasks.execute, concurrency=2)
+    dispatcher.start()
+    for name in "abcde":
+        dispatcher.enqueue(record(name))
+    await settle()
+    assert tasks.started == ["a", "b"]
+    assert (dispatcher.running, dispatcher.queued) == (2, 3)
+    tasks.end("b")
+    await settle()
+    assert tasks.started == ["a", "b", "c"]
+    for name in "acde":
+        tasks.end(name)
+    await settle()
+    assert tasks.started == list("abcde")
+    assert (dispatcher.running, dispatcher.queued) == (0, 0)
+
+
+@in_loop
+async def test_nothing_starts_before_start() -> None:
+    tasks = Tasks()
+    dispatcher = LocalDispatcher(tasks.execute, concurrency=4)
+    dispatcher.enqueue(record("a"))
+    await settle()
+    assert tasks.started == []
+    dispatcher.start()
+    await settle()
+    assert tasks.started == ["a"]
+    await dispatcher.stop()
+
+
+@in_loop
+async def test_a_failed_or_cancelled_task_frees_its_place() -> None:
+    tasks = Tasks()
+    dispatcher = LocalDispatcher(tasks.execute, concurrency=1)
+    dispatcher.start()
+    for name in ("boom", "victim", "after"):
+        dispatcher.enqueue(record(name))
+    await settle()
+    tasks.end("boom")
+    await settle()
+    assert tasks.started == ["boom", "victim"]
+    assert dispatcher.cancel("victim")
+    assert not dispatcher.cancel("never-started")
+    await settle()
+    assert tasks.started == ["boom", "victim", "after"]
+    tasks.end("after")
+    await settle()
+    assert dispatcher.running == 0
+
+
+@in_loop
+async def test_drain_waits_for_running_tasks_and_starts_no_more() -> None:
+    tasks = Tasks()
+    dispatcher = LocalDispatcher(tasks.execute, concurrency=2)
+    dispatcher.start()
+    for name in "abc":
+        dispatcher.enqueue(record(name))
+    await settle()
+    tasks.end("a")
+    left = await dispatcher.drain(0.05)
+    assert left == ["b"]
+    assert tasks.started == ["a", "b"]  # c stays queued (in the store) for the next start
+    await dispatcher.stop()
+    assert dispatcher.running == 0
