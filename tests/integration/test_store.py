@@ -623,7 +623,8 @@ def test_a_batch_runs_its_writes_in_order_in_one_transaction(store: SqlStore) ->
     started = {"started_at": BASE, "worker": "w1"}
     running = dataclasses.replace(first, status=Status.RUNNING, **started)
     ended = {"result": 3, "finished_at": BASE + timedelta(seconds=1)}
-    done = store.run_batch(
+    session = store.writer()
+    done = session.run_batch(
         [
             store.create_write(first),
             store.create_write(second),
@@ -633,6 +634,7 @@ def test_a_batch_runs_its_writes_in_order_in_one_transaction(store: SqlStore) ->
             store.advance_write(second.id, Status.RUNNING, {}),  # cancelled: no longer
         ]
     )
+    session.close()
     errors = [error for _, error in done]
     results = [result for result, _ in done]
     assert errors == [None] * 6
@@ -650,13 +652,15 @@ def test_a_failing_write_fails_only_itself(store: SqlStore) -> None:
     """One write whose statement fails gets the error; the rest of its batch is stored."""
     taken, _ = store.create(task())
     before, after = task(), task()
-    done = store.run_batch(
+    session = store.writer()
+    done = session.run_batch(
         [
             store.create_write(before),
             store.create_write(task(id=taken.id)),
             store.create_write(after),
         ]
     )
+    session.close()
     assert done[0] == ((before, True), None)
     assert done[2] == ((after, True), None)
     assert done[1][0] is None

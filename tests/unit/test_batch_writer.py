@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import threading
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
 import pytest
@@ -25,11 +25,15 @@ class Recorder:
         self.batches: list[list[Any]] = []
         self.gate = threading.Event()
         self.started = threading.Event()
+        self.closed = False
 
-    def __call__(self, writes: list[Write[Any]]) -> list[Done]:
+    def close(self) -> None:
+        self.closed = True
+
+    def run_batch(self, writes: Sequence[Write[Any]]) -> list[Done]:
         self.started.set()
         self.gate.wait(5)
-        tx = Tx(connection=None, cursor=None)  # type: ignore[arg-type]
+        tx = Tx(cursor=None)
         self.batches.append([write(tx) for write in writes])
         return [_outcome(write(tx)) for write in writes]
 
@@ -115,6 +119,7 @@ async def test_close_runs_what_is_queued_then_refuses_more() -> None:
     run.gate.set()
     await closing
     assert run.batches == [[0], [1]]
+    assert run.closed
     assert (await first, await second) == (0, 1)
     with pytest.raises(RuntimeError, match="closed"):
         writer.submit(write(2))

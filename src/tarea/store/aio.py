@@ -18,9 +18,9 @@ import builtins
 import contextlib
 import functools
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from tarea.domain.records import TaskRecord
 from tarea.domain.status import Status
@@ -42,7 +42,7 @@ class AsyncStore:
     def __init__(self, store: SqlStore, *, readers: int = 4) -> None:
         self.sync = store
         self._readers = ThreadPoolExecutor(max_workers=readers, thread_name_prefix="store-read")
-        self._writer = BatchWriter(store.run_batch)
+        self._writer = BatchWriter(store.writer())
 
     async def _read(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         loop = asyncio.get_running_loop()
@@ -105,20 +105,26 @@ class AsyncStore:
         self.sync.close()
 
 
+class BatchRunner(Protocol):
+    """What runs the batches (a :class:`~tarea.store.sql.WriteSession`)."""
+
+    def run_batch(self, writes: Sequence[Write[Any]]) -> builtins.list[Done]:
+        """Run ``writes`` in one transaction; each one's (result, None) or (None, error)."""
+
+    def close(self) -> None:
+        """Release the connection; called by the writer thread as it stops."""
+
+
 class BatchWriter:
     """One thread running submitted writes in batches, each batch one transaction.
 
     Args:
-        run_batch: runs writes in one transaction; each one's (result, error).
+        runner: runs the batches; used by the writer thread only.
         batch_max: the most writes one batch takes.
     """
 
-    def __init__(
-        self,
-        run_batch: Callable[[builtins.list[Write[Any]]], builtins.list[Done]],
-        batch_max: int = BATCH_MAX,
-    ) -> None:
-        self._run_batch = run_batch
+    def __init__(self, runner: BatchRunner, batch_max: int = BATCH_MAX) -> None:
+        self._runner = runner
         self._batch_max = batch_max
         self._pending: builtins.list[tuple[Write[Any], asyncio.Future[Any]]] = []
         self._wake = threading.Condition()
@@ -152,6 +158,12 @@ class BatchWriter:
         self._thread.join()
 
     def _loop(self) -> None:
+        try:
+            self._serve()
+        finally:
+            self._runner.close()
+
+    def _serve(self) -> None:
         while True:
             with self._wake:
                 while not self._pending and not self._closed:
@@ -160,7 +172,7 @@ class BatchWriter:
                     return
                 batch = self._pending[: self._batch_max]
                 del self._pending[: self._batch_max]
-            outcomes = self._run_batch([write for write, _ in batch])
+            outcomes = self._runner.run_batch([write for write, _ in batch])
             by_loop: dict[asyncio.AbstractEventLoop, builtins.list[Any]] = {}
             for (_, future), outcome in zip(batch, outcomes, strict=True):
                 by_loop.setdefault(future.get_loop(), []).append((future, outcome))

@@ -7,11 +7,12 @@ both win, on either backend.
 
 Writes are also available as *operations* (:class:`Write`): built on the
 caller's thread (where a bad field raises at once), then run by
-:meth:`SqlStore.run_batch` many to one transaction, which is how
+:meth:`WriteSession.run_batch` many to one transaction, which is how
 :class:`~tarea.store.aio.AsyncStore` commits a whole batch of tasks at once.
-The hot statements (insert, guarded update) run on the driver's cursor with
-values converted by SQLAlchemy's own bind processors: the same bytes as Core
-would write, without Core's per-execution cost.
+Writes run on the driver's (DBAPI) cursor, values converted by SQLAlchemy's
+own bind processors and rows read back through its result processors: the
+same bytes as Core would write and read, without Core's per-execution cost.
+Reads outside writes (get, list, unfinished) use Core and the ORM.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ from sqlalchemy import (
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 from sqlalchemy.orm import sessionmaker
-from sqlalchemy.pool import ConnectionPoolEntry, QueuePool
+from sqlalchemy.pool import ConnectionPoolEntry, PoolProxiedConnection, QueuePool
 
 from tarea.domain.records import TaskRecord
 from tarea.domain.status import Status, can_transition
@@ -101,12 +102,17 @@ class SqlStore:
             "ON CONFLICT DO NOTHING"
         )
         self._updates: dict[tuple[tuple[str, ...], Status | None], str] = {}
+        # Rows read back inside a write come through the same cursor, each
+        # column converted by the result processor Core would use (built for
+        # the driver's type codes, which the first row's description gives).
+        self._columns = names
+        self._types = [column.type.dialect_impl(dialect) for column in table.c]
+        self._results: dict[tuple[Any, ...], builtins.list[tuple[int, Callable[[Any], Any]]]] = {}
+        columns = ", ".join(_quote(name) for name in names)
+        self._select_sql = f"SELECT {columns} FROM tasks WHERE "  # noqa: S608
         # Reads run prebuilt Core statements: compiled once, then cached.
         self._get_any = select(table).where(table.c.id == bindparam("_id"))
         self._get_own = self._get_any.where(table.c.tenant == bindparam("_tenant"))
-        self._get_by_key = select(table).where(
-            table.c.tenant == bindparam("_tenant"), table.c.idempotency_key == bindparam("_key")
-        )
 
     @property
     def engine(self) -> Engine:
@@ -142,32 +148,11 @@ class SqlStore:
     def run(self, write: Write[T]) -> T:
         """Run one write in its own transaction; its result."""
         with self._engine.begin() as connection:
-            return write(self._tx(connection))
+            return write(Tx(connection.connection.cursor()))
 
-    def run_batch(self, writes: Sequence[Write[Any]]) -> list[Done]:
-        """Run ``writes`` in one transaction (one commit); each one's result or error.
-
-        When the transaction fails, each write runs again alone, so that one
-        bad write fails only itself.
-        """
-        try:
-            with self._engine.begin() as connection:
-                tx = self._tx(connection)
-                return [(write(tx), None) for write in writes]
-        except Exception as exc:
-            if len(writes) == 1:
-                return [(None, exc)]
-        return [self._run_alone(write) for write in writes]
-
-    def _run_alone(self, write: Write[Any]) -> Done:
-        try:
-            return self.run(write), None
-        except Exception as exc:
-            return None, exc
-
-    @staticmethod
-    def _tx(connection: Connection) -> Tx:
-        return Tx(connection, connection.connection.cursor())
+    def writer(self) -> WriteSession:
+        """A connection of its own for one thread's batches of writes (close it after)."""
+        return WriteSession(self)
 
     def create(self, record: TaskRecord) -> tuple[TaskRecord, bool]:
         """Store a new task, or find the one its idempotency key already names.
@@ -186,6 +171,7 @@ class SqlStore:
         """:meth:`create` as a write (a naive datetime raises here, not when run)."""
         values = to_columns({name: getattr(record, name) for name in FIELDS})
         params = self._driver_values(values)
+        ph = self._placeholder
 
         def write(tx: Tx) -> tuple[TaskRecord, bool]:
             tx.cursor.execute(self._insert_sql, params)
@@ -194,11 +180,13 @@ class SqlStore:
             # A unique constraint said no: the idempotency key, or (never in
             # practice: ids are UUIDv7) the id.
             if record.idempotency_key is not None:
-                row = tx.connection.execute(
-                    self._get_by_key, {"_tenant": record.tenant, "_key": record.idempotency_key}
-                ).first()
-                if row is not None:
-                    return from_columns(row._mapping), False
+                existing = self._read(
+                    tx,
+                    f"tenant = {ph.format('tenant')} AND idempotency_key = {ph.format('key')}",
+                    {"tenant": record.tenant, "key": record.idempotency_key},
+                )
+                if existing is not None:
+                    return existing, False
             raise ValueError(f"task {record.id!r} cannot be stored: its id is taken")
 
         return write
@@ -287,8 +275,7 @@ class SqlStore:
         def write(tx: Tx) -> TaskRecord | None:
             if not moved(tx):
                 return None
-            row = tx.connection.execute(self._get_any, {"_id": task_id}).first()
-            return None if row is None else from_columns(row._mapping)
+            return self._read(tx, f"id = {self._placeholder.format('id')}", {"id": task_id})
 
         return write
 
@@ -357,6 +344,32 @@ class SqlStore:
 
         return write
 
+    def _read(self, tx: Tx, where: str, params: dict[str, Any]) -> TaskRecord | None:
+        """The one task matching ``where``, read on the write's own cursor; None if none."""
+        tx.cursor.execute(self._select_sql + where, params)
+        row = tx.cursor.fetchone()
+        if row is None:
+            return None
+        values = list(row)
+        for index, process in self._result_processors(tx.cursor.description):
+            values[index] = process(values[index])
+        return from_columns(dict(zip(self._columns, values, strict=True)))
+
+    def _result_processors(
+        self, description: Any
+    ) -> builtins.list[tuple[int, Callable[[Any], Any]]]:
+        codes = tuple(column[1] for column in description)
+        processors = self._results.get(codes)
+        if processors is None:
+            dialect = self._engine.dialect
+            processors = [
+                (index, process)
+                for index, (kind, code) in enumerate(zip(self._types, codes, strict=True))
+                if (process := kind.result_processor(dialect, code)) is not None
+            ]
+            self._results[codes] = processors
+        return processors
+
     def _driver_values(self, columns: dict[str, Any]) -> dict[str, Any]:
         """Column values as the driver takes them, converted as Core would convert them."""
         values = dict(columns)
@@ -399,13 +412,79 @@ Done = tuple[Any, Exception | None]
 
 @dataclass(frozen=True, slots=True)
 class Tx:
-    """An open transaction: its Core connection and a cursor of its driver connection."""
+    """An open transaction: a cursor of its driver (DBAPI) connection."""
 
-    connection: Connection
     cursor: Any
 
 
-#: A write, built ahead and run inside a transaction by SqlStore.run or run_batch.
+class WriteSession:
+    """One thread's connection for batches of writes: one transaction per batch.
+
+    The connection is taken from the engine's pool once and kept; transactions
+    are begun and committed on the driver directly, which costs a fraction of
+    a Core transaction (measured: 43 against 106 µs for a one-insert SQLite
+    transaction). A connection that fails is dropped; the next batch takes
+    another.
+    """
+
+    def __init__(self, store: SqlStore) -> None:
+        self._engine = store.engine
+        self._explicit_begin = self._engine.dialect.name == "sqlite"
+        self._connection: PoolProxiedConnection | None = None
+
+    def run_batch(self, writes: Sequence[Write[Any]]) -> list[Done]:
+        """Run ``writes`` in one transaction (one commit); each one's result or error.
+
+        When the transaction fails, each write runs again alone, so that one
+        bad write fails only itself.
+        """
+        try:
+            return self._transaction(writes)
+        except Exception as exc:
+            self._abandon()
+            if len(writes) == 1:
+                return [(None, exc)]
+        return [self._alone(write) for write in writes]
+
+    def close(self) -> None:
+        """Give the connection back to the pool."""
+        if self._connection is not None:
+            self._connection.close()
+            self._connection = None
+
+    def _transaction(self, writes: Sequence[Write[Any]]) -> list[Done]:
+        if self._connection is None:
+            self._connection = self._engine.raw_connection()
+        cursor = self._connection.cursor()
+        try:
+            if self._explicit_begin:  # the sqlite3 module is left in autocommit mode
+                cursor.execute("BEGIN")
+            tx = Tx(cursor)
+            done: list[Done] = [(write(tx), None) for write in writes]
+            self._connection.commit()
+            return done
+        finally:
+            cursor.close()
+
+    def _alone(self, write: Write[Any]) -> Done:
+        try:
+            return self._transaction([write])[0]
+        except Exception as exc:
+            self._abandon()
+            return None, exc
+
+    def _abandon(self) -> None:
+        """Roll back; a connection that cannot even do that is dropped."""
+        if self._connection is None:
+            return
+        try:
+            self._connection.rollback()
+        except Exception:
+            self._connection.invalidate()
+            self._connection = None
+
+
+#: A write, built ahead and run in a transaction by SqlStore.run or WriteSession.run_batch.
 Write: TypeAlias = Callable[[Tx], T]
 
 
