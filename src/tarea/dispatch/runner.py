@@ -167,9 +167,8 @@ class TaskRunner:
             )
             return
         finally:
-            moved = await marking if marking is not None else True
-        if not moved:  # it ended meanwhile (cancelled): that end stands
-            return
+            if marking is not None and not marking.done():
+                self._watch(marking)  # awaited below; if we leave now, its failure is logged
         fields: dict[str, Any] = {
             "logs": outcome.logs,
             "container_id": outcome.container_id,
@@ -184,7 +183,19 @@ class TaskRunner:
         if marking is None:  # never started: its record is the queued one, as carried
             await self.finish(task_id, status, **fields)
             return
-        self._ended(await self.store.finish(current, status, finished_at=utcnow(), **fields))
+        # The end goes to the writer at once, without waiting for the running
+        # write: the one writer runs them in order (often in one transaction),
+        # and if the running write found the task already ended (cancelled),
+        # the end's guard finds it so too and changes nothing.
+        ending = self.store.finish(current, status, finished_at=utcnow(), **fields)
+        try:
+            moved = await marking
+        except BaseException:
+            self._watch(ending)
+            raise
+        ended = await ending
+        if moved:  # else ended is None: the earlier end stands
+            self._ended(ended)
 
     async def finish(self, task_id: str, status: Status, **fields: Any) -> TaskRecord | None:
         """Move the task to terminal ``status``, announce it, call back; None if not allowed."""
