@@ -9,10 +9,12 @@ it. Nothing here skips: without PostgreSQL the tests fail, saying why.
 from __future__ import annotations
 
 import dataclasses
+import sqlite3
 import subprocess
 import sys
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta, timezone
@@ -22,14 +24,14 @@ from typing import Any, TypeVar
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import Engine, insert, update
+from sqlalchemy import Engine, insert, text, update
 
 from tarea.domain.records import CallbackState, TaskRecord, new_task_id
 from tarea.domain.status import TERMINAL, Status
 from tarea.errors import ConfigurationError, InvalidRequest
 from tarea.store import SqlStore
 from tarea.store.convert import to_columns
-from tarea.store.sql import encode_cursor
+from tarea.store.sql import Tx, Write, encode_cursor
 from tarea.store.tables import Base
 from tests.integration.conftest import postgres_schema
 
@@ -620,9 +622,9 @@ def test_hot_writes_store_exactly_what_core_stores(store: SqlStore) -> None:
 def test_a_batch_runs_its_writes_in_order_in_one_transaction(store: SqlStore) -> None:
     """run_batch gives each write its own result, later writes seeing earlier ones."""
     first, second = task(), task()
-    started = {"started_at": BASE, "worker": "w1"}
+    started: dict[str, Any] = {"started_at": BASE, "worker": "w1"}
     running = dataclasses.replace(first, status=Status.RUNNING, **started)
-    ended = {"result": 3, "finished_at": BASE + timedelta(seconds=1)}
+    ended: dict[str, Any] = {"result": 3, "finished_at": BASE + timedelta(seconds=1)}
     session = store.writer()
     done = session.run_batch(
         [
@@ -675,3 +677,99 @@ def test_a_bad_field_raises_when_the_write_is_built(store: SqlStore) -> None:
         store.update_write(new_task_id(), {"status": "succeeded"})
     with pytest.raises(ValueError, match="nonsense"):
         store.advance_write(new_task_id(), Status.RUNNING, {"nonsense": 1})
+
+
+def test_an_end_applies_only_to_the_row_as_carried(store: SqlStore) -> None:
+    """finish_write moves a task only while it is running on the worker that carried it."""
+    mine: dict[str, Any] = {"started_at": BASE, "worker": "me"}
+    ended: dict[str, Any] = {"result": 1, "finished_at": BASE + timedelta(seconds=1)}
+    # Running here: it ends.
+    ours, _ = store.create(task())
+    assert store.advance(ours.id, Status.RUNNING, **mine)
+    carried = dataclasses.replace(ours, status=Status.RUNNING, **mine)
+    assert store.run(store.finish_write(carried, Status.SUCCEEDED, ended)) == dataclasses.replace(
+        carried, status=Status.SUCCEEDED, **ended
+    )
+    # Its running write never landed (still queued): left as it is.
+    stuck, _ = store.create(task())
+    assert store.run(store.finish_write(carried_as(stuck, mine), Status.FAILED, ended)) is None
+    assert store.get(stuck.id) == stuck
+    # Cancelled meanwhile: the cancel stands.
+    cancelled, _ = store.create(task())
+    assert store.advance(cancelled.id, Status.RUNNING, **mine)
+    assert store.advance(cancelled.id, Status.CANCELLED)
+    assert (
+        store.run(store.finish_write(carried_as(cancelled, mine), Status.SUCCEEDED, ended)) is None
+    )
+    assert store.get(cancelled.id).status is Status.CANCELLED  # type: ignore[union-attr]
+    # Running on another worker: not ours to end.
+    theirs, _ = store.create(task())
+    assert store.advance(theirs.id, Status.RUNNING, started_at=BASE, worker="other")
+    assert store.run(store.finish_write(carried_as(theirs, mine), Status.SUCCEEDED, ended)) is None
+    assert store.get(theirs.id).worker == "other"  # type: ignore[union-attr]
+    assert store.get(theirs.id).status is Status.RUNNING  # type: ignore[union-attr]
+
+
+def carried_as(record: TaskRecord, running: dict[str, Any]) -> TaskRecord:
+    """``record`` as a runner carries it once it wrote ``running``."""
+    return dataclasses.replace(record, status=Status.RUNNING, **running)
+
+
+def test_the_writer_reconnects_when_its_connection_was_dropped(
+    postgres_url: str, postgres_admin: Engine
+) -> None:
+    """A batch after the database dropped the writer's connection runs on a new one."""
+    with postgres_schema(postgres_url, postgres_admin) as url:
+        sql_store = SqlStore(url)
+        sql_store.migrate()
+        session = sql_store.writer()
+        try:
+            first, second = task(), task()
+            assert session.run_batch([sql_store.create_write(first)]) == [((first, True), None)]
+            with postgres_admin.connect() as connection:
+                dropped = connection.execute(
+                    text(
+                        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                        "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                    )
+                ).scalar_one()
+                connection.commit()
+            assert dropped >= 1
+            assert session.run_batch([sql_store.create_write(second)]) == [((second, True), None)]
+            assert sql_store.get(second.id) == second
+        finally:
+            session.close()
+            sql_store.close()
+
+
+def test_a_locked_database_fails_the_whole_batch_once(tmp_path: Path) -> None:
+    """Another process holding SQLite's write lock fails the batch after one busy wait.
+
+    Its writes are not retried one by one (each would wait the busy timeout again).
+    """
+    sql_store = SqlStore(f"sqlite:///{tmp_path}/locked.db")
+    sql_store.migrate()
+    attempts: Counter[str] = Counter()
+
+    def counted(name: str) -> Write[Any]:
+        write = sql_store.create_write(task())
+
+        def run(tx: Tx) -> Any:
+            attempts[name] += 1
+            return write(tx)
+
+        return run
+
+    blocker = sqlite3.connect(tmp_path / "locked.db", isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")
+    session = sql_store.writer()
+    try:
+        done = session.run_batch([counted(name) for name in "abc"])
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+        session.close()
+        sql_store.close()
+    assert [type(error) for _, error in done] == [sqlite3.OperationalError] * 3
+    assert "locked" in str(done[0][1])
+    assert attempts == {"a": 1}

@@ -123,3 +123,44 @@ async def test_close_runs_what_is_queued_then_refuses_more() -> None:
     assert (await first, await second) == (0, 1)
     with pytest.raises(RuntimeError, match="closed"):
         writer.submit(write(2))
+
+
+class Failing(Recorder):
+    """A runner whose run_batch itself raises ``error`` once, then works."""
+
+    def __init__(self, error: BaseException) -> None:
+        super().__init__()
+        self.gate.set()
+        self.error: BaseException | None = error
+
+    def run_batch(self, writes: Sequence[Write[Any]]) -> list[Done]:
+        if self.error is not None:
+            error, self.error = self.error, None
+            raise error
+        return super().run_batch(writes)
+
+
+@in_loop
+async def test_a_runner_error_fails_its_batch_and_the_writer_goes_on() -> None:
+    writer = BatchWriter(Failing(OSError("disk gone")))
+    with pytest.raises(OSError, match="disk gone"):
+        await writer.submit(write(1))
+    assert await writer.submit(write(2)) == 2
+    writer.close()
+
+
+class Stop(BaseException):
+    """Not an Exception: it ends the writer thread."""
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+@in_loop
+async def test_a_writer_thread_that_dies_fails_what_waits_and_refuses_more() -> None:
+    run = Failing(Stop())
+    writer = BatchWriter(run)
+    with pytest.raises(Stop):
+        await writer.submit(write(1))
+    await asyncio.to_thread(writer._thread.join, 5)
+    with pytest.raises(RuntimeError, match="closed"):
+        writer.submit(write(2))
+    assert run.closed

@@ -33,6 +33,12 @@ log = logging.getLogger(__name__)
 Render = Callable[[TaskRecord], dict[str, Any]]
 
 
+def _retrieve(future: asyncio.Future[Any]) -> None:
+    """Mark ``future``'s error as seen (it was reported another way)."""
+    if not future.cancelled():
+        future.exception()
+
+
 class Completions:
     """Hands each task's final record to whoever waits for it in this process."""
 
@@ -47,6 +53,12 @@ class Completions:
         future: asyncio.Future[TaskRecord | None] = asyncio.get_running_loop().create_future()
         self._waiters.setdefault(task_id, []).append(future)
         return future
+
+    def release(self, task_id: str) -> None:
+        """Stop waiting for ``task_id``: its waiters get None and read the task as it is."""
+        for future in self._waiters.pop(task_id, ()):
+            if not future.done():
+                future.set_result(None)
 
     def release_all(self) -> None:
         """Stop every wait: each waiter gets None and reads the task as it is."""
@@ -162,13 +174,16 @@ class TaskRunner:
                 spec, on_start=on_start, on_progress=on_progress, on_log=on_log
             )
         except EngineUnavailable as exc:
+            if marking is not None:
+                self._watch(marking)
             await self.finish(
                 task_id, Status.FAILED, error={"code": exc.code, "message": exc.message, "data": {}}
             )
             return
-        finally:
-            if marking is not None and not marking.done():
-                self._watch(marking)  # awaited below; if we leave now, its failure is logged
+        except BaseException:
+            if marking is not None:  # not awaited now: a failure of it is logged
+                self._watch(marking)
+            raise
         fields: dict[str, Any] = {
             "logs": outcome.logs,
             "container_id": outcome.container_id,
@@ -184,17 +199,19 @@ class TaskRunner:
             await self.finish(task_id, status, **fields)
             return
         # The end goes to the writer at once, without waiting for the running
-        # write: the one writer runs them in order (often in one transaction),
-        # and if the running write found the task already ended (cancelled),
-        # the end's guard finds it so too and changes nothing.
+        # write: the one writer runs them in order (often in one transaction).
+        # It applies only to the row as carried (running, on this worker): a
+        # task cancelled meanwhile, or whose running write failed, is left as is.
         ending = self.store.finish(current, status, finished_at=utcnow(), **fields)
         try:
             moved = await marking
-        except BaseException:
-            self._watch(ending)
-            raise
-        ended = await ending
-        if moved:  # else ended is None: the earlier end stands
+            ended = await ending
+        except Exception:
+            ending.add_done_callback(_retrieve)
+            log.exception("task %s ran, but the store did not record it", task_id)
+            self._lost(current)
+            return
+        if moved:  # else it had ended meanwhile (cancelled): that end stands
             self._ended(ended)
 
     async def finish(self, task_id: str, status: Status, **fields: Any) -> TaskRecord | None:
@@ -202,6 +219,16 @@ class TaskRunner:
         return self._ended(
             await self.store.transition(task_id, status, finished_at=utcnow(), **fields)
         )
+
+    def _lost(self, record: TaskRecord) -> None:
+        """``record`` ran but its end is not stored: free its waiters and quota place.
+
+        Waiters read the task from the store, as it is there. It stays queued
+        or running, and a restart settles it like any unfinished task.
+        """
+        self.completions.release(record.id)
+        if self.on_end is not None:
+            self.on_end(record)
 
     def _ended(self, record: TaskRecord | None) -> TaskRecord | None:
         if record is not None:

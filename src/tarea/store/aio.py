@@ -161,6 +161,13 @@ class BatchWriter:
         try:
             self._serve()
         finally:
+            # Stopped (closed, or killed by an error that is not an Exception):
+            # nothing is accepted any more, and nothing queued is left waiting.
+            with self._wake:
+                self._closed = True
+                left, self._pending = self._pending, []
+            stopped = RuntimeError("the store's writer stopped")
+            self._hand_back(left, [(None, stopped)] * len(left))
             self._runner.close()
 
     def _serve(self) -> None:
@@ -172,13 +179,27 @@ class BatchWriter:
                     return
                 batch = self._pending[: self._batch_max]
                 del self._pending[: self._batch_max]
-            outcomes = self._runner.run_batch([write for write, _ in batch])
-            by_loop: dict[asyncio.AbstractEventLoop, builtins.list[Any]] = {}
-            for (_, future), outcome in zip(batch, outcomes, strict=True):
-                by_loop.setdefault(future.get_loop(), []).append((future, outcome))
-            for loop, done in by_loop.items():
-                with contextlib.suppress(RuntimeError):  # a closed loop: nobody waits
-                    loop.call_soon_threadsafe(_deliver, done)
+            try:
+                outcomes = self._runner.run_batch([write for write, _ in batch])
+            except Exception as exc:  # the runner's own failure: the batch gets it
+                outcomes = [(None, exc)] * len(batch)
+            except BaseException as exc:  # the thread ends (see _loop); so does the batch
+                self._hand_back(batch, [(None, exc)] * len(batch))
+                raise
+            self._hand_back(batch, outcomes)
+
+    @staticmethod
+    def _hand_back(
+        batch: builtins.list[tuple[Write[Any], asyncio.Future[Any]]],
+        outcomes: builtins.list[Done],
+    ) -> None:
+        """Resolve each future on its own loop: one call per loop for the whole batch."""
+        by_loop: dict[asyncio.AbstractEventLoop, builtins.list[Any]] = {}
+        for (_, future), outcome in zip(batch, outcomes, strict=True):
+            by_loop.setdefault(future.get_loop(), []).append((future, outcome))
+        for loop, done in by_loop.items():
+            with contextlib.suppress(RuntimeError):  # a closed loop: nobody waits
+                loop.call_soon_threadsafe(_deliver, done)
 
 
 def _deliver(done: builtins.list[tuple[asyncio.Future[Any], Done]]) -> None:

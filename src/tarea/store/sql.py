@@ -101,7 +101,7 @@ class SqlStore:
             f"VALUES ({', '.join(self._placeholder.format(name) for name in names)}) "
             "ON CONFLICT DO NOTHING"
         )
-        self._updates: dict[tuple[tuple[str, ...], Status | None], str] = {}
+        self._updates: dict[tuple[tuple[str, ...], Any], str] = {}
         # Rows read back inside a write come through the same cursor, each
         # column converted by the result processor Core would use (built for
         # the driver's type codes, which the first row's description gives).
@@ -304,17 +304,46 @@ class SqlStore:
     def finish_write(
         self, record: TaskRecord, new: Status, fields: dict[str, Any]
     ) -> Write[TaskRecord | None]:
-        """:meth:`advance` of ``record``, giving back the task as it now is; None if not moved.
+        """Move the stored task ``record`` to ``new``, setting ``fields``; None if not moved.
 
-        ``record`` must be the task as stored (the caller carried it since it
-        wrote it): the result is ``record`` with ``new`` and ``fields``, not
-        read back.
+        The UPDATE applies only while the row is as ``record`` says: its status
+        and its worker. So an end never lands on a task that ended meanwhile,
+        nor on another worker's run of it. ``record`` must be the task as stored
+        (the caller carried it since it wrote it): the result is ``record`` with
+        ``new`` and ``fields``, not read back.
         """
-        moved = self.advance_write(record.id, new, fields)
-        updated = dataclasses.replace(record, status=Status(new), **fields)
+        fixed = _FIXED.intersection(fields)
+        if fixed:
+            raise ValueError(f"cannot set {', '.join(sorted(fixed))} this way")
+        new = Status(new)
+        if not can_transition(record.status, new):
+            return _nothing_carried
+        values = self._driver_values(to_columns(fields))
+        ph = self._placeholder
+        key = (tuple(values), ("as-carried", record.worker is None))
+        sql = self._updates.get(key)
+        if sql is None:
+            assignments = [f"{_quote(name)} = {ph.format(name)}" for name in values]
+            worker = f"worker = {ph.format('_worker')}"
+            if record.worker is None:
+                worker = "worker IS NULL"
+            sql = (
+                f"UPDATE tasks SET {', '.join(assignments)}, status = {ph.format('status')} "  # noqa: S608
+                f"WHERE id = {ph.format('_id')} AND status = {ph.format('_was')} AND {worker}"
+            )
+            self._updates[key] = sql
+        params = {
+            **values,
+            "status": new.value,
+            "_id": record.id,
+            "_was": record.status.value,
+            "_worker": record.worker,
+        }
+        updated = dataclasses.replace(record, status=new, **fields)
 
         def write(tx: Tx) -> TaskRecord | None:
-            return updated if moved(tx) else None
+            tx.cursor.execute(sql, params)
+            return updated if tx.cursor.rowcount == 1 else None
 
         return write
 
@@ -407,7 +436,7 @@ class SqlStore:
 
 
 #: The outcome of one write of a batch: (its result, None) or (None, the error).
-Done = tuple[Any, Exception | None]
+Done = tuple[Any, BaseException | None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -423,28 +452,44 @@ class WriteSession:
     The connection is taken from the engine's pool once and kept; transactions
     are begun and committed on the driver directly, which costs a fraction of
     a Core transaction (measured: 43 against 106 µs for a one-insert SQLite
-    transaction). A connection that fails is dropped; the next batch takes
-    another.
+    transaction).
+
+    When a batch fails:
+
+    - the connection was lost before the commit was sent (a database restart,
+      an idle timeout): the batch runs once more on a new connection;
+    - one write's data was refused (a constraint, a value out of range, or a
+      ValueError of the write itself): each write runs again alone, so that
+      only that one fails;
+    - anything else (the database is locked, the commit failed): every write
+      of the batch fails with that error, at once.
     """
 
     def __init__(self, store: SqlStore) -> None:
         self._engine = store.engine
-        self._explicit_begin = self._engine.dialect.name == "sqlite"
+        dialect = self._engine.dialect
+        self._explicit_begin = dialect.name == "sqlite"
+        dbapi = dialect.loaded_dbapi
+        self._per_write: tuple[type[Exception], ...] = (
+            ValueError,
+            dbapi.IntegrityError,
+            dbapi.DataError,
+        )
+        self._driver_error: type[Exception] = dbapi.Error
         self._connection: PoolProxiedConnection | None = None
+        self._committing = False
 
     def run_batch(self, writes: Sequence[Write[Any]]) -> list[Done]:
-        """Run ``writes`` in one transaction (one commit); each one's result or error.
-
-        When the transaction fails, each write runs again alone, so that one
-        bad write fails only itself.
-        """
+        """Run ``writes`` in one transaction (one commit); each one's result or error."""
         try:
             return self._transaction(writes)
         except Exception as exc:
-            self._abandon()
-            if len(writes) == 1:
-                return [(None, exc)]
-        return [self._alone(write) for write in writes]
+            lost = self._abandon(exc)
+            if lost and not self._committing:
+                return self._retry(writes)
+            if isinstance(exc, self._per_write) and len(writes) > 1:
+                return [self._alone(write) for write in writes]
+            return [(None, exc)] * len(writes)
 
     def close(self) -> None:
         """Give the connection back to the pool."""
@@ -453,6 +498,7 @@ class WriteSession:
             self._connection = None
 
     def _transaction(self, writes: Sequence[Write[Any]]) -> list[Done]:
+        self._committing = False
         if self._connection is None:
             self._connection = self._engine.raw_connection()
         cursor = self._connection.cursor()
@@ -461,27 +507,43 @@ class WriteSession:
                 cursor.execute("BEGIN")
             tx = Tx(cursor)
             done: list[Done] = [(write(tx), None) for write in writes]
+            self._committing = True
             self._connection.commit()
             return done
         finally:
             cursor.close()
 
+    def _retry(self, writes: Sequence[Write[Any]]) -> list[Done]:
+        try:
+            return self._transaction(writes)
+        except Exception as exc:
+            self._abandon(exc)
+            return [(None, exc)] * len(writes)
+
     def _alone(self, write: Write[Any]) -> Done:
         try:
             return self._transaction([write])[0]
         except Exception as exc:
-            self._abandon()
+            self._abandon(exc)
             return None, exc
 
-    def _abandon(self) -> None:
-        """Roll back; a connection that cannot even do that is dropped."""
-        if self._connection is None:
-            return
-        try:
-            self._connection.rollback()
-        except Exception:
-            self._connection.invalidate()
+    def _abandon(self, error: Exception) -> bool:
+        """Roll back after ``error``; whether the connection was lost (and dropped)."""
+        connection = self._connection
+        if connection is None:
+            return False
+        lost = isinstance(error, self._driver_error) and self._engine.dialect.is_disconnect(
+            cast(Any, error), connection.driver_connection, None
+        )
+        if not lost:
+            try:
+                connection.rollback()
+            except Exception:
+                lost = True
+        if lost:
+            connection.invalidate()
             self._connection = None
+        return lost
 
 
 #: A write, built ahead and run in a transaction by SqlStore.run or WriteSession.run_batch.
@@ -493,6 +555,10 @@ def _nothing_moved(_tx: Tx) -> bool:
 
 
 def _nothing(_tx: Tx) -> None:
+    return None
+
+
+def _nothing_carried(_tx: Tx) -> TaskRecord | None:
     return None
 
 
