@@ -148,10 +148,11 @@ def test_repeated_requests_reuse_a_warm_container(client: httpx.Client, tasks_im
     """Sequential requests for one image are served by one warm container, not one each."""
     for _ in range(5):
         assert seed_task(client, **SEED_BODY).json() == {"resultado": 35}
-    warm = [
+    image_id = docker("image", "inspect", "-f", "{{.Id}}", tasks_image).stdout.strip()
+    warm = [  # running ones: an exited container some earlier run left behind is not warm
         c
         for c in managed_containers()
-        if docker("inspect", "-f", "{{.Config.Image}}", c).stdout.strip()
-        == docker("image", "inspect", "-f", "{{.Id}}", tasks_image).stdout.strip()
+        if docker("inspect", "-f", "{{.Config.Image}} {{.State.Running}}", c).stdout.split()
+        == [image_id, "true"]
     ]
     assert 1 <= len(warm) <= 2
