@@ -156,7 +156,10 @@ class TaskService:
         """Remove this server's leftover containers; settle its unfinished tasks.
 
         A task that was queued is queued again; one that was running had its
-        container removed just now, so it fails with ``worker_lost``.
+        container removed just now, so it fails with ``worker_lost``. Only this
+        server's tasks (``worker`` is its ``TAREA_SERVER_ID``, set when it
+        accepted them) are touched: on a shared PostgreSQL, another live
+        server's queued and running tasks are not this one's to settle.
         """
         try:
             removed = await self.engine.docker.remove_labelled(
@@ -166,7 +169,7 @@ class TaskService:
                 log.info("removed %d containers left by a previous run", len(removed))
         except TareaError as exc:
             log.warning("could not clean up leftover containers: %s", exc)
-        for record in await self.store.unfinished():
+        for record in await self.store.unfinished(worker=self.settings.server_id):
             if record.status is Status.RUNNING:
                 await self.runner.finish(
                     record.id,
@@ -265,6 +268,7 @@ class TaskService:
             callback_url=new.callback_url,
             idempotency_key=idempotency_key,
             request_hash=new.fingerprint() if idempotency_key else None,
+            worker=self.settings.server_id,  # it runs here: see recover()
         )
         stored, created = await self.store.create(record)
         if not created:

@@ -12,8 +12,9 @@ from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy import Engine
 
-from tests.integration.conftest import docker, start_server
+from tests.integration.conftest import docker, postgres_schema, start_server
 
 pytestmark = pytest.mark.docker
 
@@ -165,3 +166,53 @@ def test_sigterm_releases_clients_waiting_on_queued_tasks(tmp_path: Path, tasks_
         assert time.monotonic() - started < 15
     finally:
         stop(proc)
+
+
+def test_a_server_starting_on_a_shared_database_leaves_another_servers_tasks_alone(
+    tmp_path: Path, tasks_image: str, postgres_url: str, postgres_admin: Engine
+) -> None:
+    """Two servers on one PostgreSQL: the second's start-up settles only its own tasks.
+
+    The first server's running task keeps running (not failed as worker_lost)
+    and its queued task stays queued for it (not run by the second).
+    """
+    with postgres_schema(postgres_url, postgres_admin) as database_url:
+        first_env = {
+            "TAREA_DATABASE_URL": database_url,
+            "TAREA_SERVER_ID": f"tarea-test-first-{secrets.token_hex(3)}",
+            "TAREA_CONCURRENCY": "1",
+        }
+        first, first_url = start_server(first_env, tmp_path / "first.log")
+        second = None
+        try:
+            running = httpx.post(
+                f"{first_url}/v1/tasks",
+                json={"image": tasks_image, "function": "esperar", "params": {"segundos": 4}},
+            ).json()
+            assert poll(first_url, running["id"], {"running"})["status"] == "running"
+            queued = httpx.post(
+                f"{first_url}/v1/tasks",
+                json={"image": tasks_image, "function": "suma", "params": {"a": 2, "b": 3}},
+            ).json()
+            assert queued["worker"] == first_env["TAREA_SERVER_ID"]
+
+            second_env = {
+                **first_env,
+                "TAREA_SERVER_ID": f"tarea-test-second-{secrets.token_hex(3)}",
+            }
+            second, second_url = start_server(second_env, tmp_path / "second.log")
+            assert httpx.get(f"{second_url}/v1/tasks/{running['id']}").json()["status"] == "running"
+            assert httpx.get(f"{second_url}/v1/tasks/{queued['id']}").json()["status"] == "queued"
+
+            # The first server finishes both, itself.
+            assert poll(first_url, running["id"], TERMINAL)["status"] == "succeeded"
+            done = poll(first_url, queued["id"], TERMINAL)
+            assert (done["status"], done["result"], done["worker"]) == (
+                "succeeded",
+                5,
+                first_env["TAREA_SERVER_ID"],
+            )
+        finally:
+            stop(first)
+            if second is not None:
+                stop(second)

@@ -94,9 +94,9 @@ class AsyncStore:
         """Set non-status fields."""
         return self._writer.submit(self.sync.update_write(task_id, fields))
 
-    async def unfinished(self) -> builtins.list[TaskRecord]:
-        """Tasks queued or running, oldest first."""
-        return await self._read(self.sync.unfinished)
+    async def unfinished(self, *, worker: str | None = None) -> builtins.list[TaskRecord]:
+        """Tasks queued or running (of ``worker`` only, if given), oldest first."""
+        return await self._read(self.sync.unfinished, worker=worker)
 
     def close(self) -> None:
         """Commit what was submitted, stop the threads and close the store."""

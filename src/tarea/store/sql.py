@@ -424,13 +424,15 @@ class SqlStore:
             self._updates[key] = sql
         return sql
 
-    def unfinished(self) -> builtins.list[TaskRecord]:
-        """Every queued or running task, of every tenant, oldest first."""
-        query = (
-            select(TaskRow)
-            .where(TaskRow.status.in_(_UNFINISHED))
-            .order_by(TaskRow.created_at, TaskRow.id)
-        )
+    def unfinished(self, *, worker: str | None = None) -> builtins.list[TaskRecord]:
+        """Every queued or running task, of every tenant, oldest first.
+
+        With ``worker``, only the tasks of that worker (server).
+        """
+        query = select(TaskRow).where(TaskRow.status.in_(_UNFINISHED))
+        if worker is not None:
+            query = query.where(TaskRow.worker == worker)
+        query = query.order_by(TaskRow.created_at, TaskRow.id)
         with self._sessions() as session:
             return [to_record(row) for row in session.scalars(query)]
 
