@@ -420,6 +420,22 @@ def test_stderr_flood_stays_off_the_host_disk(server: Server) -> None:
         assert capped, log_config
 
 
+def test_a_task_that_stops_reading_stdin_cannot_outlive_its_timeout(server: Server) -> None:
+    """A warm container that no longer reads its stdin is timed out, not waited on forever.
+
+    The request (900 KB) is larger than every buffer between tarea and the
+    task, so sending it blocks until the task reads it, which it never does.
+    """
+    assert submit(server, "deafen", timeout_s=2)["status"] == "succeeded"
+    task = submit(server, "echo", {"blob": "x" * 900_000}, timeout_s=2)
+    assert task["status"] == "timed_out", task
+    assert task["error"]["code"] == "timed_out"
+    assert task["container"]["id"]  # the deaf container, which is not reused
+    again = submit(server, "echo", {"small": 1}, timeout_s=2)
+    assert again["status"] == "succeeded"
+    assert again["container"]["id"] != task["container"]["id"]
+
+
 def test_garbage_on_stdout_is_protocol_error(server: Server) -> None:
     """A line that is not JSON on stdout fails the task with protocol_error."""
     with watching(server) as watch:

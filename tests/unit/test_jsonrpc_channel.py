@@ -80,6 +80,13 @@ class FakeContainer:
         self.written = bytearray()
         self.eof_written = False
         self.closed = False
+        #: Whether the task stopped reading its stdin: writes stay buffered, drain hangs.
+        self.deaf = False
+        self.transport = self
+
+    def get_write_buffer_size(self) -> int:
+        """What the task has not taken yet (all of it, once it stopped reading)."""
+        return len(self.written) if self.deaf else 0
 
     def write(self, data: bytes) -> None:
         self.written += data
@@ -88,7 +95,8 @@ class FakeContainer:
                 self.feed(*self.reply(json.loads(raw)))
 
     async def drain(self) -> None:
-        return None
+        if self.deaf:
+            await asyncio.Event().wait()  # forever: nobody reads
 
     def can_write_eof(self) -> bool:
         return True
@@ -559,6 +567,19 @@ async def test_no_answer_in_time_is_a_timeout() -> None:
         await channel.call("t1", "suma", {}, timeout_s=0.05)
 
     assert caught.value.data == {"timeout_s": 0.05}
+
+
+@run_async
+async def test_a_request_the_task_never_takes_is_a_timeout() -> None:
+    """Sending counts toward timeout_s: a task that stops reading its stdin times out."""
+    channel, container = await open_channel(answer())
+    container.deaf = True
+
+    with pytest.raises(TaskTimeout) as caught:
+        await channel.call("t1", "suma", {"blob": "x" * 1000}, timeout_s=0.05)
+
+    assert caught.value.data == {"timeout_s": 0.05}
+    assert channel.broken is True
 
 
 @run_async

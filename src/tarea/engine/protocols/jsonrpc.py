@@ -170,10 +170,17 @@ class JsonRpcChannel:
         self._pending = (request_id, future)
         self._on_progress = on_progress
         message = {"jsonrpc": "2.0", "id": request_id, "method": method, "params": params}
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
         try:
             self._writer.write(_encode(message))
-            await self._writer.drain()
-            return await asyncio.wait_for(future, timeout_s)
+            if self._writer.transport.get_write_buffer_size():
+                # Not all taken yet (a big request, or a task that stopped
+                # reading its stdin): the task's time runs while we wait.
+                await asyncio.wait_for(self._writer.drain(), timeout_s)
+            else:
+                await self._writer.drain()
+            return await asyncio.wait_for(future, max(deadline - loop.time(), 0.0))
         except TimeoutError:
             # A late answer would be out of step: this channel is done for.
             self._failure = TaskTimeout(

@@ -258,7 +258,7 @@ ATTACKS = {
     "whoami": whoami,
     "fdlimit": fdlimit,
 }
-FUNCTIONS = ["echo", "exit", "garbage", "sleep", "big_result", *ATTACKS]
+FUNCTIONS = ["echo", "exit", "garbage", "sleep", "big_result", "deafen", *ATTACKS]
 
 # -- the protocol loop ---------------------------------------------------------------
 
@@ -286,6 +286,11 @@ for line in sys.stdin:
         send({"jsonrpc": "2.0", "id": rid, "result": "slept"})
     elif method == "big_result":
         big_result(params, rid)
+    elif method == "deafen":
+        # Answer, then never read stdin again: the next request is never taken.
+        send({"jsonrpc": "2.0", "id": rid, "result": "deaf"})
+        while True:
+            time.sleep(60)
     elif method in ATTACKS:
         send({"jsonrpc": "2.0", "id": rid, "result": ATTACKS[method](params)})
     else:
