@@ -551,13 +551,16 @@ def test_update_of_a_missing_task_does_nothing(store: SqlStore) -> None:
 
 
 def test_unfinished_can_be_limited_to_one_worker(store: SqlStore) -> None:
-    """unfinished(worker=...) returns only that worker's queued and running tasks."""
-    mine = [task(worker="me"), task(status=Status.RUNNING, worker="me")]
-    others = [task(worker="other"), task(status=Status.RUNNING, worker=None)]
+    """unfinished(worker=...) returns that worker's queued and running tasks, and unowned ones.
+
+    A queued task with no worker was recorded before tasks named their server.
+    """
+    mine = [task(worker="me"), task(status=Status.RUNNING, worker="me"), task(worker=None)]
+    others = [task(worker="other"), task(status=Status.RUNNING, worker="other")]
     for record in [*mine, *others, task(status=Status.SUCCEEDED, worker="me")]:
         store.create(record)
     assert sorted(r.id for r in store.unfinished(worker="me")) == sorted(r.id for r in mine)
-    assert len(store.unfinished()) == 4
+    assert len(store.unfinished()) == 5
 
 
 def test_unfinished_lists_queued_and_running_oldest_first(store: SqlStore) -> None:

@@ -37,6 +37,7 @@ from sqlalchemy import (
     bindparam,
     create_engine,
     event,
+    or_,
     select,
     text,
     tuple_,
@@ -427,11 +428,12 @@ class SqlStore:
     def unfinished(self, *, worker: str | None = None) -> builtins.list[TaskRecord]:
         """Every queued or running task, of every tenant, oldest first.
 
-        With ``worker``, only the tasks of that worker (server).
+        With ``worker``, only the tasks of that worker (server), and those of
+        no worker (recorded by versions before tasks named their server).
         """
         query = select(TaskRow).where(TaskRow.status.in_(_UNFINISHED))
         if worker is not None:
-            query = query.where(TaskRow.worker == worker)
+            query = query.where(or_(TaskRow.worker == worker, TaskRow.worker.is_(None)))
         query = query.order_by(TaskRow.created_at, TaskRow.id)
         with self._sessions() as session:
             return [to_record(row) for row in session.scalars(query)]
