@@ -13,7 +13,7 @@ import fnmatch
 import hashlib
 import json
 import logging
-from collections import Counter
+from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -137,13 +137,16 @@ class TaskService:
         self.runner.on_end = self._ended
         self.draining = False
         self._image_patterns = settings.image_patterns()
-        #: Queued and running tasks per tenant, for the quota.
-        self._active: Counter[str] = Counter()
+        #: Ids of the queued and running tasks of each tenant, for the quota. Sets,
+        #: not counts: a task whose end is reported twice is released once.
+        self._active: defaultdict[str, set[str]] = defaultdict(set)
 
     def _ended(self, record: TaskRecord) -> None:
-        self._active[record.tenant] -= 1
-        if self._active[record.tenant] <= 0:
-            del self._active[record.tenant]
+        active = self._active.get(record.tenant)
+        if active is not None:
+            active.discard(record.id)
+            if not active:
+                del self._active[record.tenant]
 
     # -- life cycle -----------------------------------------------------------------
 
@@ -169,7 +172,20 @@ class TaskService:
                 log.info("removed %d containers left by a previous run", len(removed))
         except TareaError as exc:
             log.warning("could not clean up leftover containers: %s", exc)
-        for record in await self.store.unfinished(worker=self.settings.server_id):
+        server_id = self.settings.server_id
+        claimed = await self.store.claim_unowned(server_id)
+        if claimed:
+            log.info("took over %d unfinished tasks recorded without a server", claimed)
+        others = await self.store.unfinished_elsewhere(server_id)
+        if others:
+            log.warning(
+                "%d unfinished tasks belong to other server ids (%s); this server "
+                "(TAREA_SERVER_ID=%s) leaves them to those servers",
+                sum(others.values()),
+                ", ".join(sorted(others)),
+                server_id,
+            )
+        for record in await self.store.unfinished(worker=server_id):
             if record.status is Status.RUNNING:
                 await self.runner.finish(
                     record.id,
@@ -181,7 +197,7 @@ class TaskService:
                     },
                 )
             else:
-                self._active[record.tenant] += 1
+                self._active[record.tenant].add(record.id)
                 self.dispatcher.enqueue(record)
 
     async def drain(self) -> None:
@@ -252,7 +268,7 @@ class TaskService:
         if self.dispatcher.queued >= self.settings.max_queued:
             raise QueueFull(f"{self.settings.max_queued} tasks are already queued")
         quota = self.settings.tenant_max_active
-        if quota and self._active[tenant] >= quota:
+        if quota and len(self._active.get(tenant, ())) >= quota:
             raise QuotaExceeded(f"{quota} tasks of this tenant are already queued or running")
         limits = self.validate(new)
         record = TaskRecord(
@@ -283,7 +299,7 @@ class TaskService:
             self.runner.credentials[stored.id] = auth
         # The waiter exists before the task can end: its end cannot be missed.
         waiter = self.completions.waiter(stored.id) if wait_s is not None else None
-        self._active[tenant] += 1
+        self._active[tenant].add(stored.id)
         self.dispatcher.enqueue(stored)
         self.hub.publish(stored.id, "status", status=Status.QUEUED.value)
         if waiter is not None and wait_s is not None:

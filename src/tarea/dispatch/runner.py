@@ -211,8 +211,13 @@ class TaskRunner:
             log.exception("task %s ran, but the store did not record it", task_id)
             self._lost(current)
             return
-        if moved:  # else it had ended meanwhile (cancelled): that end stands
+        if moved and ended is not None:
             self._ended(ended)
+        else:
+            # It had ended meanwhile (cancelled), and that end stands. Whoever
+            # recorded it released this task's waiters and quota place if it
+            # was this server; if another server did, they are released here.
+            self._lost(current)
 
     async def finish(self, task_id: str, status: Status, **fields: Any) -> TaskRecord | None:
         """Move the task to terminal ``status``, announce it, call back; None if not allowed."""
@@ -221,10 +226,11 @@ class TaskRunner:
         )
 
     def _lost(self, record: TaskRecord) -> None:
-        """``record`` ran but its end is not stored: free its waiters and quota place.
+        """``record`` ran but its end is not (or not here) stored: free its waiters and quota.
 
-        Waiters read the task from the store, as it is there. It stays queued
-        or running, and a restart settles it like any unfinished task.
+        Waiters read the task from the store, as it is there. A task whose end
+        could not be written stays queued or running, and a restart settles it
+        like any unfinished task. Safe to call for a task already released.
         """
         self.completions.release(record.id)
         if self.on_end is not None:

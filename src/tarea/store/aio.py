@@ -98,6 +98,18 @@ class AsyncStore:
         """Tasks queued or running (of ``worker`` only, if given), oldest first."""
         return await self._read(self.sync.unfinished, worker=worker)
 
+    async def claim_unowned(self, worker: str) -> int:
+        """Make ``worker`` the owner of unfinished tasks of no worker; how many.
+
+        A write, but one made once at start-up, before any task is written: it
+        runs on a reader thread rather than as a batch of the writer's.
+        """
+        return await self._read(self.sync.claim_unowned, worker)
+
+    async def unfinished_elsewhere(self, worker: str) -> dict[str, int]:
+        """How many unfinished tasks each other worker has."""
+        return await self._read(self.sync.unfinished_elsewhere, worker)
+
     def close(self) -> None:
         """Commit what was submitted, stop the threads and close the store."""
         self._writer.close()
@@ -181,6 +193,8 @@ class BatchWriter:
                 del self._pending[: self._batch_max]
             try:
                 outcomes = self._runner.run_batch([write for write, _ in batch])
+                if len(outcomes) != len(batch):
+                    raise RuntimeError(f"{len(outcomes)} outcomes for {len(batch)} writes")
             except Exception as exc:  # the runner's own failure: the batch gets it
                 outcomes = [(None, exc)] * len(batch)
             except BaseException as exc:  # the thread ends (see _loop); so does the batch

@@ -37,10 +37,11 @@ from sqlalchemy import (
     bindparam,
     create_engine,
     event,
-    or_,
+    func,
     select,
     text,
     tuple_,
+    update,
 )
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
@@ -321,13 +322,13 @@ class SqlStore:
             return _nothing_carried
         values = self._driver_values(to_columns(fields))
         ph = self._placeholder
-        key = (tuple(values), ("as-carried", record.worker is None))
+        key = (tuple(values), "as-carried")
         sql = self._updates.get(key)
         if sql is None:
+            # A carried running record always names its worker (a NULL one
+            # would match no row, and the end would not be recorded).
             assignments = [f"{_quote(name)} = {ph.format(name)}" for name in values]
             worker = f"worker = {ph.format('_worker')}"
-            if record.worker is None:
-                worker = "worker IS NULL"
             sql = (
                 f"UPDATE tasks SET {', '.join(assignments)}, status = {ph.format('status')} "  # noqa: S608
                 f"WHERE id = {ph.format('_id')} AND status = {ph.format('_was')} AND {worker}"
@@ -428,15 +429,39 @@ class SqlStore:
     def unfinished(self, *, worker: str | None = None) -> builtins.list[TaskRecord]:
         """Every queued or running task, of every tenant, oldest first.
 
-        With ``worker``, only the tasks of that worker (server), and those of
-        no worker (recorded by versions before tasks named their server).
+        With ``worker``, only the tasks of that worker (server).
         """
         query = select(TaskRow).where(TaskRow.status.in_(_UNFINISHED))
         if worker is not None:
-            query = query.where(or_(TaskRow.worker == worker, TaskRow.worker.is_(None)))
+            query = query.where(TaskRow.worker == worker)
         query = query.order_by(TaskRow.created_at, TaskRow.id)
         with self._sessions() as session:
             return [to_record(row) for row in session.scalars(query)]
+
+    def claim_unowned(self, worker: str) -> int:
+        """Make ``worker`` the owner of every unfinished task of no worker; how many.
+
+        Such tasks were recorded by versions before tasks named their server.
+        One UPDATE: of servers starting together, each task goes to one.
+        """
+        statement = (
+            update(TaskRow)
+            .where(TaskRow.worker.is_(None), TaskRow.status.in_(_UNFINISHED))
+            .values(worker=worker)
+            .execution_options(synchronize_session=False)
+        )
+        with self._engine.begin() as connection:
+            return connection.execute(statement).rowcount
+
+    def unfinished_elsewhere(self, worker: str) -> dict[str, int]:
+        """How many unfinished tasks each other worker (server id) has."""
+        query = (
+            select(TaskRow.worker, func.count())
+            .where(TaskRow.status.in_(_UNFINISHED), TaskRow.worker != worker)
+            .group_by(TaskRow.worker)
+        )
+        with self._engine.connect() as connection:
+            return {str(name): int(count) for name, count in connection.execute(query)}
 
 
 #: The outcome of one write of a batch: (its result, None) or (None, the error).
@@ -488,12 +513,16 @@ class WriteSession:
         try:
             return self._transaction(writes)
         except Exception as exc:
-            lost = self._abandon(exc)
-            if lost and not self._committing:
-                return self._retry(writes)
-            if isinstance(exc, self._per_write) and len(writes) > 1:
-                return [self._alone(write) for write in writes]
-            return [(None, exc)] * len(writes)
+            error = exc
+        if self._abandon(error) and not self._committing:
+            try:
+                return self._transaction(writes)  # once more, on a new connection
+            except Exception as exc:
+                self._abandon(exc)
+                error = exc
+        if isinstance(error, self._per_write) and len(writes) > 1:
+            return [self._alone(write) for write in writes]
+        return [(None, error)] * len(writes)
 
     def close(self) -> None:
         """Give the connection back to the pool."""
@@ -516,13 +545,6 @@ class WriteSession:
             return done
         finally:
             cursor.close()
-
-    def _retry(self, writes: Sequence[Write[Any]]) -> list[Done]:
-        try:
-            return self._transaction(writes)
-        except Exception as exc:
-            self._abandon(exc)
-            return [(None, exc)] * len(writes)
 
     def _alone(self, write: Write[Any]) -> Done:
         try:
