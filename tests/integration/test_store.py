@@ -551,16 +551,26 @@ def test_update_of_a_missing_task_does_nothing(store: SqlStore) -> None:
 
 
 def test_unfinished_can_be_limited_to_one_worker(store: SqlStore) -> None:
-    """unfinished(worker=...) returns that worker's queued and running tasks, and unowned ones.
-
-    A queued task with no worker was recorded before tasks named their server.
-    """
-    mine = [task(worker="me"), task(status=Status.RUNNING, worker="me"), task(worker=None)]
-    others = [task(worker="other"), task(status=Status.RUNNING, worker="other")]
+    """unfinished(worker=...) returns only that worker's queued and running tasks."""
+    mine = [task(worker="me"), task(status=Status.RUNNING, worker="me")]
+    others = [task(worker="other"), task(status=Status.RUNNING, worker="other"), task()]
     for record in [*mine, *others, task(status=Status.SUCCEEDED, worker="me")]:
         store.create(record)
     assert sorted(r.id for r in store.unfinished(worker="me")) == sorted(r.id for r in mine)
     assert len(store.unfinished()) == 5
+    assert store.unfinished_elsewhere("me") == {"other": 2}
+
+
+def test_unowned_unfinished_tasks_are_claimed_once(store: SqlStore) -> None:
+    """claim_unowned gives a worker the unfinished tasks of no worker, and only once."""
+    unowned = [task(), task(status=Status.RUNNING)]
+    ended = task(status=Status.SUCCEEDED)
+    for record in [*unowned, ended, task(worker="other")]:
+        store.create(record)
+    assert store.claim_unowned("me") == 2
+    assert store.claim_unowned("you") == 0
+    assert sorted(r.id for r in store.unfinished(worker="me")) == sorted(r.id for r in unowned)
+    assert store.get(ended.id) == ended  # an ended task keeps its (no) worker
 
 
 def test_unfinished_lists_queued_and_running_oldest_first(store: SqlStore) -> None:
