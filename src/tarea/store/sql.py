@@ -21,7 +21,9 @@ import base64
 import binascii
 import builtins
 import dataclasses
+import sqlite3
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -67,6 +69,8 @@ _PREDECESSORS: dict[Status, list[str]] = {
     new: [old.value for old in Status if can_transition(old, new)] for new in Status
 }
 T = TypeVar("T")
+#: How long a SQLite connection waits for another one's lock.
+_SQLITE_BUSY_S = 5.0
 _SQLITE_DRIVERS = frozenset({"sqlite", "sqlite+pysqlite"})
 _POSTGRES_DRIVERS = frozenset({"postgresql", "postgres", "postgresql+psycopg"})
 
@@ -648,7 +652,7 @@ def _sqlite_engine(url: URL) -> Engine:
         poolclass=QueuePool,
         pool_size=8,
         max_overflow=8,
-        connect_args={"check_same_thread": False, "timeout": 5.0},
+        connect_args={"check_same_thread": False, "timeout": _SQLITE_BUSY_S},
     )
     event.listen(engine, "connect", _sqlite_on_connect)
     event.listen(engine, "begin", _sqlite_on_begin)
@@ -661,11 +665,34 @@ def _sqlite_on_connect(dbapi_connection: Any, _record: ConnectionPoolEntry) -> N
     dbapi_connection.isolation_level = None
     cursor = dbapi_connection.cursor()
     try:
-        cursor.execute("PRAGMA busy_timeout=5000")
-        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute(f"PRAGMA busy_timeout={int(_SQLITE_BUSY_S * 1000)}")
+        _use_wal(cursor)
         cursor.execute("PRAGMA synchronous=NORMAL")
     finally:
         cursor.close()
+
+
+def _use_wal(cursor: Any) -> None:
+    """Put the database in WAL mode; a no-op once any connection did (it persists).
+
+    Two connections switching a new database at once can deadlock on the
+    lock upgrade, and SQLite then answers "database is locked" at once instead
+    of waiting (seen with several processes starting together). The switch
+    is retried, within the busy timeout, until it is done by either of them.
+    """
+    deadline = time.monotonic() + _SQLITE_BUSY_S
+    pause = 0.005
+    while True:
+        if cursor.execute("PRAGMA journal_mode").fetchone()[0] == "wal":
+            return
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+        time.sleep(pause)
+        pause = min(pause * 2, 0.1)
 
 
 def _sqlite_on_begin(connection: Connection) -> None:
