@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-import functools
 import threading
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import pytest
 
 from tarea.store.aio import BatchWriter
 from tarea.store.sql import Done, Tx, Write
+from tests.unit.aio import in_loop
 
 
 class Recorder:
@@ -44,16 +44,6 @@ def _outcome(value: Any) -> Done:
 
 def write(value: Any) -> Write[Any]:
     return lambda _tx: value
-
-
-def in_loop(scenario: Callable[[], Coroutine[Any, Any, None]]) -> Callable[[], None]:
-    """The test runs ``scenario`` in a new event loop."""
-
-    @functools.wraps(scenario)
-    def test() -> None:
-        asyncio.run(scenario())
-
-    return test
 
 
 @in_loop

@@ -3,27 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-import functools
-from collections.abc import Callable, Coroutine
-from typing import Any
 
 from tarea.dispatch.local import LocalDispatcher
 from tarea.domain.records import TaskRecord
 from tarea.domain.status import Status
+from tests.unit.aio import in_loop
 
 
 def record(name: str) -> TaskRecord:
     return TaskRecord(id=name, tenant="t", status=Status.QUEUED, image="i", function="f", params={})
-
-
-def in_loop(scenario: Callable[[], Coroutine[Any, Any, None]]) -> Callable[[], None]:
-    """The test runs ``scenario`` in a new event loop."""
-
-    @functools.wraps(scenario)
-    def test() -> None:
-        asyncio.run(scenario())
-
-    return test
 
 
 class Tasks:

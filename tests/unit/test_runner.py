@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import functools
-from collections.abc import Callable, Coroutine
 from typing import Any
 
 from tarea.dispatch.callbacks import RetryPolicy
@@ -14,16 +12,7 @@ from tarea.domain.records import TaskRecord, new_task_id
 from tarea.domain.status import Status
 from tarea.domain.task import Outcome
 from tarea.events import EventHub
-
-
-def in_loop(scenario: Callable[[], Coroutine[Any, Any, None]]) -> Callable[[], None]:
-    """The test runs ``scenario`` in a new event loop."""
-
-    @functools.wraps(scenario)
-    def test() -> None:
-        asyncio.run(scenario())
-
-    return test
+from tests.unit.aio import in_loop
 
 
 class Store:

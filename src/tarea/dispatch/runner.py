@@ -143,8 +143,8 @@ class TaskRunner:
                 "worker": self.worker,
                 "container_id": container_id,
             }
-            # Recorded while the call goes out, not before: awaited below, before
-            # the end is recorded, so the end can never overtake it.
+            # Recorded while the call goes out, not before. The end goes through
+            # the same single writer later, so it can never overtake this.
             marking = self.store.advance(task_id, Status.RUNNING, **running)
             current = dataclasses.replace(current, status=Status.RUNNING, **running)
             self.hub.publish(task_id, "status", status=Status.RUNNING.value)
