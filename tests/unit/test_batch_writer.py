@@ -34,8 +34,9 @@ class Recorder:
         self.started.set()
         self.gate.wait(5)
         tx = Tx(cursor=None)
-        self.batches.append([write(tx) for write in writes])
-        return [_outcome(write(tx)) for write in writes]
+        values = [write(tx) for write in writes]
+        self.batches.append(values)
+        return [_outcome(value) for value in values]
 
 
 def _outcome(value: Any) -> Done:

@@ -19,28 +19,7 @@ from tarea.store.tables import TaskRow
 
 #: Every TaskRecord field, in declaration order.
 FIELDS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(TaskRecord))
-#: TaskRecord fields whose TaskRow attribute has another name.
-_ATTRIBUTE = {"metadata": "metadata_"}
 _DATETIMES = frozenset({"created_at", "started_at", "finished_at"})
-
-
-def attribute(field: str) -> str:
-    """The :class:`TaskRow` attribute that holds TaskRecord field ``field``."""
-    return _ATTRIBUTE.get(field, field)
-
-
-def to_values(fields: dict[str, Any]) -> dict[str, Any]:
-    """TaskRecord ``fields`` as TaskRow attribute values, keyed by attribute name.
-
-    Raises:
-        ValueError: a name that is not a TaskRecord field, or a naive datetime.
-    """
-    values: dict[str, Any] = {}
-    for name, value in fields.items():
-        if name not in FIELDS:
-            raise ValueError(f"TaskRecord has no field {name!r}")
-        values[attribute(name)] = _encode(name, value)
-    return values
 
 
 def to_columns(fields: Mapping[str, Any]) -> dict[str, Any]:

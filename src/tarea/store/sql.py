@@ -71,6 +71,12 @@ _PREDECESSORS: dict[Status, list[str]] = {
 T = TypeVar("T")
 #: How long a SQLite connection waits for another one's lock.
 _SQLITE_BUSY_S = 5.0
+#: For each status, the SQL condition "the task may move to it from where it is".
+_FROM_PREDECESSORS: dict[Status, str] = {
+    new: "status IN ({})".format(", ".join(f"'{old}'" for old in allowed))
+    for new, allowed in _PREDECESSORS.items()
+    if allowed
+}
 _SQLITE_DRIVERS = frozenset({"sqlite", "sqlite+pysqlite"})
 _POSTGRES_DRIVERS = frozenset({"postgresql", "postgres", "postgresql+psycopg"})
 
@@ -107,7 +113,7 @@ class SqlStore:
             f"VALUES ({', '.join(self._placeholder.format(name) for name in names)}) "
             "ON CONFLICT DO NOTHING"
         )
-        self._updates: dict[tuple[tuple[str, ...], Any], str] = {}
+        self._updates: dict[tuple[tuple[str, ...], bool, str], str] = {}
         # Rows read back inside a write come through the same cursor, each
         # column converted by the result processor Core would use (built for
         # the driver's type codes, which the first row's description gives).
@@ -291,14 +297,11 @@ class SqlStore:
 
     def advance_write(self, task_id: str, new: Status, fields: dict[str, Any]) -> Write[bool]:
         """:meth:`advance` as a write (a bad field raises here, not when run)."""
-        fixed = _FIXED.intersection(fields)
-        if fixed:
-            raise ValueError(f"cannot set {', '.join(sorted(fixed))} this way")
+        values = self._settable(fields)
         new = Status(new)
-        values = self._driver_values(to_columns(fields))
         if not _PREDECESSORS[new]:
             return _nothing_moved
-        sql = self._update_sql(tuple(values), guarded=new)
+        sql = self._update_sql(tuple(values), status=True, condition=_FROM_PREDECESSORS[new])
         params = {**values, "status": new.value, "_id": task_id}
 
         def write(tx: Tx) -> bool:
@@ -318,26 +321,18 @@ class SqlStore:
         (the caller carried it since it wrote it): the result is ``record`` with
         ``new`` and ``fields``, not read back.
         """
-        fixed = _FIXED.intersection(fields)
-        if fixed:
-            raise ValueError(f"cannot set {', '.join(sorted(fixed))} this way")
+        values = self._settable(fields)
         new = Status(new)
         if not can_transition(record.status, new):
-            return _nothing_carried
-        values = self._driver_values(to_columns(fields))
+            return _nothing
+        # A carried running record always names its worker (a NULL one would
+        # match no row, and the end would not be recorded).
         ph = self._placeholder
-        key = (tuple(values), "as-carried")
-        sql = self._updates.get(key)
-        if sql is None:
-            # A carried running record always names its worker (a NULL one
-            # would match no row, and the end would not be recorded).
-            assignments = [f"{_quote(name)} = {ph.format(name)}" for name in values]
-            worker = f"worker = {ph.format('_worker')}"
-            sql = (
-                f"UPDATE tasks SET {', '.join(assignments)}, status = {ph.format('status')} "  # noqa: S608
-                f"WHERE id = {ph.format('_id')} AND status = {ph.format('_was')} AND {worker}"
-            )
-            self._updates[key] = sql
+        sql = self._update_sql(
+            tuple(values),
+            status=True,
+            condition=f"status = {ph.format('_was')} AND worker = {ph.format('_worker')}",
+        )
         params = {
             **values,
             "status": new.value,
@@ -365,13 +360,10 @@ class SqlStore:
 
     def update_write(self, task_id: str, fields: dict[str, Any]) -> Write[None]:
         """:meth:`update` as a write (a bad field raises here, not when run)."""
-        fixed = _FIXED.intersection(fields)
-        if fixed:
-            raise ValueError(f"cannot set {', '.join(sorted(fixed))} this way")
-        values = self._driver_values(to_columns(fields))
+        values = self._settable(fields)
         if not values:
             return _nothing
-        sql = self._update_sql(tuple(values), guarded=None)
+        sql = self._update_sql(tuple(values), status=False)
         params = {**values, "_id": task_id}
 
         def write(tx: Tx) -> None:
@@ -413,19 +405,25 @@ class SqlStore:
                 values[name] = process(values[name])
         return values
 
-    def _update_sql(self, columns: tuple[str, ...], *, guarded: Status | None) -> str:
-        """``UPDATE tasks SET ...``, by id; with ``guarded``, only from its predecessors."""
-        key = (columns, guarded)
+    def _settable(self, fields: dict[str, Any]) -> dict[str, Any]:
+        """``fields`` as driver values of an UPDATE; ValueError for ``id``, ``status``, unknowns."""
+        fixed = _FIXED.intersection(fields)
+        if fixed:
+            raise ValueError(f"cannot set {', '.join(sorted(fixed))} this way")
+        return self._driver_values(to_columns(fields))
+
+    def _update_sql(self, columns: tuple[str, ...], *, status: bool, condition: str = "") -> str:
+        """``UPDATE tasks SET columns [, status] WHERE id = ... [AND condition]`` (built once)."""
+        key = (columns, status, condition)
         sql = self._updates.get(key)
         if sql is None:
             ph = self._placeholder
             assignments = [f"{_quote(name)} = {ph.format(name)}" for name in columns]
-            where = f"id = {ph.format('_id')}"
-            if guarded is not None:
+            if status:
                 assignments.append(f"status = {ph.format('status')}")
-                allowed = ", ".join(f"'{value}'" for value in _PREDECESSORS[guarded])
-                where += f" AND status IN ({allowed})"
-            # Column names were checked against TaskRecord's fields by to_columns.
+            where = f"id = {ph.format('_id')}" + (f" AND {condition}" if condition else "")
+            # Column names were checked against TaskRecord's fields by to_columns;
+            # conditions are this module's own.
             sql = f"UPDATE tasks SET {', '.join(assignments)} WHERE {where}"  # noqa: S608
             self._updates[key] = sql
         return sql
@@ -585,10 +583,6 @@ def _nothing_moved(_tx: Tx) -> bool:
 
 
 def _nothing(_tx: Tx) -> None:
-    return None
-
-
-def _nothing_carried(_tx: Tx) -> TaskRecord | None:
     return None
 
 
