@@ -209,6 +209,7 @@ class TaskService:
             return
         self.draining = True
         left = await self.dispatcher.drain(self.settings.drain_timeout_s)
+        await self.runner.settled()
         for task_id in left:
             await self.runner.finish(
                 task_id,

@@ -116,6 +116,8 @@ class TaskRunner:
         self.finished: Counter[str] = Counter()
         self._http = httpx.AsyncClient(trust_env=False)
         self._background: set[asyncio.Future[Any]] = set()
+        #: Tasks whose container is done, waiting for their end to be committed.
+        self._settling: set[asyncio.Future[None]] = set()
 
     async def execute(self, record: TaskRecord) -> None:
         """Run the queued task ``record`` to a terminal status (no-op if cancelled since).
@@ -203,6 +205,26 @@ class TaskRunner:
         # It applies only to the row as carried (running, on this worker): a
         # task cancelled meanwhile, or whose running write failed, is left as is.
         ending = self.store.finish(current, status, finished_at=utcnow(), **fields)
+        # The container is back in the pool: the worker slot is free for the
+        # next task while the commit completes (waiters hear of it after).
+        settle = asyncio.ensure_future(self._settle(current, marking, ending))
+        self._settling.add(settle)
+        settle.add_done_callback(self._settling.discard)
+        self._watch(settle)
+
+    async def settled(self) -> None:
+        """Wait until every task that ran here has its end recorded (or given up)."""
+        while self._settling:
+            await asyncio.wait(set(self._settling))
+
+    async def _settle(
+        self,
+        current: TaskRecord,
+        marking: asyncio.Future[bool],
+        ending: asyncio.Future[TaskRecord | None],
+    ) -> None:
+        """Wait for a ran task's running and end writes; announce the end, or free it."""
+        task_id = current.id
         try:
             moved = await marking
             ended = await ending
