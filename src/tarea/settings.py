@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import secrets
 import socket
+from pathlib import Path
 
 from pydantic import BaseModel, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -32,6 +33,17 @@ class Settings(BaseSettings):
     )
     docker_host: str | None = Field(
         None, description="Docker engine URL; default: DOCKER_HOST or the local socket."
+    )
+    direct_channels: bool = Field(
+        True,
+        description="Let task containers take calls on a Unix socket of their own "
+        "(bind-mounted read-only) instead of through the engine's attach stream.",
+    )
+    channel_dir: Path | None = Field(
+        None,
+        description="Where direct channels' sockets are made; must be the same path on the "
+        "Docker engine's host. Default: a private directory in the temp directory, and "
+        "only when the engine is local.",
     )
     seed_network: str = Field(
         "app_network",

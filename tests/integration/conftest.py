@@ -34,6 +34,7 @@ IMAGES = Path(__file__).resolve().parent / "images"
 TASKS_IMAGE = "tasks_image:latest"
 SEED_HTTP_IMAGE = "tarea-test-seed-http:latest"
 MISBEHAVING_IMAGE = "tarea-test-misbehaving:latest"
+MISBEHAVING_DIRECT_IMAGE = "tarea-test-misbehaving-direct:latest"
 #: Containers tarea makes carry this label; tests remove them by it.
 MANAGED = "io.tarea.managed=true"
 
@@ -92,10 +93,9 @@ def base_image(docker_ready: None) -> str:
     return result.stdout.strip()
 
 
-def _build(base: str, tag: str, context: Path) -> str:
-    result = docker(
-        "build", "-q", "--build-arg", f"BASE_IMAGE={base}", "-t", tag, str(context), check=False
-    )
+def _build(base: str, tag: str, context: Path, *build_args: str) -> str:
+    args = [arg for value in (f"BASE_IMAGE={base}", *build_args) for arg in ("--build-arg", value)]
+    result = docker("build", "-q", *args, "-t", tag, str(context), check=False)
     if result.returncode != 0:
         pytest.fail(f"building {tag} failed:\n{result.stderr}", pytrace=False)
     return tag
@@ -120,6 +120,20 @@ def seed_http_image(base_image: str) -> str:
 def misbehaving_image(base_image: str) -> str:
     """A JSON-RPC image that crashes, writes garbage or hangs on request."""
     return _build(base_image, MISBEHAVING_IMAGE, IMAGES / "misbehaving")
+
+
+@pytest.fixture(scope="session")
+def misbehaving_direct_image(base_image: str) -> str:
+    """The misbehaving image, speaking (and misbehaving) on its direct channel."""
+    return _build(base_image, MISBEHAVING_DIRECT_IMAGE, IMAGES / "misbehaving", "CHANNEL=direct")
+
+
+@pytest.fixture(params=["stdio", "direct"])
+def misbehaving_either(request: pytest.FixtureRequest) -> str:
+    """The misbehaving image on stdio, then on its direct channel."""
+    name = "misbehaving_image" if request.param == "stdio" else "misbehaving_direct_image"
+    image: str = request.getfixturevalue(name)
+    return image
 
 
 @pytest.fixture(scope="session")

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
 
 from tarea.domain.task import Limits, Outcome, TaskSpec
+from tarea.engine.containers import PoolKey, StdioContainer
 from tarea.engine.executor import Engine
 from tests.integration.conftest import docker, managed_containers, with_engine
 
@@ -49,7 +51,13 @@ def assert_locked_down(info: dict[str, Any], limits: Limits) -> None:
     assert "no-new-privileges" in host["SecurityOpt"]
     assert host["Privileged"] is False
     assert not host.get("Binds")
-    assert not info.get("Mounts")
+    # The one mount a stdio container may have is its direct channel: its own
+    # directory, read-only, gone from the host once the task connected.
+    mounts = info.get("Mounts") or []
+    assert len(mounts) <= 1
+    for mount in mounts:
+        assert (mount["Type"], mount["Destination"], mount["RW"]) == ("bind", "/run/tarea", False)
+        assert not Path(mount["Source"]).exists()
     assert "/tmp" in host["Tmpfs"]
     assert "size=" in host["Tmpfs"]["/tmp"]
     assert host["PidsLimit"] == limits.pids
@@ -91,28 +99,86 @@ def test_timeout_kills_the_task_and_reports_timed_out(tasks_image: str) -> None:
     assert managed_containers() == []
 
 
-def test_exit_mid_call_reports_crashed_with_exit_code_and_stderr(misbehaving_image: str) -> None:
+def test_exit_mid_call_reports_crashed_with_exit_code_and_stderr(misbehaving_either: str) -> None:
     """A process that exits before answering is 'crashed', with its exit code and stderr tail."""
-    outcome = run(misbehaving_image, "exit", {"code": 3})
+    outcome = run(misbehaving_either, "exit", {"code": 3})
     assert outcome.error is not None
     assert outcome.error.code == "crashed"
     assert outcome.exit_code == 3
     assert "about to die on purpose" in outcome.error.data["stderr_tail"]
 
 
-def test_non_json_stdout_reports_protocol_error(misbehaving_image: str) -> None:
+def test_non_json_stdout_reports_protocol_error(misbehaving_either: str) -> None:
     """A line on stdout that is not JSON ends the task with protocol_error."""
-    outcome = run(misbehaving_image, "garbage", {})
+    outcome = run(misbehaving_either, "garbage", {})
     assert outcome.error is not None
     assert outcome.error.code == "protocol_error"
     assert "not JSON" in outcome.error.message
 
 
-def test_result_over_output_cap_reports_output_too_large(misbehaving_image: str) -> None:
+def test_result_over_output_cap_reports_output_too_large(misbehaving_either: str) -> None:
     """A response larger than output_kb ends the task with output_too_large."""
-    outcome = run(misbehaving_image, "echo", {"blob": "x" * 100_000})
+    outcome = run(misbehaving_either, "echo", {"blob": "x" * 100_000})
     assert outcome.error is not None
     assert outcome.error.code == "output_too_large"
+
+
+async def _launch(engine: Engine, image: str) -> StdioContainer:
+    """A fresh container of ``image`` from the engine's pool (give it back with release)."""
+    resolved = await engine.resolve(image)
+    key = PoolKey("test", resolved.info.id, LIMITS)
+    container = await engine.pool.acquire(key, lambda: engine.launch(resolved, LIMITS), fresh=True)
+    assert isinstance(container, StdioContainer)
+    return container
+
+
+async def _direct_and_echo(engine: Engine, image: str, function: str) -> tuple[bool, Any]:
+    """Launch ``image``; whether it took the direct channel, and one call's result."""
+    container = await _launch(engine, image)
+    try:
+        params = {"a": 1, "b": 2} if function == "suma" else {"x": 1}
+        result = await container.call(
+            "r1", function, params, timeout_s=10, on_progress=None, on_log=None
+        )
+        return container.channel.direct, result
+    finally:
+        await engine.pool.release(container, reusable=False)
+
+
+def test_standard_image_takes_calls_on_its_direct_channel(tasks_image: str) -> None:
+    """tarea's runtime connects to the socket it is offered; calls then skip the engine."""
+    direct, result = with_engine(lambda engine: _direct_and_echo(engine, tasks_image, "suma"))
+    assert (direct, result) == (True, 3)
+
+
+def test_direct_channels_can_be_turned_off(tasks_image: str) -> None:
+    """With TAREA_DIRECT_CHANNELS=false the same image speaks over the attach stream."""
+    direct, result = with_engine(
+        lambda engine: _direct_and_echo(engine, tasks_image, "suma"), direct_channels=False
+    )
+    assert (direct, result) == (False, 3)
+
+
+def test_image_that_ignores_the_direct_channel_speaks_stdio(misbehaving_image: str) -> None:
+    """An image written against stdio alone still works: ready on stdout decides."""
+    direct, result = with_engine(lambda engine: _direct_and_echo(engine, misbehaving_image, "echo"))
+    assert (direct, result) == (False, {"x": 1})
+
+
+def test_direct_channel_cannot_be_dialled_again(misbehaving_direct_image: str) -> None:
+    """Once the task connected, its socket is gone: nothing in it can connect a second time."""
+
+    async def redial(engine: Engine) -> Any:
+        container = await _launch(engine, misbehaving_direct_image)
+        try:
+            assert container.channel.direct
+            return await container.call(
+                "r1", "redial", {}, timeout_s=10, on_progress=None, on_log=None
+            )
+        finally:
+            await engine.pool.release(container, reusable=False)
+
+    assert with_engine(redial) == "ENOENT"
 
 
 def test_progress_notifications_reach_the_caller(tasks_image: str) -> None:

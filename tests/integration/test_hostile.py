@@ -2,6 +2,7 @@
 
 Every test submits one attack from the ``misbehaving`` image (a raw JSON-RPC
 image, not built on tarea.runtime) to a real tarea server with tight limits,
+the attacks on the protocol stream both over stdio and over the direct channel,
 checks how the task ended, and checks that the server stayed alive and small
 while it ran: a background thread probes ``/healthz`` and samples the
 server's memory, the host's process count and free disk space.
@@ -25,7 +26,12 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.integration.conftest import docker, start_server
+from tests.integration.conftest import (
+    MISBEHAVING_DIRECT_IMAGE,
+    MISBEHAVING_IMAGE,
+    docker,
+    start_server,
+)
 
 pytestmark = pytest.mark.docker
 
@@ -42,6 +48,9 @@ DOCKER_DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/
 RSS_BUDGET = 100 * MiB
 TERMINAL = {"succeeded", "failed", "timed_out", "cancelled"}
 
+#: The misbehaving image by the channel its protocol runs on.
+CHANNELS = {"stdio": MISBEHAVING_IMAGE, "direct": MISBEHAVING_DIRECT_IMAGE}
+
 #: Tight limits for every attack unless a test says otherwise.
 TIGHT = {"timeout_s": 5, "memory_mb": 128, "cpus": 1.0, "pids": 64, "output_kb": 1024}
 
@@ -57,7 +66,9 @@ class Server:
 
 
 @pytest.fixture(scope="module")
-def server(misbehaving_image: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+def server(
+    misbehaving_image: str, misbehaving_direct_image: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Server]:
     """One real tarea server (SQLite store) for the whole module."""
     tmp = tmp_path_factory.mktemp("hostile")
     log = tmp / "server.log"
@@ -227,13 +238,18 @@ def server_alive(watch: Watch) -> bool:
 
 
 def submit(
-    server: Server, function: str, params: dict[str, Any] | None = None, **limits: float
+    server: Server,
+    function: str,
+    params: dict[str, Any] | None = None,
+    *,
+    channel: str = "stdio",
+    **limits: float,
 ) -> dict[str, Any]:
     """Submit one task of the misbehaving image with ?wait=true; the finished task."""
     response = server.http.post(
         "/v1/tasks?wait=true",
         json={
-            "image": "tarea-test-misbehaving:latest",
+            "image": CHANNELS[channel],
             "function": function,
             "params": params or {},
             "limits": {**TIGHT, **limits},
@@ -252,7 +268,7 @@ def submit_async(
     response = server.http.post(
         "/v1/tasks",
         json={
-            "image": "tarea-test-misbehaving:latest",
+            "image": MISBEHAVING_IMAGE,
             "function": function,
             "params": params or {},
             "limits": {**TIGHT, **limits},
@@ -357,11 +373,16 @@ def test_memhog_is_oom_killed(server: Server) -> None:
 # -- floods on the server's side ----------------------------------------------------------
 
 
+@pytest.mark.parametrize("channel", CHANNELS)
 @pytest.mark.parametrize("lines", [False, True], ids=["no-newline", "lines"])
-def test_stdout_flood_fails_without_bloating_the_server(server: Server, lines: bool) -> None:
+def test_stdout_flood_fails_without_bloating_the_server(
+    server: Server, lines: bool, channel: str
+) -> None:
     """50 MB of non-protocol stdout fails the task (protocol_error or output_too_large) cheaply."""
     with watching(server) as watch:
-        task = submit(server, "stdout_flood", {"mb": 50, "lines": lines}, timeout_s=15)
+        task = submit(
+            server, "stdout_flood", {"mb": 50, "lines": lines}, channel=channel, timeout_s=15
+        )
     print(f"stdout_flood lines={lines}: {task['status']} {task['error']}; {watch.summary()}")
     assert task["status"] == "failed", task
     assert task["error"]["code"] in {"protocol_error", "output_too_large"}, task
@@ -369,10 +390,13 @@ def test_stdout_flood_fails_without_bloating_the_server(server: Server, lines: b
     assert_container_gone(task["container"]["id"])
 
 
-def test_big_result_is_output_too_large(server: Server) -> None:
+@pytest.mark.parametrize("channel", CHANNELS)
+def test_big_result_is_output_too_large(server: Server, channel: str) -> None:
     """A 50 MB result is refused as output_too_large (output_kb 1024), the server stays small."""
     with watching(server) as watch:
-        task = submit(server, "big_result", {"mb": 50}, timeout_s=15, output_kb=1024)
+        task = submit(
+            server, "big_result", {"mb": 50}, channel=channel, timeout_s=15, output_kb=1024
+        )
     print(f"big_result: {task['status']} {task['error']}; {watch.summary()}")
     assert task["status"] == "failed", task
     assert task["error"]["code"] == "output_too_large", task
@@ -420,36 +444,43 @@ def test_stderr_flood_stays_off_the_host_disk(server: Server) -> None:
         assert capped, log_config
 
 
-def test_a_task_that_stops_reading_stdin_cannot_outlive_its_timeout(server: Server) -> None:
+@pytest.mark.parametrize("channel", CHANNELS)
+def test_a_task_that_stops_reading_stdin_cannot_outlive_its_timeout(
+    server: Server, channel: str
+) -> None:
     """A warm container that no longer reads its stdin is timed out, not waited on forever.
 
     The request (900 KB) is larger than every buffer between tarea and the
     task, so sending it blocks until the task reads it, which it never does.
     """
-    assert submit(server, "deafen", timeout_s=2)["status"] == "succeeded"
-    task = submit(server, "echo", {"blob": "x" * 900_000}, timeout_s=2)
+    assert submit(server, "deafen", channel=channel, timeout_s=2)["status"] == "succeeded"
+    task = submit(server, "echo", {"blob": "x" * 900_000}, channel=channel, timeout_s=2)
     assert task["status"] == "timed_out", task
     assert task["error"]["code"] == "timed_out"
     assert task["container"]["id"]  # the deaf container, which is not reused
-    again = submit(server, "echo", {"small": 1}, timeout_s=2)
+    again = submit(server, "echo", {"small": 1}, channel=channel, timeout_s=2)
     assert again["status"] == "succeeded"
     assert again["container"]["id"] != task["container"]["id"]
 
 
-def test_garbage_on_stdout_is_protocol_error(server: Server) -> None:
+@pytest.mark.parametrize("channel", CHANNELS)
+def test_garbage_on_stdout_is_protocol_error(server: Server, channel: str) -> None:
     """A line that is not JSON on stdout fails the task with protocol_error."""
     with watching(server) as watch:
-        task = submit(server, "garbage")
+        task = submit(server, "garbage", channel=channel)
     assert task["status"] == "failed", task
     assert task["error"]["code"] == "protocol_error", task
     assert_server_unharmed(watch)
     assert_container_gone(task["container"]["id"])
 
 
-def test_exit_mid_call_is_crashed_with_exit_code_and_stderr_tail(server: Server) -> None:
+@pytest.mark.parametrize("channel", CHANNELS)
+def test_exit_mid_call_is_crashed_with_exit_code_and_stderr_tail(
+    server: Server, channel: str
+) -> None:
     """A task process that exits before answering is crashed, with its exit code and stderr tail."""
     with watching(server) as watch:
-        task = submit(server, "exit", {"code": 3})
+        task = submit(server, "exit", {"code": 3}, channel=channel)
     assert task["status"] == "failed", task
     assert task["error"]["code"] == "crashed", task
     assert task["container"]["exit_code"] == 3, task
@@ -525,11 +556,13 @@ def test_whoami_is_unprivileged_and_sees_no_server_env(server: Server) -> None:
         assert int(status[caps], 16) == 0, (caps, status)
     assert status["NoNewPrivs"] == "1", status
     assert status["Seccomp"] == "2", status  # filter mode: Docker's default profile
-    own = image_env("tarea-test-misbehaving:latest")
+    own = image_env(MISBEHAVING_IMAGE)
     # Docker adds HOSTNAME and HOME; Python's C-locale coercion (PEP 538) sets LC_CTYPE.
-    allowed = set(own) | {"HOSTNAME", "HOME", "PATH", "LC_CTYPE"}
+    # The server adds one variable of its own: where the task's direct channel is.
+    allowed = set(own) | {"HOSTNAME", "HOME", "PATH", "LC_CTYPE", "TAREA_CHANNEL_SOCKET"}
     assert set(me["environ"]) <= allowed, me["environ"]
-    assert not [k for k in me["environ"] if k.startswith(("TAREA_", "DOCKER_"))], me["environ"]
+    leaked = [k for k in me["environ"] if k.startswith(("TAREA_", "DOCKER_"))]
+    assert leaked in ([], ["TAREA_CHANNEL_SOCKET"]), me["environ"]
     image_path = own.get("PATH", DOCKER_DEFAULT_PATH).split(":")
     assert set(me["path"].split(":")) <= set(image_path), me["path"]
     assert_server_unharmed(watch)
@@ -569,8 +602,13 @@ def test_running_container_is_locked_down(server: Server) -> None:
     assert not [o for o in host["SecurityOpt"] or [] if "unconfined" in o], host["SecurityOpt"]
     assert host["Privileged"] is False
     assert not host["Binds"], host["Binds"]
-    assert not host.get("Mounts"), host.get("Mounts")
-    assert not info["Mounts"], info["Mounts"]  # no volume, no bind: no docker.sock, no host path
+    # No volume, no docker.sock, no host path: the one mount is the direct channel's
+    # own directory, read-only, and already gone from the host (ready came first).
+    assert [m["Target"] for m in host.get("Mounts") or []] == ["/run/tarea"], host.get("Mounts")
+    assert [(m["Type"], m["Destination"], m["RW"]) for m in info["Mounts"]] == [
+        ("bind", "/run/tarea", False)
+    ], info["Mounts"]
+    assert not Path(info["Mounts"][0]["Source"]).exists(), info["Mounts"]
     assert not host["Devices"], host["Devices"]
     assert host["NetworkMode"] == "none", host["NetworkMode"]
     assert list(info["NetworkSettings"]["Networks"]) == ["none"], info["NetworkSettings"]
@@ -595,8 +633,9 @@ def test_running_container_is_locked_down(server: Server) -> None:
     assert {"nosuid", "nodev", "noexec"} <= set(options), options
     env = dict(pair.partition("=")[::2] for pair in config["Env"] or [])
     assert not set(env) & (set(SENTINELS) | {"DOCKER_HOST", "TAREA_DATABASE_URL"}), env
+    assert env.pop("TAREA_CHANNEL_SOCKET") == "/run/tarea/channel.sock", env
     assert not [k for k in env if k.startswith(("TAREA_", "DOCKER_"))], env
-    assert set(env) <= set(image_env("tarea-test-misbehaving:latest")) | {"PATH"}, env
+    assert set(env) <= set(image_env(MISBEHAVING_IMAGE)) | {"PATH"}, env
     assert config["Labels"].get("io.tarea.managed") == "true", config["Labels"]
     assert cancelled.status_code == 200, cancelled.text
     assert cancelled.json()["status"] == "cancelled"

@@ -16,6 +16,7 @@ from tarea.api.middleware import BearerAuth, BodyLimit
 from tarea.api.routes import health, pools, seed, tasks
 from tarea.api.schemas import render_task
 from tarea.domain.task import Limits, RegistryAuth
+from tarea.engine.channels import ChannelDir
 from tarea.engine.docker import DockerEngine
 from tarea.engine.executor import Engine
 from tarea.engine.pool import PoolLimits
@@ -57,6 +58,9 @@ def build_engine(settings: Settings) -> Engine:
             host: RegistryAuth(login.username, login.password.get_secret_value())
             for host, login in settings.registry_auth.items()
         },
+        channels=ChannelDir.for_engine(settings.channel_dir, settings.docker_host)
+        if settings.direct_channels
+        else None,
     )
 
 

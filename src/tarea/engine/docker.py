@@ -30,6 +30,7 @@ import requests.exceptions
 
 from tarea.domain.images import ImageReference
 from tarea.domain.task import RegistryAuth
+from tarea.engine.channels import MOUNT_TARGET
 from tarea.engine.sandbox import ContainerConfig
 from tarea.errors import (
     EngineUnavailable,
@@ -222,6 +223,13 @@ class DockerEngine:
                 ],
                 privileged=False,
                 log_config=docker.types.LogConfig(type=config.log_driver),
+                mounts=[
+                    docker.types.Mount(
+                        MOUNT_TARGET, config.channel_dir, type="bind", read_only=True
+                    )
+                ]
+                if config.channel_dir is not None
+                else None,
             )
             with _engine_errors():
                 try:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import socket
 import time
 from collections.abc import Awaitable, Callable
 
@@ -18,6 +20,7 @@ from tarea.domain.task import (
     Timings,
 )
 from tarea.engine import images
+from tarea.engine.channels import ChannelDir, ChannelListener
 from tarea.engine.containers import (
     PoolKey,
     SeedHttpContainer,
@@ -54,6 +57,8 @@ class Engine:
         image_cache_s: how long a resolved image is trusted without asking Docker.
         registry_logins: the server's credentials per registry host, for pulls.
         pull_timeout_s: the longest one image pull may take.
+        channels: where direct channels are made (None: every call goes over
+            the attach stream). See :mod:`tarea.engine.channels`.
     """
 
     def __init__(
@@ -67,6 +72,7 @@ class Engine:
         image_cache_s: float = 10.0,
         registry_logins: dict[str, RegistryAuth] | None = None,
         pull_timeout_s: float = 300.0,
+        channels: ChannelDir | None = None,
     ) -> None:
         self.docker = docker
         self.policy = policy
@@ -76,6 +82,7 @@ class Engine:
         self._image_cache_s = image_cache_s
         self._logins = registry_logins or {}
         self._pull_timeout_s = pull_timeout_s
+        self.channels = channels
         self._images: dict[str, tuple[float, images.ResolvedImage]] = {}
         self._http = httpx.AsyncClient(trust_env=False)
         self._seed_network_ready = False
@@ -116,7 +123,7 @@ class Engine:
         """Keep ``count`` never-used containers of ``reference`` ready from now on."""
         resolved = await self.resolve(reference)
         stem = StemKey(resolved.info.id, limits)
-        self.pool.prewarm(stem, count, lambda: self._launch(resolved, limits))
+        self.pool.prewarm(stem, count, lambda: self.launch(resolved, limits))
 
     # -- running -----------------------------------------------------------------------
 
@@ -143,7 +150,7 @@ class Engine:
         key = PoolKey(spec.tenant, resolved.info.id, spec.limits)
         try:
             container = await self.pool.acquire(
-                key, lambda: self._launch(resolved, spec.limits), fresh=fresh
+                key, lambda: self.launch(resolved, spec.limits), fresh=fresh
             )
         except TaskFailure as failure:
             return Outcome(error=_error_info(failure), timings=_timings(t0, time.perf_counter()))
@@ -211,30 +218,38 @@ class Engine:
 
     # -- containers --------------------------------------------------------------------
 
-    async def _launch(self, resolved: images.ResolvedImage, limits: Limits) -> TaskContainer:
+    async def launch(self, resolved: images.ResolvedImage, limits: Limits) -> TaskContainer:
         """Create, start and wait for a new container until it is ready for calls."""
         if resolved.protocol is Protocol.SEED_HTTP and not self._seed_network_ready:
             await self.docker.ensure_network(self.policy.seed_network, internal=True)
             self._seed_network_ready = True
+        stdio = resolved.protocol is Protocol.JSONRPC_STDIO
+        listener = self.channels.listen() if stdio and self.channels is not None else None
         config = container_config(
             image=resolved.info.id,
             protocol=resolved.protocol,
             image_user=resolved.info.user,
             limits=limits,
             policy=self.policy,
+            channel_dir=listener.mount_source if listener is not None else None,
         )
         stem = StemKey(resolved.info.id, limits)
         t0 = time.perf_counter()
-        cid = await self.docker.create(config)
+        try:
+            cid = await self.docker.create(config)
+        except BaseException:
+            if listener is not None:
+                listener.close()
+            raise
         channel: JsonRpcChannel | None = None
         try:
-            if resolved.protocol is Protocol.JSONRPC_STDIO:
-                stdio = await self.docker.attach_stdio(cid)
+            if stdio:
+                attached = await self.docker.attach_stdio(cid)
                 channel = await JsonRpcChannel.open(
-                    stdio.sock, output_cap=limits.output_kb * 1024, log_cap=self.log_cap
+                    attached.sock, output_cap=limits.output_kb * 1024, log_cap=self.log_cap
                 )
                 await self.docker.start(cid)
-                await channel.wait_ready(self.start_timeout_s)
+                await self._ready(channel, listener)
                 start_ms = (time.perf_counter() - t0) * 1000
                 return StdioContainer(cid, resolved.reference, stem, start_ms, channel)
             await self.docker.start(cid)
@@ -256,10 +271,41 @@ class Engine:
                 ) from exc
             await self.docker.remove(cid)
             raise
+        finally:
+            if listener is not None:
+                listener.close()
+
+    async def _ready(self, channel: JsonRpcChannel, listener: ChannelListener | None) -> None:
+        """Wait for ``ready``, on the direct channel if the task connects to it first."""
+        ready = asyncio.ensure_future(channel.wait_ready(self.start_timeout_s))
+        if listener is None:
+            await ready
+            return
+        accept = asyncio.ensure_future(listener.accept())
+        try:
+            await asyncio.wait({ready, accept}, return_when=asyncio.FIRST_COMPLETED)
+            conn = _accepted(accept)
+            if conn is not None and not ready.done():
+                await channel.adopt(conn)
+            await ready
+        finally:
+            ready.cancel()
+            accept.cancel()
+            listener.close()
+            conn = _accepted(accept)
+            if conn is not None and not channel.direct:
+                conn.close()  # ready came on stdout first: stdio it is
 
     async def _remove(self, container: TaskContainer) -> None:
         container.close()
         await self.docker.remove(container.id)
+
+
+def _accepted(accept: asyncio.Future[socket.socket]) -> socket.socket | None:
+    """The connection ``accept`` brought, if it finished with one."""
+    if not accept.done() or accept.cancelled() or accept.exception() is not None:
+        return None
+    return accept.result()
 
 
 def _error_info(failure: TaskFailure) -> ErrorInfo:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from tarea.domain.task import Limits, Protocol
+from tarea.engine.channels import MOUNT_TARGET, SOCKET_ENV, SOCKET_NAME
 
 #: Every container tarea creates carries this label (and removes by it).
 MANAGED_LABEL = "io.tarea.managed"
@@ -53,6 +54,8 @@ class ContainerConfig:
     #: the attach stream; Docker's default json-file would copy every byte a
     #: task writes to the host's disk, with no cap.
     log_driver: str = "none"
+    #: Host directory bind-mounted read-only at MOUNT_TARGET: the direct channel.
+    channel_dir: str | None = None
 
 
 def effective_user(image_user: str, default_user: str) -> str:
@@ -69,6 +72,7 @@ def container_config(
     image_user: str,
     limits: Limits,
     policy: SandboxPolicy,
+    channel_dir: str | None = None,
 ) -> ContainerConfig:
     """The hardened create-container settings for one task container.
 
@@ -78,11 +82,17 @@ def container_config(
         image_user: the ``User`` from the image's config ("" when unset).
         limits: the task's resource limits (already validated).
         policy: the server's hardening settings.
+        channel_dir: the host directory of this container's direct channel
+            (stdio images only): mounted read-only, its socket named in
+            ``TAREA_CHANNEL_SOCKET``. See :mod:`tarea.engine.channels`.
 
     Containers are not tied to one task: the warm pool reuses them.
     """
     memory = limits.memory_mb * 1024 * 1024
     stdio = protocol is Protocol.JSONRPC_STDIO
+    environment = {} if stdio else {"TAREA_RUNTIME_MODE": "http"}
+    if stdio and channel_dir is not None:
+        environment[SOCKET_ENV] = f"{MOUNT_TARGET}/{SOCKET_NAME}"
     return ContainerConfig(
         image=image,
         user=effective_user(image_user, policy.default_user),
@@ -105,6 +115,8 @@ def container_config(
         nano_cpus=round(limits.cpus * 1_000_000_000),
         nofile=policy.nofile,
         # Nothing of the server's environment goes in; seed images get the
-        # variable that makes tarea's runtime serve HTTP, harmless elsewhere.
-        environment={} if stdio else {"TAREA_RUNTIME_MODE": "http"},
+        # variable that makes tarea's runtime serve HTTP, harmless elsewhere;
+        # stdio images may get where their direct channel's socket is.
+        environment=environment,
+        channel_dir=channel_dir if stdio else None,
     )

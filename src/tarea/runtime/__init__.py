@@ -17,6 +17,8 @@
         serve()
 
 ``serve()`` speaks tarea's JSON-RPC 2.0 stdio protocol (docs/protocol.md),
+on the Unix socket named by ``TAREA_CHANNEL_SOCKET`` when the server offers
+one (the direct channel: the same messages, without the engine in between),
 or the seed's HTTP contract on port 5000 when ``TAREA_RUNTIME_MODE=http``
 or ``--http`` is given. Parameters arrive by name and are checked against
 the type hints; raise :class:`TaskError` to fail with your own message.
@@ -27,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import socket
 import sys
 import threading
 from collections.abc import Iterator
@@ -42,6 +45,7 @@ __all__ = ["Registry", "TaskError", "progress", "serve", "task"]
 
 MODE_ENV = "TAREA_RUNTIME_MODE"
 PORT_ENV = "TAREA_HTTP_PORT"
+SOCKET_ENV = "TAREA_CHANNEL_SOCKET"
 
 
 def serve(
@@ -58,7 +62,8 @@ def serve(
             stdio, ``None`` to decide from ``TAREA_RUNTIME_MODE=http`` or
             ``--http`` in ``sys.argv``.
         stdin, stdout: binary streams for the protocol (default: the
-            process's own). While serving, ``sys.stdout`` points at stderr so
+            direct channel's socket if ``TAREA_CHANNEL_SOCKET`` names one
+            that accepts, else the process's own). While serving, ``sys.stdout`` points at stderr so
             ``print()`` in a task cannot corrupt the protocol; with the
             default streams file descriptor 1 is redirected too (for
             subprocesses), and fd 0 reads ``/dev/null``.
@@ -105,7 +110,8 @@ def _protocol_stdio() -> Iterator[tuple[IO[bytes], IO[bytes]]]:
     """Keep the process's stdin/stdout for the protocol and keep everyone else off them.
 
     fd 1 is duplicated for the protocol, then pointed at stderr; fd 0 is
-    duplicated, then pointed at /dev/null. Restored on exit.
+    duplicated, then pointed at /dev/null. Restored on exit. When the server
+    offers a direct channel, the protocol runs on its socket instead.
     """
     sys.stdout.flush()
     try:
@@ -120,9 +126,14 @@ def _protocol_stdio() -> Iterator[tuple[IO[bytes], IO[bytes]]]:
     os.close(devnull)
     proto_in = os.fdopen(proto_in_fd, "rb")
     proto_out = os.fdopen(proto_out_fd, "wb")
+    direct = _direct_channel()
     try:
         with contextlib.redirect_stdout(sys.stderr):
-            yield proto_in, proto_out
+            if direct is None:
+                yield proto_in, proto_out
+            else:
+                with direct, direct.makefile("rb") as sock_in, direct.makefile("wb") as sock_out:
+                    yield sock_in, sock_out
     finally:
         sys.stdout.flush()
         with contextlib.suppress(OSError):
@@ -132,6 +143,21 @@ def _protocol_stdio() -> Iterator[tuple[IO[bytes], IO[bytes]]]:
         proto_in.close()
         with contextlib.suppress(OSError):
             proto_out.close()
+
+
+def _direct_channel() -> socket.socket | None:
+    """The server's direct channel, connected, if ``TAREA_CHANNEL_SOCKET`` names one."""
+    path = os.environ.get(SOCKET_ENV, "")
+    if not path or not hasattr(socket, "AF_UNIX"):
+        return None
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.connect(path)
+    except OSError as exc:
+        sock.close()
+        print(f"tarea.runtime: no direct channel at {path} ({exc}); using stdio", file=sys.stderr)
+        return None
+    return sock
 
 
 @contextlib.contextmanager

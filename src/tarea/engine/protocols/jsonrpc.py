@@ -1,9 +1,14 @@
-"""tarea's task protocol: JSON-RPC 2.0, one message a line, over attached stdio.
+"""tarea's task protocol: JSON-RPC 2.0, one message a line, over stdio or a socket.
 
 A :class:`JsonRpcChannel` owns the hijacked connection to one container
 (Docker's multiplexed stream: an 8-byte header per frame naming stdout or
 stderr). A reader task demultiplexes it: stdout lines are protocol messages,
 stderr is kept as the task's logs, capped to its tail. One call at a time.
+
+When the task process connects to its direct channel instead
+(:mod:`tarea.engine.channels`), :meth:`JsonRpcChannel.adopt` moves the
+protocol onto that socket; the attach stream then only brings logs (stdout
+included). Both carry the same messages, under the same caps.
 """
 
 from __future__ import annotations
@@ -108,7 +113,11 @@ class JsonRpcChannel:
         self._on_progress: ProgressCallback | None = None
         self._failure: TaskFailure | None = None
         self.eof = asyncio.Event()
+        #: True once the protocol runs over the direct channel, not stdio.
+        self.direct = False
+        self._attach_writer = writer
         self._pump_task = asyncio.create_task(self._pump())
+        self._direct_task: asyncio.Task[None] | None = None
 
     @classmethod
     async def open(
@@ -123,6 +132,18 @@ class JsonRpcChannel:
         sock.setblocking(False)
         reader, writer = await asyncio.open_connection(sock=sock, limit=2**16)
         return cls(reader, writer, output_cap=output_cap, log_cap=log_cap, on_log=on_log)
+
+    async def adopt(self, sock: socket.socket) -> None:
+        """Speak the protocol over ``sock``, the task's direct channel, from now on.
+
+        Call before ``ready``: stdout then only brings logs, like stderr.
+        """
+        sock.setblocking(False)
+        reader, writer = await asyncio.open_connection(sock=sock, limit=2**16)
+        self.direct = True
+        self._line.clear()
+        self._writer = writer
+        self._direct_task = asyncio.create_task(self._pump_direct(reader))
 
     @property
     def broken(self) -> bool:
@@ -213,9 +234,12 @@ class JsonRpcChannel:
             await asyncio.sleep(quiet_s / 2)
 
     def close(self) -> None:
-        """Drop the connection (the container is removed separately)."""
+        """Drop the connections (the container is removed separately)."""
         self._pump_task.cancel()
-        self._writer.close()
+        self._attach_writer.close()
+        if self._direct_task is not None:
+            self._direct_task.cancel()
+            self._writer.close()
 
     # -- reading -----------------------------------------------------------------
 
@@ -225,7 +249,7 @@ class JsonRpcChannel:
                 header = await self._reader.readexactly(_HEADER)
                 size = int.from_bytes(header[4:8], "big")
                 payload = await self._reader.readexactly(size) if size else b""
-                if header[0] == _STDERR:
+                if header[0] == _STDERR or (header[0] == _STDOUT and self.direct):
                     self.last_stderr = time.monotonic()
                     self.logs.write(payload)
                     if self.on_log is not None:
@@ -237,8 +261,23 @@ class JsonRpcChannel:
         except TaskFailure as failure:
             self._fail(failure)
         finally:
-            self.eof.set()
-            self._fail(ContainerCrashed("the task process exited before answering"))
+            self._ended()
+
+    async def _pump_direct(self, reader: asyncio.StreamReader) -> None:
+        try:
+            while chunk := await reader.read(2**16):
+                self._feed(chunk)
+        except (ConnectionError, OSError):
+            pass
+        except TaskFailure as failure:
+            self._fail(failure)
+        finally:
+            self._ended()
+
+    def _ended(self) -> None:
+        """One of the container's streams ended: its process is gone, or going."""
+        self.eof.set()
+        self._fail(ContainerCrashed("the task process exited before answering"))
 
     def _feed(self, data: bytes) -> None:
         self._line += data

@@ -6,7 +6,7 @@ are tested against what an arbitrary image could do. Standard library only.
 Protocol-breaking methods: ``echo``, ``exit``, ``garbage``, ``sleep``.
 Attacks on the sandbox (tests/integration/test_hostile.py): ``busy``,
 ``forkbomb``, ``memhog``, ``stdout_flood``, ``big_result``, ``tmpfill``,
-``write_root``, ``connect``, ``stderr_flood``, ``whoami``, ``fdlimit``.
+``write_root``, ``connect``, ``stderr_flood``, ``whoami``, ``fdlimit``, ``redial``.
 """
 
 import contextlib
@@ -21,9 +21,27 @@ import time
 MB = 1024 * 1024
 
 
+def protocol_streams():
+    """Where the protocol runs: stdio, or the server's direct channel.
+
+    The server offers the direct channel in TAREA_CHANNEL_SOCKET; this image
+    takes it only when built with MISBEHAVE_CHANNEL=direct, so the tests can
+    attack both paths.
+    """
+    path = os.environ.get("TAREA_CHANNEL_SOCKET")
+    if os.environ.get("MISBEHAVE_CHANNEL") == "direct" and path:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.connect(path)
+        return sock.makefile("rb"), sock.makefile("wb")
+    return sys.stdin.buffer, sys.stdout.buffer
+
+
+PROTO_IN, PROTO_OUT = protocol_streams()
+
+
 def send(message):
-    sys.stdout.write(json.dumps(message) + "\n")
-    sys.stdout.flush()
+    PROTO_OUT.write(json.dumps(message).encode() + b"\n")
+    PROTO_OUT.flush()
 
 
 def errno_name(exc):
@@ -77,11 +95,11 @@ def memhog(params):
 
 
 def stdout_flood(params):
-    """Write lots of non-protocol bytes to stdout (no newline unless asked)."""
+    """Write lots of non-protocol bytes on the protocol stream (no newline unless asked)."""
     total = int(params.get("mb", 50)) * MB
     piece = (b"A" * 1023 + b"\n") if params.get("lines") else b"A" * 1024
     block = piece * 64
-    out = sys.stdout.buffer
+    out = PROTO_OUT
     written = 0
     while written < total:
         out.write(block)
@@ -93,13 +111,25 @@ def stdout_flood(params):
 def big_result(params, rid):
     """Answer a well-formed result whose string is ``mb`` MB long (streamed)."""
     size = int(params.get("mb", 50)) * MB
-    out = sys.stdout.buffer
+    out = PROTO_OUT
     out.write(b'{"jsonrpc": "2.0", "id": ' + json.dumps(rid).encode() + b', "result": "')
     block = b"x" * MB
     for _ in range(size // MB):
         out.write(block)
     out.write(b'"}\n')
     out.flush()
+
+
+def redial(params):
+    """Connect to the direct channel's socket a second time; the errno, or "connected"."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.connect(os.environ.get("TAREA_CHANNEL_SOCKET", "/run/tarea/channel.sock"))
+    except OSError as exc:
+        return errno_name(exc)
+    finally:
+        sock.close()
+    return "connected"
 
 
 def tmpfill(params):
@@ -257,6 +287,7 @@ ATTACKS = {
     "stderr_flood": stderr_flood,
     "whoami": whoami,
     "fdlimit": fdlimit,
+    "redial": redial,
 }
 FUNCTIONS = ["echo", "exit", "garbage", "sleep", "big_result", "deafen", *ATTACKS]
 
@@ -269,7 +300,7 @@ send(
         "params": {"protocol": "tarea/1", "functions": FUNCTIONS},
     }
 )
-for line in sys.stdin:
+for line in PROTO_IN:
     request = json.loads(line)
     method, params, rid = request["method"], request.get("params") or {}, request["id"]
     if method == "echo":
@@ -279,8 +310,8 @@ for line in sys.stdin:
         sys.stderr.flush()
         sys.exit(int(params.get("code", 3)))
     elif method == "garbage":
-        sys.stdout.write("this is not json\n")
-        sys.stdout.flush()
+        PROTO_OUT.write(b"this is not json\n")
+        PROTO_OUT.flush()
     elif method == "sleep":
         time.sleep(float(params.get("seconds", 60)))
         send({"jsonrpc": "2.0", "id": rid, "result": "slept"})
