@@ -11,6 +11,7 @@ from fastapi.sse import EventSourceResponse, ServerSentEvent
 
 from tarea.api.deps import ServiceDep, TenantDep, service_of, tenant_of
 from tarea.api.errors import problem_responses
+from tarea.api.lean import LeanRoute
 from tarea.api.responses import FastJSONResponse
 from tarea.api.schemas import BatchCreate, BatchOut, TaskCreate, TaskOut, TaskPage, render_task
 from tarea.domain.records import TaskRecord
@@ -57,16 +58,6 @@ def _task_response(record: TaskRecord, status_code: int) -> FastJSONResponse:
     return FastJSONResponse(render_task(record), status_code=status_code, headers=headers)
 
 
-@router.post(
-    "/tasks",
-    response_model=TaskOut,
-    status_code=202,
-    summary="Submit a task",
-    responses={
-        200: {"model": TaskOut, "description": "With ?wait=true: the task ended."},
-        **_SUBMIT_PROBLEMS,
-    },
-)
 async def submit_task(
     body: TaskCreate,
     request: Request,
@@ -92,6 +83,23 @@ async def submit_task(
         wait_s=service.settings.wait_max_s if wait else None,
     )
     return _task_response(record, 200 if wait and record.status.terminal else 202)
+
+
+# The hot route: its arguments are parsed by LeanRoute's plan, not by FastAPI's
+# dependency solving (the same contract and OpenAPI, less work per task).
+router.add_api_route(
+    "/tasks",
+    submit_task,
+    methods=["POST"],
+    route_class_override=LeanRoute,
+    response_model=TaskOut,
+    status_code=202,
+    summary="Submit a task",
+    responses={
+        200: {"model": TaskOut, "description": "With ?wait=true: the task ended."},
+        **_SUBMIT_PROBLEMS,
+    },
+)
 
 
 @router.get(
