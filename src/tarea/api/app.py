@@ -123,6 +123,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_kb * 1024)
     app.add_middleware(BearerAuth, keys=keys)  # outermost: no key, no body read
     errors.install(app)
+    tasks.add_submit_route(app)
     app.include_router(tasks.router)
     app.include_router(seed.router)
     app.include_router(pools.router)

@@ -102,20 +102,22 @@ class BodyLimit:
         declared = next(
             (value for name, value in scope["headers"] if name == b"content-length"), None
         )
-        too_large = HTTPException(
-            413, f"the request body is over the server's cap of {self.max_bytes // 1024} KiB"
-        )
         seen = 0
 
         async def limited() -> Message:
             nonlocal seen
             if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-                raise too_large  # answered by the app's handlers as problem+json
+                raise self._too_large()  # answered by the app's handlers as problem+json
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > self.max_bytes:
-                    raise too_large
+                    raise self._too_large()
             return message
 
         await self.app(scope, limited, send)
+
+    def _too_large(self) -> HTTPException:
+        return HTTPException(
+            413, f"the request body is over the server's cap of {self.max_bytes // 1024} KiB"
+        )

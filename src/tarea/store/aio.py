@@ -17,10 +17,11 @@ import asyncio
 import builtins
 import contextlib
 import functools
+import queue
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol, TypeAlias, TypeVar
 
 from tarea.domain.records import TaskRecord
 from tarea.domain.status import Status
@@ -30,6 +31,9 @@ T = TypeVar("T")
 
 #: The most writes one transaction takes.
 BATCH_MAX = 256
+
+#: A submitted write and the future of its outcome.
+_Item: TypeAlias = tuple[Write[Any], asyncio.Future[Any]]
 
 
 class AsyncStore:
@@ -138,8 +142,9 @@ class BatchWriter:
     def __init__(self, runner: BatchRunner, batch_max: int = BATCH_MAX) -> None:
         self._runner = runner
         self._batch_max = batch_max
-        self._pending: builtins.list[tuple[Write[Any], asyncio.Future[Any]]] = []
-        self._wake = threading.Condition()
+        # A C-implemented queue: no Python-level lock on the event loop's side.
+        # None is the "stop" mark that close() puts last.
+        self._queue: queue.SimpleQueue[_Item | None] = queue.SimpleQueue()
         self._closed = False
         self._thread = threading.Thread(target=self._loop, name="store-write", daemon=True)
         self._thread.start()
@@ -153,20 +158,17 @@ class BatchWriter:
         Raises:
             RuntimeError: the writer was closed.
         """
+        if self._closed:
+            raise RuntimeError("the store is closed")
         future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        with self._wake:
-            if self._closed:
-                raise RuntimeError("the store is closed")
-            self._pending.append((write, future))
-            if len(self._pending) == 1:
-                self._wake.notify()
+        self._queue.put((write, future))
         return future
 
     def close(self) -> None:
         """Run what is queued, then stop the thread."""
-        with self._wake:
+        if not self._closed:
             self._closed = True
-            self._wake.notify()
+            self._queue.put(None)
         self._thread.join()
 
     def _loop(self) -> None:
@@ -174,23 +176,37 @@ class BatchWriter:
             self._serve()
         finally:
             # Stopped (closed, or killed by an error that is not an Exception):
-            # nothing is accepted any more, and nothing queued is left waiting.
-            with self._wake:
-                self._closed = True
-                left, self._pending = self._pending, []
+            # nothing is accepted any more, and nothing queued is left waiting
+            # (a submit racing with close() may have come after the mark).
+            self._closed = True
+            left: builtins.list[_Item] = []
+            with contextlib.suppress(queue.Empty):
+                while True:
+                    if (item := self._queue.get_nowait()) is not None:
+                        left.append(item)
             stopped = RuntimeError("the store's writer stopped")
             self._hand_back(left, [(None, stopped)] * len(left))
             self._runner.close()
 
     def _serve(self) -> None:
-        while True:
-            with self._wake:
-                while not self._pending and not self._closed:
-                    self._wake.wait()
-                if not self._pending:
-                    return
-                batch = self._pending[: self._batch_max]
-                del self._pending[: self._batch_max]
+        stopping = False
+        while not stopping:
+            # Everything submitted while the last batch ran, up to batch_max.
+            batch: builtins.list[_Item] = []
+            item = self._queue.get()
+            while True:
+                if item is None:
+                    stopping = True
+                    break
+                batch.append(item)
+                if len(batch) >= self._batch_max:
+                    break
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+            if not batch:
+                continue
             try:
                 outcomes = self._runner.run_batch([write for write, _ in batch])
                 if len(outcomes) != len(batch):
@@ -204,7 +220,7 @@ class BatchWriter:
 
     @staticmethod
     def _hand_back(
-        batch: builtins.list[tuple[Write[Any], asyncio.Future[Any]]],
+        batch: builtins.list[_Item],
         outcomes: builtins.list[Done],
     ) -> None:
         """Resolve each future on its own loop: one call per loop for the whole batch."""

@@ -30,6 +30,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeAlias, TypeVar, cast
 
+import pydantic_core
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import (
@@ -623,7 +624,11 @@ def _create_engine(url: str) -> Engine:
         return _sqlite_engine(parsed)
     if parsed.drivername in _POSTGRES_DRIVERS:
         try:
-            return create_engine(parsed.set(drivername="postgresql+psycopg"), pool_pre_ping=True)
+            return create_engine(
+                parsed.set(drivername="postgresql+psycopg"),
+                pool_pre_ping=True,
+                json_serializer=_json_text,
+            )
         except ModuleNotFoundError as exc:
             raise ConfigurationError(
                 f"PostgreSQL needs psycopg 3: pip install 'tarea[postgres]' ({exc})"
@@ -632,6 +637,16 @@ def _create_engine(url: str) -> Engine:
         f"unsupported database URL {parsed.render_as_string()!r}: use sqlite:///FILE "
         "or postgresql://..."
     )
+
+
+def _json_text(value: Any) -> str:
+    """JSON columns' text, by pydantic-core's encoder: ~6x faster than ``json.dumps``.
+
+    Compact, UTF-8 rather than ``\\u`` escapes, and NaN and the infinities
+    written as the tokens ``json.dumps`` writes, which ``json.loads`` (the
+    columns' reader) takes back. A value JSON cannot hold raises ValueError.
+    """
+    return pydantic_core.to_json(value, inf_nan_mode="constants").decode()
 
 
 def _sqlite_engine(url: URL) -> Engine:
@@ -647,6 +662,7 @@ def _sqlite_engine(url: URL) -> Engine:
         pool_size=8,
         max_overflow=8,
         connect_args={"check_same_thread": False, "timeout": _SQLITE_BUSY_S},
+        json_serializer=_json_text,
     )
     event.listen(engine, "connect", _sqlite_on_connect)
     event.listen(engine, "begin", _sqlite_on_begin)

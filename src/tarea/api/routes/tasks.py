@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response
+from fastapi import APIRouter, Depends, FastAPI, Header, Path, Query, Request, Response
 from fastapi.responses import PlainTextResponse
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 
@@ -85,21 +85,29 @@ async def submit_task(
     return _task_response(record, 200 if wait and record.status.terminal else 202)
 
 
-# The hot route: its arguments are parsed by LeanRoute's plan, not by FastAPI's
-# dependency solving (the same contract and OpenAPI, less work per task).
-router.add_api_route(
-    "/tasks",
-    submit_task,
-    methods=["POST"],
-    route_class_override=LeanRoute,
-    response_model=TaskOut,
-    status_code=202,
-    summary="Submit a task",
-    responses={
-        200: {"model": TaskOut, "description": "With ?wait=true: the task ended."},
-        **_SUBMIT_PROBLEMS,
-    },
-)
+def add_submit_route(app: FastAPI) -> None:
+    """Serve ``POST /v1/tasks`` on ``app``, matched before every other route.
+
+    The hot route: on the app's own router, first (FastAPI's included
+    routers cost a warm task ~5% of its server CPU to match), and served by
+    :class:`LeanRoute` (its arguments parsed by a plan made once).
+    """
+    app.router.add_api_route(
+        "/v1/tasks",
+        submit_task,
+        methods=["POST"],
+        route_class_override=LeanRoute,
+        response_model=TaskOut,
+        status_code=202,
+        tags=["tasks"],
+        summary="Submit a task",
+        responses={
+            **problem_responses(401, 422),
+            200: {"model": TaskOut, "description": "With ?wait=true: the task ended."},
+            **_SUBMIT_PROBLEMS,
+        },
+    )
+    app.router.routes.insert(0, app.router.routes.pop())
 
 
 @router.get(
