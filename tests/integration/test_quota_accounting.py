@@ -14,6 +14,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from tarea.domain.records import TaskRecord, new_task_id
 from tarea.domain.status import Status
 from tarea.domain.task import Outcome
@@ -118,6 +120,44 @@ def test_a_task_released_twice_frees_one_place(tmp_path: Path) -> None:
         assert dict(svc._active) == {}
         assert (await svc.get(other.id, None)).status is Status.SUCCEEDED
         assert (await svc.get(task.id, None)).status is Status.CANCELLED
+        await svc.drain()
+        store.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_waited_task_whose_insert_fails_is_called_off(tmp_path: Path) -> None:
+    """?wait=true tasks start while their insert commits; if it fails, nothing is left behind.
+
+    SQLite itself refuses the insert (a trigger): the submit raises, the task
+    is interrupted, its waiter and its quota place are freed, and the tenant
+    can submit again.
+    """
+
+    async def scenario() -> None:
+        svc, store, engine = service(tmp_path)
+        store.sync.engine.dispose()
+        with store.sync.engine.begin() as connection:
+            connection.exec_driver_sql(
+                "CREATE TRIGGER refuse BEFORE INSERT ON tasks WHEN NEW.image = 'refused:1' "
+                "BEGIN SELECT RAISE(ABORT, 'refused by the test'); END"
+            )
+        svc.dispatcher.start()
+        with pytest.raises(Exception, match="refused by the test"):
+            await svc.submit(NewTask(image="refused:1", function="f"), tenant="acme", wait_s=5)
+        await asyncio.sleep(0.2)
+        assert dict(svc._active) == {}
+        assert svc.completions._waiters == {}
+        assert svc.dispatcher.running == 0
+        assert (await store.list(tenant=None))[0] == []
+
+        # The tenant's places are all there: two tasks of a quota of two are taken.
+        first, _ = await svc.submit(NewTask(image="img:1", function="f"), tenant="acme")
+        second, _ = await svc.submit(NewTask(image="img:1", function="f"), tenant="acme")
+        assert dict(svc._active) == {"acme": {first.id, second.id}}
+        for task in (first, second):
+            engine.gates.setdefault(task.id, asyncio.Event()).set()
+        await asyncio.sleep(0.2)
         await svc.drain()
         store.close()
 
