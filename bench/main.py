@@ -2,7 +2,8 @@
 
 Phases, in order, each on its own so that one failing does not lose the others:
 
-1. the floor (``bench.floor_app``) under wrk;
+1. the floor (``bench.floor_app``) under wrk, then the durable floor
+   (``bench.durable_floor_app``);
 2. tarea (``python -m tarea``, warm pool asked for) under wrk, after a warm-up;
 3. tarea's ``isolation: "fresh"`` against a bare ``docker run``, alternating;
 4. tarea's memory over a long run of warm tasks;
@@ -123,6 +124,41 @@ def _measure_floor(session: Session, config: BenchConfig, log_dir: Path, results
     _phase(results, "the floor under wrk", run)
 
 
+def _measure_durable_floor(
+    session: Session, config: BenchConfig, log_dir: Path, results: Results
+) -> None:
+    port = free_port()
+    labels = [arg for key, value in session.labels.items() for arg in ("--label", f"{key}={value}")]
+    durable = Server(
+        "durable floor",
+        [
+            sys.executable,
+            "-m",
+            "bench.durable_floor_app",
+            "--port",
+            str(port),
+            "--db",
+            str(log_dir / "durable-floor.db"),
+            *labels,
+        ],
+        dict(os.environ),
+        port,
+        log_dir / "durable-floor.log",
+        cwd=ROOT,
+    )
+
+    def run() -> None:
+        session.start(durable, ready_timeout_s=120)
+        try:
+            results.durable_floor = http_load.measure(
+                "durable floor", durable, config, log_dir / "wrk.log"
+            )
+        finally:
+            durable.stop()
+
+    _phase(results, "the durable floor under wrk", run)
+
+
 def _measure_tarea(session: Session, config: BenchConfig, log_dir: Path, results: Results) -> None:
     tarea = _tarea_server(session, config, log_dir)
     results.server_settings = _settings_shown(tarea.env)
@@ -241,6 +277,7 @@ def main() -> int:
             )
         with Session(run_id) as session:
             _measure_floor(session, config, log_dir, results)
+            _measure_durable_floor(session, config, log_dir, results)
             _measure_tarea(session, config, log_dir, results)
             _measure_seed(session, config, results)
             print("\nbench: cleaning up...", flush=True)

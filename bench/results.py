@@ -97,6 +97,8 @@ class Results:
     machine: Machine | None = None
     server_settings: dict[str, str] = field(default_factory=dict)
     floor: HttpLoad | None = None
+    #: The durable floor (bench.durable_floor_app): the same durable work, by hand.
+    durable_floor: HttpLoad | None = None
     warm: HttpLoad | None = None
     fresh: Series | None = None
     bare: Series | None = None
