@@ -78,6 +78,10 @@ CASES: list[tuple[str, dict[str, Any]]] = [
         },
     ),
     ("broken JSON", {"content": b'{"image": ', "headers": {"Content-Type": "application/json"}}),
+    (
+        "not UTF-8",
+        {"content": b'{"image": "\xe4\xff"}', "headers": {"Content-Type": "application/json"}},
+    ),
     ("errors everywhere", {"json": {"count": "x"}, "params": {"wait": "no way"}}),
 ]
 

@@ -26,6 +26,7 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
+from fastapi import HTTPException
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 from pydantic import BaseModel, ValidationError
@@ -161,5 +162,7 @@ class LeanRoute(APIRoute):
                     "ctx": {"error": exc.msg},
                 }
             ]
+        except ValueError as exc:  # not text at all (bad UTF-8): FastAPI's 400
+            raise HTTPException(400, "There was an error parsing the body") from exc
         _, errors = self.body_field.validate(value, loc=("body",))
         return list(errors)
