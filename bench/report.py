@@ -135,7 +135,6 @@ def _latency_rows(r: Results) -> list[Row]:
             f"≥ {MIN_THROUGHPUT_RATIO:g}×",
             verdict(None if rps is None else rps >= MIN_THROUGHPUT_RATIO),
         ),
-        *_durable_rows(r),
         Row(
             "server CPU per request, 32 connections",
             f"floor {_cpu(r.floor)}",
@@ -147,6 +146,7 @@ def _latency_rows(r: Results) -> list[Row]:
             f"floor {floor_32}",
             warm_32,
         ),
+        *_durable_rows(r),
     ]
 
 
