@@ -60,6 +60,7 @@ check: venv  ## ruff and mypy --strict
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 	$(BIN)/mypy bench
+	$(BIN)/mypy tests
 
 bench: venv build_server_tasks_image  ## tarea against its floor, docker run and the seed; writes docs/benchmarks.md (BENCH_QUICK=1: short)
 	@base=$$(scripts/ensure-base-image.sh "$(BASE_IMAGE)") && \

@@ -99,7 +99,7 @@ def test_openapi_says_which_routes_take_a_bearer_key(server: Server) -> None:
     assert schema["security"] == [{"HTTPBearer": []}]
     for path, operations in schema["paths"].items():
         for operation in operations.values():
-            expected = [] if path in ("/healthz", "/readyz") else None
+            expected: list[Any] | None = [] if path in ("/healthz", "/readyz") else None
             assert operation.get("security") == expected, path
 
 

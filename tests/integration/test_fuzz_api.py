@@ -163,7 +163,7 @@ def _keep_callbacks_local(body: object) -> None:
     database=None,
 )
 def test_operation_answers_no_5xx_and_as_documented(
-    case: schemathesis.Case, auth: dict[str, str], fuzz_server: LiveServer
+    case: schemathesis.Case[Any], auth: dict[str, str], fuzz_server: LiveServer
 ) -> None:
     """Every generated call answers no 5xx, with a documented status, content type and body."""
     _keep_callbacks_local(case.body)

@@ -53,7 +53,7 @@ def poll(
     """GET the task until its status is in ``until``; the last answer."""
     deadline = time.monotonic() + timeout_s
     while True:
-        task = client.get(f"/v1/tasks/{task_id}").json()
+        task: dict[str, Any] = client.get(f"/v1/tasks/{task_id}").json()
         if task["status"] in until or time.monotonic() > deadline:
             return task
         time.sleep(0.05)
