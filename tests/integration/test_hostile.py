@@ -649,3 +649,35 @@ def test_server_still_serves_after_the_attacks(server: Server) -> None:
     assert task["status"] == "succeeded", task
     assert task["result"] == {"still": "alive"}
     assert_server_unharmed(watch)
+
+
+# -- text that is not valid Unicode ------------------------------------------------------------
+
+
+def test_a_result_that_is_not_valid_unicode_is_stored_and_answered(server: Server) -> None:
+    """A result string holding a lone surrogate (valid JSON text) ends the task normally.
+
+    It is stored, answered and read back; the task does not stay running and
+    the server answers no 500.
+    """
+    task = submit(server, "lone_surrogate")
+    assert task["status"] == "succeeded", task
+    assert task["result"] == {"s": "\ud800"}
+    again = server.http.get(f"/v1/tasks/{task['id']}")
+    assert again.status_code == 200, again.text
+    assert again.json()["result"] == {"s": "\ud800"}
+
+
+def test_params_that_are_not_valid_unicode_fail_the_task_as_bad_params(server: Server) -> None:
+    """Params with a lone surrogate cannot be sent to a task: bad_params, recorded, no 500."""
+    response = server.http.post(
+        "/v1/tasks?wait=true",
+        content=b'{"image": "%s", "function": "echo", "params": {"s": "\\ud800"}}'
+        % MISBEHAVING_IMAGE.encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    assert response.status_code == 200, response.text
+    task = response.json()
+    assert task["status"] == "failed", task
+    assert task["error"]["code"] == "bad_params", task
+    assert server.http.get(f"/v1/tasks/{task['id']}").json()["status"] == "failed"

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+import json
 from typing import Annotated, Any
 
 import pytest
 from fastapi import Depends, FastAPI, Header, Query, Request, Response
-from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from fastapi.testclient import TestClient
 from pydantic import BaseModel, Field
@@ -27,15 +27,15 @@ async def endpoint(
     wait: Annotated[bool, Query()] = False,
     limit: Annotated[int, Query(ge=1, le=10)] = 3,
 ) -> Response:
-    return JSONResponse(
-        {
-            "body": body.model_dump(),
-            "key": key,
-            "wait": wait,
-            "limit": limit,
-            "method": request.method,
-        }
-    )
+    payload = {
+        "body": body.model_dump(),
+        "key": key,
+        "wait": wait,
+        "limit": limit,
+        "method": request.method,
+    }
+    # json.dumps escapes what UTF-8 cannot carry (a lone surrogate in params).
+    return Response(json.dumps(payload), media_type="application/json")
 
 
 def client(route_class: type[APIRoute]) -> TestClient:
@@ -81,6 +81,38 @@ CASES: list[tuple[str, dict[str, Any]]] = [
     (
         "not UTF-8",
         {"content": b'{"image": "\xe4\xff"}', "headers": {"Content-Type": "application/json"}},
+    ),
+    (
+        "UTF-16",
+        {
+            "content": '{"image": "a"}'.encode("utf-16"),
+            "headers": {"Content-Type": "application/json"},
+        },
+    ),
+    (
+        "UTF-8 with a BOM",
+        {"content": b'\xef\xbb\xbf{"image": "a"}', "headers": {"Content-Type": "application/json"}},
+    ),
+    (
+        "a lone surrogate",
+        {
+            "content": b'{"image": "a", "params": {"s": "\\ud800"}}',
+            "headers": {"Content-Type": "application/json"},
+        },
+    ),
+    (
+        "deep nesting",
+        {
+            "content": b'{"image": "a", "params": {"x": ' + b"[" * 600 + b"]" * 600 + b"}}",
+            "headers": {"Content-Type": "application/json"},
+        },
+    ),
+    (
+        "nesting too deep for json.loads",
+        {
+            "content": b'{"image": "a", "params": {"x": ' + b"[" * 100_000 + b"]" * 100_000 + b"}}",
+            "headers": {"Content-Type": "application/json"},
+        },
     ),
     ("errors everywhere", {"json": {"count": "x"}, "params": {"wait": "no way"}}),
 ]

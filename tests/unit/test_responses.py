@@ -18,3 +18,19 @@ def test_it_encodes_what_json_dumps_would_as_compact_utf8() -> None:
 def test_floats_json_cannot_carry_become_null() -> None:
     body = bytes(FastJSONResponse({"result": [math.nan, math.inf, -math.inf, 1.5]}).body)
     assert json.loads(body) == {"result": [None, None, None, 1.5]}
+
+
+def test_what_pydantic_core_refuses_is_still_answered() -> None:
+    """A task's result may hold a lone surrogate (json.loads takes one): no 500 for it."""
+    content = {"result": {"s": "\ud800", "nan": math.nan}}
+    body = bytes(FastJSONResponse(content).body)
+    assert json.loads(body) == {"result": {"s": "\ud800", "nan": None}}
+
+
+def test_nesting_deeper_than_pydantic_core_goes_is_still_answered() -> None:
+    deep: list[object] = []
+    inner = deep
+    for _ in range(400):
+        inner.append([])
+        inner = inner[0]  # type: ignore[assignment]
+    assert json.loads(bytes(FastJSONResponse({"result": deep}).body)) == {"result": deep}

@@ -9,9 +9,10 @@ warm task paid ~18% of its server CPU there (py-spy, docs/performance.md).
 exactly as declared, and only replaces that argument solving with a plan made
 once per route: a valid body is validated straight from its bytes by
 pydantic-core (``model_validate_json``: JSON handled once), query and header
-parameters by FastAPI's own fields. Invalid input is described by FastAPI's
-own steps (``json.loads``, then the body field), so clients get the same 422,
-word for word.
+parameters by FastAPI's own fields. A body pydantic-core refuses goes through
+FastAPI's own steps (``json.loads``, then the body field), which either take
+it (what only ``json.loads`` reads: UTF-16, a BOM, a lone surrogate, deep
+nesting) or describe it, so clients get the same answer, word for word.
 
 It serves endpoints whose parameters are a ``Request``, query and header
 parameters, and at most one JSON body model, and which return a ``Response``;
@@ -21,6 +22,7 @@ forms) is refused when the app is built, not at the first request.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
@@ -130,14 +132,19 @@ class LeanRoute(APIRoute):
                         errors.append(_missing("body"))
                     else:
                         kwargs[plan.body_name] = None
-                elif _is_json(request.headers.get("content-type")):
-                    try:
-                        kwargs[plan.body_name] = plan.body_model.model_validate_json(body)
-                    except ValidationError:
-                        # Invalid input: described exactly as FastAPI would.
-                        errors.extend(self._body_errors(json_body=True, body=body))
-                else:  # as FastAPI: the raw bytes, which no model accepts
-                    errors.extend(self._body_errors(json_body=False, body=body))
+                else:
+                    is_json = _is_json(request.headers.get("content-type"))
+                    parsed: Any = None
+                    if is_json:
+                        with contextlib.suppress(ValidationError):
+                            parsed = plan.body_model.model_validate_json(body)
+                    if parsed is None:
+                        # FastAPI's own steps decide: they describe invalid input
+                        # word for word, and take what only json.loads reads
+                        # (UTF-16, a BOM, a lone surrogate, deep nesting).
+                        parsed, body_errors = self._fastapi_body(json_body=is_json, body=body)
+                        errors.extend(body_errors)
+                    kwargs[plan.body_name] = parsed
             if errors:
                 raise RequestValidationError(errors, body=body)
             response = await endpoint(**kwargs)
@@ -147,13 +154,13 @@ class LeanRoute(APIRoute):
 
         return handler
 
-    def _body_errors(self, *, json_body: bool, body: bytes) -> list[Any]:
-        """The errors FastAPI's own handler gives for a body that does not validate."""
+    def _fastapi_body(self, *, json_body: bool, body: bytes) -> tuple[Any, list[Any]]:
+        """The body as FastAPI's own handler reads it: its value, or its errors."""
         assert self.body_field is not None
         try:
             value: Any = json.loads(body) if json_body else body
         except json.JSONDecodeError as exc:
-            return [
+            return None, [
                 {
                     "type": "json_invalid",
                     "loc": ("body", exc.pos),
@@ -162,7 +169,7 @@ class LeanRoute(APIRoute):
                     "ctx": {"error": exc.msg},
                 }
             ]
-        except ValueError as exc:  # not text at all (bad UTF-8): FastAPI's 400
+        except (ValueError, RecursionError) as exc:  # not text at all: FastAPI's 400
             raise HTTPException(400, "There was an error parsing the body") from exc
-        _, errors = self.body_field.validate(value, loc=("body",))
-        return list(errors)
+        validated, errors = self.body_field.validate(value, loc=("body",))
+        return validated, list(errors)

@@ -3,11 +3,15 @@
 The task routes answer with a whole task record; encoding it is a visible
 part of a warm task's cost (about 5x less CPU this way, measured). Floats that
 JSON cannot carry (NaN, infinities: a task may return them) become ``null``
-instead of failing the response.
+instead of failing the response. What pydantic-core cannot encode but a task
+may still have answered (a lone surrogate, nesting deeper than it goes) is
+encoded by ``json.dumps`` (``\\u`` escapes), with the same ``null`` rule.
 """
 
 from __future__ import annotations
 
+import json
+import math
 from typing import Any
 
 import pydantic_core
@@ -18,4 +22,18 @@ class FastJSONResponse(JSONResponse):
     """A :class:`JSONResponse` rendered by ``pydantic_core.to_json`` (compact, UTF-8)."""
 
     def render(self, content: Any) -> bytes:
-        return pydantic_core.to_json(content, inf_nan_mode="null")
+        try:
+            return pydantic_core.to_json(content, inf_nan_mode="null")
+        except (ValueError, RecursionError):
+            return json.dumps(_finite(content), separators=(",", ":")).encode()
+
+
+def _finite(value: Any) -> Any:
+    """``value`` with every NaN and infinity replaced by None (as JSON's null)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(item) for item in value]
+    return value

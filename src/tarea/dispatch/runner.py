@@ -204,7 +204,13 @@ class TaskRunner:
         # write: the one writer runs them in order (often in one transaction).
         # It applies only to the row as carried (running, on this worker): a
         # task cancelled meanwhile, or whose running write failed, is left as is.
-        ending = self.store.finish(current, status, finished_at=utcnow(), **fields)
+        try:
+            ending = self.store.finish(current, status, finished_at=utcnow(), **fields)
+        except Exception:  # the end cannot even be written down (never seen so far)
+            self._watch(marking)
+            log.exception("task %s ran, but its end cannot be recorded", task_id)
+            self._lost(current)
+            return
         # The container is back in the pool: the worker slot is free for the
         # next task while the commit completes (waiters hear of it after).
         settle = asyncio.ensure_future(self._settle(current, marking, ending))

@@ -21,6 +21,7 @@ import base64
 import binascii
 import builtins
 import dataclasses
+import json
 import sqlite3
 import threading
 import time
@@ -640,13 +641,17 @@ def _create_engine(url: str) -> Engine:
 
 
 def _json_text(value: Any) -> str:
-    """JSON columns' text, by pydantic-core's encoder: ~6x faster than ``json.dumps``.
+    """JSON columns' text: pydantic-core's encoder (Rust, ~6x ``json.dumps``) when it can.
 
-    Compact, UTF-8 rather than ``\\u`` escapes, and NaN and the infinities
-    written as the tokens ``json.dumps`` writes, which ``json.loads`` (the
-    columns' reader) takes back. A value JSON cannot hold raises ValueError.
+    Compact, UTF-8 rather than ``\\u`` escapes, NaN and the infinities as the
+    tokens ``json.dumps`` writes, which ``json.loads`` (the columns' reader)
+    takes back. What pydantic-core refuses but ``json.loads`` produced (a lone
+    surrogate, nesting deeper than it goes) is written by ``json.dumps``.
     """
-    return pydantic_core.to_json(value, inf_nan_mode="constants").decode()
+    try:
+        return pydantic_core.to_json(value, inf_nan_mode="constants").decode()
+    except (ValueError, RecursionError):
+        return json.dumps(value)
 
 
 def _sqlite_engine(url: URL) -> Engine:

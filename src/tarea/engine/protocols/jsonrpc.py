@@ -187,14 +187,20 @@ class JsonRpcChannel:
             raise self._failure
         if self.eof.is_set():
             raise ContainerCrashed("the task process had already exited")
+        message = {"jsonrpc": "2.0", "id": request_id, "method": method, "params": params}
+        try:
+            line = _encode(message)
+        except (ValueError, RecursionError) as exc:  # e.g. a lone surrogate: not UTF-8
+            raise RemoteTaskError(
+                "bad_params", f"the params cannot be sent as JSON in UTF-8: {exc}"[:300]
+            ) from None
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._pending = (request_id, future)
         self._on_progress = on_progress
-        message = {"jsonrpc": "2.0", "id": request_id, "method": method, "params": params}
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
         try:
-            self._writer.write(_encode(message))
+            self._writer.write(line)
             if self._writer.transport.get_write_buffer_size():
                 # Not all taken yet (a big request, or a task that stopped
                 # reading its stdin): the task's time runs while we wait.

@@ -3,7 +3,8 @@
 Written against the raw protocol (not tarea.runtime) so the server's defences
 are tested against what an arbitrary image could do. Standard library only.
 
-Protocol-breaking methods: ``echo``, ``exit``, ``garbage``, ``sleep``.
+Protocol-breaking methods: ``echo``, ``exit``, ``garbage``, ``sleep``,
+``lone_surrogate`` (a result string that is not valid Unicode).
 Attacks on the sandbox (tests/integration/test_hostile.py): ``busy``,
 ``forkbomb``, ``memhog``, ``stdout_flood``, ``big_result``, ``tmpfill``,
 ``write_root``, ``connect``, ``stderr_flood``, ``whoami``, ``fdlimit``, ``redial``.
@@ -289,7 +290,7 @@ ATTACKS = {
     "fdlimit": fdlimit,
     "redial": redial,
 }
-FUNCTIONS = ["echo", "exit", "garbage", "sleep", "big_result", "deafen", *ATTACKS]
+FUNCTIONS = ["echo", "exit", "garbage", "sleep", "big_result", "deafen", "lone_surrogate", *ATTACKS]
 
 # -- the protocol loop ---------------------------------------------------------------
 
@@ -309,6 +310,11 @@ for line in PROTO_IN:
         sys.stderr.write("about to die on purpose\n")
         sys.stderr.flush()
         sys.exit(int(params.get("code", 3)))
+    elif method == "lone_surrogate":
+        # Valid JSON text whose string is not valid Unicode (json.loads takes it).
+        PROTO_OUT.write(b'{"jsonrpc": "2.0", "id": ' + json.dumps(rid).encode())
+        PROTO_OUT.write(b', "result": {"s": "\\ud800"}}\n')
+        PROTO_OUT.flush()
     elif method == "garbage":
         PROTO_OUT.write(b"this is not json\n")
         PROTO_OUT.flush()
