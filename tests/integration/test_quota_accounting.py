@@ -18,7 +18,7 @@ import pytest
 
 from tarea.domain.records import TaskRecord, new_task_id
 from tarea.domain.status import Status
-from tarea.domain.task import Outcome
+from tarea.domain.task import ErrorInfo, Outcome
 from tarea.events import EventHub
 from tarea.service import NewTask, TaskService
 from tarea.settings import Settings
@@ -34,14 +34,18 @@ class Docker:
 
 
 class Engine:
-    """Starts each task, then holds it until the test lets it end."""
+    """Starts each task, then holds it until the test lets it end (as the real one: a
+    task its runner abandons in ``on_start`` is not called)."""
 
     def __init__(self) -> None:
         self.docker = Docker()
         self.gates: dict[str, asyncio.Event] = {}
+        self.called: set[str] = set()
 
     async def run(self, spec: Any, *, on_start: Any, on_progress: Any, on_log: Any) -> Outcome:
-        await on_start("c" * 64)
+        if not await on_start("c" * 64):
+            return Outcome(container_id="c" * 64, error=ErrorInfo("cancelled", "abandoned"))
+        self.called.add(spec.task_id)
         await self.gates.setdefault(spec.task_id, asyncio.Event()).wait()
         return Outcome(result=1, container_id="c" * 64)
 
@@ -126,11 +130,11 @@ def test_a_task_released_twice_frees_one_place(tmp_path: Path) -> None:
     asyncio.run(scenario())
 
 
-def test_a_waited_task_whose_insert_fails_is_called_off(tmp_path: Path) -> None:
-    """?wait=true tasks start while their insert commits; if it fails, nothing is left behind.
+def test_a_task_whose_insert_fails_is_not_run(tmp_path: Path) -> None:
+    """Nothing runs without its record: the insert is committed before the task is dispatched.
 
     SQLite itself refuses the insert (a trigger): the submit raises, the task
-    is interrupted, its waiter and its quota place are freed, and the tenant
+    is never called, no waiter or quota place is left behind, and the tenant
     can submit again.
     """
 
@@ -146,9 +150,11 @@ def test_a_waited_task_whose_insert_fails_is_called_off(tmp_path: Path) -> None:
         with pytest.raises(Exception, match="refused by the test"):
             await svc.submit(NewTask(image="refused:1", function="f"), tenant="acme", wait_s=5)
         await asyncio.sleep(0.2)
+        assert engine.called == set()
         assert dict(svc._active) == {}
         assert svc.completions._waiters == {}
         assert svc.dispatcher.running == 0
+        assert svc.runner.cancelled == set()
         assert (await store.list(tenant=None))[0] == []
 
         # The tenant's places are all there: two tasks of a quota of two are taken.

@@ -119,3 +119,42 @@ async def test_a_task_cancelled_before_its_running_write_keeps_that_end() -> Non
     assert [r.id for r in ended] == [record.id]
     assert task_runner.finished == {}
     await task_runner.aclose()
+
+
+class UnbuildableEnd(Store):
+    """A store that cannot even build the end write (it raises at once)."""
+
+    def finish(self, record: TaskRecord, new: Status, **fields: Any) -> asyncio.Future[Any]:
+        raise ValueError("this end cannot be written down")
+
+
+@in_loop
+async def test_an_end_that_cannot_be_built_frees_waiters_and_quota() -> None:
+    store = UnbuildableEnd(running=True)
+    task_runner, ended = runner(store)
+    record = queued()
+    waiter = task_runner.completions.waiter(record.id)
+    await task_runner.execute(record)  # logged, not raised
+    assert await asyncio.wait_for(waiter, 1) is None
+    assert [r.id for r in ended] == [record.id]
+    await task_runner.aclose()
+
+
+class StuckEnd(Store):
+    """A store whose end write never comes back (a database that hangs)."""
+
+    def finish(self, record: TaskRecord, new: Status, **fields: Any) -> asyncio.Future[Any]:
+        self.ends.append((record, new))
+        return asyncio.get_running_loop().create_future()
+
+
+@in_loop
+async def test_waiting_for_ends_is_bounded() -> None:
+    task_runner, _ = runner(StuckEnd(running=True))
+    await task_runner.execute(queued())  # returns once the end is queued: the slot is free
+    assert await task_runner.settled(0.05) is False
+    runner_ok, _ = runner(Store(running=True))
+    await runner_ok.execute(queued())
+    assert await runner_ok.settled(1.0) is True
+    await runner_ok.aclose()
+    await task_runner.aclose(timeout_s=0.01)

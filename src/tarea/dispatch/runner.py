@@ -218,10 +218,19 @@ class TaskRunner:
         settle.add_done_callback(self._settling.discard)
         self._watch(settle)
 
-    async def settled(self) -> None:
-        """Wait until every task that ran here has its end recorded (or given up)."""
+    async def settled(self, timeout_s: float) -> bool:
+        """Wait (at most ``timeout_s``) until every task that ran here has its end recorded.
+
+        Returns whether they all have; those that have not keep their waiters,
+        which the drain then releases.
+        """
+        deadline = asyncio.get_running_loop().time() + timeout_s
         while self._settling:
-            await asyncio.wait(set(self._settling))
+            left = deadline - asyncio.get_running_loop().time()
+            if left <= 0:
+                return False
+            await asyncio.wait(set(self._settling), timeout=left)
+        return True
 
     async def _settle(
         self,

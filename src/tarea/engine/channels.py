@@ -11,11 +11,18 @@ How one is made (DESIGN §2, docs/protocol.md "Direct channel"):
    ``channel.sock`` in it (mode 0666: the task's user differs from ours).
 2. The container gets that directory bind-mounted **read-only** at
    :data:`MOUNT_TARGET` and its socket's path in :data:`SOCKET_ENV`.
-3. A runtime that knows the variable (tarea's does) connects and speaks the
-   same JSON-RPC there, ``ready`` first. One that does not speaks on stdio as
-   before: whichever carries ``ready`` first wins.
-4. The server accepts one connection, then closes the listener and removes
-   the socket and the directory: nothing is left to connect to.
+3. A runtime that knows the variable (tarea's does) connects. The server
+   takes the connection only from a process of that very container (the
+   peer's pid, from ``SO_PEERCRED``, must be in the container's cgroup) and
+   says so with :data:`WELCOME`; any other connection is closed at once. The
+   directory's name is no secret (``/proc/<pid>/mountinfo`` shows it), so
+   this check, not the name, is what keeps other local users out.
+4. Welcomed, the runtime speaks the same JSON-RPC there, ``ready`` first.
+   Closed without a welcome (refused, or a server that cannot see the
+   container's processes), it speaks on stdio, like a runtime that ignores
+   the variable: whichever stream carries ``ready`` first wins.
+5. The server then closes the listener and removes the socket and the
+   directory: nothing is left to connect to.
 
 Only the local engine can see a directory of ours; :func:`ChannelDir.for_engine`
 says when direct channels apply.
@@ -30,6 +37,7 @@ import os
 import shutil
 import socket
 import stat
+import struct
 import tempfile
 from pathlib import Path
 
@@ -39,6 +47,8 @@ log = logging.getLogger(__name__)
 MOUNT_TARGET = "/run/tarea"
 #: The variable that tells a task runtime where to connect.
 SOCKET_ENV = "TAREA_CHANNEL_SOCKET"
+#: The server's first line on a connection it takes; then the task says ``ready``.
+WELCOME = b'{"jsonrpc":"2.0","method":"welcome","params":{}}\n'
 #: The socket's name in the channel directory.
 SOCKET_NAME = "channel.sock"
 #: sockaddr_un.sun_path holds 108 bytes with its NUL.
@@ -70,20 +80,28 @@ class ChannelDir:
     def for_engine(cls, root: Path | None, docker_host: str | None) -> ChannelDir | None:
         """The channel directory to use, or None when calls must go over attach.
 
-        ``root`` None means the default, and only for a local engine (a remote
-        one cannot mount our directories). A root that cannot be made private
-        and ours is refused with a warning: calls then use the attach stream.
+        Only a local engine can mount our directories: with a remote one there
+        are no direct channels, whatever ``root`` says. ``root`` None means the
+        default. A root that is not a directory of ours, or that others may
+        write to, is refused with a warning (and never chmodded): calls then
+        use the attach stream.
         """
-        if root is None:
-            if not is_local_engine(docker_host):
-                return None
-            root = default_root()
+        if not is_local_engine(docker_host):
+            if root is not None:
+                log.warning("direct channels are off: the Docker engine is not local")
+            return None
+        root = (root or default_root()).absolute()
         try:
-            root.mkdir(mode=0o711, parents=True, exist_ok=True)
+            try:
+                root.mkdir(mode=0o711, parents=True)
+                root.chmod(0o711)  # whatever the umask left
+            except FileExistsError:
+                pass
             info = root.lstat()
             if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid():
                 raise OSError(f"{root} is not a directory owned by uid {os.getuid()}")
-            root.chmod(0o711)
+            if info.st_mode & 0o022:
+                raise OSError(f"{root} may be written by others (mode {info.st_mode & 0o777:o})")
             # root + "/c" + 8 random characters + "/channel.sock"
             if len(str(root)) + 24 > _MAX_SOCKET_PATH:
                 raise OSError(f"{root} is too long a path for a Unix socket")
@@ -93,7 +111,12 @@ class ChannelDir:
         return cls(root)
 
     def listen(self) -> ChannelListener:
-        """A fresh private directory with a socket listening for one container."""
+        """A fresh private directory with a socket listening for one container.
+
+        Raises:
+            OSError: it could not be made (the caller goes over stdio).
+        """
+        self.root.mkdir(mode=0o711, parents=True, exist_ok=True)  # cleaned by tmpfiles?
         directory = Path(tempfile.mkdtemp(prefix="c", dir=self.root))
         try:
             directory.chmod(0o711)
@@ -126,12 +149,27 @@ class ChannelListener:
         """The host directory to bind-mount (read-only) at :data:`MOUNT_TARGET`."""
         return str(self.directory)
 
-    async def accept(self) -> socket.socket:
-        """The first connection (non-blocking); the listener is closed after it."""
+    async def accept(self, container_id: str) -> socket.socket:
+        """The first connection from inside ``container_id``, welcomed; others are closed.
+
+        The listener is closed once one is taken.
+        """
         loop = asyncio.get_running_loop()
-        conn, _ = await loop.sock_accept(self._sock)
-        self.close()
-        return conn
+        while True:
+            conn, _ = await loop.sock_accept(self._sock)
+            if peer_in_container(conn, container_id):
+                try:
+                    await loop.sock_sendall(conn, WELCOME)
+                except OSError:
+                    conn.close()
+                    continue
+                self.close()
+                return conn
+            log.warning(
+                "closed a connection to container %s's channel from outside the container",
+                container_id[:12],
+            )
+            conn.close()
 
     def close(self) -> None:
         """Stop listening and remove the socket and its directory (idempotent)."""
@@ -143,3 +181,22 @@ class ChannelListener:
             (self.directory / SOCKET_NAME).unlink()
         with contextlib.suppress(OSError):
             self.directory.rmdir()
+
+
+def peer_in_container(conn: socket.socket, container_id: str) -> bool:
+    """Whether the process at the other end of ``conn`` runs in ``container_id``.
+
+    False when it cannot be told: the peer's pid is not visible from here (a
+    server in a container of its own) or its cgroup cannot be read.
+    """
+    size = struct.calcsize("3i")
+    pid, _uid, _gid = struct.unpack(
+        "3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, size)
+    )
+    if pid <= 0:
+        return False
+    try:
+        cgroups = Path(f"/proc/{pid}/cgroup").read_text()
+    except OSError:
+        return False
+    return container_id in cgroups

@@ -224,7 +224,7 @@ class Engine:
             await self.docker.ensure_network(self.policy.seed_network, internal=True)
             self._seed_network_ready = True
         stdio = resolved.protocol is Protocol.JSONRPC_STDIO
-        listener = self.channels.listen() if stdio and self.channels is not None else None
+        listener = self._listen() if stdio else None
         config = container_config(
             image=resolved.info.id,
             protocol=resolved.protocol,
@@ -237,10 +237,17 @@ class Engine:
         t0 = time.perf_counter()
         try:
             cid = await self.docker.create(config)
-        except BaseException:
-            if listener is not None:
-                listener.close()
-            raise
+        except BaseException as exc:
+            if listener is None:
+                raise
+            listener.close()
+            if not (isinstance(exc, TaskFailure) and _mount_refused(exc)):
+                raise
+            # The engine does not see our directory (a server in a container
+            # of its own, say): no direct channels from now on.
+            log.warning("direct channels are off, calls use the attach stream: %s", exc.message)
+            self.channels = None
+            return await self.launch(resolved, limits)
         channel: JsonRpcChannel | None = None
         try:
             if stdio:
@@ -249,7 +256,7 @@ class Engine:
                     attached.sock, output_cap=limits.output_kb * 1024, log_cap=self.log_cap
                 )
                 await self.docker.start(cid)
-                await self._ready(channel, listener)
+                await self._ready(channel, listener, cid)
                 start_ms = (time.perf_counter() - t0) * 1000
                 return StdioContainer(cid, resolved.reference, stem, start_ms, channel)
             await self.docker.start(cid)
@@ -275,13 +282,25 @@ class Engine:
             if listener is not None:
                 listener.close()
 
-    async def _ready(self, channel: JsonRpcChannel, listener: ChannelListener | None) -> None:
+    def _listen(self) -> ChannelListener | None:
+        """A direct channel for the next container, or None (then stdio)."""
+        if self.channels is None:
+            return None
+        try:
+            return self.channels.listen()
+        except OSError as exc:
+            log.warning("no direct channel for this container, it uses stdio: %s", exc)
+            return None
+
+    async def _ready(
+        self, channel: JsonRpcChannel, listener: ChannelListener | None, container_id: str
+    ) -> None:
         """Wait for ``ready``, on the direct channel if the task connects to it first."""
         ready = asyncio.ensure_future(channel.wait_ready(self.start_timeout_s))
         if listener is None:
             await ready
             return
-        accept = asyncio.ensure_future(listener.accept())
+        accept = asyncio.ensure_future(listener.accept(container_id))
         try:
             await asyncio.wait({ready, accept}, return_when=asyncio.FIRST_COMPLETED)
             conn = _accepted(accept)
@@ -291,6 +310,9 @@ class Engine:
         finally:
             ready.cancel()
             accept.cancel()
+            # Let the accept end before the listener closes (its file number
+            # is registered with the loop until then).
+            await asyncio.gather(accept, return_exceptions=True)
             listener.close()
             conn = _accepted(accept)
             if conn is not None and not channel.direct:
@@ -299,6 +321,12 @@ class Engine:
     async def _remove(self, container: TaskContainer) -> None:
         container.close()
         await self.docker.remove(container.id)
+
+
+def _mount_refused(failure: TaskFailure) -> bool:
+    """Whether the engine refused to create a container for its channel's bind mount."""
+    message = failure.message.lower()
+    return "bind source path" in message or "invalid mount config" in message
 
 
 def _accepted(accept: asyncio.Future[socket.socket]) -> socket.socket | None:

@@ -27,6 +27,7 @@ the type hints; raise :class:`TaskError` to fail with your own message.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -46,6 +47,8 @@ __all__ = ["Registry", "TaskError", "progress", "serve", "task"]
 MODE_ENV = "TAREA_RUNTIME_MODE"
 PORT_ENV = "TAREA_HTTP_PORT"
 SOCKET_ENV = "TAREA_CHANNEL_SOCKET"
+#: How long the server may take to welcome this process on its direct channel.
+_WELCOME_TIMEOUT_S = 10.0
 
 
 def serve(
@@ -132,7 +135,8 @@ def _protocol_stdio() -> Iterator[tuple[IO[bytes], IO[bytes]]]:
             if direct is None:
                 yield proto_in, proto_out
             else:
-                with direct, direct.makefile("rb") as sock_in, direct.makefile("wb") as sock_out:
+                sock, sock_in = direct
+                with sock, sock_in, sock.makefile("wb") as sock_out:
                     yield sock_in, sock_out
     finally:
         sys.stdout.flush()
@@ -145,19 +149,30 @@ def _protocol_stdio() -> Iterator[tuple[IO[bytes], IO[bytes]]]:
             proto_out.close()
 
 
-def _direct_channel() -> socket.socket | None:
-    """The server's direct channel, connected, if ``TAREA_CHANNEL_SOCKET`` names one."""
+def _direct_channel() -> tuple[socket.socket, IO[bytes]] | None:
+    """The server's direct channel and its reader, if ``TAREA_CHANNEL_SOCKET`` names one.
+
+    Taken only once the server welcomes this process: a server that cannot
+    tell who connected closes the connection instead, and stdio is used.
+    """
     path = os.environ.get(SOCKET_ENV, "")
     if not path or not hasattr(socket, "AF_UNIX"):
         return None
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    reader = sock.makefile("rb")
     try:
+        sock.settimeout(_WELCOME_TIMEOUT_S)
         sock.connect(path)
-    except OSError as exc:
+        welcome = json.loads(reader.readline() or b"null")
+        if not isinstance(welcome, dict) or welcome.get("method") != "welcome":
+            raise ConnectionError("the server did not welcome this task on its channel")
+        sock.settimeout(None)
+    except (OSError, ValueError) as exc:
+        reader.close()
         sock.close()
         print(f"tarea.runtime: no direct channel at {path} ({exc}); using stdio", file=sys.stderr)
         return None
-    return sock
+    return sock, reader
 
 
 @contextlib.contextmanager

@@ -146,6 +146,8 @@ class BatchWriter:
         # None is the "stop" mark that close() puts last.
         self._queue: queue.SimpleQueue[_Item | None] = queue.SimpleQueue()
         self._closed = False
+        #: Makes "closed?" and "put" one step for submit(), close() and the thread's end.
+        self._gate = threading.Lock()
         self._thread = threading.Thread(target=self._loop, name="store-write", daemon=True)
         self._thread.start()
 
@@ -158,17 +160,19 @@ class BatchWriter:
         Raises:
             RuntimeError: the writer was closed.
         """
-        if self._closed:
-            raise RuntimeError("the store is closed")
         future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        self._queue.put((write, future))
+        with self._gate:  # no put after the stop mark, nor after the thread's last look
+            if self._closed:
+                raise RuntimeError("the store is closed")
+            self._queue.put((write, future))
         return future
 
     def close(self) -> None:
         """Run what is queued, then stop the thread."""
-        if not self._closed:
-            self._closed = True
-            self._queue.put(None)
+        with self._gate:
+            if not self._closed:
+                self._closed = True
+                self._queue.put(None)
         self._thread.join()
 
     def _loop(self) -> None:
@@ -178,12 +182,13 @@ class BatchWriter:
             # Stopped (closed, or killed by an error that is not an Exception):
             # nothing is accepted any more, and nothing queued is left waiting
             # (a submit racing with close() may have come after the mark).
-            self._closed = True
             left: builtins.list[_Item] = []
-            with contextlib.suppress(queue.Empty):
-                while True:
-                    if (item := self._queue.get_nowait()) is not None:
-                        left.append(item)
+            with self._gate:
+                self._closed = True
+                with contextlib.suppress(queue.Empty):
+                    while True:
+                        if (item := self._queue.get_nowait()) is not None:
+                            left.append(item)
             stopped = RuntimeError("the store's writer stopped")
             self._hand_back(left, [(None, stopped)] * len(left))
             self._runner.close()

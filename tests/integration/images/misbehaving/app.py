@@ -33,7 +33,9 @@ def protocol_streams():
     if os.environ.get("MISBEHAVE_CHANNEL") == "direct" and path:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         sock.connect(path)
-        return sock.makefile("rb"), sock.makefile("wb")
+        reader = sock.makefile("rb")
+        reader.readline()  # the server's welcome
+        return reader, sock.makefile("wb")
     return sys.stdin.buffer, sys.stdout.buffer
 
 
