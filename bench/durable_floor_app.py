@@ -8,7 +8,7 @@ only what a warm tarea task cannot do without:
    tarea's indexes), before the task runs: an accepted task has a record;
 2. send one JSON-RPC call to a warm container of the task image over the
    container's own Unix socket (tarea's direct channel, the quickest way in
-   that there is), and read the answer;
+   that there is, set up as docs/protocol.md says), and read the answer;
 3. update the row with the result and commit, before answering;
 4. answer 200 with a finished task of tarea's shape.
 
@@ -48,7 +48,8 @@ from fastapi import FastAPI, HTTPException
 from fastapi.responses import JSONResponse
 
 from bench.config import TASK_IMAGE
-from bench.floor_app import TaskIn, _now
+from bench.floor_app import TaskIn, _now, finished_task
+from tarea.engine.channels import WELCOME, peer_in_container
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS tasks (
@@ -152,9 +153,11 @@ class Containers:
             log_config=docker.types.LogConfig(type="none"),
         )
         self.ids.append(str(container.id))
-        conn, _ = await asyncio.wait_for(
-            asyncio.get_running_loop().sock_accept(listener), timeout=30
-        )
+        loop = asyncio.get_running_loop()
+        conn, _ = await asyncio.wait_for(loop.sock_accept(listener), timeout=30)
+        if not peer_in_container(conn, str(container.id)):  # as tarea checks, and welcomes
+            raise RuntimeError("a process outside the task container took its channel")
+        await loop.sock_sendall(conn, WELCOME)
         listener.close()
         path.unlink()
         reader, writer = await asyncio.open_connection(sock=conn, limit=2**20)
@@ -218,26 +221,7 @@ def create_app(db_path: str, containers: int, labels: dict[str, str]) -> FastAPI
         finished = _now()
         await loop.run_in_executor(store.executor, store.finish, task_id, result, started, finished)
         return JSONResponse(
-            {
-                "id": task_id,
-                "status": "succeeded",
-                "image": body.image,
-                "function": body.function,
-                "params": body.params,
-                "metadata": body.metadata,
-                "result": result,
-                "error": None,
-                "limits": body.limits or {},
-                "isolation": body.isolation,
-                "created_at": created,
-                "started_at": started,
-                "finished_at": finished,
-                "timings": {"queued_ms": 0.0, "start_ms": 0.0, "run_ms": 0.0},
-                "container": None,
-                "worker": "durable-floor",
-                "progress": None,
-                "callback": None,
-            }
+            finished_task(task_id, body, result, (created, started, finished), "durable-floor")
         )
 
     return app

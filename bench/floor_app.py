@@ -41,6 +41,33 @@ def _now() -> str:
     return datetime.now(UTC).isoformat().replace("+00:00", "Z")
 
 
+def finished_task(
+    task_id: str, body: TaskIn, result: Any, times: tuple[str, str, str], worker: str
+) -> dict[str, Any]:
+    """A succeeded task of tarea's shape; ``times`` are created, started and finished."""
+    created, started, finished = times
+    return {
+        "id": task_id,
+        "status": "succeeded",
+        "image": body.image,
+        "function": body.function,
+        "params": body.params,
+        "metadata": body.metadata,
+        "result": result,
+        "error": None,
+        "limits": body.limits or {},
+        "isolation": body.isolation,
+        "created_at": created,
+        "started_at": started,
+        "finished_at": finished,
+        "timings": {"queued_ms": 0.0, "start_ms": 0.0, "run_ms": 0.0},
+        "container": None,
+        "worker": worker,
+        "progress": None,
+        "callback": None,
+    }
+
+
 def create_app() -> FastAPI:
     """The floor application: a task submission answered without doing the task."""
     app = FastAPI(title="tarea bench floor")
@@ -56,26 +83,7 @@ def create_app() -> FastAPI:
         now = _now()
         values = [v for v in body.params.values() if isinstance(v, int | float)]
         return JSONResponse(
-            {
-                "id": uuid.uuid4().hex,
-                "status": "succeeded",
-                "image": body.image,
-                "function": body.function,
-                "params": body.params,
-                "metadata": body.metadata,
-                "result": sum(values),
-                "error": None,
-                "limits": body.limits or {},
-                "isolation": body.isolation,
-                "created_at": now,
-                "started_at": now,
-                "finished_at": now,
-                "timings": {"queued_ms": 0.0, "start_ms": 0.0, "run_ms": 0.0},
-                "container": None,
-                "worker": "floor",
-                "progress": None,
-                "callback": None,
-            }
+            finished_task(uuid.uuid4().hex, body, sum(values), (now, now, now), "floor")
         )
 
     return app

@@ -26,6 +26,8 @@ from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.engine import make_url
 
 from tarea.api.app import build_engine
+from tarea.domain.task import Limits
+from tarea.engine.containers import PoolKey, StdioContainer
 from tarea.engine.executor import Engine as TaskEngine
 from tarea.settings import Settings
 
@@ -244,6 +246,29 @@ def with_engine(body: Callable[[TaskEngine], Awaitable[T]], **settings: Any) -> 
             await engine.aclose()
 
     return asyncio.run(main())
+
+
+async def fresh_stdio_container(engine: TaskEngine, image: str, limits: Limits) -> StdioContainer:
+    """A never-used JSON-RPC container of ``image`` from ``engine``'s pool (give it back)."""
+    resolved = await engine.resolve(image)
+    key = PoolKey("test", resolved.info.id, limits)
+    container = await engine.pool.acquire(key, lambda: engine.launch(resolved, limits), fresh=True)
+    assert isinstance(container, StdioContainer)
+    return container
+
+
+async def direct_and_result(
+    engine: TaskEngine, image: str, function: str, params: dict[str, Any], limits: Limits
+) -> tuple[bool, Any]:
+    """Start ``image``; whether it took its direct channel, and one call's result."""
+    container = await fresh_stdio_container(engine, image, limits)
+    try:
+        result = await container.call(
+            "r1", function, params, timeout_s=10, on_progress=None, on_log=None
+        )
+        return container.channel.direct, result
+    finally:
+        await engine.pool.release(container, reusable=False)
 
 
 class LiveServer:

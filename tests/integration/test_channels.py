@@ -13,9 +13,8 @@ import pytest
 import tarea.engine.channels as channels
 from tarea.domain.task import Limits
 from tarea.engine.channels import ChannelDir, peer_in_container
-from tarea.engine.containers import PoolKey, StdioContainer
 from tarea.engine.executor import Engine
-from tests.integration.conftest import docker, with_engine
+from tests.integration.conftest import direct_and_result, docker, with_engine
 
 pytestmark = pytest.mark.docker
 
@@ -80,17 +79,7 @@ def test_peer_check_refuses_this_process(tmp_path: Path) -> None:
 
 
 async def _launch_and_call(engine: Engine, image: str) -> tuple[bool, Any]:
-    resolved = await engine.resolve(image)
-    key = PoolKey("test", resolved.info.id, LIMITS)
-    container = await engine.pool.acquire(key, lambda: engine.launch(resolved, LIMITS), fresh=True)
-    assert isinstance(container, StdioContainer)
-    try:
-        result = await container.call(
-            "r1", "suma", {"a": 1, "b": 2}, timeout_s=10, on_progress=None, on_log=None
-        )
-        return container.channel.direct, result
-    finally:
-        await engine.pool.release(container, reusable=False)
+    return await direct_and_result(engine, image, "suma", {"a": 1, "b": 2}, LIMITS)
 
 
 def test_a_task_refused_its_channel_speaks_stdio(

@@ -10,9 +10,14 @@ from typing import Any, TypeVar
 import pytest
 
 from tarea.domain.task import Limits, Outcome, TaskSpec
-from tarea.engine.containers import PoolKey, StdioContainer
 from tarea.engine.executor import Engine
-from tests.integration.conftest import docker, managed_containers, with_engine
+from tests.integration.conftest import (
+    direct_and_result,
+    docker,
+    fresh_stdio_container,
+    managed_containers,
+    with_engine,
+)
 
 pytestmark = pytest.mark.docker
 
@@ -123,45 +128,28 @@ def test_result_over_output_cap_reports_output_too_large(misbehaving_either: str
     assert outcome.error.code == "output_too_large"
 
 
-async def _launch(engine: Engine, image: str) -> StdioContainer:
-    """A fresh container of ``image`` from the engine's pool (give it back with release)."""
-    resolved = await engine.resolve(image)
-    key = PoolKey("test", resolved.info.id, LIMITS)
-    container = await engine.pool.acquire(key, lambda: engine.launch(resolved, LIMITS), fresh=True)
-    assert isinstance(container, StdioContainer)
-    return container
-
-
-async def _direct_and_echo(engine: Engine, image: str, function: str) -> tuple[bool, Any]:
-    """Launch ``image``; whether it took the direct channel, and one call's result."""
-    container = await _launch(engine, image)
-    try:
-        params = {"a": 1, "b": 2} if function == "suma" else {"x": 1}
-        result = await container.call(
-            "r1", function, params, timeout_s=10, on_progress=None, on_log=None
-        )
-        return container.channel.direct, result
-    finally:
-        await engine.pool.release(container, reusable=False)
-
-
 def test_standard_image_takes_calls_on_its_direct_channel(tasks_image: str) -> None:
     """tarea's runtime connects to the socket it is offered; calls then skip the engine."""
-    direct, result = with_engine(lambda engine: _direct_and_echo(engine, tasks_image, "suma"))
+    direct, result = with_engine(
+        lambda engine: direct_and_result(engine, tasks_image, "suma", {"a": 1, "b": 2}, LIMITS)
+    )
     assert (direct, result) == (True, 3)
 
 
 def test_direct_channels_can_be_turned_off(tasks_image: str) -> None:
     """With TAREA_DIRECT_CHANNELS=false the same image speaks over the attach stream."""
     direct, result = with_engine(
-        lambda engine: _direct_and_echo(engine, tasks_image, "suma"), direct_channels=False
+        lambda engine: direct_and_result(engine, tasks_image, "suma", {"a": 1, "b": 2}, LIMITS),
+        direct_channels=False,
     )
     assert (direct, result) == (False, 3)
 
 
 def test_image_that_ignores_the_direct_channel_speaks_stdio(misbehaving_image: str) -> None:
     """An image written against stdio alone still works: ready on stdout decides."""
-    direct, result = with_engine(lambda engine: _direct_and_echo(engine, misbehaving_image, "echo"))
+    direct, result = with_engine(
+        lambda engine: direct_and_result(engine, misbehaving_image, "echo", {"x": 1}, LIMITS)
+    )
     assert (direct, result) == (False, {"x": 1})
 
 
@@ -169,7 +157,7 @@ def test_direct_channel_cannot_be_dialled_again(misbehaving_direct_image: str) -
     """Once the task connected, its socket is gone: nothing in it can connect a second time."""
 
     async def redial(engine: Engine) -> Any:
-        container = await _launch(engine, misbehaving_direct_image)
+        container = await fresh_stdio_container(engine, misbehaving_direct_image, LIMITS)
         try:
             assert container.channel.direct
             return await container.call(
