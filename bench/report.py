@@ -105,80 +105,56 @@ def _at_most(value: float | None, bound: float) -> bool | None:
     return None if value is None else value <= bound
 
 
-def _latency_rows(r: Results) -> list[Row]:
-    p50 = ratio(_p(r.warm, "latency", "p50"), _p(r.floor, "latency", "p50"))
-    p99 = ratio(_p(r.warm, "latency", "p99"), _p(r.floor, "latency", "p99"))
-    rps = ratio(_rps(r.warm), _rps(r.floor))
-    floor_rps, warm_rps = _rps(r.floor), _rps(r.warm)
-    floor_32 = f"{ms(_p(r.floor, 'throughput', 'p50'))} / {ms(_p(r.floor, 'throughput', 'p99'))}"
-    warm_32 = f"{ms(_p(r.warm, 'throughput', 'p50'))} / {ms(_p(r.warm, 'throughput', 'p99'))}"
+def _warm_rows(warm: HttpLoad | None, base: HttpLoad | None, name: str, mark: str) -> list[Row]:
+    """The warm targets against one baseline (``name``): p50 at 1 connection,
+    throughput at many, and CPU per request; ``mark`` tags their targets."""
+    p50 = ratio(_p(warm, "latency", "p50"), _p(base, "latency", "p50"))
+    rps = ratio(_rps(warm), _rps(base))
+    base_rps, warm_rps = _rps(base), _rps(warm)
     return [
         Row(
             "warm suma, p50 latency, 1 connection",
-            f"floor {ms(_p(r.floor, 'latency', 'p50'))}",
-            ms(_p(r.warm, "latency", "p50")),
+            f"{name} {ms(_p(base, 'latency', 'p50'))}",
+            ms(_p(warm, "latency", "p50")),
             times(p50),
-            f"≤ {MAX_LATENCY_RATIO:g}×",
+            f"≤ {MAX_LATENCY_RATIO:g}×{mark}",
             verdict(_at_most(p50, MAX_LATENCY_RATIO)),
         ),
+        Row(
+            "warm suma, throughput, 32 connections",
+            f"{name} n/a" if base_rps is None else f"{name} {base_rps:,.0f} req/s",
+            "n/a" if warm_rps is None else f"{warm_rps:,.0f} req/s",
+            times(rps),
+            f"≥ {MIN_THROUGHPUT_RATIO:g}×{mark}",
+            verdict(None if rps is None else rps >= MIN_THROUGHPUT_RATIO),
+        ),
+        Row(
+            "server CPU per request, 32 connections",
+            f"{name} {_cpu(base)}",
+            _cpu(warm),
+            times(ratio(_cpu_ms(warm), _cpu_ms(base))),
+        ),
+    ]
+
+
+def _latency_rows(r: Results) -> list[Row]:
+    """tarea against the floor, then against the durable floor (the same durable work, by hand)."""
+    p50, throughput, cpu = _warm_rows(r.warm, r.floor, "floor", "")
+    p99 = ratio(_p(r.warm, "latency", "p99"), _p(r.floor, "latency", "p99"))
+    floor_32 = f"{ms(_p(r.floor, 'throughput', 'p50'))} / {ms(_p(r.floor, 'throughput', 'p99'))}"
+    warm_32 = f"{ms(_p(r.warm, 'throughput', 'p50'))} / {ms(_p(r.warm, 'throughput', 'p99'))}"
+    return [
+        p50,
         Row(
             "warm suma, p99 latency, 1 connection",
             f"floor {ms(_p(r.floor, 'latency', 'p99'))}",
             ms(_p(r.warm, "latency", "p99")),
             times(p99),
         ),
-        Row(
-            "warm suma, throughput, 32 connections",
-            "floor n/a" if floor_rps is None else f"floor {floor_rps:,.0f} req/s",
-            "n/a" if warm_rps is None else f"{warm_rps:,.0f} req/s",
-            times(rps),
-            f"≥ {MIN_THROUGHPUT_RATIO:g}×",
-            verdict(None if rps is None else rps >= MIN_THROUGHPUT_RATIO),
-        ),
-        Row(
-            "server CPU per request, 32 connections",
-            f"floor {_cpu(r.floor)}",
-            _cpu(r.warm),
-            times(ratio(_cpu_ms(r.warm), _cpu_ms(r.floor))),
-        ),
-        Row(
-            "warm suma, p50 / p99 latency, 32 connections",
-            f"floor {floor_32}",
-            warm_32,
-        ),
-        *_durable_rows(r),
-    ]
-
-
-def _durable_rows(r: Results) -> list[Row]:
-    """tarea against the durable floor: the same durable work, written by hand."""
-    base = r.durable_floor
-    p50 = ratio(_p(r.warm, "latency", "p50"), _p(base, "latency", "p50"))
-    rps = ratio(_rps(r.warm), _rps(base))
-    base_rps, warm_rps = _rps(base), _rps(r.warm)
-    return [
-        Row(
-            "warm suma, p50 latency, 1 connection",
-            f"durable floor {ms(_p(base, 'latency', 'p50'))}",
-            ms(_p(r.warm, "latency", "p50")),
-            times(p50),
-            f"≤ {MAX_LATENCY_RATIO:g}× (durable)",
-            verdict(_at_most(p50, MAX_LATENCY_RATIO)),
-        ),
-        Row(
-            "warm suma, throughput, 32 connections",
-            "durable floor n/a" if base_rps is None else f"durable floor {base_rps:,.0f} req/s",
-            "n/a" if warm_rps is None else f"{warm_rps:,.0f} req/s",
-            times(rps),
-            f"≥ {MIN_THROUGHPUT_RATIO:g}× (durable)",
-            verdict(None if rps is None else rps >= MIN_THROUGHPUT_RATIO),
-        ),
-        Row(
-            "server CPU per request, 32 connections",
-            f"durable floor {_cpu(base)}",
-            _cpu(r.warm),
-            times(ratio(_cpu_ms(r.warm), _cpu_ms(base))),
-        ),
+        throughput,
+        cpu,
+        Row("warm suma, p50 / p99 latency, 32 connections", f"floor {floor_32}", warm_32),
+        *_warm_rows(r.warm, r.durable_floor, "durable floor", " (durable)"),
     ]
 
 
