@@ -116,7 +116,7 @@ class ChannelDir:
         Raises:
             OSError: it could not be made (the caller goes over stdio).
         """
-        self.root.mkdir(mode=0o711, parents=True, exist_ok=True)  # cleaned by tmpfiles?
+        self.root.mkdir(mode=0o711, parents=True, exist_ok=True)  # tmpfiles may remove it
         directory = Path(tempfile.mkdtemp(prefix="c", dir=self.root))
         try:
             directory.chmod(0o711)
