@@ -5,12 +5,14 @@
 PYTHON     ?= python3
 VENV       ?= .venv
 BASE_IMAGE ?= python:3.12-slim
-COMPOSE    ?= $(shell docker compose version >/dev/null 2>&1 && echo "docker compose" || echo docker-compose) -p tarea
+# `docker compose` or `docker-compose` (scripts/ensure-compose.sh installs one
+# where neither answers), run in the recipes below with this project name.
+COMPOSE_PROJECT ?= tarea
 BIN        := $(VENV)/bin
 SERVER_URL ?= http://127.0.0.1:8000
 
 .DEFAULT_GOAL := help
-.PHONY: help run test check bench venv engine base_image wheels \
+.PHONY: help run test check bench venv engine base_image compose wheels \
         build_server_image build_server_tasks_image up_server down_server \
         restart_server test_docker clean
 
@@ -28,6 +30,9 @@ $(VENV)/.installed: pyproject.toml
 
 engine:  ## a Docker engine that answers (installs and starts one if root on Debian)
 	@scripts/ensure-docker.sh
+
+compose:  ## docker compose (installs Debian's docker-compose if root on Debian and none answers)
+	@scripts/ensure-compose.sh >/dev/null
 
 base_image: engine  ## the base image, or a local one built from Debian packages
 	@scripts/ensure-base-image.sh "$(BASE_IMAGE)" >/dev/null
@@ -66,16 +71,18 @@ bench: venv build_server_tasks_image  ## tarea against its floor, docker run and
 	@base=$$(scripts/ensure-base-image.sh "$(BASE_IMAGE)") && \
 	BENCH_BASE_IMAGE="$$base" $(BIN)/python -m bench
 
-up_server: build_server_image build_server_tasks_image  ## the server in a container, port 8000
+up_server: compose build_server_image build_server_tasks_image  ## the server in a container, port 8000
 	@docker network inspect app_network >/dev/null 2>&1 || \
 	  docker network create --internal app_network >/dev/null
-	$(COMPOSE) up -d
-	@for i in $$(seq 1 60); do \
+	@compose=$$(scripts/ensure-compose.sh) && echo "$$compose -p $(COMPOSE_PROJECT) up -d" && \
+	$$compose -p $(COMPOSE_PROJECT) up -d && \
+	for i in $$(seq 1 60); do \
 	  curl -fsS $(SERVER_URL)/healthz >/dev/null 2>&1 && { echo "tarea: server up at $(SERVER_URL)"; exit 0; }; \
-	  sleep 0.5; done; echo "tarea: server did not answer" >&2; $(COMPOSE) logs; exit 1
+	  sleep 0.5; done; echo "tarea: server did not answer" >&2; $$compose -p $(COMPOSE_PROJECT) logs; exit 1
 
-down_server:  ## stop the server container
-	$(COMPOSE) down
+down_server: compose  ## stop the server container
+	@compose=$$(scripts/ensure-compose.sh) && echo "$$compose -p $(COMPOSE_PROJECT) down" && \
+	$$compose -p $(COMPOSE_PROJECT) down
 
 restart_server: down_server up_server  ## stop, rebuild and start the server container
 
