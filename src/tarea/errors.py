@@ -22,7 +22,9 @@ The tree::
         ├── TaskTimeout             timed_out: the wall-clock limit passed
         ├── ProtocolViolation       protocol_error: the container spoke garbage
         ├── OutputTooLarge          output_too_large: a message over the cap
-        ├── ContainerCrashed        crashed: the process ended mid-call
+        ├── DiskLimitExceeded       disk_limit_exceeded: wrote past TAREA_WRITABLE_MB
+        ├── ContainerCrashed        crashed: the process ended mid-call, or while starting
+        ├── OomKilled               oom_killed: the kernel's OOM killer ended it
         └── RemoteTaskError         unknown_function | bad_params | task_error:
                                     the task answered with an error of its own
 
@@ -171,10 +173,22 @@ class OutputTooLarge(TaskFailure):
     code: str = "output_too_large"
 
 
+class DiskLimitExceeded(TaskFailure):
+    """The container wrote more to its own filesystem than allowed, and was stopped."""
+
+    code: str = "disk_limit_exceeded"
+
+
 class ContainerCrashed(TaskFailure):
     """The task's process ended before answering."""
 
     code: str = "crashed"
+
+
+class OomKilled(TaskFailure):
+    """The task's container ran out of memory and the kernel killed it."""
+
+    code: str = "oom_killed"
 
 
 class RemoteTaskError(TaskFailure):

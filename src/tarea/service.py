@@ -9,7 +9,6 @@ containers, by label; its unfinished tasks, re-queued or failed as
 from __future__ import annotations
 
 import asyncio
-import fnmatch
 import hashlib
 import json
 import logging
@@ -20,7 +19,7 @@ from typing import Any
 from tarea.dispatch import callbacks
 from tarea.dispatch.local import LocalDispatcher
 from tarea.dispatch.runner import Completions, Render, TaskRunner
-from tarea.domain.images import ImageReference, parse_reference
+from tarea.domain.images import ImageReference, matches_any, parse_reference
 from tarea.domain.records import TaskRecord, new_task_id
 from tarea.domain.status import Status
 from tarea.domain.task import RegistryAuth
@@ -82,12 +81,7 @@ def image_allowed(reference: ImageReference, patterns: list[str]) -> bool:
 
     No patterns: every image is allowed (the seed's behaviour).
     """
-    if not patterns:
-        return True
-    name = f"{reference.name}:{reference.tag or 'latest'}"
-    if reference.digest:
-        name += f"@{reference.digest}"
-    return any(fnmatch.fnmatchcase(name, pattern) for pattern in patterns)
+    return not patterns or matches_any(reference, patterns)
 
 
 def effective_limits(asked: dict[str, Any], settings: Settings) -> dict[str, Any]:

@@ -65,6 +65,23 @@ class Settings(BaseSettings):
     tmpfs_mb: int = Field(64, ge=1, description="Size of the tmpfs mounted at /tmp.")
     default_user: str = Field("65534:65534", description="User for images whose own user is root.")
 
+    # The seed's label-less HTTP images run under a compatibility profile: their
+    # own user and a writable root, whose growth is watched (docs/security.md).
+    strict_images: str = Field(
+        "",
+        description="Comma-separated glob patterns of seed-HTTP images to run under the "
+        "strict profile anyway (read-only root, non-root user), e.g. 'mine/*'; '*': all.",
+    )
+    writable_mb: int = Field(
+        256,
+        ge=1,
+        description="Most a seed-HTTP container may write to its own filesystem, MiB; "
+        "past it the container is stopped and never reused.",
+    )
+    writable_check_s: float = Field(
+        1.0, gt=0, description="How often seed-HTTP containers' writes are measured."
+    )
+
     # Server maxima: a task may ask for up to these, no more (422 beyond).
     max_timeout_s: float = Field(3600.0, gt=0, description="Largest timeout_s a task may ask.")
     max_memory_mb: int = Field(4096, ge=16, description="Largest memory_mb a task may ask.")
@@ -161,4 +178,13 @@ class Settings(BaseSettings):
 
     def image_patterns(self) -> list[str]:
         """``image_allow`` parsed: the glob patterns (none: every image is allowed)."""
-        return [p.strip() for p in self.image_allow.split(",") if p.strip()]
+        return _patterns(self.image_allow)
+
+    def strict_patterns(self) -> list[str]:
+        """``strict_images`` parsed: the glob patterns (none: no seed image is forced)."""
+        return _patterns(self.strict_images)
+
+
+def _patterns(text: str) -> list[str]:
+    """Comma-separated glob patterns, blanks dropped."""
+    return [p.strip() for p in text.split(",") if p.strip()]

@@ -37,6 +37,9 @@ TASKS_IMAGE = "tasks_image:latest"
 SEED_HTTP_IMAGE = "tarea-test-seed-http:latest"
 MISBEHAVING_IMAGE = "tarea-test-misbehaving:latest"
 MISBEHAVING_DIRECT_IMAGE = "tarea-test-misbehaving-direct:latest"
+COURSE_IMAGE = "tarea-test-course:latest"
+COURSE_CRASH_IMAGE = "tarea-test-course-crash:latest"
+DIES_AT_START_IMAGE = "tarea-test-dies-at-start:latest"
 #: Containers tarea makes carry this label; tests remove them by it.
 MANAGED = "io.tarea.managed=true"
 
@@ -116,6 +119,24 @@ def tasks_image(docker_ready: None) -> str:
 def seed_http_image(base_image: str) -> str:
     """A label-less seed-style HTTP task image, not built on tarea's runtime."""
     return _build(base_image, SEED_HTTP_IMAGE, IMAGES / "seed_http")
+
+
+@pytest.fixture(scope="session")
+def course_image(base_image: str) -> str:
+    """A seed-HTTP image built like the course's task service (writes logs/ next to its code)."""
+    return _build(base_image, COURSE_IMAGE, IMAGES / "course_service")
+
+
+@pytest.fixture(scope="session")
+def course_crash_image(base_image: str) -> str:
+    """The course-like image, dying at start with a traceback."""
+    return _build(base_image, COURSE_CRASH_IMAGE, IMAGES / "course_service", "CRASH=1")
+
+
+@pytest.fixture(scope="session")
+def dies_at_start_image(base_image: str) -> str:
+    """A JSON-RPC image whose process dies before it is ready, with a traceback."""
+    return _build(base_image, DIES_AT_START_IMAGE, IMAGES / "dies_at_start")
 
 
 @pytest.fixture(scope="session")

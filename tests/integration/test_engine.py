@@ -47,11 +47,14 @@ async def inspect_while_running(engine: Engine, spec: TaskSpec) -> tuple[dict[st
     return info, await task
 
 
-def assert_locked_down(info: dict[str, Any], limits: Limits) -> None:
+def assert_locked_down(info: dict[str, Any], limits: Limits, *, compat: bool = False) -> None:
+    """The strict profile, read back; ``compat``: the seed images' profile, which differs
+    from it in the writable root and the image's own user only."""
     host = info["HostConfig"]
     config = info["Config"]
     assert config["Labels"]["io.tarea.managed"] == "true"
-    assert host["ReadonlyRootfs"] is True
+    assert config["Labels"]["io.tarea.profile"] == ("seed-compat" if compat else "strict")
+    assert host["ReadonlyRootfs"] is not compat
     assert host["CapDrop"] == ["ALL"]
     assert "no-new-privileges" in host["SecurityOpt"]
     assert host["Privileged"] is False
@@ -70,7 +73,8 @@ def assert_locked_down(info: dict[str, Any], limits: Limits) -> None:
     assert host["MemorySwap"] == host["Memory"]
     assert host["NanoCpus"] == int(limits.cpus * 1e9)
     assert {u["Name"] for u in host["Ulimits"]} == {"nofile"}
-    assert config["User"] not in ("", "0", "root")
+    if not compat:
+        assert config["User"] not in ("", "0", "root")
     assert not any(e.startswith(("TAREA_DATABASE", "DOCKER_")) for e in config["Env"] or [])
 
 
@@ -84,11 +88,12 @@ def test_stdio_task_container_is_locked_down(tasks_image: str) -> None:
 
 
 def test_seed_http_container_is_locked_down_on_internal_network(seed_http_image: str) -> None:
-    """A seed-HTTP task runs on the internal network, with the same lockdown."""
+    """A seed-HTTP task runs on the internal network, locked down but for the compatibility
+    profile's writable root and own user."""
     spec = TaskSpec(image=seed_http_image, function="suma", params={"a": 1}, limits=LIMITS)
     info, outcome = with_engine(lambda engine: inspect_while_running(engine, spec))
     assert outcome.result == 1
-    assert_locked_down(info, LIMITS)
+    assert_locked_down(info, LIMITS, compat=True)
     assert info["HostConfig"]["NetworkMode"] == "app_network"
     network = json.loads(docker("network", "inspect", "app_network").stdout)[0]
     assert network["Internal"] is True

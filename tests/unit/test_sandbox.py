@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import pytest
 
+from tarea.domain.images import parse_reference
 from tarea.domain.task import Limits, Protocol
 from tarea.engine.sandbox import (
     MANAGED_LABEL,
+    PROFILE_LABEL,
     PROTOCOL_LABEL,
     ContainerConfig,
+    Profile,
     SandboxPolicy,
+    choose_profile,
     container_config,
     effective_user,
+    tmpfs_mb,
 )
 
 MiB = 1024 * 1024
@@ -35,6 +40,7 @@ def make_config(
     limits: Limits | None = None,
     image_user: str = "",
     policy: SandboxPolicy = POLICY,
+    profile: Profile = Profile.STRICT,
 ) -> ContainerConfig:
     return container_config(
         image="sha256:abc",
@@ -42,6 +48,7 @@ def make_config(
         image_user=image_user,
         limits=limits or Limits(timeout_s=30, memory_mb=256, cpus=1.0, pids=64, output_kb=1024),
         policy=policy,
+        profile=profile,
     )
 
 
@@ -129,9 +136,10 @@ def test_labels_name_tarea_and_protocol(protocol: Protocol) -> None:
     assert config.labels == {
         "io.tarea.managed": "true",
         "io.tarea.protocol": protocol.value,
+        "io.tarea.profile": "strict",
         "io.tarea.server": "s1",
     }
-    assert {MANAGED_LABEL, PROTOCOL_LABEL} <= config.labels.keys()
+    assert {MANAGED_LABEL, PROTOCOL_LABEL, PROFILE_LABEL} <= config.labels.keys()
 
 
 ROOT_USERS = ["", "0", "root", "0:0", "root:root", "root:0", "0:root", " root "]
@@ -155,3 +163,81 @@ def test_non_root_image_user_is_kept(image_user: str) -> None:
 def test_root_uid_with_other_group_is_replaced(image_user: str) -> None:
     """An image user that is uid 0 with a non-root group still does not run as root."""
     assert effective_user(image_user, "65534:65534") == "65534:65534"
+
+
+@pytest.mark.parametrize(
+    ("policy_mb", "memory_mb", "size_mb"),
+    [
+        pytest.param(64, 256, 64, id="policy-below-half-memory"),
+        pytest.param(64, 64, 32, id="half-of-64"),
+        pytest.param(64, 100, 50, id="half-of-100"),
+        pytest.param(64, 16, 8, id="half-of-16"),
+        pytest.param(64, 1, 1, id="at-least-1"),
+    ],
+)
+def test_tmp_is_at_most_half_the_memory(policy_mb: int, memory_mb: int, size_mb: int) -> None:
+    """/tmp (whose pages count as the container's memory) is at most half the task's memory."""
+    limits = Limits(timeout_s=30, memory_mb=memory_mb, cpus=1.0, pids=64, output_kb=64)
+    policy = SandboxPolicy(tmpfs_mb=policy_mb)
+
+    assert tmpfs_mb(policy_mb, memory_mb) == size_mb
+    assert f"size={size_mb}m" in make_config(limits=limits, policy=policy).tmpfs["/tmp"]
+
+
+@pytest.mark.parametrize(
+    ("protocol", "image_names", "strict", "profile"),
+    [
+        pytest.param(Protocol.SEED_HTTP, ["course:1"], [], Profile.SEED_COMPAT, id="seed"),
+        pytest.param(Protocol.JSONRPC_STDIO, ["tasks:1"], [], Profile.STRICT, id="tarea-image"),
+        pytest.param(Protocol.SEED_HTTP, ["course:1"], ["*"], Profile.STRICT, id="all-forced"),
+        pytest.param(Protocol.SEED_HTTP, ["course:1"], ["course:*"], Profile.STRICT, id="forced"),
+        pytest.param(
+            Protocol.SEED_HTTP, ["course:1"], ["other:*"], Profile.SEED_COMPAT, id="not-forced"
+        ),
+        pytest.param(
+            Protocol.SEED_HTTP, ["course"], ["course:latest"], Profile.STRICT, id="latest-implied"
+        ),
+        pytest.param(
+            Protocol.SEED_HTTP,
+            ["alias:1", "course:1"],
+            ["course:*"],
+            Profile.STRICT,
+            id="forced-under-another-name",
+        ),
+    ],
+)
+def test_profile_is_compat_only_for_seed_images_not_forced_strict(
+    protocol: Protocol, image_names: list[str], strict: list[str], profile: Profile
+) -> None:
+    """Only label-less seed-HTTP images get the compatibility profile, unless forced strict
+    under any of their names."""
+    refs = [parse_reference(n) for n in image_names]
+
+    assert choose_profile(protocol, refs, strict) is profile
+
+
+@pytest.mark.parametrize("image_user", ["", "root", "0:0", "app", "10001:10001"])
+def test_compat_profile_keeps_the_image_user_and_a_writable_root(image_user: str) -> None:
+    """The compatibility profile runs the image's own user on a writable root, and labels it."""
+    config = make_config(Protocol.SEED_HTTP, image_user=image_user, profile=Profile.SEED_COMPAT)
+
+    assert config.user == image_user
+    assert config.read_only is False
+    assert config.labels[PROFILE_LABEL] == "seed-compat"
+
+
+def test_compat_profile_keeps_everything_else_strict() -> None:
+    """Apart from user and root, the compatibility profile's settings are the strict ones."""
+    strict = make_config(Protocol.SEED_HTTP, image_user="root")
+    compat = make_config(Protocol.SEED_HTTP, image_user="root", profile=Profile.SEED_COMPAT)
+
+    differing = {
+        name
+        for name in ContainerConfig.__dataclass_fields__
+        if getattr(strict, name) != getattr(compat, name)
+    }
+    assert differing == {"user", "read_only", "labels", "profile"}
+    assert compat.cap_drop == ["ALL"]
+    assert compat.security_opt == ["no-new-privileges"]
+    assert compat.network == "seednet"
+    assert compat.log_driver == "none"

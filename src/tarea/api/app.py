@@ -61,6 +61,9 @@ def build_engine(settings: Settings) -> Engine:
         channels=ChannelDir.for_engine(settings.channel_dir, settings.docker_host)
         if settings.direct_channels
         else None,
+        strict_images=settings.strict_patterns(),
+        writable_mb=settings.writable_mb,
+        writable_check_s=settings.writable_check_s,
     )
 
 

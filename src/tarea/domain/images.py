@@ -7,6 +7,7 @@ sends can be read as a flag, a path or another registry's syntax.
 
 from __future__ import annotations
 
+import fnmatch
 import functools
 import re
 from dataclasses import dataclass
@@ -85,3 +86,11 @@ def parse_reference(text: str) -> ImageReference:
             field="image",
         )
     return ImageReference(name=name, tag=match["tag"], digest=match["digest"])
+
+
+def matches_any(reference: ImageReference, patterns: list[str]) -> bool:
+    """Whether ``reference`` (normalised: a tag, ``latest`` if none) matches a glob pattern."""
+    name = f"{reference.name}:{reference.tag or 'latest'}"
+    if reference.digest:
+        name += f"@{reference.digest}"
+    return any(fnmatch.fnmatchcase(name, pattern) for pattern in patterns)

@@ -16,7 +16,10 @@ import httpx
 
 from tarea.domain.task import Limits, Protocol
 from tarea.engine.protocols import seed_http
+from tarea.engine.protocols.attach import AttachedOutput, until_quiet
 from tarea.engine.protocols.jsonrpc import JsonRpcChannel, LogCallback, ProgressCallback
+from tarea.engine.sandbox import Profile
+from tarea.errors import TaskFailure
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,21 +49,31 @@ class TaskContainer(ABC):
 
     protocol: Protocol
 
-    def __init__(self, container_id: str, image: str, stem: StemKey, start_ms: float) -> None:
+    def __init__(
+        self,
+        container_id: str,
+        image: str,
+        stem: StemKey,
+        start_ms: float,
+        profile: Profile = Profile.STRICT,
+    ) -> None:
         self.id = container_id
         self.image = image
         self.stem = stem
         self.start_ms = start_ms
+        self.profile = profile
         self.uses = 0
         self.last_used = time.monotonic()
         self.failed = False
+        #: Why the engine stopped it, if it did (a call under way ends with this).
+        self.stopped: TaskFailure | None = None
         #: Whether the pool still counts it toward its caps.
         self.counted = True
 
     @property
     def broken(self) -> bool:
         """True once the container must not be called again."""
-        return self.failed
+        return self.failed or self.stopped is not None
 
     @abstractmethod
     async def call(
@@ -80,10 +93,11 @@ class TaskContainer(ABC):
         """
 
     def take_logs(self) -> str:
-        """The stderr written since the last call to this (stdio containers only)."""
+        """The logs written since the last call to this: a JSON-RPC container's stderr,
+        a seed-HTTP container's stdout and stderr."""
         return ""
 
-    async def settle_logs(self, *, failed: bool = False) -> None:  # noqa: B027 - stdio only
+    async def settle_logs(self, *, failed: bool = False) -> None:  # noqa: B027 - may be no-op
         """Let stderr that is still arriving for the last call land first.
 
         After a failure (whose message is usually on stderr) this always waits
@@ -113,7 +127,7 @@ class StdioContainer(TaskContainer):
 
     @property
     def broken(self) -> bool:
-        return self.failed or self.channel.broken
+        return super().broken or self.channel.broken
 
     async def call(
         self,
@@ -162,10 +176,19 @@ class SeedHttpContainer(TaskContainer):
         start_ms: float,
         client: httpx.AsyncClient,
         base_url: str,
+        output: AttachedOutput,
+        profile: Profile,
     ) -> None:
-        super().__init__(container_id, image, stem, start_ms)
+        super().__init__(container_id, image, stem, start_ms, profile)
         self.client = client
         self.base_url = base_url
+        #: Its stdout and stderr, kept as the calls' logs.
+        self.output = output
+        self.call_started = 0.0
+
+    @property
+    def broken(self) -> bool:
+        return super().broken or self.output.ended.is_set()
 
     async def call(
         self,
@@ -178,9 +201,26 @@ class SeedHttpContainer(TaskContainer):
         on_log: LogCallback | None,
     ) -> Any:
         self.uses += 1
+        self.call_started = time.monotonic()
+        self.output.on_log = on_log
         try:
             return await seed_http.execute(
                 self.client, self.base_url, function, params, timeout_s=timeout_s
             )
         finally:
+            self.output.on_log = None
             self.last_used = time.monotonic()
+
+    def take_logs(self) -> str:
+        return self.output.logs.take()
+
+    async def settle_logs(self, *, failed: bool = False) -> None:
+        # The output travels apart from the HTTP answer, and may trail it.
+        last = lambda: self.output.last_output  # noqa: E731
+        if failed:
+            await until_quiet(last, 0.02, 0.1, since=time.monotonic())
+        elif self.output.last_output >= self.call_started:
+            await until_quiet(last, 0.005, 0.05)
+
+    def close(self) -> None:
+        self.output.close()

@@ -57,6 +57,8 @@ class ImageInfo:
     user: str
     labels: dict[str, str]
     exposed_ports: frozenset[str]
+    #: Every name the engine knows the image by (``RepoTags``).
+    tags: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,6 +171,7 @@ class DockerEngine:
                 user=config.get("User") or "",
                 labels=dict(config.get("Labels") or {}),
                 exposed_ports=frozenset((config.get("ExposedPorts") or {}).keys()),
+                tags=tuple(data.get("RepoTags") or ()),
             )
 
         return await self._call(inspect)
@@ -256,14 +259,16 @@ class DockerEngine:
 
         return await self._call(create)
 
-    async def attach_stdio(self, container_id: str) -> AttachedStdio:
-        """Hijack the container's stdio; call before ``start`` so no output is lost."""
+    async def attach_stdio(self, container_id: str, *, stdin: bool = True) -> AttachedStdio:
+        """Hijack the container's stdio (stdout and stderr only unless ``stdin``).
+
+        Call before ``start`` so no output is lost.
+        """
 
         def attach() -> AttachedStdio:
+            params = {"stdin": int(stdin), "stdout": 1, "stderr": 1, "stream": 1}
             with _engine_errors():
-                wrapper = self._api().attach_socket(
-                    container_id, params={"stdin": 1, "stdout": 1, "stderr": 1, "stream": 1}
-                )
+                wrapper = self._api().attach_socket(container_id, params=params)
             raw = wrapper if isinstance(wrapper, socket.socket) else wrapper._sock
             return AttachedStdio(sock=raw, keepalive=wrapper)
 
@@ -312,6 +317,33 @@ class DockerEngine:
             )
 
         return await self._call(state)
+
+    async def size_rw(self, container_id: str) -> int | None:
+        """Bytes the container wrote to its own filesystem layer; None once it is gone."""
+
+        def size() -> int | None:
+            with _engine_errors():
+                # The list call is docker-py's public way to ask for sizes;
+                # filtered by id, the engine sizes this container alone.
+                found = self._api().containers(all=True, size=True, filters={"id": container_id})
+            return int(found[0].get("SizeRw") or 0) if found else None
+
+        return await self._call(size)
+
+    async def kill(self, container_id: str) -> None:
+        """Kill the container's processes (it stays, to be inspected and removed)."""
+
+        def kill() -> None:
+            with _engine_errors():
+                try:
+                    self._api().kill(container_id)
+                except docker.errors.APIError as exc:
+                    if exc.status_code not in (404, 409):  # gone, or not running
+                        raise TareaError(
+                            f"cannot kill container {container_id[:12]}: {exc.explanation or exc}"
+                        ) from exc
+
+        await self._call(kill)
 
     async def wait(self, container_id: str, timeout_s: float) -> int | None:
         """Wait for the container to exit; its exit code, or None on timeout."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import socket
 import time
@@ -10,6 +11,7 @@ from collections.abc import Awaitable, Callable
 
 import httpx
 
+from tarea.domain.images import parse_reference
 from tarea.domain.task import (
     ErrorInfo,
     Limits,
@@ -31,13 +33,17 @@ from tarea.engine.containers import (
 from tarea.engine.docker import DockerEngine
 from tarea.engine.pool import PoolLimits, WarmPool
 from tarea.engine.protocols import seed_http
+from tarea.engine.protocols.attach import AttachedOutput
 from tarea.engine.protocols.jsonrpc import JsonRpcChannel, LogCallback, ProgressCallback
-from tarea.engine.sandbox import SandboxPolicy, container_config
-from tarea.errors import ContainerCrashed, TaskFailure
+from tarea.engine.sandbox import Profile, SandboxPolicy, choose_profile, container_config
+from tarea.engine.writable import WritableWatch
+from tarea.errors import ContainerCrashed, InvalidRequest, OomKilled, TaskFailure
 
 log = logging.getLogger(__name__)
 
 _EXIT_GRACE_S = 2.0
+#: How much of a crashed task's output its error carries.
+_TAIL_CHARS = 2000
 #: Failures after which the container is still sound (the task said no, cleanly).
 _REUSABLE_AFTER = frozenset({"unknown_function", "bad_params", "task_error"})
 
@@ -59,6 +65,11 @@ class Engine:
         pull_timeout_s: the longest one image pull may take.
         channels: where direct channels are made (None: every call goes over
             the attach stream). See :mod:`tarea.engine.channels`.
+        strict_images: glob patterns of seed-HTTP images forced into the
+            strict profile (see :func:`~tarea.engine.sandbox.choose_profile`).
+        writable_mb: the most a container with a writable root may write to
+            it before it is stopped (see :mod:`tarea.engine.writable`).
+        writable_check_s: how often those containers are measured.
     """
 
     def __init__(
@@ -73,6 +84,9 @@ class Engine:
         registry_logins: dict[str, RegistryAuth] | None = None,
         pull_timeout_s: float = 300.0,
         channels: ChannelDir | None = None,
+        strict_images: list[str] | None = None,
+        writable_mb: int = 256,
+        writable_check_s: float = 1.0,
     ) -> None:
         self.docker = docker
         self.policy = policy
@@ -83,16 +97,20 @@ class Engine:
         self._logins = registry_logins or {}
         self._pull_timeout_s = pull_timeout_s
         self.channels = channels
+        self.strict_images = strict_images or []
+        self.writable = WritableWatch(docker, writable_mb, writable_check_s)
         self._images: dict[str, tuple[float, images.ResolvedImage]] = {}
         self._http = httpx.AsyncClient(trust_env=False)
         self._seed_network_ready = False
 
     def start(self) -> None:
-        """Start the pool's housekeeping."""
+        """Start the pool's housekeeping and the writable layers' watch."""
         self.pool.start()
+        self.writable.start()
 
     async def aclose(self) -> None:
         """Remove every pooled container and release connections."""
+        await self.writable.aclose()
         await self.pool.aclose()
         await self.pool.settle()
         await self._http.aclose()
@@ -190,12 +208,21 @@ class Engine:
                 timings=_timings(t0, t_ready, t_done),
             )
         finally:
+            if reusable and container.profile is Profile.SEED_COMPAT:
+                # Measured (about 2 ms) before it can serve anyone else. Measuring
+                # off the answer's path would leave it out of the pool meanwhile,
+                # and a client's next call would pay a container start.
+                reusable = await self.writable.check(container)
             await self.pool.release(container, reusable=reusable)
 
     async def _explain(
         self, container: TaskContainer, failure: TaskFailure
     ) -> tuple[ErrorInfo, int | None]:
         """Complete a failure with what the engine knows: exit code, OOM kill."""
+        if container.stopped is not None:  # the engine stopped it: that is the cause
+            return _error_info(container.stopped), await self.docker.wait(
+                container.id, _EXIT_GRACE_S
+            )
         if not isinstance(failure, ContainerCrashed) and not (
             container.protocol is Protocol.SEED_HTTP and failure.code == "protocol_error"
         ):
@@ -204,12 +231,13 @@ class Engine:
         exit_code = await self.docker.wait(container.id, _EXIT_GRACE_S)
         state = await self.docker.state(container.id)
         if state.oom_killed:
-            return ErrorInfo(
-                "oom_killed", "the task ran out of memory and was killed", {"exit_code": exit_code}
-            ), exit_code
+            oom = OomKilled(
+                "the task ran out of memory and was killed", data={"exit_code": exit_code}
+            )
+            return _error_info(oom), exit_code
         if exit_code is None:  # still running: it was the protocol, not a crash
             return _error_info(failure), None
-        tail = container.take_logs()[-2000:]
+        tail = container.take_logs()[-_TAIL_CHARS:]
         return ErrorInfo(
             "crashed",
             f"the task process exited with code {exit_code} before answering",
@@ -219,11 +247,18 @@ class Engine:
     # -- containers --------------------------------------------------------------------
 
     async def launch(self, resolved: images.ResolvedImage, limits: Limits) -> TaskContainer:
-        """Create, start and wait for a new container until it is ready for calls."""
+        """Create, start and wait for a new container until it is ready for calls.
+
+        Raises:
+            ContainerCrashed: it exited (or was killed) before it was ready; its
+                exit code and the tail of its output are in the data.
+            TaskTimeout: it was not ready within the start timeout.
+        """
         if resolved.protocol is Protocol.SEED_HTTP and not self._seed_network_ready:
             await self.docker.ensure_network(self.policy.seed_network, internal=True)
             self._seed_network_ready = True
         stdio = resolved.protocol is Protocol.JSONRPC_STDIO
+        profile = self._profile(resolved)
         listener = self._listen() if stdio else None
         config = container_config(
             image=resolved.info.id,
@@ -232,6 +267,7 @@ class Engine:
             limits=limits,
             policy=self.policy,
             channel_dir=listener.mount_source if listener is not None else None,
+            profile=profile,
         )
         stem = StemKey(resolved.info.id, limits)
         t0 = time.perf_counter()
@@ -249,6 +285,7 @@ class Engine:
             self.channels = None
             return await self.launch(resolved, limits)
         channel: JsonRpcChannel | None = None
+        output: AttachedOutput | None = None
         try:
             if stdio:
                 attached = await self.docker.attach_stdio(cid)
@@ -259,28 +296,92 @@ class Engine:
                 await self._ready(channel, listener, cid)
                 start_ms = (time.perf_counter() - t0) * 1000
                 return StdioContainer(cid, resolved.reference, stem, start_ms, channel)
+            attached = await self.docker.attach_stdio(cid, stdin=False)
+            output = await AttachedOutput.open(attached.sock, cap=self.log_cap)
             await self.docker.start(cid)
-            address = await self.docker.container_address(cid, self.policy.seed_network)
-            base_url = f"http://{address}:{seed_http.SEED_PORT}"
-            await seed_http.wait_ready(self._http, base_url, self.start_timeout_s)
+            base_url = await self._seed_ready(cid, output)
             start_ms = (time.perf_counter() - t0) * 1000
-            return SeedHttpContainer(cid, resolved.reference, stem, start_ms, self._http, base_url)
+            container = SeedHttpContainer(
+                cid, resolved.reference, stem, start_ms, self._http, base_url, output, profile
+            )
+            if profile is Profile.SEED_COMPAT:
+                self.writable.watch(container)
+            return container
         except BaseException as exc:
-            logs = channel.logs.take()[-2000:] if channel is not None else ""
+            logs = channel.logs.take() if channel is not None else ""
+            logs = output.logs.take() if output is not None else logs
             if channel is not None:
                 channel.close()
+            if output is not None:
+                output.close()
             if isinstance(exc, ContainerCrashed):
-                exit_code = await self.docker.wait(cid, _EXIT_GRACE_S)
+                crash = await self._start_crash(cid, logs[-_TAIL_CHARS:])
                 await self.docker.remove(cid)
-                raise ContainerCrashed(
-                    f"the task container exited with code {exit_code} before it was ready",
-                    data={"exit_code": exit_code, "stderr_tail": logs},
-                ) from exc
+                raise crash from exc
             await self.docker.remove(cid)
             raise
         finally:
             if listener is not None:
                 listener.close()
+
+    def _profile(self, resolved: images.ResolvedImage) -> Profile:
+        """The sandbox profile of ``resolved``'s containers, judged by all its names."""
+        names = [resolved.reference, *resolved.info.tags]
+        refs = []
+        for name in names:
+            try:
+                refs.append(parse_reference(name))
+            except InvalidRequest:  # a tag the engine knows but the grammar refuses
+                continue
+        return choose_profile(resolved.protocol, refs, self.strict_images)
+
+    async def _seed_ready(self, container_id: str, output: AttachedOutput) -> str:
+        """Wait until a seed-HTTP container answers ``/status/``; its base URL.
+
+        Raises:
+            ContainerCrashed: its process ended first (its output stream ended).
+            TaskTimeout: not ready within the start timeout.
+        """
+        ended = asyncio.ensure_future(output.ended.wait())
+        try:
+            try:
+                address = await self.docker.container_address(
+                    container_id, self.policy.seed_network
+                )
+            except TaskFailure:  # no address: it may have died already
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(ended), _EXIT_GRACE_S)
+                if ended.done():
+                    raise ContainerCrashed("the task container exited while starting") from None
+                raise
+            base_url = f"http://{address}:{seed_http.SEED_PORT}"
+            ready = asyncio.ensure_future(
+                seed_http.wait_ready(self._http, base_url, self.start_timeout_s)
+            )
+            try:
+                await asyncio.wait({ready, ended}, return_when=asyncio.FIRST_COMPLETED)
+                if not ready.done():
+                    raise ContainerCrashed("the task container exited while starting")
+                ready.result()
+            finally:
+                ready.cancel()
+            return base_url
+        finally:
+            ended.cancel()
+
+    async def _start_crash(self, container_id: str, tail: str) -> TaskFailure:
+        """The failure of a container that ended before it was ready: why, and its output."""
+        exit_code = await self.docker.wait(container_id, _EXIT_GRACE_S)
+        state = await self.docker.state(container_id)
+        data = {"exit_code": exit_code, "stderr_tail": tail, "phase": "start"}
+        if state.oom_killed:
+            return OomKilled("the task ran out of memory while starting and was killed", data=data)
+        cause = _last_line(tail)
+        return ContainerCrashed(
+            f"the task container exited with code {exit_code} before it was ready"
+            + (f": {cause}" if cause else ""),
+            data=data,
+        )
 
     def _listen(self) -> ChannelListener | None:
         """A direct channel for the next container, or None (then stdio)."""
@@ -319,8 +420,15 @@ class Engine:
                 conn.close()  # ready came on stdout first: stdio it is
 
     async def _remove(self, container: TaskContainer) -> None:
+        self.writable.forget(container)
         container.close()
         await self.docker.remove(container.id)
+
+
+def _last_line(text: str) -> str:
+    """The last line of ``text`` with something on it (a traceback's: the exception)."""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[-1][:300] if lines else ""
 
 
 def _mount_refused(failure: TaskFailure) -> bool:

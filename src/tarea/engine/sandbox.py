@@ -3,12 +3,19 @@
 :func:`container_config` turns a task's limits and its image's facts into the
 exact create-container settings. Nothing a client sends reaches these settings
 except the limits, which are numbers already bounded by the API.
+
+Two profiles (:class:`Profile`): the strict one for every image, and a
+compatibility one for the seed's label-less HTTP images, which keeps all of
+the strict one but two things (see :func:`choose_profile`).
 """
 
 from __future__ import annotations
 
+import enum
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from tarea.domain.images import ImageReference, matches_any
 from tarea.domain.task import Limits, Protocol
 from tarea.engine.channels import MOUNT_TARGET, SOCKET_ENV, SOCKET_NAME
 
@@ -18,6 +25,36 @@ MANAGED_LABEL = "io.tarea.managed"
 PROTOCOL_LABEL = "io.tarea.protocol"
 #: The server that started a container; a restarted server removes its own.
 SERVER_LABEL = "io.tarea.server"
+#: The sandbox profile a container runs under (:class:`Profile`).
+PROFILE_LABEL = "io.tarea.profile"
+
+
+class Profile(enum.StrEnum):
+    """How far a task container is locked down."""
+
+    #: Everything in DESIGN §4: read-only root, a non-root user, and the rest.
+    STRICT = "strict"
+    #: For the seed's label-less HTTP images, written before tarea existed: the
+    #: image's own user and a writable container filesystem, whose growth the
+    #: engine watches (:mod:`tarea.engine.writable`). Everything else is strict.
+    SEED_COMPAT = "seed-compat"
+
+
+def choose_profile(
+    protocol: Protocol, names: Iterable[ImageReference], strict: list[str]
+) -> Profile:
+    """The profile for containers of an image known by ``names``.
+
+    Seed-HTTP images (no tarea label) get :attr:`Profile.SEED_COMPAT`, since
+    the seed's services write next to their code as their own user; unless
+    the operator forces the strict profile on them (``strict``: glob patterns
+    of image references, TAREA_STRICT_IMAGES) under any of their names, so
+    that one image gets one profile whatever it is called. Images written
+    for tarea are always strict.
+    """
+    if protocol is Protocol.SEED_HTTP and not any(matches_any(n, strict) for n in names):
+        return Profile.SEED_COMPAT
+    return Profile.STRICT
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +93,7 @@ class ContainerConfig:
     log_driver: str = "none"
     #: Host directory bind-mounted read-only at MOUNT_TARGET: the direct channel.
     channel_dir: str | None = None
+    profile: Profile = Profile.STRICT
 
 
 def effective_user(image_user: str, default_user: str) -> str:
@@ -63,6 +101,16 @@ def effective_user(image_user: str, default_user: str) -> str:
     uid = image_user.strip().partition(":")[0]
     is_root = uid in ("", "root") or (uid.isdigit() and int(uid) == 0)
     return default_user if is_root else image_user
+
+
+def tmpfs_mb(policy_mb: int, memory_mb: int) -> int:
+    """The size of /tmp: the policy's, but at most half the task's memory.
+
+    tmpfs pages count against the container's memory: a /tmp as large as the
+    memory would let a task that fills it be OOM-killed instead of getting
+    ENOSPC. At least 1 MiB.
+    """
+    return max(1, min(policy_mb, memory_mb // 2))
 
 
 def container_config(
@@ -73,6 +121,7 @@ def container_config(
     limits: Limits,
     policy: SandboxPolicy,
     channel_dir: str | None = None,
+    profile: Profile = Profile.STRICT,
 ) -> ContainerConfig:
     """The hardened create-container settings for one task container.
 
@@ -85,6 +134,8 @@ def container_config(
         channel_dir: the host directory of this container's direct channel
             (stdio images only): mounted read-only, its socket named in
             ``TAREA_CHANNEL_SOCKET``. See :mod:`tarea.engine.channels`.
+        profile: :attr:`Profile.SEED_COMPAT` keeps the image's own user (root
+            included) and a writable root; nothing else changes.
 
     Containers are not tied to one task: the warm pool reuses them.
     """
@@ -93,20 +144,23 @@ def container_config(
     environment = {} if stdio else {"TAREA_RUNTIME_MODE": "http"}
     if stdio and channel_dir is not None:
         environment[SOCKET_ENV] = f"{MOUNT_TARGET}/{SOCKET_NAME}"
+    compat = profile is Profile.SEED_COMPAT
+    tmp_mb = tmpfs_mb(policy.tmpfs_mb, limits.memory_mb)
     return ContainerConfig(
         image=image,
-        user=effective_user(image_user, policy.default_user),
+        user=image_user if compat else effective_user(image_user, policy.default_user),
         labels={
             **policy.extra_labels,
             MANAGED_LABEL: "true",
             PROTOCOL_LABEL: protocol.value,
+            PROFILE_LABEL: profile.value,
         },
         stdin_open=stdio,
         # stdio images get no network at all; seed-HTTP images get the internal
         # network (no route out) that the server reaches them on.
         network="none" if stdio else policy.seed_network,
-        read_only=True,
-        tmpfs={"/tmp": f"rw,nosuid,nodev,noexec,size={policy.tmpfs_mb}m,mode=1777"},  # noqa: S108
+        read_only=not compat,
+        tmpfs={"/tmp": f"rw,nosuid,nodev,noexec,size={tmp_mb}m,mode=1777"},  # noqa: S108
         cap_drop=["ALL"],
         security_opt=["no-new-privileges"],
         pids_limit=limits.pids,
@@ -119,4 +173,5 @@ def container_config(
         # stdio images may get where their direct channel's socket is.
         environment=environment,
         channel_dir=channel_dir if stdio else None,
+        profile=profile,
     )

@@ -20,6 +20,14 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from tarea.engine.protocols.attach import (
+    STDERR,
+    STDOUT,
+    LogBuffer,
+    LogCallback,
+    read_frame,
+    until_quiet,
+)
 from tarea.errors import (
     ContainerCrashed,
     OutputTooLarge,
@@ -29,11 +37,9 @@ from tarea.errors import (
     TaskTimeout,
 )
 
-ProgressCallback = Callable[[float | None, str | None], None]
-LogCallback = Callable[[str], None]
+__all__ = ["JsonRpcChannel", "LogBuffer", "LogCallback", "ProgressCallback", "remote_error"]
 
-_STDOUT, _STDERR = 1, 2
-_HEADER = 8
+ProgressCallback = Callable[[float | None, str | None], None]
 
 #: JSON-RPC error codes and the ``error.code`` each becomes (DESIGN §2, §3).
 RPC_ERROR_CODES: dict[int, str] = {
@@ -55,32 +61,6 @@ def remote_error(error: Any) -> TaskFailure:
         str(error.get("message") or code),
         data={**(data if isinstance(data, dict) else {}), "rpc_code": error["code"]},
     )
-
-
-class LogBuffer:
-    """The tail of a stream, at most ``cap`` bytes, counting what was dropped."""
-
-    def __init__(self, cap: int) -> None:
-        self._cap = cap
-        self._buf = bytearray()
-        self.dropped = 0
-
-    def write(self, data: bytes) -> None:
-        """Append ``data``, dropping the oldest bytes beyond the cap."""
-        self._buf += data
-        excess = len(self._buf) - self._cap
-        if excess > 0:
-            del self._buf[:excess]
-            self.dropped += excess
-
-    def take(self) -> str:
-        """Everything kept so far, as text; the buffer starts empty again."""
-        text = self._buf.decode("utf-8", "replace")
-        if self.dropped:
-            text = f"[{self.dropped} earlier bytes dropped]\n{text}"
-        self._buf.clear()
-        self.dropped = 0
-        return text
 
 
 class JsonRpcChannel:
@@ -232,13 +212,7 @@ class JsonRpcChannel:
         ``since`` counts as stderr activity (pass the present to wait at least
         ``quiet_s``); otherwise a task that wrote nothing lately pays nothing.
         """
-        deadline = time.monotonic() + max_s
-        while True:
-            last = max(self.last_stderr, since or 0.0)
-            now = time.monotonic()
-            if now - last >= quiet_s or now >= deadline:
-                return
-            await asyncio.sleep(quiet_s / 2)
+        await until_quiet(lambda: self.last_stderr, quiet_s, max_s, since=since)
 
     def close(self) -> None:
         """Drop the connections (the container is removed separately)."""
@@ -253,15 +227,13 @@ class JsonRpcChannel:
     async def _pump(self) -> None:
         try:
             while True:
-                header = await self._reader.readexactly(_HEADER)
-                size = int.from_bytes(header[4:8], "big")
-                payload = await self._reader.readexactly(size) if size else b""
-                if header[0] == _STDERR or (header[0] == _STDOUT and self.direct):
+                stream, payload = await read_frame(self._reader)
+                if stream == STDERR or (stream == STDOUT and self.direct):
                     self.last_stderr = time.monotonic()
                     self.logs.write(payload)
                     if self.on_log is not None:
                         self.on_log(payload.decode("utf-8", "replace"))
-                elif header[0] == _STDOUT:
+                elif stream == STDOUT:
                     self._feed(payload)
         except (asyncio.IncompleteReadError, ConnectionError, OSError):
             pass
