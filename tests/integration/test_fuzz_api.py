@@ -19,8 +19,12 @@ generated calls short: ``?wait=true`` gives up after ``TAREA_WAIT_MAX_S`` and a
 task that runs is killed after ``TAREA_TIMEOUT_S``. Generated image names are
 nearly always invalid or absent (answered 422 or 404, or a task failed fast);
 the schema's own examples name ``tasks_image:latest``, so a few real containers
-run too. A valid ``callback_url`` generated is pointed at a name that never
-resolves, so that the server never POSTs fuzzed tasks to real hosts.
+run too. No generated call makes the server or the engine send anything off
+this machine: a valid ``callback_url`` generated is pointed at a closed port of
+127.0.0.1, and a valid image reference generated (but the schema's own
+``tasks_image:latest``) is moved to a registry on such a port, so that its
+pull is refused at once instead of going to Docker Hub or a generated host
+(tests/integration/loopback.py).
 
 Every call carries the fuzz server's API key, except the coverage cases that
 leave the ``Authorization`` header out on purpose (those must get the
@@ -51,8 +55,11 @@ from hypothesis import HealthCheck, settings
 from pydantic import HttpUrl, TypeAdapter, ValidationError
 
 from tarea.api.app import create_app
+from tarea.domain.images import parse_reference
+from tarea.errors import InvalidImageReference
 from tarea.settings import Settings
-from tests.integration.conftest import LiveServer, start_server
+from tests.integration.conftest import TASKS_IMAGE, LiveServer, start_server
+from tests.integration.loopback import CLOSED_PORT, LOOPBACK, absent_image
 
 pytestmark = pytest.mark.docker
 
@@ -70,9 +77,11 @@ FUZZ_ENV = {
 MAX_EXAMPLES = 50
 #: Longest any single fuzzed request may take before it counts as a hang.
 REQUEST_TIMEOUT_S = 30.0
-#: Where the valid callback URLs generated are pointed instead (.invalid never
-#: resolves, RFC 2606).
-CALLBACK_SINK = "http://tarea-fuzz.invalid/callback"
+#: Where the valid callback URLs generated are pointed instead: a closed
+#: loopback port, so that every delivery is refused on this machine.
+CALLBACK_SINK = f"http://{LOOPBACK}:{CLOSED_PORT}/callback"
+#: The one image a generated call may name as it is: local, so never pulled.
+LOCAL_IMAGES = {TASKS_IMAGE}
 _HTTP_URL = TypeAdapter(HttpUrl)
 #: What every answer must satisfy: no 5xx, and conformance to the documented schema.
 CHECKS = [
@@ -136,17 +145,48 @@ def test_the_fuzzed_document_is_the_one_the_server_serves(fuzz_server: LiveServe
     assert response.json() == OPENAPI
 
 
-def _keep_callbacks_local(body: object) -> None:
-    """Point every valid callback_url in a task or batch body at CALLBACK_SINK, in place."""
+def _keep_traffic_local(body: object) -> None:
+    """Keep a task, batch or seed body's traffic on this machine, in place.
+
+    Every valid callback_url is pointed at CALLBACK_SINK, every valid image
+    reference but LOCAL_IMAGES at a registry on a closed loopback port
+    (:func:`_unpullable`); invalid ones stay, since they are what the call is about.
+    """
     tasks = body.get("tasks") if isinstance(body, dict) else None
     for task in [body, *(tasks if isinstance(tasks, list) else [])]:
-        if not isinstance(task, dict) or not isinstance(task.get("callback_url"), str):
+        if not isinstance(task, dict):
+            continue
+        for key in ("image", "imagen_docker"):
+            if isinstance(task.get(key), str):
+                task[key] = _unpullable(task[key])
+        if not isinstance(task.get("callback_url"), str):
             continue
         try:
             _HTTP_URL.validate_python(task["callback_url"])
         except ValidationError:
-            continue  # an invalid URL stays: it is what the call is about
+            continue
         task["callback_url"] = CALLBACK_SINK
+
+
+def _unpullable(image: str) -> str:
+    """``image`` with its registry replaced by a closed loopback port, if it is valid.
+
+    A local image (LOCAL_IMAGES), an invalid reference and one already on
+    that registry stay as they are. (A name pushed over 255 characters by the
+    longer registry becomes invalid: refused with 422, which sends nothing.)
+    """
+    try:
+        ref = parse_reference(image)
+    except InvalidImageReference:
+        return image
+    if image in LOCAL_IMAGES:
+        return image
+    first, named, rest = ref.name.partition("/")
+    path = rest if named and first == ref.registry else ref.name  # else Docker Hub's short form
+    moved = absent_image(path)
+    if moved == ref.name:
+        return image
+    return moved + image[len(ref.name) :]
 
 
 # The parametrization by auth header is for pytest >= 9.2 only: it builds an
@@ -166,7 +206,7 @@ def test_operation_answers_no_5xx_and_as_documented(
     case: schemathesis.Case[Any], auth: dict[str, str], fuzz_server: LiveServer
 ) -> None:
     """Every generated call answers no 5xx, with a documented status, content type and body."""
-    _keep_callbacks_local(case.body)
+    _keep_traffic_local(case.body)
     offset = _log_size(fuzz_server.log)
     try:
         response = case.call_and_validate(

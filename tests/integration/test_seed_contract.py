@@ -14,6 +14,7 @@ import httpx
 import pytest
 
 from tests.integration.conftest import LiveServer, docker, managed_containers
+from tests.integration.loopback import absent_image
 
 pytestmark = pytest.mark.docker
 
@@ -136,7 +137,7 @@ def test_invalid_image_reference_answers_422_naming_it(client: httpx.Client, ima
 
 def test_image_neither_local_nor_pullable_answers_4xx_naming_it(client: httpx.Client) -> None:
     """An image that is not local and cannot be pulled answers a 4xx whose message names it."""
-    image = "tarea-test/no-such-image:never"
+    image = absent_image("tarea-test/no-such-image:never")
     response = seed_task(client, imagen_docker=image, calculo="suma", parametros={})
     assert 400 <= response.status_code < 500
     problem = response.json()

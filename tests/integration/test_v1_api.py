@@ -14,6 +14,7 @@ import pytest
 from sqlalchemy import Engine
 
 from tests.integration.conftest import docker, postgres_schema, start_server
+from tests.integration.loopback import absent_image
 
 pytestmark = pytest.mark.docker
 
@@ -96,7 +97,11 @@ def test_wait_true_answers_200_with_the_finished_task(api: httpx.Client) -> None
         ({"function": "raiz", "params": {}}, "failed", "unknown_function"),
         ({"function": "resta", "params": {"a": "x", "b": 1}}, "failed", "bad_params"),
         ({"function": "division", "params": {"a": 1, "b": 0}}, "failed", "task_error"),
-        ({"image": "tarea-test/absent:1", "function": "suma"}, "failed", "image_not_found"),
+        (
+            {"image": absent_image("tarea-test/absent:1"), "function": "suma"},
+            "failed",
+            "image_not_found",
+        ),
         (
             {"function": "esperar", "params": {"segundos": 30}, "limits": {"timeout_s": 1}},
             "timed_out",
@@ -122,7 +127,7 @@ def test_failures_carry_their_error_code(
 
 def test_list_is_newest_first_filtered_and_paginated(api: httpx.Client) -> None:
     """GET /v1/tasks pages newest first, filters by status and image, and ends with next=null."""
-    image = f"tarea-test/absent-{secrets.token_hex(4)}:1"
+    image = absent_image(f"tarea-test/absent-{secrets.token_hex(4)}:1")
     ids = [
         api.post("/v1/tasks", json={"image": image, "function": "f"}).json()["id"] for _ in range(5)
     ]

@@ -14,7 +14,8 @@ import pytest
 from tarea.engine.protocols import seed_http
 from tarea.errors import ProtocolViolation, RemoteTaskError, TaskTimeout
 
-BASE_URL = "http://172.18.0.5:5000"
+#: The task's address; requests go to the in-memory handler, and loopback all the same.
+BASE_URL = "http://127.0.0.1:5000"
 Handler = Callable[[httpx.Request], httpx.Response]
 
 

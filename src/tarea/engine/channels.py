@@ -24,6 +24,12 @@ How one is made (DESIGN §2, docs/protocol.md "Direct channel"):
 5. The server then closes the listener and removes the socket and the
    directory: nothing is left to connect to.
 
+From just after making a directory until it has removed it, the server holds
+its lock (``flock``). A server killed mid-launch leaves its directory behind,
+but the kernel drops its locks: at start-up, :meth:`ChannelDir.remove_leftovers`
+removes every channel directory whose lock it can take and whose socket
+nobody listens on.
+
 Only the local engine can see a directory of ours; :func:`ChannelDir.for_engine`
 says when direct channels apply.
 """
@@ -32,8 +38,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import logging
 import os
+import re
 import shutil
 import socket
 import stat
@@ -53,6 +61,10 @@ WELCOME = b'{"jsonrpc":"2.0","method":"welcome","params":{}}\n'
 SOCKET_NAME = "channel.sock"
 #: sockaddr_un.sun_path holds 108 bytes with its NUL.
 _MAX_SOCKET_PATH = 107
+#: A channel directory's name: what ``mkdtemp(prefix="c")`` makes.
+_CHANNEL_NAME = re.compile(r"c[a-z0-9_]{8}")
+#: /proc/net/unix's flag of a listening socket (__SO_ACCEPTCON).
+_ACCEPTCON = 0x10000
 
 
 def default_root() -> Path:
@@ -108,7 +120,42 @@ class ChannelDir:
         except OSError as exc:
             log.warning("direct channels are off, calls use the attach stream: %s", exc)
             return None
-        return cls(root)
+        channels = cls(root)
+        channels.remove_leftovers()
+        return channels
+
+    def remove_leftovers(self) -> list[str]:
+        """Remove the channel directories no listener has open any more; their names.
+
+        A directory is a leftover when its lock can be taken (no listener,
+        here or in another process, holds it) and no socket listens in it (a
+        server of an older tarea takes no lock). Its container, if still
+        running, is removed by label at start-up, and a running container
+        keeps its mount anyway. Only what :meth:`listen` makes is removed:
+        a ``c*`` directory of ours right in the root holding nothing but its
+        socket. Nothing is followed: symlinks and anything else are left
+        alone. A directory another server made an instant ago, before it
+        took the lock, may go too: that server's :meth:`listen` then fails,
+        and that one container speaks stdio. Never raises: a failure is
+        logged, and channels still work.
+        """
+        removed: list[str] = []
+        try:
+            root_fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+        except OSError as exc:
+            log.warning("could not look for leftover channel directories: %s", exc)
+            return removed
+        try:
+            for name in sorted(os.listdir(root_fd)):
+                if _CHANNEL_NAME.fullmatch(name) and _remove_if_left_over(root_fd, name):
+                    removed.append(name)
+        except OSError as exc:
+            log.warning("could not look for leftover channel directories: %s", exc)
+        finally:
+            os.close(root_fd)
+        if removed:
+            log.info("removed %d channel directories left by a previous run", len(removed))
+        return removed
 
     def listen(self) -> ChannelListener:
         """A fresh private directory with a socket listening for one container.
@@ -118,7 +165,9 @@ class ChannelDir:
         """
         self.root.mkdir(mode=0o711, parents=True, exist_ok=True)  # tmpfiles may remove it
         directory = Path(tempfile.mkdtemp(prefix="c", dir=self.root))
+        lock: int | None = None
         try:
+            lock = _lock(directory)
             directory.chmod(0o711)
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             try:
@@ -132,16 +181,108 @@ class ChannelDir:
                 raise
         except BaseException:
             shutil.rmtree(directory, ignore_errors=True)
+            if lock is not None:
+                os.close(lock)
             raise
-        return ChannelListener(directory, sock)
+        return ChannelListener(directory, sock, lock)
+
+
+def _lock(directory: Path) -> int | None:
+    """A descriptor of ``directory`` holding its exclusive lock (``flock``).
+
+    None on a filesystem that has no such locks: there a sweep cannot take
+    the lock either, so it removes nothing.
+
+    Raises:
+        OSError: the directory is gone, or a start-up sweep holds it (and is
+            removing it).
+    """
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        os.close(fd)
+        if isinstance(exc, BlockingIOError):
+            raise
+        return None
+    return fd
+
+
+def _remove_if_left_over(root_fd: int, name: str) -> bool:
+    """Remove the root's channel directory ``name`` if it is a leftover; whether it was.
+
+    See :meth:`ChannelDir.remove_leftovers`. The lock is held while it is
+    emptied and removed, so a listener cannot take the directory meanwhile.
+    """
+    try:
+        fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=root_fd)
+    except OSError:
+        return False  # gone meanwhile, a symlink, or no directory
+    try:
+        if os.fstat(fd).st_uid != os.getuid():
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False  # a live listener's, in this process or another
+        entries = os.listdir(fd)
+        if entries not in ([], [SOCKET_NAME]):
+            return False  # not what a channel leaves: not ours to remove
+        if entries:
+            info = os.stat(SOCKET_NAME, dir_fd=fd, follow_symlinks=False)
+            if not stat.S_ISSOCK(info.st_mode) or _listened_on(fd):
+                return False
+            os.unlink(SOCKET_NAME, dir_fd=fd)
+        os.rmdir(name, dir_fd=root_fd)
+        return True
+    except OSError as exc:
+        log.warning("could not remove the leftover channel directory %s: %s", name, exc)
+        return False
+    finally:
+        os.close(fd)
+
+
+def _listened_on(directory_fd: int) -> bool:
+    """Whether a socket listens at ``channel.sock`` in the directory (/proc/net/unix).
+
+    Compared by the directory's identity, not by path spelling. False when
+    /proc/net/unix cannot be read: then the lock alone tells.
+    """
+    try:
+        lines = Path("/proc/net/unix").read_text().splitlines()[1:]
+    except OSError:
+        return False
+    here = os.fstat(directory_fd)
+    for line in lines:
+        fields = line.split(maxsplit=7)
+        try:
+            listening = len(fields) == 8 and bool(int(fields[3], 16) & _ACCEPTCON)
+        except ValueError:
+            continue
+        if not listening:
+            continue
+        head, _, tail = fields[7].rpartition("/")
+        if tail != SOCKET_NAME:
+            continue
+        with contextlib.suppress(OSError):
+            there = os.stat(head)
+            if (there.st_dev, there.st_ino) == (here.st_dev, here.st_ino):
+                return True
+    return False
 
 
 class ChannelListener:
-    """One container's channel directory and the socket listening in it."""
+    """One container's channel directory, the socket listening in it, and its lock.
 
-    def __init__(self, directory: Path, sock: socket.socket) -> None:
+    ``lock`` is a descriptor of the directory holding its ``flock`` (see
+    :meth:`ChannelDir.remove_leftovers`); it is let go once the directory
+    is removed.
+    """
+
+    def __init__(self, directory: Path, sock: socket.socket, lock: int | None = None) -> None:
         self.directory = directory
         self._sock = sock
+        self._lock = lock
         self._closed = False
 
     @property
@@ -181,6 +322,8 @@ class ChannelListener:
             (self.directory / SOCKET_NAME).unlink()
         with contextlib.suppress(OSError):
             self.directory.rmdir()
+        if self._lock is not None:
+            os.close(self._lock)
 
 
 def peer_in_container(conn: socket.socket, container_id: str) -> bool:

@@ -7,7 +7,7 @@ Protocol-breaking methods: ``echo``, ``exit``, ``garbage``, ``sleep``,
 ``lone_surrogate`` (a result string that is not valid Unicode).
 Attacks on the sandbox (tests/integration/test_hostile.py): ``busy``,
 ``forkbomb``, ``memhog``, ``stdout_flood``, ``big_result``, ``tmpfill``,
-``write_root``, ``connect``, ``stderr_flood``, ``whoami``, ``fdlimit``, ``redial``.
+``write_root``, ``network``, ``stderr_flood``, ``whoami``, ``fdlimit``, ``redial``.
 """
 
 import contextlib
@@ -50,8 +50,6 @@ def send(message):
 def errno_name(exc):
     """The symbolic errno of an OSError ("EROFS"), or its type when it has none."""
     number = getattr(exc, "errno", None)
-    if isinstance(exc, socket.gaierror):
-        return "EAI:" + str(exc)
     if isinstance(exc, socket.timeout):
         return "TIMEOUT"
     return errno.errorcode.get(number, type(exc).__name__) if number else type(exc).__name__
@@ -167,54 +165,93 @@ def write_root(params):
     return answer
 
 
-def _gateway():
-    """The default gateway from /proc/net/route, or None (no route at all)."""
+#: Route flags of /proc/net/route and /proc/net/ipv6_route (linux/route.h).
+RTF_GATEWAY = 0x0002
+RTF_REJECT = 0x0200
+
+
+def _interfaces():
+    """The names of the network interfaces this container has (/proc/net/dev)."""
+    with open("/proc/net/dev") as f:
+        return sorted(line.split(":", 1)[0].strip() for line in f.readlines()[2:])
+
+
+def _route(family, iface, destination, prefix, gateway, flags):
+    """One route as the test reads it."""
+    return {
+        "family": family,
+        "iface": iface,
+        "destination": f"{destination}/{prefix}",
+        "gateway": gateway if flags & RTF_GATEWAY else None,
+        "reject": bool(flags & RTF_REJECT),
+    }
+
+
+def _routes_v4():
+    """Every IPv4 route of the main table (/proc/net/route; header line first)."""
+    routes = []
+    with open("/proc/net/route") as f:
+        for line in f.readlines()[1:]:
+            iface, dest, gateway, flags, _, _, _, mask = line.split()[:8]
+            address = socket.inet_ntoa(bytes.fromhex(dest)[::-1])
+            prefix = bin(int.from_bytes(bytes.fromhex(mask), "little")).count("1")
+            via = socket.inet_ntoa(bytes.fromhex(gateway)[::-1])
+            routes.append(_route("ipv4", iface, address, prefix, via, int(flags, 16)))
+    return routes
+
+
+def _routes_v6():
+    """Every IPv6 route of every table (/proc/net/ipv6_route; none if IPv6 is off)."""
+    routes = []
     try:
-        with open("/proc/net/route") as f:
-            for line in f.readlines()[1:]:
-                fields = line.split()
-                if fields[1] == "00000000":
-                    return socket.inet_ntoa(bytes.fromhex(fields[2])[::-1])
-    except OSError:
-        pass
-    return None
+        with open("/proc/net/ipv6_route") as f:
+            lines = f.readlines()
+    except FileNotFoundError:
+        return routes
+    for line in lines:
+        fields = line.split()
+        dest, prefix, gateway, flags, iface = fields[0], fields[1], fields[4], fields[8], fields[9]
+        address = socket.inet_ntop(socket.AF_INET6, bytes.fromhex(dest))
+        via = socket.inet_ntop(socket.AF_INET6, bytes.fromhex(gateway))
+        routes.append(_route("ipv6", iface, address, int(prefix, 16), via, int(flags, 16)))
+    return routes
 
 
-def connect(params):
-    """Try to reach the outside: TCP, the Docker daemon, DNS; what each attempt got."""
-    targets = [("1.1.1.1", 53), ("8.8.8.8", 53), ("172.17.0.1", 2375), ("172.17.0.1", 2376)]
-    gateway = _gateway()
-    if gateway:
-        targets.append((gateway, 2375))
-    attempts = []
-    for host, port in targets:
-        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        s.settimeout(2)
-        try:
-            s.connect((host, port))
-            attempts.append({"target": f"{host}:{port}", "ok": True})
-        except OSError as exc:
-            attempts.append({"target": f"{host}:{port}", "ok": False, "error": errno_name(exc)})
-        finally:
-            s.close()
-    for path in ("/var/run/docker.sock", "/run/docker.sock"):
-        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        s.settimeout(2)
-        try:
-            s.connect(path)
-            attempts.append({"target": path, "ok": True})
-        except OSError as exc:
-            attempts.append({"target": path, "ok": False, "error": errno_name(exc)})
-        finally:
-            s.close()
-    for name in ("example.com", "host.docker.internal"):
-        try:
-            found = socket.getaddrinfo(name, 80, proto=socket.IPPROTO_TCP)
-            attempts.append({"target": "dns:" + name, "ok": True, "answer": str(found[0][4])})
-        except OSError as exc:
-            attempts.append({"target": "dns:" + name, "ok": False, "error": errno_name(exc)})
-    interfaces = [name for _, name in socket.if_nameindex()]
-    return {"attempts": attempts, "gateway": gateway, "interfaces": interfaces}
+def _loopback_connect():
+    """Connect to a port of 127.0.0.1 that is held but never listened on; the errno.
+
+    ECONNREFUSED means the loopback stack answered: loopback is there, and
+    only this container's own (no packet leaves it to find out).
+    """
+    held = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.settimeout(2)
+    try:
+        held.bind(("127.0.0.1", 0))
+        s.connect(held.getsockname())
+        return "connected"
+    except OSError as exc:
+        return errno_name(exc)
+    finally:
+        s.close()
+        held.close()
+
+
+def network(params):
+    """What network this container has, read from the inside; nothing is dialled but loopback.
+
+    Its interfaces, its IPv4 and IPv6 routes, what a connect to a closed
+    loopback port got, and which Docker sockets exist. No name is resolved
+    and no address outside 127.0.0.1 is ever a target.
+    """
+    return {
+        "interfaces": _interfaces(),
+        "routes": _routes_v4() + _routes_v6(),
+        "loopback_connect": _loopback_connect(),
+        "docker_sockets": [
+            path for path in ("/var/run/docker.sock", "/run/docker.sock") if os.path.lexists(path)
+        ],
+    }
 
 
 def stderr_flood(params):
@@ -286,7 +323,7 @@ ATTACKS = {
     "stdout_flood": stdout_flood,
     "tmpfill": tmpfill,
     "write_root": write_root,
-    "connect": connect,
+    "network": network,
     "stderr_flood": stderr_flood,
     "whoami": whoami,
     "fdlimit": fdlimit,
