@@ -17,7 +17,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
-from tarea.dispatch import callbacks
+from tarea.dispatch import callbacks, outbound
 from tarea.dispatch.local import LocalDispatcher
 from tarea.dispatch.runner import Completions, Render, TaskRunner
 from tarea.domain.images import ImageReference, parse_reference
@@ -121,6 +121,7 @@ class TaskService:
         self.engine = engine
         self.hub = hub
         self.completions = Completions()
+        self._callback_allow = outbound.Allowlist.parse(settings.callback_allow)
         self.runner = TaskRunner(
             store=store,
             engine=engine,
@@ -132,6 +133,7 @@ class TaskService:
             callback_policy=callbacks.RetryPolicy(
                 attempts=settings.callback_attempts, first_delay_s=settings.callback_backoff_s
             ),
+            callback_allow=self._callback_allow,
         )
         self.dispatcher = LocalDispatcher(self.runner.execute, concurrency=settings.concurrency)
         self.runner.on_end = self._ended
@@ -239,10 +241,14 @@ class TaskService:
             InvalidImageReference: the image name is not a valid reference.
             ImageNotAllowed: the image matches none of TAREA_IMAGE_ALLOW.
             InvalidRequest: a limit over the server's maximum.
+            CallbackUrlNotAllowed: the callback URL is a literal address, or
+                ``localhost``, that TAREA_CALLBACK_ALLOW does not allow.
         """
         reference = parse_reference(new.image)
         if not image_allowed(reference, self._image_patterns):
             raise ImageNotAllowed(f"image {new.image!r} is not allowed on this server")
+        if new.callback_url is not None:
+            outbound.check_url(new.callback_url, self._callback_allow)
         return effective_limits(new.limits, self.settings)
 
     async def submit(
@@ -265,6 +271,7 @@ class TaskService:
             QueueFull: too many tasks wait already.
             QuotaExceeded: the tenant has too many tasks queued or running.
             InvalidImageReference, InvalidRequest: the request is malformed.
+            CallbackUrlNotAllowed: the callback URL is an address not allowed.
             IdempotencyKeyReused: the key came before with another body.
         """
         if self.draining:
