@@ -12,6 +12,7 @@ import asyncio
 import ipaddress
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -25,12 +26,17 @@ from tarea.domain.records import CallbackState
 
 #: The receivers' address: the only one callbacks are allowed to here.
 LOOPBACK = Allowlist.parse("127.0.0.1")
+ANSWER = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"
 
 
 class Receiver:
-    """A loopback HTTP server that answers ``statuses`` in turn."""
+    """A loopback HTTP server: answers ``statuses`` in turn, or drips its answer slowly.
 
-    def __init__(self, statuses: list[int]) -> None:
+    With ``drip_s``, the status line and headers go out one byte every
+    ``drip_s`` seconds, for as long as the other side keeps the connection.
+    """
+
+    def __init__(self, statuses: list[int], *, drip_s: float | None = None) -> None:
         self.statuses = statuses
         self.hosts: list[str] = []
         self.stop = threading.Event()
@@ -40,10 +46,23 @@ class Receiver:
             def do_POST(self) -> None:
                 self.rfile.read(int(self.headers.get("Content-Length", 0)))
                 receiver.hosts.append(self.headers.get("Host", ""))
+                if drip_s is not None:
+                    self.drip(drip_s)
+                    return
                 status = receiver.statuses[min(len(receiver.hosts), len(receiver.statuses)) - 1]
                 self.send_response(status)
                 self.send_header("Content-Length", "0")
                 self.end_headers()
+
+            def drip(self, every_s: float) -> None:
+                self.close_connection = True
+                try:
+                    for byte in ANSWER:
+                        self.wfile.write(bytes([byte]))
+                        if receiver.stop.wait(every_s):
+                            return
+                except OSError:  # the client gave up and closed the connection
+                    return
 
             def log_message(self, *args: object) -> None:
                 pass
@@ -53,7 +72,7 @@ class Receiver:
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
     def close(self) -> None:
-        """Stop serving."""
+        """Stop serving and end any drip."""
         self.stop.set()
         self.server.shutdown()
         self.server.server_close()
@@ -110,6 +129,23 @@ def deliver(
 
     asyncio.run(main())
     return states
+
+
+def test_a_receiver_that_drips_its_answer_fails_at_the_attempts_deadline(
+    receivers: list[Receiver],
+) -> None:
+    """A byte every 2 s never completes an answer: each attempt ends at its 3 s deadline."""
+    receiver = Receiver([200], drip_s=2.0)
+    receivers.append(receiver)
+    policy = RetryPolicy(attempts=2, first_delay_s=0.05, timeout_s=3.0)
+    started = time.monotonic()
+    states = deliver(f"http://127.0.0.1:{receiver.port}/hook", policy, LOOPBACK)
+    elapsed = time.monotonic() - started
+    assert [s.status for s in states] == ["retrying", "failed"]
+    assert states[-1].attempts == 2
+    assert states[-1].last_error == "no answer within 3 s"
+    assert len(receiver.hosts) == 2
+    assert 6.0 <= elapsed < 9.0
 
 
 def test_an_attempt_goes_to_the_vetted_address_under_the_callbacks_name(

@@ -24,6 +24,9 @@ from tests.integration.conftest import start_server
 pytestmark = pytest.mark.docker
 
 SECRET = "tarea-test-callback-secret"
+#: What the huge-body receiver would send if it were read to the end (never held).
+HUGE = 200 * 1024 * 1024
+CHUNK = b"x" * 65536
 
 
 class Receiver:
@@ -56,6 +59,42 @@ class Receiver:
         while len(self.calls) < count:
             assert time.monotonic() < deadline, f"{len(self.calls)} callbacks, wanted {count}"
             time.sleep(0.05)
+
+
+class HugeBodyReceiver:
+    """A test HTTP server that answers 200 with a 200 MB body, made as it is written.
+
+    It writes for as long as the other side takes the bytes, and counts them.
+    """
+
+    def __init__(self) -> None:
+        self.sent = 0
+        self.calls = 0
+        self.done = threading.Event()
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                receiver.calls += 1
+                self.send_response(200)
+                self.send_header("Content-Length", str(HUGE))
+                self.end_headers()
+                try:
+                    while receiver.sent < HUGE:
+                        self.wfile.write(CHUNK)
+                        receiver.sent += len(CHUNK)
+                except OSError:  # the server closed the connection: it stopped reading
+                    self.close_connection = True
+                finally:
+                    receiver.done.set()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
 
 @pytest.fixture(scope="module")
@@ -139,6 +178,20 @@ def test_callback_that_never_succeeds_is_recorded_failed(server: str) -> None:
     assert state["status"] == "failed"
     assert state["attempts"] == 4
     assert "500" in state["last_error"]
+
+
+def test_callback_answered_with_a_huge_body_is_delivered_without_reading_it(server: str) -> None:
+    """A 2xx is delivered on its status alone: the server never reads the answer's body."""
+    receiver = HugeBodyReceiver()
+    task = submit(server, receiver.url)
+    state = callback_state(server, task["id"], "delivered")
+    assert state["status"] == "delivered"
+    assert state["attempts"] == 1
+    assert receiver.done.wait(30), "the receiver is still writing: its body is being read"
+    assert receiver.calls == 1
+    # What the socket buffers took before the server hung up, at most: far from 200 MB.
+    assert receiver.sent < HUGE // 10, f"{receiver.sent} of {HUGE} bytes were taken"
+    receiver.server.shutdown()
 
 
 @pytest.mark.parametrize(

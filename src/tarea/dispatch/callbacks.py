@@ -8,7 +8,10 @@ retried with exponential backoff up to a bound.
 
 Each attempt goes only where :mod:`tarea.dispatch.outbound` allows: the host
 is resolved and vetted, and the request is sent to the vetted address (a
-refusal is final, never retried).
+refusal is final, never retried). One deadline bounds the whole attempt,
+resolution and connection included, and only the answer's status is read:
+its body is never, so a receiver cannot grow the server's memory or hold an
+attempt open by answering slowly.
 """
 
 from __future__ import annotations
@@ -49,6 +52,7 @@ class RetryPolicy:
     attempts: int = 5
     first_delay_s: float = 0.5
     max_delay_s: float = 30.0
+    #: Bound on one whole attempt: resolution, connection, sending, the status.
     timeout_s: float = 10.0
 
     def delay(self, attempt: int) -> float:
@@ -80,12 +84,12 @@ def pinned_request(
     address: outbound.IPAddress,
     body: bytes,
     headers: Mapping[str, str],
-    timeout_s: float,
 ) -> httpx.Request:
     """The POST of ``body`` to ``url``, sent to ``address`` instead of a fresh resolution.
 
     The ``Host`` header and, for https, the TLS server name (SNI, and the name
-    the certificate is checked against) stay ``url``'s host.
+    the certificate is checked against) stay ``url``'s host. It carries no
+    timeout of its own: the attempt's one deadline bounds it (:func:`attempt`).
     """
     extensions = {"sni_hostname": outbound.host_of(url)} if url.scheme == "https" else {}
     return client.build_request(
@@ -93,7 +97,7 @@ def pinned_request(
         url.copy_with(host=str(address)),
         content=body,
         headers={**headers, "Host": url.netloc.decode("ascii")},
-        timeout=timeout_s,
+        timeout=None,
         extensions=extensions,
     )
 
@@ -115,15 +119,23 @@ async def attempt(
     allow: outbound.Allowlist,
     resolver: outbound.Resolver = outbound.resolve,
 ) -> Failure | None:
-    """POST ``body`` to ``url`` once; None when a 2xx answered."""
+    """POST ``body`` to ``url`` once; None when a 2xx answered.
+
+    ``policy.timeout_s`` bounds the whole attempt. The answer's body is never
+    read: the response is closed as soon as its status is in.
+    """
     try:
-        address = await outbound.vet(url, allow, resolver)
-        request = pinned_request(client, url, address, body, headers, policy.timeout_s)
-        response = await client.send(request)
+        async with asyncio.timeout(policy.timeout_s):
+            address = await outbound.vet(url, allow, resolver)
+            request = pinned_request(client, url, address, body, headers)
+            response = await client.send(request, stream=True)
+            await response.aclose()
     except CallbackUrlNotAllowed as exc:
         return Failure(f"{exc.code}: {exc.message}", final=True)
     except httpx.InvalidURL as exc:  # e.g. a scoped IPv6 address, allowed but not sendable
         return Failure(f"invalid callback URL: {exc}"[:500], final=True)
+    except TimeoutError:  # before OSError, of which it is a subclass
+        return Failure(f"no answer within {policy.timeout_s:g} s")
     except httpx.HTTPError as exc:
         return Failure(f"{type(exc).__name__}: {exc}"[:500])
     except OSError as exc:  # the name does not resolve
