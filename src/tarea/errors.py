@@ -5,7 +5,9 @@ The tree::
     TareaError                      root of everything tarea raises on purpose
     ├── ConfigurationError          settings that cannot work
     ├── InvalidRequest              a client asked for something malformed (422)
-    │   └── InvalidImageReference   not a valid distribution reference
+    │   ├── InvalidImageReference   not a valid distribution reference
+    │   └── CallbackUrlNotAllowed   callback_url_not_allowed: an address the
+    │                               outbound policy refuses (TAREA_CALLBACK_ALLOW)
     ├── EngineUnavailable           the Docker engine does not answer (503)
     ├── Refused                     the service said no to a request; ``code``
     │   ├── ImageNotAllowed         image_not_allowed (403)
@@ -62,6 +64,16 @@ class InvalidImageReference(InvalidRequest):
     """The image name is not a valid distribution reference."""
 
     code: str = "invalid_image_reference"
+
+
+class CallbackUrlNotAllowed(InvalidRequest):
+    """The callback URL names, or resolves to, an address callbacks may not go to.
+
+    Raised at submit for a literal address or ``localhost``, and on every
+    delivery attempt for what the host name resolves to then (a final failure).
+    """
+
+    code: str = "callback_url_not_allowed"
 
 
 class EngineUnavailable(TareaError):

@@ -16,7 +16,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
-from tarea.dispatch import callbacks
+from tarea.dispatch import callbacks, outbound
 from tarea.dispatch.local import LocalDispatcher
 from tarea.dispatch.runner import Completions, Render, TaskRunner
 from tarea.domain.images import ImageReference, matches_any, parse_reference
@@ -115,6 +115,7 @@ class TaskService:
         self.engine = engine
         self.hub = hub
         self.completions = Completions()
+        self._callback_allow = outbound.Allowlist.parse(settings.callback_allow)
         self.runner = TaskRunner(
             store=store,
             engine=engine,
@@ -126,6 +127,7 @@ class TaskService:
             callback_policy=callbacks.RetryPolicy(
                 attempts=settings.callback_attempts, first_delay_s=settings.callback_backoff_s
             ),
+            callback_allow=self._callback_allow,
         )
         self.dispatcher = LocalDispatcher(self.runner.execute, concurrency=settings.concurrency)
         self.runner.on_end = self._ended
@@ -233,10 +235,14 @@ class TaskService:
             InvalidImageReference: the image name is not a valid reference.
             ImageNotAllowed: the image matches none of TAREA_IMAGE_ALLOW.
             InvalidRequest: a limit over the server's maximum.
+            CallbackUrlNotAllowed: the callback URL is a literal address, or
+                ``localhost``, that TAREA_CALLBACK_ALLOW does not allow.
         """
         reference = parse_reference(new.image)
         if not image_allowed(reference, self._image_patterns):
             raise ImageNotAllowed(f"image {new.image!r} is not allowed on this server")
+        if new.callback_url is not None:
+            outbound.check_url(new.callback_url, self._callback_allow)
         return effective_limits(new.limits, self.settings)
 
     async def submit(
@@ -259,6 +265,7 @@ class TaskService:
             QueueFull: too many tasks wait already.
             QuotaExceeded: the tenant has too many tasks queued or running.
             InvalidImageReference, InvalidRequest: the request is malformed.
+            CallbackUrlNotAllowed: the callback URL is an address not allowed.
             IdempotencyKeyReused: the key came before with another body.
         """
         if self.draining:

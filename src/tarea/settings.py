@@ -108,6 +108,12 @@ class Settings(BaseSettings):
     )
     callback_attempts: int = Field(5, ge=1, description="Tries per callback.")
     callback_backoff_s: float = Field(0.5, gt=0, description="Delay after the first failure.")
+    callback_allow: str = Field(
+        "",
+        description="Comma-separated hosts and CIDRs callbacks may reach although they are "
+        "loopback, link-local, private or otherwise not public (refused by default), e.g. "
+        "'hooks.internal,*.corp.example,10.1.2.0/24'; empty: public addresses only.",
+    )
 
     # Warm pool (DESIGN §4): containers reused per tenant, image and limits.
     pool_max_total: int = Field(32, ge=1, description="Most task containers at once.")

@@ -1,4 +1,9 @@
-"""Callbacks: the finished task is POSTed to callback_url, signed, retried, recorded."""
+"""Callbacks: the finished task is POSTed to callback_url, signed, retried, recorded.
+
+Every callback here goes to this machine's loopback: the server under test
+allows 127.0.0.1 (TAREA_CALLBACK_ALLOW), and the refusals are checked with
+other loopback addresses, refused at submit.
+"""
 
 from __future__ import annotations
 
@@ -19,6 +24,9 @@ from tests.integration.conftest import start_server
 pytestmark = pytest.mark.docker
 
 SECRET = "tarea-test-callback-secret"
+#: What the huge-body receiver would send if it were read to the end (never held).
+HUGE = 200 * 1024 * 1024
+CHUNK = b"x" * 65536
 
 
 class Receiver:
@@ -53,9 +61,45 @@ class Receiver:
             time.sleep(0.05)
 
 
+class HugeBodyReceiver:
+    """A test HTTP server that answers 200 with a 200 MB body, made as it is written.
+
+    It writes for as long as the other side takes the bytes, and counts them.
+    """
+
+    def __init__(self) -> None:
+        self.sent = 0
+        self.calls = 0
+        self.done = threading.Event()
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                receiver.calls += 1
+                self.send_response(200)
+                self.send_header("Content-Length", str(HUGE))
+                self.end_headers()
+                try:
+                    while receiver.sent < HUGE:
+                        self.wfile.write(CHUNK)
+                        receiver.sent += len(CHUNK)
+                except OSError:  # the server closed the connection: it stopped reading
+                    self.close_connection = True
+                finally:
+                    receiver.done.set()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory, tasks_image: str) -> Iterator[str]:
-    """A server with a known callback secret and a short retry backoff."""
+    """A server with a known callback secret, a short retry backoff, and 127.0.0.1 allowed."""
     tmp: Path = tmp_path_factory.mktemp("callbacks")
     proc, url = start_server(
         {
@@ -63,6 +107,7 @@ def server(tmp_path_factory: pytest.TempPathFactory, tasks_image: str) -> Iterat
             "TAREA_CALLBACK_SECRET": SECRET,
             "TAREA_CALLBACK_BACKOFF_S": "0.1",
             "TAREA_CALLBACK_ATTEMPTS": "4",
+            "TAREA_CALLBACK_ALLOW": "127.0.0.1",
         },
         tmp / "server.log",
     )
@@ -133,3 +178,53 @@ def test_callback_that_never_succeeds_is_recorded_failed(server: str) -> None:
     assert state["status"] == "failed"
     assert state["attempts"] == 4
     assert "500" in state["last_error"]
+
+
+def test_callback_answered_with_a_huge_body_is_delivered_without_reading_it(server: str) -> None:
+    """A 2xx is delivered on its status alone: the server never reads the answer's body."""
+    receiver = HugeBodyReceiver()
+    task = submit(server, receiver.url)
+    state = callback_state(server, task["id"], "delivered")
+    assert state["status"] == "delivered"
+    assert state["attempts"] == 1
+    assert receiver.done.wait(30), "the receiver is still writing: its body is being read"
+    assert receiver.calls == 1
+    # What the socket buffers took before the server hung up, at most: far from 200 MB.
+    assert receiver.sent < HUGE // 10, f"{receiver.sent} of {HUGE} bytes were taken"
+    receiver.server.shutdown()
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://127.0.0.2:9/hook",
+        "http://[::1]:9/hook",
+        "http://[::ffff:127.0.0.2]:9/hook",
+        "http://localhost:9/hook",
+        "http://api.localhost:9/hook",
+    ],
+)
+def test_callback_to_an_address_not_allowed_is_refused_at_submit(server: str, url: str) -> None:
+    """A literal address or localhost outside TAREA_CALLBACK_ALLOW is a 422 and no task."""
+    before = httpx.get(f"{server}/v1/tasks", params={"limit": 1}).json()["items"]
+    body = {"image": "tasks_image:latest", "function": "suma", "callback_url": url}
+    response = httpx.post(f"{server}/v1/tasks", json=body, timeout=30)
+    assert response.status_code == 422
+    assert response.headers["content-type"].startswith("application/problem+json")
+    problem = response.json()
+    assert problem["code"] == "callback_url_not_allowed"
+    assert problem["field"] == "callback_url"
+    assert "TAREA_CALLBACK_ALLOW" in problem["detail"]
+    assert httpx.get(f"{server}/v1/tasks", params={"limit": 1}).json()["items"] == before
+
+
+def test_batch_with_a_callback_not_allowed_is_refused_with_that_code(server: str) -> None:
+    """In a batch, the refusal keeps its code and names the task's index."""
+    ok = {"image": "tasks_image:latest", "function": "suma"}
+    bad = {**ok, "callback_url": "http://127.0.0.2:9/hook"}
+    response = httpx.post(f"{server}/v1/batches", json={"tasks": [ok, bad]}, timeout=30)
+    assert response.status_code == 422
+    problem = response.json()
+    assert problem["code"] == "callback_url_not_allowed"
+    assert problem["field"] == "tasks.1.callback_url"
+    assert problem["detail"].startswith("tasks[1]: ")

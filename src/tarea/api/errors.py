@@ -27,6 +27,7 @@ PROBLEM_JSON = "application/problem+json"
 STATUS_OF_CODE: dict[str, int] = {
     "invalid_request": 422,
     "invalid_image_reference": 422,
+    "callback_url_not_allowed": 422,
     "validation_error": 422,
     "unsupported_image": 422,
     "image_not_found": 404,

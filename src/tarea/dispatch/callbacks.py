@@ -5,6 +5,13 @@ The body is the task as ``GET /v1/tasks/{id}`` shows it; the header
 under the server's callback secret, so a receiver can check that tarea sent
 it (:func:`verify`). Any 2xx is delivered; anything else, or no answer, is
 retried with exponential backoff up to a bound.
+
+Each attempt goes only where :mod:`tarea.dispatch.outbound` allows: the host
+is resolved and vetted, and the request is sent to the vetted address (a
+refusal is final, never retried). One deadline bounds the whole attempt,
+resolution and connection included, and only the answer's status is read:
+its body is never, so a receiver cannot grow the server's memory or hold an
+attempt open by answering slowly.
 """
 
 from __future__ import annotations
@@ -12,13 +19,16 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
+import http.cookiejar
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
 import httpx
 
+from tarea.dispatch import outbound
 from tarea.domain.records import CallbackState, utcnow
+from tarea.errors import CallbackUrlNotAllowed
 
 log = logging.getLogger(__name__)
 
@@ -42,11 +52,97 @@ class RetryPolicy:
     attempts: int = 5
     first_delay_s: float = 0.5
     max_delay_s: float = 30.0
+    #: Bound on one whole attempt: resolution, connection, sending, the status.
     timeout_s: float = 10.0
 
     def delay(self, attempt: int) -> float:
         """Seconds to wait after failed attempt number ``attempt`` (1-based)."""
         return min(self.first_delay_s * 2.0 ** (attempt - 1), self.max_delay_s)
+
+
+def new_client() -> httpx.AsyncClient:
+    """The HTTP client callbacks go out on.
+
+    No proxy from the environment and no redirects (a receiver cannot send the
+    server elsewhere); no kept connections, since each attempt is pinned to an
+    address and, for https, a server name of its own (a pooled connection is
+    matched by address only); no cookies kept from one receiver for the next.
+    """
+    return httpx.AsyncClient(
+        trust_env=False,
+        follow_redirects=False,
+        limits=httpx.Limits(max_keepalive_connections=0),
+        cookies=http.cookiejar.CookieJar(
+            policy=http.cookiejar.DefaultCookiePolicy(allowed_domains=[])
+        ),
+    )
+
+
+def pinned_request(
+    client: httpx.AsyncClient,
+    url: httpx.URL,
+    address: outbound.IPAddress,
+    body: bytes,
+    headers: Mapping[str, str],
+) -> httpx.Request:
+    """The POST of ``body`` to ``url``, sent to ``address`` instead of a fresh resolution.
+
+    The ``Host`` header and, for https, the TLS server name (SNI, and the name
+    the certificate is checked against) stay ``url``'s host. It carries no
+    timeout of its own: the attempt's one deadline bounds it (:func:`attempt`).
+    """
+    extensions = {"sni_hostname": outbound.host_of(url)} if url.scheme == "https" else {}
+    return client.build_request(
+        "POST",
+        url.copy_with(host=str(address)),
+        content=body,
+        headers={**headers, "Host": url.netloc.decode("ascii")},
+        timeout=None,
+        extensions=extensions,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    """Why an attempt did not deliver; ``final`` when trying again cannot help."""
+
+    reason: str
+    final: bool = False
+
+
+async def attempt(
+    client: httpx.AsyncClient,
+    url: httpx.URL,
+    body: bytes,
+    headers: Mapping[str, str],
+    policy: RetryPolicy,
+    allow: outbound.Allowlist,
+    resolver: outbound.Resolver = outbound.resolve,
+) -> Failure | None:
+    """POST ``body`` to ``url`` once; None when a 2xx answered.
+
+    ``policy.timeout_s`` bounds the whole attempt. The answer's body is never
+    read: the response is closed as soon as its status is in.
+    """
+    try:
+        async with asyncio.timeout(policy.timeout_s):
+            address = await outbound.vet(url, allow, resolver)
+            request = pinned_request(client, url, address, body, headers)
+            response = await client.send(request, stream=True)
+            await response.aclose()
+    except CallbackUrlNotAllowed as exc:
+        return Failure(f"{exc.code}: {exc.message}", final=True)
+    except httpx.InvalidURL as exc:  # e.g. a scoped IPv6 address, allowed but not sendable
+        return Failure(f"invalid callback URL: {exc}"[:500], final=True)
+    except TimeoutError:  # before OSError, of which it is a subclass
+        return Failure(f"no answer within {policy.timeout_s:g} s")
+    except httpx.HTTPError as exc:
+        return Failure(f"{type(exc).__name__}: {exc}"[:500])
+    except OSError as exc:  # the name does not resolve
+        return Failure(f"cannot resolve the callback host: {exc}"[:500])
+    if 200 <= response.status_code < 300:
+        return None
+    return Failure(f"HTTP {response.status_code}")
 
 
 async def deliver(
@@ -56,34 +152,33 @@ async def deliver(
     secret: bytes,
     policy: RetryPolicy,
     record: Callable[[CallbackState], Awaitable[None]],
+    *,
+    allow: outbound.Allowlist = outbound.NOTHING_ALLOWED,
+    resolver: outbound.Resolver = outbound.resolve,
 ) -> CallbackState:
-    """POST ``body`` to ``url`` until a 2xx or the attempts run out.
+    """POST ``body`` to ``url`` until a 2xx, a refusal by ``allow``, or the attempts run out.
 
     ``record`` is awaited after every attempt with the state so far, so the
     outcome is durable even if the server stops mid-way.
     """
     state = CallbackState()
     headers = {"Content-Type": "application/json", SIGNATURE_HEADER: sign(secret, body)}
-    for attempt in range(1, policy.attempts + 1):
-        state.attempts = attempt
-        try:
-            response = await client.post(
-                url, content=body, headers=headers, timeout=policy.timeout_s
-            )
-            if 200 <= response.status_code < 300:
-                state.status, state.last_error, state.delivered_at = "delivered", None, utcnow()
-                await record(state)
-                return state
-            state.last_error = f"HTTP {response.status_code}"
-        except httpx.HTTPError as exc:
-            state.last_error = f"{type(exc).__name__}: {exc}"[:500]
-        last = attempt == policy.attempts
+    target = httpx.URL(url)
+    for number in range(1, policy.attempts + 1):
+        state.attempts = number
+        failure = await attempt(client, target, body, headers, policy, allow, resolver)
+        if failure is None:
+            state.status, state.last_error, state.delivered_at = "delivered", None, utcnow()
+            await record(state)
+            return state
+        state.last_error = failure.reason
+        last = failure.final or number == policy.attempts
         state.status = "failed" if last else "retrying"
         await record(state)
         if last:
             log.warning(
-                "callback to %s failed after %d attempts: %s", url, attempt, state.last_error
+                "callback to %s failed after %d attempts: %s", url, number, state.last_error
             )
             return state
-        await asyncio.sleep(policy.delay(attempt))
+        await asyncio.sleep(policy.delay(number))
     return state

@@ -16,9 +16,7 @@ from collections.abc import Callable
 from dataclasses import asdict
 from typing import Any
 
-import httpx
-
-from tarea.dispatch import callbacks
+from tarea.dispatch import callbacks, outbound
 from tarea.domain.records import CallbackState, TaskRecord, utcnow
 from tarea.domain.status import Status, status_for_error
 from tarea.domain.task import Limits, RegistryAuth, TaskSpec
@@ -97,6 +95,7 @@ class TaskRunner:
         worker: str,
         callback_secret: bytes,
         callback_policy: callbacks.RetryPolicy,
+        callback_allow: outbound.Allowlist = outbound.NOTHING_ALLOWED,
     ) -> None:
         self.store = store
         self.engine = engine
@@ -106,6 +105,7 @@ class TaskRunner:
         self.worker = worker
         self.callback_secret = callback_secret
         self.callback_policy = callback_policy
+        self.callback_allow = callback_allow
         #: Registry credentials of queued tasks, by id: memory only, used once.
         self.credentials: dict[str, RegistryAuth] = {}
         #: Ids of queued tasks cancelled since they were queued: skipped, not run.
@@ -114,7 +114,7 @@ class TaskRunner:
         self.on_end: Callable[[TaskRecord], None] | None = None
         #: Terminal statuses reached, for the metrics.
         self.finished: Counter[str] = Counter()
-        self._http = httpx.AsyncClient(trust_env=False)
+        self._http = callbacks.new_client()
         self._background: set[asyncio.Future[Any]] = set()
         #: Tasks whose container is done, waiting for their end to be committed.
         self._settling: set[asyncio.Future[None]] = set()
@@ -300,7 +300,13 @@ class TaskRunner:
             await self.store.update(record.id, callback=state)
 
         await callbacks.deliver(
-            self._http, record.callback_url, body, self.callback_secret, self.callback_policy, save
+            self._http,
+            record.callback_url,
+            body,
+            self.callback_secret,
+            self.callback_policy,
+            save,
+            allow=self.callback_allow,
         )
 
     def _spawn(self, coro: Any) -> None:

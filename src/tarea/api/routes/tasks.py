@@ -237,8 +237,8 @@ async def submit_batch(
     for index, new in enumerate(news):
         try:
             service.validate(new)
-        except InvalidRequest as exc:
-            raise InvalidRequest(
+        except InvalidRequest as exc:  # the same class: its code stays
+            raise type(exc)(
                 f"tasks[{index}]: {exc.message}", field=f"tasks.{index}.{exc.field}"
             ) from None
     records = [
