@@ -23,7 +23,7 @@ class TareaCollector(Collector):
         self.service = service
 
     def collect(self) -> Iterator[Metric]:
-        stats = self.service.engine.pool.stats()
+        stats = self.service.pools()
         counters = stats["counters"]
         pool_events = CounterMetricFamily(
             "tarea_pool_events",
@@ -55,7 +55,7 @@ class TareaCollector(Collector):
         finished = CounterMetricFamily(
             "tarea_tasks_finished", "Tasks that reached a terminal status.", labels=["status"]
         )
-        for status, value in sorted(self.service.runner.finished.items()):
+        for status, value in sorted(self.service.dispatcher.finished().items()):
             finished.add_metric([status], value)
         yield finished
 

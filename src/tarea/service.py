@@ -1,44 +1,44 @@
-"""The task service: what the API does with tasks, in one place.
+"""The task service: what the API does with tasks, in one place (use cases only).
 
-Submitting writes the record first, then queues it; nothing accepted exists
-only in memory. At start-up the service cleans up after a previous run (its
-containers, by label; its unfinished tasks, re-queued or failed as
-``worker_lost``); on SIGTERM it drains.
+Submitting writes the record first, then hands it to the dispatcher; nothing
+accepted exists only in memory. The service reaches the rest of tarea only
+through the interfaces of :mod:`tarea.interfaces` (store, dispatcher,
+notices), assembled by :mod:`tarea.wiring`: it imports no engine or runner.
+At start-up it cleans up after a previous run; it settles the tasks of
+servers that fell silent; on SIGTERM it drains.
 """
 
 from __future__ import annotations
 
 import asyncio
+import builtins
 import hashlib
 import json
 import logging
-from collections import defaultdict
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import Any
 
-from tarea.dispatch import callbacks, outbound
-from tarea.dispatch.local import LocalDispatcher
-from tarea.dispatch.runner import Completions, Render, TaskRunner
+from tarea.dispatch import outbound
 from tarea.domain.images import ImageReference, matches_any, parse_reference
 from tarea.domain.records import TaskRecord, new_task_id
 from tarea.domain.status import Status
 from tarea.domain.task import RegistryAuth
-from tarea.engine.executor import Engine
-from tarea.engine.sandbox import MANAGED_LABEL, SERVER_LABEL
 from tarea.errors import (
     Draining,
     IdempotencyKeyReused,
     ImageNotAllowed,
     InvalidRequest,
     NotCancellable,
-    QueueFull,
-    QuotaExceeded,
+    Refused,
     TareaError,
     TaskNotFound,
 )
-from tarea.events import EventHub
+from tarea.interfaces import Dispatcher, Notices, TaskStore
+from tarea.notices import Subscription
 from tarea.settings import Settings
-from tarea.store.aio import AsyncStore
+from tarea.store.cluster import ServerInfo
+from tarea.store.sql import Admission
 
 log = logging.getLogger(__name__)
 
@@ -104,50 +104,43 @@ def effective_limits(asked: dict[str, Any], settings: Settings) -> dict[str, Any
     return limits
 
 
+def worker_lost(message: str, worker: str | None) -> dict[str, Any]:
+    """The error of a task whose server stopped or vanished while it ran."""
+    return {"code": "worker_lost", "message": message, "data": {"worker": worker}}
+
+
 class TaskService:
-    """Submit, read, wait for and cancel tasks; recover and drain the server."""
+    """Submit, read, wait for, watch and cancel tasks; recover, take over and drain.
+
+    Args:
+        settings: the server's settings.
+        store: where tasks are recorded.
+        dispatcher: who runs them here.
+        notices: how their ends, events and cancels are heard.
+    """
 
     def __init__(
-        self, settings: Settings, store: AsyncStore, engine: Engine, hub: EventHub, render: Render
+        self, settings: Settings, store: TaskStore, dispatcher: Dispatcher, notices: Notices
     ) -> None:
         self.settings = settings
         self.store = store
-        self.engine = engine
-        self.hub = hub
-        self.completions = Completions()
-        self._callback_allow = outbound.Allowlist.parse(settings.callback_allow)
-        self.runner = TaskRunner(
-            store=store,
-            engine=engine,
-            hub=hub,
-            completions=self.completions,
-            render=render,
-            worker=settings.server_id,
-            callback_secret=settings.callback_secret.encode(),
-            callback_policy=callbacks.RetryPolicy(
-                attempts=settings.callback_attempts, first_delay_s=settings.callback_backoff_s
-            ),
-            callback_allow=self._callback_allow,
-        )
-        self.dispatcher = LocalDispatcher(self.runner.execute, concurrency=settings.concurrency)
-        self.runner.on_end = self._ended
+        self.dispatcher = dispatcher
+        self.notices = notices
+        self.server_id = settings.server_id
         self.draining = False
         self._image_patterns = settings.image_patterns()
-        #: Ids of the queued and running tasks of each tenant, for the quota. Sets,
-        #: not counts: a task whose end is reported twice is released once.
-        self._active: defaultdict[str, set[str]] = defaultdict(set)
-
-    def _ended(self, record: TaskRecord) -> None:
-        active = self._active.get(record.tenant)
-        if active is not None:
-            active.discard(record.id)
-            if not active:
-                del self._active[record.tenant]
+        self._callback_allow = outbound.Allowlist.parse(settings.callback_allow)
+        # Counted by the store as it records a task, so that servers sharing
+        # it share the bounds (see Admission).
+        self._admission = Admission(
+            max_active=settings.tenant_max_active, max_queued=settings.max_queued
+        )
+        notices.on_cancel = dispatcher.cancel
 
     # -- life cycle -----------------------------------------------------------------
 
     async def start(self) -> None:
-        """Clean up after a previous run, then start the workers."""
+        """Clean up after a previous run, then start running tasks."""
         await self.recover()
         self.dispatcher.start()
 
@@ -160,40 +153,50 @@ class TaskService:
         accepted them) are touched: on a shared PostgreSQL, another live
         server's queued and running tasks are not this one's to settle.
         """
-        try:
-            removed = await self.engine.docker.remove_labelled(
-                {MANAGED_LABEL: "true", SERVER_LABEL: self.settings.server_id}
-            )
-            if removed:
-                log.info("removed %d containers left by a previous run", len(removed))
-        except TareaError as exc:
-            log.warning("could not clean up leftover containers: %s", exc)
-        server_id = self.settings.server_id
-        claimed = await self.store.claim_unowned(server_id)
+        await self._remove_containers(self.server_id, "left by a previous run")
+        claimed = await self.store.claim_unowned(self.server_id)
         if claimed:
             log.info("took over %d unfinished tasks recorded without a server", claimed)
-        others = await self.store.unfinished_elsewhere(server_id)
+        others = await self.store.unfinished_elsewhere(self.server_id)
         if others:
-            log.warning(
+            log.info(
                 "%d unfinished tasks belong to other server ids (%s); this server "
-                "(TAREA_SERVER_ID=%s) leaves them to those servers",
+                "(TAREA_SERVER_ID=%s) leaves them to those servers while they live",
                 sum(others.values()),
                 ", ".join(sorted(others)),
-                server_id,
+                self.server_id,
             )
-        for record in await self.store.unfinished(worker=server_id):
+        await self._settle(self.server_id, "the server stopped while the task ran")
+
+    async def take_over(self, dead: str) -> None:
+        """Settle the tasks of ``dead``, a server that fell silent (this one claimed it).
+
+        Its containers on this engine are removed; its running tasks fail with
+        ``worker_lost``; its queued tasks run here.
+        """
+        await self._remove_containers(dead, f"by the silent server {dead}")
+        await self._settle(dead, f"the server {dead} fell silent while the task ran")
+
+    async def _remove_containers(self, server_id: str, why: str) -> None:
+        try:
+            removed = await self.dispatcher.remove_containers(server_id)
+        except TareaError as exc:
+            log.warning("could not remove the containers %s: %s", why, exc)
+            return
+        if removed:
+            log.info("removed %d containers %s", removed, why)
+
+    async def _settle(self, worker: str, lost: str) -> None:
+        """Fail ``worker``'s running tasks as ``worker_lost``; run its queued ones here."""
+        for record in await self.store.unfinished(worker=worker):
             if record.status is Status.RUNNING:
-                await self.runner.finish(
-                    record.id,
-                    Status.FAILED,
-                    error={
-                        "code": "worker_lost",
-                        "message": "the server stopped while the task ran",
-                        "data": {"worker": record.worker},
-                    },
+                await self.dispatcher.finish(
+                    record.id, Status.FAILED, error=worker_lost(lost, record.worker)
                 )
-            else:
-                self._active[record.tenant].add(record.id)
+            elif worker == self.server_id or await self.store.reassign(
+                record.id, was=worker, to=self.server_id
+            ):
+                record.worker = self.server_id
                 self.dispatcher.enqueue(record)
 
     async def drain(self) -> None:
@@ -207,24 +210,19 @@ class TaskService:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.settings.drain_timeout_s
         left = await self.dispatcher.drain(self.settings.drain_timeout_s)
-        if not await self.runner.settled(max(deadline - loop.time(), 0.0)):
+        if not await self.dispatcher.settled(max(deadline - loop.time(), 0.0)):
             log.warning("the store did not record every finished task's end before the drain ended")
         for task_id in left:
-            await self.runner.finish(
+            await self.dispatcher.finish(
                 task_id,
                 Status.FAILED,
-                error={
-                    "code": "worker_lost",
-                    "message": "the server shut down before the task finished",
-                    "data": {"worker": self.settings.server_id},
-                },
+                error=worker_lost("the server shut down before the task finished", self.server_id),
             )
         await self.dispatcher.stop()
-        # Tasks still queued stay queued (they run at the next start): release
-        # whoever waits for them, so no request holds the shutdown.
-        self.completions.release_all()
-        await self.engine.settle()
-        await self.runner.aclose()
+        # Tasks still queued stay queued (they run at the next start, or on the
+        # server that takes this one over): release whoever waits for them, so
+        # no request holds the shutdown.
+        self.notices.release_all()
 
     # -- use cases ------------------------------------------------------------------
 
@@ -262,7 +260,7 @@ class TaskService:
 
         Raises:
             Draining: the server is shutting down.
-            QueueFull: too many tasks wait already.
+            QueueFull: too many tasks wait already (on every server of the store).
             QuotaExceeded: the tenant has too many tasks queued or running.
             InvalidImageReference, InvalidRequest: the request is malformed.
             CallbackUrlNotAllowed: the callback URL is an address not allowed.
@@ -270,11 +268,6 @@ class TaskService:
         """
         if self.draining:
             raise Draining("the server is shutting down; submit again shortly")
-        if self.dispatcher.queued >= self.settings.max_queued:
-            raise QueueFull(f"{self.settings.max_queued} tasks are already queued")
-        quota = self.settings.tenant_max_active
-        if quota and len(self._active.get(tenant, ())) >= quota:
-            raise QuotaExceeded(f"{quota} tasks of this tenant are already queued or running")
         limits = self.validate(new)
         record = TaskRecord(
             id=new_task_id(),
@@ -289,10 +282,13 @@ class TaskService:
             callback_url=new.callback_url,
             idempotency_key=idempotency_key,
             request_hash=new.fingerprint() if idempotency_key else None,
-            worker=self.settings.server_id,  # it runs here: see recover()
+            worker=self.server_id,  # it runs here: see recover() and take_over()
         )
-        stored, created = await self.store.create(record)
-        if not created:
+        created = await self.store.create(record, self._admission)
+        if isinstance(created, Refused):
+            raise created
+        stored, fresh = created
+        if not fresh:
             if stored.request_hash != record.request_hash:
                 raise IdempotencyKeyReused(
                     "this Idempotency-Key was used with a different request body"
@@ -300,13 +296,10 @@ class TaskService:
             if wait_s is not None:
                 stored = await self.wait(stored.id, wait_s)
             return stored, False
-        if auth is not None:  # kept in memory for the one pull, never stored
-            self.runner.credentials[stored.id] = auth
         # The waiter exists before the task can end: its end cannot be missed.
-        waiter = self.completions.waiter(stored.id) if wait_s is not None else None
-        self._active[tenant].add(stored.id)
-        self.dispatcher.enqueue(stored)
-        self.hub.publish(stored.id, "status", status=Status.QUEUED.value)
+        waiter = self.notices.waiter(stored.id) if wait_s is not None else None
+        self.dispatcher.enqueue(stored, auth)
+        self.notices.publish(stored.id, "status", status=Status.QUEUED.value)
         if waiter is not None and wait_s is not None:
             stored = await self._await(stored.id, waiter, wait_s)
         return stored, True
@@ -322,12 +315,26 @@ class TaskService:
             raise TaskNotFound(f"no task {task_id!r}")
         return record
 
+    async def list(
+        self,
+        *,
+        tenant: str,
+        status: Status | None = None,
+        image: str | None = None,
+        cursor: str | None = None,
+        limit: int = 50,
+    ) -> tuple[builtins.list[TaskRecord], str | None]:
+        """A page of the tenant's tasks, newest first, and the next page's cursor."""
+        return await self.store.list(
+            tenant=tenant, status=status, image=image, cursor=cursor, limit=limit
+        )
+
     async def wait(self, task_id: str, timeout_s: float) -> TaskRecord:
-        """The task once it ended, or as it is after ``timeout_s``."""
-        waiter = self.completions.waiter(task_id)
+        """The task once it ended (whichever server ran it), or as it is after ``timeout_s``."""
+        waiter = self.notices.waiter(task_id)
         record = await self.get(task_id, None)
         if record.status.terminal:
-            self.completions.discard(task_id, waiter)
+            self.notices.discard(task_id, waiter)
             return record
         return await self._await(task_id, waiter, timeout_s)
 
@@ -341,11 +348,17 @@ class TaskService:
             record = None
         if record is not None:
             return record
-        self.completions.discard(task_id, waiter)
+        self.notices.discard(task_id, waiter)
         return await self.get(task_id, None)
 
+    def watch(
+        self, task_id: str, after: int | None = None
+    ) -> AbstractAsyncContextManager[Subscription]:
+        """Stream the task's events (after the stored event ``after``: a Last-Event-ID)."""
+        return self.notices.subscribe(task_id, after)
+
     async def cancel(self, task_id: str, tenant: str | None) -> TaskRecord:
-        """Cancel a queued or running task, killing its container.
+        """Cancel a queued or running task, whichever server runs it; its container is killed.
 
         Raises:
             TaskNotFound: no such task for this tenant.
@@ -354,7 +367,7 @@ class TaskService:
         record = await self.get(task_id, tenant)
         if record.status.terminal:
             raise NotCancellable(f"task {task_id!r} already ended ({record.status.value})")
-        cancelled = await self.runner.finish(
+        cancelled = await self.dispatcher.finish(
             task_id,
             Status.CANCELLED,
             error={"code": "cancelled", "message": "cancelled by a client", "data": {}},
@@ -362,12 +375,24 @@ class TaskService:
         if cancelled is None:  # it ended meanwhile
             record = await self.get(task_id, tenant)
             raise NotCancellable(f"task {task_id!r} already ended ({record.status.value})")
-        if record.status is Status.QUEUED:
-            self.runner.cancelled.add(task_id)  # its worker skips it
-        # A running task is interrupted: the engine never reuses its container
-        # and removes it at once.
-        self.dispatcher.cancel(task_id)
+        # Whoever runs it stops it: this server at once; another one when it
+        # hears the notice (PostgreSQL), and kills its container.
+        self.notices.cancelled(task_id)
         return cancelled
+
+    # -- the server ------------------------------------------------------------------
+
+    def pools(self) -> dict[str, Any]:
+        """This server's warm containers and pool counters."""
+        return self.dispatcher.pools()
+
+    async def ready(self) -> None:
+        """Check that this server can run tasks (raises EngineUnavailable if not)."""
+        await self.dispatcher.ping()
+
+    async def servers(self) -> builtins.list[ServerInfo]:
+        """Every server sharing the store, with whether it is alive."""
+        return await self.store.servers(self.settings.lease_s)
 
 
 __all__ = ["NewTask", "TaskService", "effective_limits", "image_allowed"]

@@ -94,6 +94,11 @@ class Settings(BaseSettings):
         default_factory=socket.gethostname,
         description="This server's name: labels its containers and records (worker).",
     )
+    lease_s: float = Field(
+        15.0,
+        gt=0,
+        description="A server silent for this long is dead: a live one takes over its tasks.",
+    )
     concurrency: int = Field(8, ge=1, description="Tasks run at once by this server.")
     max_queued: int = Field(1000, ge=1, description="Tasks that may wait; more get 503.")
     wait_max_s: float = Field(

@@ -25,11 +25,11 @@ import pytest
 from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.engine import make_url
 
-from tarea.api.app import build_engine
 from tarea.domain.task import Limits
 from tarea.engine.containers import PoolKey, StdioContainer
 from tarea.engine.executor import Engine as TaskEngine
 from tarea.settings import Settings
+from tarea.wiring import build_engine
 
 ROOT = Path(__file__).resolve().parents[2]
 IMAGES = Path(__file__).resolve().parent / "images"

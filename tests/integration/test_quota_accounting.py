@@ -1,36 +1,37 @@
-"""The tenant quota's bookkeeping, on a real SQLite store (the engine is a fake).
+"""The tenant quota and the queue bound, counted by the store as it records a task.
 
-The quota counts a tenant's queued and running tasks in memory. These tests
-check that recovery counts what it re-queues, and that a task whose end is
-reported twice (its end write failed, then a client cancelled it) is released
-once: neither a leak that locks the tenant out nor a double release that
-lets it past its quota.
+On a real SQLite store (the engine is a fake). Counting in the store, in the
+transaction that records the task, is what makes the bounds hold for every
+server sharing it; these tests pin down the counting itself: what counts,
+what frees a place, and that a refused or failed insert leaves nothing behind.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tarea.dispatch.callbacks import RetryPolicy
+from tarea.dispatch.local import LocalDispatcher
+from tarea.dispatch.runner import TaskRunner
 from tarea.domain.records import TaskRecord, new_task_id
 from tarea.domain.status import Status
-from tarea.domain.task import ErrorInfo, Outcome
-from tarea.events import EventHub
+from tarea.domain.task import ErrorInfo, Outcome, TaskSpec
+from tarea.errors import QueueFull, QuotaExceeded
+from tarea.notices import LocalNotices
 from tarea.service import NewTask, TaskService
 from tarea.settings import Settings
 from tarea.store.aio import AsyncStore
 from tarea.store.sql import SqlStore
 
 LIMITS = {"timeout_s": 5.0, "memory_mb": 64, "cpus": 1.0, "pids": 16, "output_kb": 64}
-
-
-class Docker:
-    async def remove_labelled(self, labels: dict[str, str]) -> list[str]:
-        return []
+TASK = NewTask(image="img:1", function="f")
 
 
 class Engine:
@@ -38,30 +39,68 @@ class Engine:
     task its runner abandons in ``on_start`` is not called)."""
 
     def __init__(self) -> None:
-        self.docker = Docker()
         self.gates: dict[str, asyncio.Event] = {}
         self.called: set[str] = set()
 
-    async def run(self, spec: Any, *, on_start: Any, on_progress: Any, on_log: Any) -> Outcome:
+    async def run(
+        self, spec: TaskSpec, *, on_start: Any = None, on_progress: Any = None, on_log: Any = None
+    ) -> Outcome:
         if not await on_start("c" * 64):
             return Outcome(container_id="c" * 64, error=ErrorInfo("cancelled", "abandoned"))
         self.called.add(spec.task_id)
         await self.gates.setdefault(spec.task_id, asyncio.Event()).wait()
         return Outcome(result=1, container_id="c" * 64)
 
+    def end(self, task_id: str) -> None:
+        self.gates.setdefault(task_id, asyncio.Event()).set()
+
     async def settle(self) -> None:
-        return None
+        pass
+
+    async def ping(self) -> None:
+        pass
+
+    def stats(self) -> dict[str, Any]:
+        return {}
+
+    async def remove_containers(self, server_id: str) -> int:
+        return 0
 
 
-def service(tmp_path: Path) -> tuple[TaskService, AsyncStore, Engine]:
+@asynccontextmanager
+async def service(
+    tmp_path: Path, *, max_active: int = 2, max_queued: int = 1000
+) -> AsyncIterator[tuple[TaskService, AsyncStore, Engine]]:
+    """A service on a real SQLite store and a fake engine; drained and closed after."""
     settings = Settings(
-        database_url=f"sqlite:///{tmp_path}/tarea.db", server_id="me", tenant_max_active=2
+        database_url=f"sqlite:///{tmp_path}/tarea.db",
+        server_id="me",
+        tenant_max_active=max_active,
+        max_queued=max_queued,
+        concurrency=4,
     )
     sql = SqlStore(settings.database_url)
     sql.migrate()
     store = AsyncStore(sql)
     engine = Engine()
-    return TaskService(settings, store, engine, EventHub(), lambda r: {}), store, engine  # type: ignore[arg-type]
+    notices = LocalNotices()
+    runner = TaskRunner(
+        store=store,
+        engine=engine,
+        notices=notices,
+        render=lambda record: {},
+        worker="me",
+        callback_secret=b"s",
+        callback_policy=RetryPolicy(),
+    )
+    svc = TaskService(settings, store, LocalDispatcher(runner, engine, concurrency=4), notices)
+    try:
+        yield svc, store, engine
+    finally:
+        for gate in engine.gates.values():
+            gate.set()
+        await svc.drain()
+        store.close()
 
 
 def stored(status: Status, minute: int) -> TaskRecord:
@@ -78,54 +117,65 @@ def stored(status: Status, minute: int) -> TaskRecord:
     )
 
 
-def test_recovery_counts_the_tasks_it_queues_again(tmp_path: Path) -> None:
+def test_queued_and_running_tasks_count_and_an_end_frees_a_place(tmp_path: Path) -> None:
+    """A tenant at its quota (queued+running) is refused 429 until one of its tasks ends;
+    other tenants are not counted against it."""
+
     async def scenario() -> None:
-        svc, store, _ = service(tmp_path)
-        queued = stored(Status.QUEUED, 0)
-        running = stored(Status.RUNNING, 1)
-        for record in (queued, running):
-            store.sync.create(record)
-        await svc.recover()  # the running one fails as worker_lost
-        assert dict(svc._active) == {"acme": {queued.id}}
-        store.close()
+        async with service(tmp_path) as (svc, _, engine):
+            svc.dispatcher.start()
+            first, _ = await svc.submit(TASK, tenant="acme")
+            await svc.submit(TASK, tenant="acme")
+            with pytest.raises(QuotaExceeded):
+                await svc.submit(TASK, tenant="acme")
+            await svc.submit(TASK, tenant="other")  # its own quota
+            await asyncio.sleep(0.1)
+            engine.end(first.id)
+            ended = await svc.wait(first.id, 5)
+            assert ended.status is Status.SUCCEEDED
+            await svc.submit(TASK, tenant="acme")
 
     asyncio.run(scenario())
 
 
-def test_a_task_released_twice_frees_one_place(tmp_path: Path) -> None:
+def test_recovery_frees_the_places_of_tasks_it_fails(tmp_path: Path) -> None:
+    """After a restart, a task that was running fails as worker_lost and counts no more;
+    one that was queued still counts."""
+
     async def scenario() -> None:
-        svc, store, engine = service(tmp_path)
-        svc.dispatcher.start()
-        other, _ = await svc.submit(NewTask(image="img:1", function="f"), tenant="acme")
-        task, _ = await svc.submit(NewTask(image="img:1", function="f"), tenant="acme")
-        await asyncio.sleep(0.2)
-        assert dict(svc._active) == {"acme": {other.id, task.id}}
+        async with service(tmp_path) as (svc, store, _):
+            for record in (stored(Status.QUEUED, 0), stored(Status.RUNNING, 1)):
+                store.sync.create(record)
+            await svc.recover()
+            await svc.submit(TASK, tenant="acme")  # the queued one and this one: 2
+            with pytest.raises(QuotaExceeded):
+                await svc.submit(TASK, tenant="acme")
 
-        real_finish = store.finish
+    asyncio.run(scenario())
 
-        def failing(record: TaskRecord, new: Status, **fields: Any) -> asyncio.Future[Any]:
-            if record.id != task.id:
-                return real_finish(record, new, **fields)
-            future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-            future.set_exception(OSError("database is locked"))
-            return future
 
-        store.finish = failing  # type: ignore[method-assign]
-        engine.gates.setdefault(task.id, asyncio.Event()).set()
-        await asyncio.sleep(0.2)
-        store.finish = real_finish  # type: ignore[method-assign]
-        assert dict(svc._active) == {"acme": {other.id}}  # released once, its end unrecorded
+def test_a_retried_submit_gets_its_task_back_even_at_the_quota(tmp_path: Path) -> None:
+    """The same Idempotency-Key at the quota answers the task it made, not 429."""
 
-        await svc.cancel(task.id, None)  # still running in the store: the cancel ends it
-        assert dict(svc._active) == {"acme": {other.id}}  # and does not release other's place
+    async def scenario() -> None:
+        async with service(tmp_path, max_active=1) as (svc, _, _):
+            first, created = await svc.submit(TASK, tenant="acme", idempotency_key="k1")
+            again, created_again = await svc.submit(TASK, tenant="acme", idempotency_key="k1")
+            assert (created, created_again) == (True, False)
+            assert again.id == first.id
 
-        engine.gates.setdefault(other.id, asyncio.Event()).set()
-        await asyncio.sleep(0.2)
-        assert dict(svc._active) == {}
-        assert (await svc.get(other.id, None)).status is Status.SUCCEEDED
-        assert (await svc.get(task.id, None)).status is Status.CANCELLED
-        await svc.drain()
-        store.close()
+    asyncio.run(scenario())
+
+
+def test_the_queue_bound_counts_every_tenants_queued_tasks(tmp_path: Path) -> None:
+    """Past TAREA_MAX_QUEUED queued tasks (all tenants), a submit is refused 503 queue_full."""
+
+    async def scenario() -> None:
+        async with service(tmp_path, max_active=0, max_queued=2) as (svc, _, _):
+            await svc.submit(TASK, tenant="a")  # the dispatcher is not started: they wait
+            await svc.submit(TASK, tenant="b")
+            with pytest.raises(QueueFull):
+                await svc.submit(TASK, tenant="c")
 
     asyncio.run(scenario())
 
@@ -134,37 +184,27 @@ def test_a_task_whose_insert_fails_is_not_run(tmp_path: Path) -> None:
     """Nothing runs without its record: the insert is committed before the task is dispatched.
 
     SQLite itself refuses the insert (a trigger): the submit raises, the task
-    is never called, no waiter or quota place is left behind, and the tenant
-    can submit again.
+    is never called, nothing counts against the tenant, and it can submit again.
     """
 
     async def scenario() -> None:
-        svc, store, engine = service(tmp_path)
-        store.sync.engine.dispose()
-        with store.sync.engine.begin() as connection:
-            connection.exec_driver_sql(
-                "CREATE TRIGGER refuse BEFORE INSERT ON tasks WHEN NEW.image = 'refused:1' "
-                "BEGIN SELECT RAISE(ABORT, 'refused by the test'); END"
-            )
-        svc.dispatcher.start()
-        with pytest.raises(Exception, match="refused by the test"):
-            await svc.submit(NewTask(image="refused:1", function="f"), tenant="acme", wait_s=5)
-        await asyncio.sleep(0.2)
-        assert engine.called == set()
-        assert dict(svc._active) == {}
-        assert svc.completions._waiters == {}
-        assert svc.dispatcher.running == 0
-        assert svc.runner.cancelled == set()
-        assert (await store.list(tenant=None))[0] == []
-
-        # The tenant's places are all there: two tasks of a quota of two are taken.
-        first, _ = await svc.submit(NewTask(image="img:1", function="f"), tenant="acme")
-        second, _ = await svc.submit(NewTask(image="img:1", function="f"), tenant="acme")
-        assert dict(svc._active) == {"acme": {first.id, second.id}}
-        for task in (first, second):
-            engine.gates.setdefault(task.id, asyncio.Event()).set()
-        await asyncio.sleep(0.2)
-        await svc.drain()
-        store.close()
+        async with service(tmp_path) as (svc, store, engine):
+            store.sync.engine.dispose()
+            with store.sync.engine.begin() as connection:
+                connection.exec_driver_sql(
+                    "CREATE TRIGGER refuse BEFORE INSERT ON tasks WHEN NEW.image = 'refused:1' "
+                    "BEGIN SELECT RAISE(ABORT, 'refused by the test'); END"
+                )
+            svc.dispatcher.start()
+            refused = NewTask(image="refused:1", function="f")
+            with pytest.raises(Exception, match="refused by the test"):
+                await svc.submit(refused, tenant="acme", wait_s=5)
+            await asyncio.sleep(0.2)
+            assert engine.called == set()
+            assert svc.dispatcher.running == 0
+            assert (await store.list(tenant=None))[0] == []
+            # The tenant's places are all there: two tasks of a quota of two are taken.
+            await svc.submit(TASK, tenant="acme")
+            await svc.submit(TASK, tenant="acme")
 
     asyncio.run(scenario())

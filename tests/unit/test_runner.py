@@ -6,12 +6,13 @@ import asyncio
 import dataclasses
 from typing import Any
 
+from tarea.dispatch import runner as runner_module
 from tarea.dispatch.callbacks import RetryPolicy
-from tarea.dispatch.runner import Completions, TaskRunner
+from tarea.dispatch.runner import TaskRunner
 from tarea.domain.records import TaskRecord, new_task_id
 from tarea.domain.status import Status
 from tarea.domain.task import Outcome
-from tarea.events import EventHub
+from tarea.notices import LocalNotices
 from tests.unit.aio import in_loop
 
 
@@ -33,6 +34,10 @@ class Store:
     def advance(self, task_id: str, new: Status, **fields: Any) -> asyncio.Future[Any]:
         return self._done(self.running)
 
+    def transition(self, task_id: str, new: Status, **fields: Any) -> asyncio.Future[Any]:
+        # As if the task had ended otherwise meanwhile: nothing moves.
+        return self._done(None)
+
     def finish(self, record: TaskRecord, new: Status, **fields: Any) -> asyncio.Future[Any]:
         self.ends.append((record, new))
         # As the real guard: only a task whose running write landed can end.
@@ -48,21 +53,16 @@ class Engine:
         return Outcome(result=35, container_id="c" * 64)
 
 
-def runner(store: Store) -> tuple[TaskRunner, list[TaskRecord]]:
-    completions = Completions()
-    task_runner = TaskRunner(
+def runner(store: Store) -> TaskRunner:
+    return TaskRunner(
         store=store,  # type: ignore[arg-type]
         engine=Engine(),  # type: ignore[arg-type]
-        hub=EventHub(),
-        completions=completions,
+        notices=LocalNotices(),
         render=lambda record: {},
         worker="here",
         callback_secret=b"secret",
         callback_policy=RetryPolicy(),
     )
-    ended: list[TaskRecord] = []
-    task_runner.on_end = ended.append
-    return task_runner, ended
 
 
 def queued() -> TaskRecord:
@@ -81,27 +81,25 @@ def queued() -> TaskRecord:
 @in_loop
 async def test_a_task_ends_with_the_record_it_carried() -> None:
     store = Store(running=True)
-    task_runner, ended = runner(store)
+    task_runner = runner(store)
     record = queued()
-    waiter = task_runner.completions.waiter(record.id)
+    waiter = task_runner.notices.waiter(record.id)
     await task_runner.execute(record)
     final = await waiter
     assert final is not None
     assert (final.status, final.result, final.worker) == (Status.SUCCEEDED, 35, "here")
     assert store.ends[0][0].status is Status.RUNNING  # the end was guarded on "running here"
-    assert ended == [final]
     await task_runner.aclose()
 
 
 @in_loop
-async def test_a_failed_running_write_frees_waiters_and_quota_and_records_no_end() -> None:
+async def test_a_failed_running_write_frees_waiters_and_records_no_end() -> None:
     store = Store(running=OSError("the database went away"))
-    task_runner, ended = runner(store)
+    task_runner = runner(store)
     record = queued()
-    waiter = task_runner.completions.waiter(record.id)
+    waiter = task_runner.notices.waiter(record.id)
     await task_runner.execute(record)  # reported in the log, not raised
     assert await waiter is None  # the waiter reads the task from the store instead
-    assert [r.id for r in ended] == [record.id]  # its quota place is given back
     assert task_runner.finished == {}
     await task_runner.aclose()
 
@@ -109,14 +107,13 @@ async def test_a_failed_running_write_frees_waiters_and_quota_and_records_no_end
 @in_loop
 async def test_a_task_cancelled_before_its_running_write_keeps_that_end() -> None:
     store = Store(running=False)
-    task_runner, ended = runner(store)
+    task_runner = runner(store)
     record = queued()
-    waiter = task_runner.completions.waiter(record.id)
+    waiter = task_runner.notices.waiter(record.id)
     await task_runner.execute(record)
     # The cancel recorded the end; if it came through another server, nobody
-    # here was told: the waiter reads the store, and the quota place is freed.
+    # here was told: the waiter reads the store.
     assert await waiter is None
-    assert [r.id for r in ended] == [record.id]
     assert task_runner.finished == {}
     await task_runner.aclose()
 
@@ -129,14 +126,13 @@ class UnbuildableEnd(Store):
 
 
 @in_loop
-async def test_an_end_that_cannot_be_built_frees_waiters_and_quota() -> None:
+async def test_an_end_that_cannot_be_built_frees_waiters() -> None:
     store = UnbuildableEnd(running=True)
-    task_runner, ended = runner(store)
+    task_runner = runner(store)
     record = queued()
-    waiter = task_runner.completions.waiter(record.id)
+    waiter = task_runner.notices.waiter(record.id)
     await task_runner.execute(record)  # logged, not raised
     assert await asyncio.wait_for(waiter, 1) is None
-    assert [r.id for r in ended] == [record.id]
     await task_runner.aclose()
 
 
@@ -150,11 +146,48 @@ class StuckEnd(Store):
 
 @in_loop
 async def test_waiting_for_ends_is_bounded() -> None:
-    task_runner, _ = runner(StuckEnd(running=True))
+    task_runner = runner(StuckEnd(running=True))
     await task_runner.execute(queued())  # returns once the end is queued: the slot is free
     assert await task_runner.settled(0.05) is False
-    runner_ok, _ = runner(Store(running=True))
+    runner_ok = runner(Store(running=True))
     await runner_ok.execute(queued())
     assert await runner_ok.settled(1.0) is True
     await runner_ok.aclose()
     await task_runner.aclose(timeout_s=0.01)
+
+
+class EndRefusedOnce(Store):
+    """A store whose end write fails (the database went away), then takes writes again."""
+
+    def __init__(self) -> None:
+        super().__init__(running=True)
+        self.transitions: list[Status] = []
+
+    def finish(self, record: TaskRecord, new: Status, **fields: Any) -> asyncio.Future[Any]:
+        return self._done(OSError("the database went away"))
+
+    def transition(self, task_id: str, new: Status, **fields: Any) -> asyncio.Future[Any]:
+        self.transitions.append(new)
+        if len(self.transitions) == 1:
+            return self._done(OSError("still away"))
+        if new is Status.RUNNING:
+            return self._done(None)  # it was running already
+        record = dataclasses.replace(queued(), id=task_id, status=new, result=fields["result"])
+        return self._done(record)
+
+
+@in_loop
+async def test_an_end_the_store_refused_is_recorded_once_it_takes_writes() -> None:
+    """A task whose end write failed is not left running: the end is retried until it lands,
+    and its waiters then get it."""
+    runner_module._END_RETRY_S = (0.01, 0.05)
+    store = EndRefusedOnce()
+    task_runner = runner(store)
+    record = queued()
+    waiter = task_runner.notices.waiter(record.id)
+    await task_runner.execute(record)
+    final = await asyncio.wait_for(waiter, 5)
+    assert final is not None
+    assert (final.status, final.result) == (Status.SUCCEEDED, 35)
+    assert store.transitions == [Status.RUNNING, Status.RUNNING, Status.SUCCEEDED]
+    await task_runner.aclose()

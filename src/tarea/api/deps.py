@@ -16,17 +16,11 @@ from typing import Annotated, Any
 from fastapi import Depends, FastAPI, Request
 
 from tarea.api.middleware import OPEN_PATHS
-from tarea.engine.executor import Engine
 from tarea.service import TaskService
 from tarea.settings import Settings
 
 #: The name of the bearer scheme in the OpenAPI schema.
 BEARER_SCHEME = "HTTPBearer"
-
-
-async def _engine(request: Request) -> Engine:
-    engine: Engine = request.app.state.engine
-    return engine
 
 
 async def _settings(request: Request) -> Settings:
@@ -79,7 +73,6 @@ def document_bearer_auth(app: FastAPI) -> None:
     app.openapi = openapi  # type: ignore[method-assign]
 
 
-EngineDep = Annotated[Engine, Depends(_engine)]
 SettingsDep = Annotated[Settings, Depends(_settings)]
 ServiceDep = Annotated[TaskService, Depends(_service)]
 TenantDep = Annotated[str, Depends(_tenant)]

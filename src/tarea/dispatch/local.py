@@ -1,37 +1,94 @@
-"""The embedded dispatcher: an in-process queue and a bounded set of workers."""
+"""The embedded dispatcher: an in-process queue, a bounded set of workers, one engine.
+
+It owns what runs tasks on this server: the :class:`~tarea.dispatch.runner.TaskRunner`
+(which records and announces each task's end) and the task engine (its warm
+pool, and the containers it leaves behind).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Coroutine
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, Protocol
 
 from tarea.domain.records import TaskRecord
+from tarea.domain.status import Status
+from tarea.domain.task import RegistryAuth
 
 log = logging.getLogger(__name__)
 
 
+class Runner(Protocol):
+    """What runs one task to its end (:class:`~tarea.dispatch.runner.TaskRunner`)."""
+
+    #: Registry credentials of queued tasks, by id: memory only, used once.
+    credentials: dict[str, RegistryAuth]
+    #: Ids of queued tasks cancelled since they were queued: skipped, not run.
+    cancelled: set[str]
+
+    @property
+    def finished(self) -> Mapping[str, int]:
+        """Terminal statuses reached."""
+        ...
+
+    async def execute(self, record: TaskRecord) -> None:
+        """Run the queued task to a terminal status, recorded and announced."""
+        ...
+
+    async def finish(self, task_id: str, status: Status, **fields: Any) -> TaskRecord | None:
+        """Record a terminal status (guarded) and announce it."""
+        ...
+
+    async def settled(self, timeout_s: float) -> bool:
+        """Wait (bounded) until every task that ran has its end recorded."""
+        ...
+
+    async def aclose(self) -> None:
+        """Stop background work (callbacks) and release connections."""
+        ...
+
+
+class Containers(Protocol):
+    """The task engine, as the dispatcher sees it (:class:`~tarea.engine.executor.Engine`)."""
+
+    async def settle(self) -> None:
+        """Wait until every container removal scheduled so far has finished."""
+        ...
+
+    async def ping(self) -> None:
+        """Check that the Docker engine answers."""
+        ...
+
+    def stats(self) -> dict[str, Any]:
+        """The warm pool's sizes and counters."""
+        ...
+
+    async def remove_containers(self, server_id: str) -> int:
+        """Remove every task container ``server_id`` started; how many."""
+        ...
+
+
 class LocalDispatcher:
-    """Runs queued tasks with at most ``concurrency`` at a time.
+    """Runs queued tasks with at most ``concurrency`` at a time, on the local engine.
 
     Args:
-        execute: runs one task to its end; called once per enqueued record.
+        runner: runs one task to its end; called once per enqueued record.
+        engine: the task engine the runner uses (its containers are this
+            dispatcher's to clean up).
         concurrency: how many tasks run at once.
 
-    The queue itself is unbounded: the service bounds it before recording a task,
-    so an id that reached the store is never refused here.
+    The queue itself is unbounded: the store bounds it when it records a task
+    (:class:`~tarea.store.sql.Admission`), so an id that reached the store is
+    never refused here.
     """
 
-    def __init__(
-        self,
-        execute: Callable[[TaskRecord], Coroutine[Any, Any, None]],
-        *,
-        concurrency: int,
-    ) -> None:
-        self._execute = execute
+    def __init__(self, runner: Runner, engine: Containers, *, concurrency: int) -> None:
+        self._runner = runner
+        self._engine = engine
         self._concurrency = concurrency
         self._queue: asyncio.Queue[TaskRecord] = asyncio.Queue()
+        self._queued_ids: set[str] = set()
         self._workers: list[asyncio.Task[None]] = []
         self._running: dict[str, asyncio.Task[None]] = {}
         self._accepting = True
@@ -53,22 +110,38 @@ class LocalDispatcher:
             for i in range(self._concurrency)
         ]
 
-    def enqueue(self, record: TaskRecord) -> None:
-        """Queue the recorded task for execution."""
+    def enqueue(self, record: TaskRecord, auth: RegistryAuth | None = None) -> None:
+        """Queue the recorded task; ``auth`` is kept in memory for its pull only."""
+        if auth is not None:
+            self._runner.credentials[record.id] = auth
+        self._queued_ids.add(record.id)
         self._queue.put_nowait(record)
 
     def cancel(self, task_id: str) -> bool:
-        """Interrupt ``task_id`` if it is running here; whether it was."""
+        """Stop ``task_id`` if it is here: skipped if queued, interrupted if running."""
+        if task_id in self._queued_ids:
+            self._runner.cancelled.add(task_id)
+            return True
         task = self._running.get(task_id)
         if task is None:
             return False
+        # The engine never reuses an interrupted task's container, and removes it.
         task.cancel()
         return True
+
+    async def finish(self, task_id: str, status: Status, **fields: Any) -> TaskRecord | None:
+        """Record a terminal status (guarded) and announce it; None if not allowed."""
+        return await self._runner.finish(task_id, status, **fields)
+
+    async def remove_containers(self, server_id: str) -> int:
+        """Remove every task container ``server_id`` started on this engine; how many."""
+        return await self._engine.remove_containers(server_id)
 
     async def drain(self, timeout_s: float) -> list[str]:
         """Start no more tasks and wait for running ones; the ids still running after.
 
-        Tasks left in the queue stay queued in the store, and run at the next start.
+        Tasks left in the queue stay queued in the store, and run at the next
+        start (or on the server that takes this one over).
         """
         self._accepting = False
         running = set(self._running.values())
@@ -76,24 +149,45 @@ class LocalDispatcher:
             await asyncio.wait(running, timeout=timeout_s)
         return [tid for tid, task in self._running.items() if not task.done()]
 
+    async def settled(self, timeout_s: float) -> bool:
+        """Wait (bounded) until every task that ran here has its end recorded."""
+        return await self._runner.settled(timeout_s)
+
     async def stop(self) -> None:
-        """Cancel everything still running and stop the workers."""
+        """Cancel everything still running, stop the workers, let removals finish."""
         self._accepting = False
         jobs = list(self._running.values())
         for task in [*jobs, *self._workers]:
             task.cancel()
         await asyncio.gather(*self._workers, *jobs, return_exceptions=True)
         self._workers = []
+        await self._engine.settle()
+        await self._runner.aclose()
+
+    def pools(self) -> dict[str, Any]:
+        """The warm pool's sizes and counters."""
+        return self._engine.stats()
+
+    def finished(self) -> dict[str, int]:
+        """Terminal statuses reached here."""
+        return dict(self._runner.finished)
+
+    async def ping(self) -> None:
+        """Check that the Docker engine answers (raises EngineUnavailable)."""
+        await self._engine.ping()
 
     async def _work(self) -> None:
         while True:
             record = await self._queue.get()
             task_id = record.id
+            self._queued_ids.discard(task_id)
             job: asyncio.Task[None] | None = None
             try:
                 if not self._accepting:
                     continue
-                job = asyncio.create_task(self._execute(record), name=f"tarea-task-{task_id}")
+                job = asyncio.create_task(
+                    self._runner.execute(record), name=f"tarea-task-{task_id}"
+                )
                 self._running[task_id] = job
                 # wait() rather than await: a client's cancel of the job must not
                 # stop this worker, and stopping the worker must not cancel the job.

@@ -14,15 +14,16 @@ import logging
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict
-from typing import Any
+from typing import Any, Protocol
 
 from tarea.dispatch import callbacks, outbound
 from tarea.domain.records import CallbackState, TaskRecord, utcnow
 from tarea.domain.status import Status, status_for_error
-from tarea.domain.task import Limits, RegistryAuth, TaskSpec
-from tarea.engine.executor import Engine
+from tarea.domain.task import Limits, Outcome, RegistryAuth, TaskSpec
+from tarea.engine.executor import StartCallback
+from tarea.engine.protocols.jsonrpc import LogCallback, ProgressCallback
 from tarea.errors import EngineUnavailable
-from tarea.events import EventHub
+from tarea.interfaces import Notices
 from tarea.store.aio import AsyncStore
 
 log = logging.getLogger(__name__)
@@ -31,54 +32,29 @@ log = logging.getLogger(__name__)
 Render = Callable[[TaskRecord], dict[str, Any]]
 
 
+class RunsTasks(Protocol):
+    """The task engine, as the runner uses it (:class:`~tarea.engine.executor.Engine`)."""
+
+    async def run(
+        self,
+        spec: TaskSpec,
+        *,
+        on_start: StartCallback | None = None,
+        on_progress: ProgressCallback | None = None,
+        on_log: LogCallback | None = None,
+    ) -> Outcome:
+        """Run ``spec`` in a container; how it ended (never raises for the task's failure)."""
+        ...
+
+
 def _retrieve(future: asyncio.Future[Any]) -> None:
     """Mark ``future``'s error as seen (it was reported another way)."""
     if not future.cancelled():
         future.exception()
 
 
-class Completions:
-    """Hands each task's final record to whoever waits for it in this process."""
-
-    def __init__(self) -> None:
-        self._waiters: dict[str, list[asyncio.Future[TaskRecord | None]]] = {}
-
-    def waiter(self, task_id: str) -> asyncio.Future[TaskRecord | None]:
-        """A future resolved with the task's record when it ends (register it first).
-
-        It resolves to None when waiting was called off (the server is stopping).
-        """
-        future: asyncio.Future[TaskRecord | None] = asyncio.get_running_loop().create_future()
-        self._waiters.setdefault(task_id, []).append(future)
-        return future
-
-    def release(self, task_id: str) -> None:
-        """Stop waiting for ``task_id``: its waiters get None and read the task as it is."""
-        for future in self._waiters.pop(task_id, ()):
-            if not future.done():
-                future.set_result(None)
-
-    def release_all(self) -> None:
-        """Stop every wait: each waiter gets None and reads the task as it is."""
-        for futures in self._waiters.values():
-            for future in futures:
-                if not future.done():
-                    future.set_result(None)
-        self._waiters.clear()
-
-    def discard(self, task_id: str, future: asyncio.Future[TaskRecord | None]) -> None:
-        """Forget a waiter that stopped waiting."""
-        futures = self._waiters.get(task_id)
-        if futures is not None and future in futures:
-            futures.remove(future)
-            if not futures:
-                del self._waiters[task_id]
-
-    def done(self, record: TaskRecord) -> None:
-        """``record`` ended: hand it to everyone waiting for it."""
-        for future in self._waiters.pop(record.id, ()):
-            if not future.done():
-                future.set_result(record)
+#: How long an end that could not be recorded waits before it is tried again (doubling).
+_END_RETRY_S = (0.5, 30.0)
 
 
 class TaskRunner:
@@ -88,9 +64,8 @@ class TaskRunner:
         self,
         *,
         store: AsyncStore,
-        engine: Engine,
-        hub: EventHub,
-        completions: Completions,
+        engine: RunsTasks,
+        notices: Notices,
         render: Render,
         worker: str,
         callback_secret: bytes,
@@ -99,8 +74,7 @@ class TaskRunner:
     ) -> None:
         self.store = store
         self.engine = engine
-        self.hub = hub
-        self.completions = completions
+        self.notices = notices
         self.render = render
         self.worker = worker
         self.callback_secret = callback_secret
@@ -110,8 +84,6 @@ class TaskRunner:
         self.credentials: dict[str, RegistryAuth] = {}
         #: Ids of queued tasks cancelled since they were queued: skipped, not run.
         self.cancelled: set[str] = set()
-        #: Called with every record that reaches a terminal status here.
-        self.on_end: Callable[[TaskRecord], None] | None = None
         #: Terminal statuses reached, for the metrics.
         self.finished: Counter[str] = Counter()
         self._http = callbacks.new_client()
@@ -149,17 +121,17 @@ class TaskRunner:
             # the same single writer later, so it can never overtake this.
             marking = self.store.advance(task_id, Status.RUNNING, **running)
             current = dataclasses.replace(current, status=Status.RUNNING, **running)
-            self.hub.publish(task_id, "status", status=Status.RUNNING.value)
+            self.notices.publish(task_id, "status", status=Status.RUNNING.value)
             return True
 
         def on_progress(progress: float | None, message: str | None) -> None:
             nonlocal current
-            self.hub.publish(task_id, "progress", progress=progress, message=message)
+            self.notices.publish(task_id, "progress", progress=progress, message=message)
             current = dataclasses.replace(current, progress=progress, progress_message=message)
             self._watch(self.store.update(task_id, progress=progress, progress_message=message))
 
         def on_log(text: str) -> None:
-            self.hub.publish(task_id, "log", text=text)
+            self.notices.publish(task_id, "log", text=text)
 
         spec = TaskSpec(
             image=record.image,
@@ -213,7 +185,7 @@ class TaskRunner:
             return
         # The container is back in the pool: the worker slot is free for the
         # next task while the commit completes (waiters hear of it after).
-        settle = asyncio.ensure_future(self._settle(current, marking, ending))
+        settle = asyncio.ensure_future(self._settle(current, marking, ending, status, fields))
         self._settling.add(settle)
         settle.add_done_callback(self._settling.discard)
         self._watch(settle)
@@ -237,6 +209,8 @@ class TaskRunner:
         current: TaskRecord,
         marking: asyncio.Future[bool],
         ending: asyncio.Future[TaskRecord | None],
+        status: Status,
+        fields: dict[str, Any],
     ) -> None:
         """Wait for a ran task's running and end writes; announce the end, or free it."""
         task_id = current.id
@@ -245,16 +219,41 @@ class TaskRunner:
             ended = await ending
         except Exception:
             ending.add_done_callback(_retrieve)
-            log.exception("task %s ran, but the store did not record it", task_id)
-            self._lost(current)
+            log.exception("task %s ran, but the store did not record it; retrying", task_id)
+            await self._record_end_later(task_id, status, fields)
             return
         if moved and ended is not None:
             self._ended(ended)
         else:
             # It had ended meanwhile (cancelled), and that end stands. Whoever
-            # recorded it released this task's waiters and quota place if it
-            # was this server; if another server did, they are released here.
+            # recorded it announced it; waiters here read the task as it is.
             self._lost(current)
+
+    async def _record_end_later(self, task_id: str, status: Status, fields: dict[str, Any]) -> None:
+        """Record an end the store refused (it was down, say), retrying until it lands.
+
+        The task is not left ``running``: the end is written as soon as the
+        store takes writes again (guarded, like every end: a task that ended
+        otherwise meanwhile keeps that end). Waiters hear of it then.
+        """
+        delay, most = _END_RETRY_S
+        while True:
+            try:
+                # Its running write may have failed too: the end needs it first.
+                await self.store.transition(task_id, Status.RUNNING, worker=self.worker)
+                record = await self.store.transition(
+                    task_id, status, finished_at=utcnow(), **fields
+                )
+            except Exception as exc:
+                log.warning("task %s: its end is still not recorded (%s)", task_id, exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, most)
+                continue
+            if record is None:
+                self.notices.release(task_id)  # ended otherwise meanwhile: that end stands
+            else:
+                self._ended(record)
+            return
 
     async def finish(self, task_id: str, status: Status, **fields: Any) -> TaskRecord | None:
         """Move the task to terminal ``status``, announce it, call back; None if not allowed."""
@@ -263,15 +262,12 @@ class TaskRunner:
         )
 
     def _lost(self, record: TaskRecord) -> None:
-        """``record`` ran but its end is not (or not here) stored: free its waiters and quota.
+        """``record`` ran but its end is not (or not here) stored: free its waiters.
 
-        Waiters read the task from the store, as it is there. A task whose end
-        could not be written stays queued or running, and a restart settles it
-        like any unfinished task. Safe to call for a task already released.
+        Waiters read the task from the store, as it is there. Safe to call for
+        a task already released.
         """
-        self.completions.release(record.id)
-        if self.on_end is not None:
-            self.on_end(record)
+        self.notices.release(record.id)
 
     def _ended(self, record: TaskRecord | None) -> TaskRecord | None:
         if record is not None:
@@ -281,13 +277,11 @@ class TaskRunner:
 
     def announce(self, record: TaskRecord) -> None:
         """Tell waiters, watchers and the callback URL that ``record`` ended."""
-        if self.hub.watched(record.id):  # the rendering is for watchers only
-            self.hub.publish(
+        if self.notices.watched(record.id):  # the rendering is for watchers only
+            self.notices.publish(
                 record.id, "status", status=record.status.value, task=self.render(record)
             )
-        self.completions.done(record)
-        if self.on_end is not None:
-            self.on_end(record)
+        self.notices.ended(record)
         if record.callback_url:
             self._spawn(self.call_back(record))
 

@@ -215,12 +215,14 @@ class SeedHttpContainer(TaskContainer):
         return self.output.logs.take()
 
     async def settle_logs(self, *, failed: bool = False) -> None:
-        # The output travels apart from the HTTP answer, and may trail it.
+        # The output travels apart from the HTTP answer, and may trail it: a
+        # container that prints at all (or might: its first call) gets a short
+        # silence to let it land.
         last = lambda: self.output.last_output  # noqa: E731
         if failed:
             await until_quiet(last, 0.02, 0.1, since=time.monotonic())
-        elif self.output.last_output >= self.call_started:
-            await until_quiet(last, 0.005, 0.05)
+        elif self.output.last_output or self.uses == 1:
+            await until_quiet(last, 0.005, 0.1, since=time.monotonic())
 
     def close(self) -> None:
         self.output.close()

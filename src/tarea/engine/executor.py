@@ -8,6 +8,7 @@ import logging
 import socket
 import time
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import httpx
 
@@ -35,7 +36,14 @@ from tarea.engine.pool import PoolLimits, WarmPool
 from tarea.engine.protocols import seed_http
 from tarea.engine.protocols.attach import AttachedOutput
 from tarea.engine.protocols.jsonrpc import JsonRpcChannel, LogCallback, ProgressCallback
-from tarea.engine.sandbox import Profile, SandboxPolicy, choose_profile, container_config
+from tarea.engine.sandbox import (
+    MANAGED_LABEL,
+    SERVER_LABEL,
+    Profile,
+    SandboxPolicy,
+    choose_profile,
+    container_config,
+)
 from tarea.engine.writable import WritableWatch
 from tarea.errors import ContainerCrashed, InvalidRequest, OomKilled, TaskFailure
 
@@ -118,6 +126,21 @@ class Engine:
     async def settle(self) -> None:
         """Wait until every container removal scheduled so far has finished."""
         await self.pool.settle()
+
+    async def ping(self) -> None:
+        """Check that the Docker engine answers (raises EngineUnavailable)."""
+        await self.docker.ping()
+
+    def stats(self) -> dict[str, Any]:
+        """The warm pool's sizes and counters."""
+        return self.pool.stats()
+
+    async def remove_containers(self, server_id: str) -> int:
+        """Remove every task container the server ``server_id`` started here; how many."""
+        removed = await self.docker.remove_labelled(
+            {MANAGED_LABEL: "true", SERVER_LABEL: server_id}
+        )
+        return len(removed)
 
     # -- images ------------------------------------------------------------------------
 

@@ -21,11 +21,14 @@ import queue
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
 from typing import Any, Protocol, TypeAlias, TypeVar
 
 from tarea.domain.records import TaskRecord
 from tarea.domain.status import Status
-from tarea.store.sql import Done, SqlStore, Write
+from tarea.errors import Refused
+from tarea.store.cluster import Cluster, ServerInfo, StoredEvent
+from tarea.store.sql import Admission, Done, SqlStore, Write
 
 T = TypeVar("T")
 
@@ -45,6 +48,7 @@ class AsyncStore:
 
     def __init__(self, store: SqlStore, *, readers: int = 4) -> None:
         self.sync = store
+        self.cluster = Cluster(store.engine)
         self._readers = ThreadPoolExecutor(max_workers=readers, thread_name_prefix="store-read")
         self._writer = BatchWriter(store.writer())
 
@@ -52,9 +56,15 @@ class AsyncStore:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._readers, functools.partial(fn, *args, **kwargs))
 
-    def create(self, record: TaskRecord) -> asyncio.Future[tuple[TaskRecord, bool]]:
-        """Insert ``record``, or the existing task with its idempotency key and False."""
-        return self._writer.submit(self.sync.create_write(record))
+    def create(
+        self, record: TaskRecord, admission: Admission | None = None
+    ) -> asyncio.Future[tuple[TaskRecord, bool] | Refused]:
+        """Insert ``record``, or the existing task with its idempotency key and False.
+
+        With ``admission``, the refusal (returned, not raised) when the tenant
+        or the queue has no room: see :meth:`SqlStore.create_write`.
+        """
+        return self._writer.submit(self.sync.create_write(record, admission))
 
     async def get(self, task_id: str, tenant: str | None = None) -> TaskRecord | None:
         """The task, or None (also when it is another tenant's)."""
@@ -110,9 +120,45 @@ class AsyncStore:
         """
         return await self._read(self.sync.claim_unowned, worker)
 
+    async def reassign(self, task_id: str, *, was: str, to: str) -> bool:
+        """Give the queued task of worker ``was`` to worker ``to``; whether it moved."""
+        return await self._read(self.sync.reassign, task_id, was=was, to=to)
+
     async def unfinished_elsewhere(self, worker: str) -> dict[str, int]:
         """How many unfinished tasks each other worker has."""
         return await self._read(self.sync.unfinished_elsewhere, worker)
+
+    # -- servers and events (tarea.store.cluster) ---------------------------------------
+
+    async def beat(self, server_id: str, *, host: str, version: str, started_at: datetime) -> None:
+        """Record that ``server_id`` is alive now."""
+        await self._read(
+            self.cluster.beat, server_id, host=host, version=version, started_at=started_at
+        )
+
+    async def servers(self, lease_s: float) -> builtins.list[ServerInfo]:
+        """Every server recorded, the most recently seen first."""
+        return await self._read(self.cluster.servers, lease_s)
+
+    async def silent(self, lease_s: float, *, besides: str) -> builtins.list[str]:
+        """Servers silent for longer than ``lease_s``, not yet taken over."""
+        return await self._read(self.cluster.silent, lease_s, besides=besides)
+
+    async def take_over(self, dead: str, *, by: str, lease_s: float) -> bool:
+        """Claim the silent server ``dead`` for ``by``; whether ``by`` won it."""
+        return await self._read(self.cluster.take_over, dead, by=by, lease_s=lease_s)
+
+    async def add_event(self, task_id: str, kind: str, data: dict[str, Any]) -> int:
+        """Record one event of ``task_id`` (and announce it, on PostgreSQL); its seq."""
+        return await self._read(self.cluster.add_event, task_id, kind, data)
+
+    async def events_after(self, task_id: str, seq: int) -> builtins.list[StoredEvent]:
+        """``task_id``'s events after ``seq``, oldest first."""
+        return await self._read(self.cluster.events_after, task_id, seq)
+
+    async def last_event(self, task_id: str) -> int:
+        """The seq of ``task_id``'s latest event; 0 if none."""
+        return await self._read(self.cluster.last_event, task_id)
 
     def close(self) -> None:
         """Commit what was submitted, stop the threads and close the store."""

@@ -54,7 +54,7 @@ from sqlalchemy.pool import ConnectionPoolEntry, PoolProxiedConnection, QueuePoo
 
 from tarea.domain.records import TaskRecord
 from tarea.domain.status import Status, can_transition
-from tarea.errors import ConfigurationError, InvalidRequest
+from tarea.errors import ConfigurationError, InvalidRequest, QueueFull, QuotaExceeded, Refused
 from tarea.store.convert import FIELDS, aware, from_columns, to_columns, to_record
 from tarea.store.tables import TaskRow
 
@@ -79,7 +79,23 @@ _FROM_PREDECESSORS: dict[Status, str] = {
     for new, allowed in _PREDECESSORS.items()
     if allowed
 }
+#: Matches the partial index ix_tasks_tenant_active word for word, so it is used.
+_ACTIVE_SQL = f"status IN ('{Status.QUEUED.value}', '{Status.RUNNING.value}')"
+_COUNT_QUEUED_SQL = f"SELECT count(*) FROM tasks WHERE status = '{Status.QUEUED.value}'"  # noqa: S608
 _SQLITE_DRIVERS = frozenset({"sqlite", "sqlite+pysqlite"})
+
+
+@dataclass(frozen=True, slots=True)
+class Admission:
+    """How many tasks may be unfinished: per tenant (queued+running), and queued in all.
+
+    Zero means no bound.
+    """
+
+    max_active: int
+    max_queued: int
+
+
 _POSTGRES_DRIVERS = frozenset({"postgresql", "postgres", "postgresql+psycopg"})
 
 
@@ -124,6 +140,10 @@ class SqlStore:
         self._results: dict[tuple[Any, ...], builtins.list[tuple[int, Callable[[Any], Any]]]] = {}
         columns = ", ".join(_quote(name) for name in names)
         self._select_sql = f"SELECT {columns} FROM tasks WHERE "  # noqa: S608
+        self._count_active_sql = (
+            f"SELECT count(*) FROM tasks WHERE tenant = {self._placeholder.format('tenant')} "  # noqa: S608
+            f"AND {_ACTIVE_SQL}"
+        )
         # Reads run prebuilt Core statements: compiled once, then cached.
         self._get_any = select(table).where(table.c.id == bindparam("_id"))
         self._get_own = self._get_any.where(table.c.tenant == bindparam("_tenant"))
@@ -179,31 +199,71 @@ class SqlStore:
         Raises:
             ValueError: a task with this id exists, or a datetime is naive.
         """
-        return self.run(self.create_write(record))
+        created = self.run(self.create_write(record))
+        assert not isinstance(created, Refused)  # no admission: never refused
+        return created
 
-    def create_write(self, record: TaskRecord) -> Write[tuple[TaskRecord, bool]]:
-        """:meth:`create` as a write (a naive datetime raises here, not when run)."""
+    def create_write(
+        self, record: TaskRecord, admission: Admission | None = None
+    ) -> Write[tuple[TaskRecord, bool] | Refused]:
+        """:meth:`create` as a write (a naive datetime raises here, not when run).
+
+        With ``admission``, the task is recorded only if its tenant and the
+        queue have room, counted in the same transaction (on PostgreSQL under
+        a lock per tenant, so servers sharing the database count one at a
+        time): otherwise the write returns (not raises, which would fail its
+        whole batch) :class:`~tarea.errors.QuotaExceeded` or
+        :class:`~tarea.errors.QueueFull`. A retried request (its idempotency
+        key already used) gets its task back whatever the counts.
+        """
         values = to_columns({name: getattr(record, name) for name in FIELDS})
         params = self._driver_values(values)
         ph = self._placeholder
+        by_key = f"tenant = {ph.format('tenant')} AND idempotency_key = {ph.format('key')}"
+        key_params = {"tenant": record.tenant, "key": record.idempotency_key}
 
-        def write(tx: Tx) -> tuple[TaskRecord, bool]:
+        def write(tx: Tx) -> tuple[TaskRecord, bool] | Refused:
+            if admission is not None:
+                if record.idempotency_key is not None:
+                    existing = self._read(tx, by_key, key_params)
+                    if existing is not None:
+                        return existing, False
+                refused = self._admit(tx, record.tenant, admission)
+                if refused is not None:
+                    return refused
             tx.cursor.execute(self._insert_sql, params)
             if tx.cursor.rowcount == 1:
                 return from_columns(values), True
             # A unique constraint said no: the idempotency key, or (never in
             # practice: ids are UUIDv7) the id.
             if record.idempotency_key is not None:
-                existing = self._read(
-                    tx,
-                    f"tenant = {ph.format('tenant')} AND idempotency_key = {ph.format('key')}",
-                    {"tenant": record.tenant, "key": record.idempotency_key},
-                )
+                existing = self._read(tx, by_key, key_params)
                 if existing is not None:
                     return existing, False
             raise ValueError(f"task {record.id!r} cannot be stored: its id is taken")
 
         return write
+
+    def _admit(self, tx: Tx, tenant: str, admission: Admission) -> Refused | None:
+        """Whether a task of ``tenant`` fits now; the refusal if not (see create_write)."""
+        ph = self._placeholder
+        if self._engine.dialect.name == "postgresql":
+            tx.cursor.execute(
+                f"SELECT pg_advisory_xact_lock(hashtext({ph.format('lock')}))",
+                {"lock": f"tarea-tenant:{tenant}"},
+            )
+        # Both counts are this module's constant SQL; the tenant is a bound value.
+        if admission.max_active:
+            tx.cursor.execute(self._count_active_sql, {"tenant": tenant})
+            if tx.cursor.fetchone()[0] >= admission.max_active:
+                return QuotaExceeded(
+                    f"{admission.max_active} tasks of this tenant are already queued or running"
+                )
+        if admission.max_queued:
+            tx.cursor.execute(_COUNT_QUEUED_SQL)
+            if tx.cursor.fetchone()[0] >= admission.max_queued:
+                return QueueFull(f"{admission.max_queued} tasks are already queued")
+        return None
 
     def get(self, task_id: str, tenant: str | None = None) -> TaskRecord | None:
         """The task ``task_id``; None if missing or (``tenant`` given) another tenant's."""
@@ -456,6 +516,24 @@ class SqlStore:
         )
         with self._engine.begin() as connection:
             return connection.execute(statement).rowcount
+
+    def reassign(self, task_id: str, *, was: str, to: str) -> bool:
+        """Give the queued task ``task_id`` of worker ``was`` to worker ``to``; whether it moved.
+
+        Guarded: a task that started, ended or moved meanwhile is left as it is.
+        """
+        statement = (
+            update(TaskRow)
+            .where(
+                TaskRow.id == task_id,
+                TaskRow.worker == was,
+                TaskRow.status == Status.QUEUED.value,
+            )
+            .values(worker=to)
+            .execution_options(synchronize_session=False)
+        )
+        with self._engine.begin() as connection:
+            return connection.execute(statement).rowcount == 1
 
     def unfinished_elsewhere(self, worker: str) -> dict[str, int]:
         """How many unfinished tasks each other worker (server id) has."""

@@ -12,6 +12,7 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     CheckConstraint,
     DateTime,
     Dialect,
@@ -22,6 +23,8 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    func,
+    text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -77,6 +80,7 @@ class Base(DeclarativeBase):
 
 
 _STATUSES = ", ".join(f"'{status.value}'" for status in Status)
+_ACTIVE = f"status IN ('{Status.QUEUED.value}', '{Status.RUNNING.value}')"
 
 
 class TaskRow(Base):
@@ -88,6 +92,12 @@ class TaskRow(Base):
         UniqueConstraint("tenant", "idempotency_key"),  # NULL keys never collide
         Index(None, "tenant", "created_at", "id"),
         Index(None, "status"),
+        Index(
+            "ix_tasks_tenant_active",
+            "tenant",
+            postgresql_where=text(_ACTIVE),
+            sqlite_where=text(_ACTIVE),
+        ),
     )
 
     id: Mapped[str] = mapped_column(Text, primary_key=True)
@@ -117,3 +127,36 @@ class TaskRow(Base):
     progress: Mapped[float | None] = mapped_column(Float)
     progress_message: Mapped[str | None] = mapped_column(Text)
     callback: Mapped[dict[str, Any] | None] = mapped_column(json_type(nullable=True))
+
+
+class ServerRow(Base):
+    """One server (API server or worker): its heartbeat, and who took over its tasks."""
+
+    __tablename__ = "servers"
+
+    id: Mapped[str] = mapped_column(Text, primary_key=True)
+    host: Mapped[str] = mapped_column(Text)
+    version: Mapped[str] = mapped_column(Text)
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    last_seen: Mapped[datetime] = mapped_column(UTCDateTime)
+    #: The live server that settled this one's tasks once it fell silent.
+    taken_over_by: Mapped[str | None] = mapped_column(Text)
+
+
+class TaskEventRow(Base):
+    """One event of a task (status, progress, log), in the order it happened.
+
+    On PostgreSQL, status and progress events are written by a trigger on
+    ``tasks`` (migration 0002); log events by the server running the task.
+    """
+
+    __tablename__ = "task_events"
+    __table_args__ = (Index(None, "task_id", "seq"),)
+
+    seq: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer(), "sqlite"), primary_key=True
+    )
+    task_id: Mapped[str] = mapped_column(Text)
+    kind: Mapped[str] = mapped_column(Text)
+    data: Mapped[dict[str, Any]] = mapped_column(JSON().with_variant(JSONB(), "postgresql"))
+    at: Mapped[datetime] = mapped_column(UTCDateTime, server_default=func.now())

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from tarea.api.deps import EngineDep
+from tarea.api.deps import ServiceDep
 from tarea.api.errors import problem_responses
 
 router = APIRouter(tags=["health"])
@@ -21,7 +21,7 @@ async def healthz() -> dict[str, str]:
     summary="Readiness: the Docker engine answers",
     responses=problem_responses(503),
 )
-async def readyz(engine: EngineDep) -> dict[str, str]:
+async def readyz(service: ServiceDep) -> dict[str, str]:
     """200 when the Docker engine answers, 503 otherwise."""
-    await engine.docker.ping()
+    await service.ready()
     return {"status": "ready"}

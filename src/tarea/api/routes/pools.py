@@ -9,7 +9,7 @@ from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ConfigDict
 
-from tarea.api.deps import EngineDep, TenantDep
+from tarea.api.deps import ServiceDep, TenantDep
 from tarea.api.errors import problem_responses
 
 router = APIRouter(tags=["pools"], responses=problem_responses(401))
@@ -67,10 +67,10 @@ class PoolsOut(BaseModel):
 
 
 @router.get("/v1/pools", response_model=PoolsOut, summary="Warm containers per image")
-async def pools(engine: EngineDep, tenant: TenantDep) -> dict[str, Any]:
+async def pools(service: ServiceDep, tenant: TenantDep) -> dict[str, Any]:
     """What the warm pool holds now for this tenant (and never-used stem cells), and
     the pool's hits, misses, starts and evictions."""
-    stats = engine.pool.stats()
+    stats = service.pools()
     stats["pools"] = [p for p in stats["pools"] if p["tenant"] in (tenant, "")]
     return stats
 

@@ -124,7 +124,7 @@ async def list_tasks(
     limit: Annotated[int, Query(ge=1, le=200, description="Tasks per page.")] = 50,
 ) -> FastJSONResponse:
     """A page of this tenant's tasks and the cursor of the next one (null at the end)."""
-    items, next_cursor = await service.store.list(
+    items, next_cursor = await service.list(
         tenant=tenant, status=status, image=image, cursor=cursor, limit=limit
     )
     return FastJSONResponse({"items": [render_task(r) for r in items], "next": next_cursor})
@@ -136,9 +136,23 @@ async def list_tasks(
     summary="Get a task",
     responses=problem_responses(404),
 )
-async def get_task(task_id: TaskId, service: ServiceDep, tenant: TenantDep) -> FastJSONResponse:
+async def get_task(
+    task_id: TaskId,
+    service: ServiceDep,
+    tenant: TenantDep,
+    wait: Annotated[
+        bool,
+        Query(
+            description="Block until the task ends (bounded by TAREA_WAIT_MAX_S), whichever "
+            "server runs it; then answer it as it is."
+        ),
+    ] = False,
+) -> FastJSONResponse:
     """The task: its status, result or error, timings, container and callback."""
-    return FastJSONResponse(render_task(await service.get(task_id, tenant)))
+    record = await service.get(task_id, tenant)
+    if wait and not record.status.terminal:
+        record = await service.wait(task_id, service.settings.wait_max_s)
+    return FastJSONResponse(render_task(record))
 
 
 @router.post(
@@ -190,30 +204,50 @@ async def _existing(task_id: TaskId, service: ServiceDep, tenant: TenantDep) -> 
     },
 )
 async def task_events(
-    record: Annotated[TaskRecord, Depends(_existing)], service: ServiceDep, tenant: TenantDep
+    record: Annotated[TaskRecord, Depends(_existing)],
+    service: ServiceDep,
+    tenant: TenantDep,
+    last_event_id: Annotated[
+        int | None,
+        Header(
+            alias="Last-Event-ID",
+            ge=0,
+            description="Resume after this event (PostgreSQL stores events; any server "
+            "replays them). Without it the stream starts with the task as it is now.",
+        ),
+    ] = None,
 ) -> AsyncIterator[ServerSentEvent]:
     """Status changes, progress and log lines as they happen, ending with the final status."""
-    async for event in _stream(service, record.id, tenant):
+    async for event in _stream(service, record.id, tenant, last_event_id):
         yield event
 
 
 async def _stream(
-    service: TaskService, task_id: str, tenant: str
+    service: TaskService, task_id: str, tenant: str, after: int | None
 ) -> AsyncIterator[ServerSentEvent]:
     terminal = {s.value for s in TERMINAL}
-    async with service.hub.subscribe(task_id) as subscription:
-        record = await service.get(task_id, tenant)  # after subscribing: nothing is missed
-        yield ServerSentEvent(
-            event="status", data={"status": record.status.value, "task": render_task(record)}
-        )
-        if record.status.terminal:
-            return
+    async with service.watch(task_id, after) as subscription:
+        if after is None:
+            record = await service.get(task_id, tenant)  # after subscribing: nothing is missed
+            yield ServerSentEvent(
+                event="status",
+                data={"status": record.status.value, "task": render_task(record)},
+                id=str(subscription.seq) if subscription.seq else None,
+            )
+            if record.status.terminal:
+                return
         while True:
             event = await subscription.get(timeout_s=3600)
             if event is None:
                 continue
-            yield ServerSentEvent(event=event.kind, data=event.data)
-            if event.kind == "status" and event.data.get("status") in terminal:
+            data = event.data
+            ended = event.kind == "status" and data.get("status") in terminal
+            if ended and "task" not in data:  # a stored event: the task is read now
+                data = {**data, "task": render_task(await service.get(task_id, tenant))}
+            yield ServerSentEvent(
+                event=event.kind, data=data, id=None if event.id is None else str(event.id)
+            )
+            if ended:
                 return
 
 

@@ -1,17 +1,17 @@
-"""The in-process event hub behind GET /v1/tasks/{id}/events."""
+"""Notices in one process: events behind GET /v1/tasks/{id}/events, ends, cancels."""
 
 from __future__ import annotations
 
 import asyncio
 
-from tarea.events import EventHub
+from tarea.notices import LocalNotices
 
 
 def test_subscribers_get_their_tasks_events_in_order() -> None:
     """A subscriber receives the events published for its task, in order, and no other's."""
 
     async def scenario() -> list[tuple[str, dict[str, object]]]:
-        hub = EventHub()
+        hub = LocalNotices()
         async with hub.subscribe("t1") as sub:
             hub.publish("t1", "status", status="running")
             hub.publish("t2", "status", status="running")
@@ -29,7 +29,7 @@ def test_watched_is_true_only_while_someone_subscribes() -> None:
     """watched() says whether building an event is worth it, and forgets left subscribers."""
 
     async def scenario() -> list[bool]:
-        hub = EventHub()
+        hub = LocalNotices()
         before = hub.watched("t1")
         async with hub.subscribe("t1"):
             during = hub.watched("t1")
@@ -39,16 +39,16 @@ def test_watched_is_true_only_while_someone_subscribes() -> None:
 
 
 def test_a_slow_subscriber_loses_the_oldest_events_not_memory() -> None:
-    """Past its queue size a subscriber drops the oldest events and counts them."""
+    """Past its queue size a subscriber drops the oldest events."""
 
-    async def scenario() -> tuple[int, list[int]]:
-        hub = EventHub(queue_size=3)
+    async def scenario() -> list[int]:
+        hub = LocalNotices(queue_size=3)
         async with hub.subscribe("t1") as sub:
             for i in range(10):
                 hub.publish("t1", "log", n=i)
             kept = []
             while (event := await sub.get(0.01)) is not None:
                 kept.append(int(event.data["n"]))
-            return sub.dropped, kept
+            return kept
 
-    assert asyncio.run(scenario()) == (7, [7, 8, 9])
+    assert asyncio.run(scenario()) == [7, 8, 9]

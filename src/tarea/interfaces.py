@@ -1,0 +1,199 @@
+"""The small interfaces the task service is handed (``typing.Protocol``).
+
+:class:`~tarea.service.TaskService` holds the use cases (submit, wait,
+cancel, recover, take over, drain) and reaches the rest of tarea only
+through these: where tasks are kept (:class:`TaskStore`), who runs them
+(:class:`Dispatcher`) and how their ends, events and cancels are heard
+(:class:`Notices`). :mod:`tarea.wiring` assembles the real ones; unit tests
+hand it fakes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+from contextlib import AbstractAsyncContextManager
+from datetime import datetime
+from typing import Any, Protocol
+
+from tarea.domain.records import TaskRecord
+from tarea.domain.status import Status
+from tarea.domain.task import RegistryAuth
+from tarea.errors import Refused
+from tarea.notices import Subscription
+from tarea.store.cluster import ServerInfo
+from tarea.store.sql import Admission
+
+
+class TaskStore(Protocol):
+    """Where task records (and servers' heartbeats) are kept."""
+
+    def create(
+        self, record: TaskRecord, admission: Admission | None = None
+    ) -> asyncio.Future[tuple[TaskRecord, bool] | Refused]:
+        """Insert ``record`` (if admitted), or return the task its idempotency key names."""
+        ...
+
+    async def get(self, task_id: str, tenant: str | None = None) -> TaskRecord | None:
+        """The task, or None (also when it is another tenant's)."""
+        ...
+
+    async def list(
+        self,
+        *,
+        tenant: str | None,
+        status: Status | None = None,
+        image: str | None = None,
+        cursor: str | None = None,
+        limit: int = 50,
+    ) -> tuple[builtins.list[TaskRecord], str | None]:
+        """A page of tasks, newest first, and the cursor of the next page."""
+        ...
+
+    async def unfinished(self, *, worker: str | None = None) -> builtins.list[TaskRecord]:
+        """Tasks queued or running (of ``worker`` only, if given), oldest first."""
+        ...
+
+    async def claim_unowned(self, worker: str) -> int:
+        """Make ``worker`` the owner of unfinished tasks of no worker; how many."""
+        ...
+
+    async def unfinished_elsewhere(self, worker: str) -> dict[str, int]:
+        """How many unfinished tasks each other worker has."""
+        ...
+
+    async def reassign(self, task_id: str, *, was: str, to: str) -> bool:
+        """Give the queued task of worker ``was`` to worker ``to``; whether it moved."""
+        ...
+
+    def transition(
+        self, task_id: str, new: Status, **fields: Any
+    ) -> asyncio.Future[TaskRecord | None]:
+        """Move the task to ``new`` if allowed; the updated record, or None."""
+        ...
+
+    async def beat(self, server_id: str, *, host: str, version: str, started_at: datetime) -> None:
+        """Record that ``server_id`` is alive now."""
+        ...
+
+    async def servers(self, lease_s: float) -> builtins.list[ServerInfo]:
+        """Every server recorded, the most recently seen first."""
+        ...
+
+    async def silent(self, lease_s: float, *, besides: str) -> builtins.list[str]:
+        """Servers silent for longer than ``lease_s``, not yet taken over."""
+        ...
+
+    async def take_over(self, dead: str, *, by: str, lease_s: float) -> bool:
+        """Claim the silent server ``dead`` for ``by``; whether ``by`` won it."""
+        ...
+
+
+class Dispatcher(Protocol):
+    """Runs recorded tasks: queues them, executes them, records and announces their ends."""
+
+    @property
+    def queued(self) -> int:
+        """Tasks waiting here for a worker slot."""
+        ...
+
+    @property
+    def running(self) -> int:
+        """Tasks running here now."""
+        ...
+
+    def start(self) -> None:
+        """Start running queued tasks."""
+        ...
+
+    def enqueue(self, record: TaskRecord, auth: RegistryAuth | None = None) -> None:
+        """Run the recorded task ``record`` (``auth``: for its pull only, never stored)."""
+        ...
+
+    def cancel(self, task_id: str) -> bool:
+        """Stop ``task_id`` if it is queued or running here; whether it was."""
+        ...
+
+    async def finish(self, task_id: str, status: Status, **fields: Any) -> TaskRecord | None:
+        """Record a terminal ``status`` (guarded) and announce it; None if not allowed."""
+        ...
+
+    async def remove_containers(self, server_id: str) -> int:
+        """Remove every task container ``server_id`` started; how many."""
+        ...
+
+    async def drain(self, timeout_s: float) -> builtins.list[str]:
+        """Start nothing more; wait (bounded) for running tasks; the ids still running."""
+        ...
+
+    async def settled(self, timeout_s: float) -> bool:
+        """Wait until every task that ran here has its end recorded; whether all have."""
+        ...
+
+    async def stop(self) -> None:
+        """Cancel what still runs, release containers and connections."""
+        ...
+
+    def pools(self) -> dict[str, Any]:
+        """Warm containers and pool counters (``GET /v1/pools``, metrics)."""
+        ...
+
+    def finished(self) -> dict[str, int]:
+        """Terminal statuses reached here, for the metrics."""
+        ...
+
+    async def ping(self) -> None:
+        """Check that the Docker engine answers (raises EngineUnavailable)."""
+        ...
+
+
+class Notices(Protocol):
+    """Ends, events and cancels of tasks, heard in this process or across servers."""
+
+    on_cancel: Any
+
+    async def start(self) -> None:
+        """Start hearing notices."""
+        ...
+
+    async def aclose(self) -> None:
+        """Stop hearing notices; release every waiter."""
+        ...
+
+    def waiter(self, task_id: str) -> asyncio.Future[TaskRecord | None]:
+        """A future resolved with the task's record when it ends."""
+        ...
+
+    def discard(self, task_id: str, future: asyncio.Future[TaskRecord | None]) -> None:
+        """Forget a waiter that stopped waiting."""
+        ...
+
+    def ended(self, record: TaskRecord) -> None:
+        """``record`` ended here: hand it to its waiters."""
+        ...
+
+    def release(self, task_id: str) -> None:
+        """Stop waiting for ``task_id``: its waiters read the task as it is."""
+        ...
+
+    def release_all(self) -> None:
+        """Stop every wait."""
+        ...
+
+    def watched(self, task_id: str) -> bool:
+        """Whether anyone here streams ``task_id``'s events."""
+        ...
+
+    def publish(self, task_id: str, kind: str, **data: Any) -> None:
+        """An event of ``task_id`` happened here."""
+        ...
+
+    def subscribe(
+        self, task_id: str, after: int | None = None
+    ) -> AbstractAsyncContextManager[Subscription]:
+        """Stream ``task_id``'s events (after the stored event ``after``, if given)."""
+        ...
+
+    def cancelled(self, task_id: str) -> None:
+        """``task_id`` was cancelled: whoever runs it stops it."""
+        ...

@@ -1,0 +1,86 @@
+"""Servers that die are noticed: heartbeats, and the takeover of silent servers.
+
+Every server renews its row in ``servers`` every third of ``TAREA_LEASE_S``.
+A server silent for longer than the lease is dead; the live servers each try
+to claim it with one guarded UPDATE, so exactly one takes it over and
+settles its tasks (:meth:`tarea.service.TaskService.take_over`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+from collections.abc import Awaitable, Callable
+
+from tarea import __version__
+from tarea.domain.records import utcnow
+from tarea.interfaces import TaskStore
+
+log = logging.getLogger(__name__)
+
+
+class Membership:
+    """This server's heartbeat, and the takeover of servers that fell silent.
+
+    Args:
+        store: where heartbeats are kept.
+        server_id: this server's id (``TAREA_SERVER_ID``).
+        lease_s: how long a server may stay silent before it counts as dead.
+        on_silent: settles the tasks of a server this one took over.
+    """
+
+    def __init__(
+        self,
+        store: TaskStore,
+        *,
+        server_id: str,
+        lease_s: float,
+        on_silent: Callable[[str], Awaitable[None]],
+    ) -> None:
+        self._store = store
+        self.server_id = server_id
+        self.lease_s = lease_s
+        self._on_silent = on_silent
+        self._host = socket.gethostname()
+        self._started_at = utcnow()
+        self._loop: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        """Beat once now (so the server is listed at once), then every third of the lease."""
+        await self._beat()
+        self._loop = asyncio.create_task(self._beat_forever(), name="tarea-heartbeat")
+
+    async def aclose(self) -> None:
+        """Stop beating (the row stays: a server that does not come back is taken over)."""
+        if self._loop is not None:
+            self._loop.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._loop
+
+    async def check(self) -> list[str]:
+        """Take over every silent server this server can claim; their ids."""
+        taken = []
+        for dead in await self._store.silent(self.lease_s, besides=self.server_id):
+            if await self._store.take_over(dead, by=self.server_id, lease_s=self.lease_s):
+                log.warning(
+                    "server %s was silent for over %g s: taking it over", dead, self.lease_s
+                )
+                taken.append(dead)
+                await self._on_silent(dead)
+        return taken
+
+    async def _beat(self) -> None:
+        await self._store.beat(
+            self.server_id, host=self._host, version=__version__, started_at=self._started_at
+        )
+
+    async def _beat_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.lease_s / 3)
+            try:
+                await self._beat()
+                await self.check()
+            except Exception as exc:  # the store is away: try again next time
+                log.warning("heartbeat failed: %s", exc)

@@ -1,0 +1,354 @@
+"""Notices: a task ended, a task has an event, a task was cancelled.
+
+Who hears them: a client waiting for a task's end (``?wait=true``), a client
+streaming its events (SSE), and the server running it (a cancel). Notices
+carry ids only; whoever hears one reads the record from the store.
+
+- :class:`LocalNotices`, the embedded default (SQLite, one process): notices
+  travel in memory, at no cost to a warm task.
+- :class:`PgNotices`, for servers sharing one PostgreSQL: the database itself
+  carries them. A trigger on ``tasks`` writes each status and progress change
+  to ``task_events`` and ``pg_notify``'s it in the same transaction
+  (migration 0002); every server LISTENs on one connection of its own. A
+  waiter on another server then reads the ended task, a stream reads the
+  events after the last one it sent (so a client reconnecting with
+  ``Last-Event-ID`` misses nothing), and the server running a cancelled task
+  kills its container. A LISTEN connection that drops is made again, and
+  everyone listening re-reads the table: no end is missed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import defaultdict
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy.engine import make_url
+
+from tarea.domain.records import TaskRecord
+from tarea.domain.status import TERMINAL
+from tarea.store.aio import AsyncStore
+
+log = logging.getLogger(__name__)
+
+#: The channel of PostgreSQL notices; the payload is ``"<what> <task id>"``.
+CHANNEL = "tarea"
+_TERMINAL = frozenset(status.value for status in TERMINAL)
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One thing that happened to a task: ``kind`` is status, progress or log.
+
+    ``id`` is its place in the task's stored events (PostgreSQL), else None.
+    """
+
+    kind: str
+    data: dict[str, Any] = field(default_factory=dict)
+    id: int | None = None
+
+
+class Subscription:
+    """The events of one task, in order, for one reader.
+
+    A reader that falls behind by ``maxsize`` events loses the oldest (the
+    stream goes on); with stored events it can reconnect after the last one
+    it got and read them again.
+    """
+
+    def __init__(self, task_id: str, maxsize: int) -> None:
+        self.task_id = task_id
+        self._queue: asyncio.Queue[Event] = asyncio.Queue(maxsize)
+        #: The last stored event handed to this reader (PostgreSQL).
+        self.seq = 0
+        #: Set when stored events may have come (PostgreSQL).
+        self.dirty = asyncio.Event()
+
+    def put(self, event: Event) -> None:
+        """Queue ``event``; drop the oldest one if the reader is behind."""
+        if self._queue.full():
+            self._queue.get_nowait()
+        self._queue.put_nowait(event)
+
+    async def get(self, timeout_s: float) -> Event | None:
+        """The next event, or None when none came within ``timeout_s``."""
+        try:
+            async with asyncio.timeout(timeout_s):
+                return await self._queue.get()
+        except TimeoutError:
+            return None
+
+
+class LocalNotices:
+    """Notices within one process (see the module docstring).
+
+    Args:
+        queue_size: how many events a slow reader may fall behind.
+    """
+
+    def __init__(self, queue_size: int = 1000) -> None:
+        self._queue_size = queue_size
+        self._waiters: dict[str, list[asyncio.Future[TaskRecord | None]]] = {}
+        self._subscriptions: defaultdict[str, set[Subscription]] = defaultdict(set)
+        #: Called with the id of a task cancelled anywhere (the dispatcher stops it).
+        self.on_cancel: Callable[[str], None] | None = None
+
+    async def start(self) -> None:
+        """Start hearing notices (nothing to do in one process)."""
+
+    async def aclose(self) -> None:
+        """Stop hearing notices; whoever waits reads the task as it is."""
+        self.release_all()
+
+    # -- ends -------------------------------------------------------------------------
+
+    def waiter(self, task_id: str) -> asyncio.Future[TaskRecord | None]:
+        """A future resolved with the task's record when it ends (register it first).
+
+        It resolves to None when waiting was called off (the server is stopping).
+        """
+        future: asyncio.Future[TaskRecord | None] = asyncio.get_running_loop().create_future()
+        self._waiters.setdefault(task_id, []).append(future)
+        return future
+
+    def discard(self, task_id: str, future: asyncio.Future[TaskRecord | None]) -> None:
+        """Forget a waiter that stopped waiting."""
+        futures = self._waiters.get(task_id)
+        if futures is not None and future in futures:
+            futures.remove(future)
+            if not futures:
+                del self._waiters[task_id]
+
+    def ended(self, record: TaskRecord) -> None:
+        """``record`` ended here: hand it to everyone waiting for it here."""
+        for future in self._waiters.pop(record.id, ()):
+            if not future.done():
+                future.set_result(record)
+
+    def release(self, task_id: str) -> None:
+        """Stop waiting for ``task_id``: its waiters get None and read the task as it is."""
+        for future in self._waiters.pop(task_id, ()):
+            if not future.done():
+                future.set_result(None)
+
+    def release_all(self) -> None:
+        """Stop every wait: each waiter gets None and reads the task as it is."""
+        for task_id in list(self._waiters):
+            self.release(task_id)
+
+    # -- events -----------------------------------------------------------------------
+
+    def watched(self, task_id: str) -> bool:
+        """Whether anyone here streams ``task_id``'s events (to skip building unread ones)."""
+        return task_id in self._subscriptions
+
+    def publish(self, task_id: str, kind: str, **data: Any) -> None:
+        """Send an event to everyone streaming ``task_id`` (no-op if nobody is)."""
+        subscriptions = self._subscriptions.get(task_id)
+        if not subscriptions:
+            return
+        event = Event(kind, data)
+        for subscription in subscriptions:
+            subscription.put(event)
+
+    @contextlib.asynccontextmanager
+    async def subscribe(
+        self, task_id: str, after: int | None = None
+    ) -> AsyncIterator[Subscription]:
+        """Stream ``task_id``'s events for the duration of the ``async with`` block.
+
+        ``after`` (a ``Last-Event-ID``) is for stored events; in one process
+        events are not stored, and a stream starts from now.
+        """
+        subscription = Subscription(task_id, self._queue_size)
+        self._subscriptions[task_id].add(subscription)
+        try:
+            yield subscription
+        finally:
+            self._unsubscribe(subscription)
+
+    def _unsubscribe(self, subscription: Subscription) -> None:
+        subscriptions = self._subscriptions.get(subscription.task_id)
+        if subscriptions is not None:
+            subscriptions.discard(subscription)
+            if not subscriptions:
+                del self._subscriptions[subscription.task_id]
+
+    # -- cancels ----------------------------------------------------------------------
+
+    def cancelled(self, task_id: str) -> None:
+        """``task_id`` was cancelled (its end recorded): whoever runs it stops it."""
+        if self.on_cancel is not None:
+            self.on_cancel(task_id)
+
+
+class PgNotices(LocalNotices):
+    """Notices between servers sharing one PostgreSQL (see the module docstring).
+
+    Args:
+        url: the store's SQLAlchemy URL (``postgresql+psycopg://...``).
+        store: where ended tasks and stored events are read.
+        queue_size: how many events a slow reader may fall behind.
+        log_flush_s: log lines of a task are stored together, at most this often.
+    """
+
+    def __init__(
+        self, url: str, store: AsyncStore, *, queue_size: int = 1000, log_flush_s: float = 0.2
+    ) -> None:
+        super().__init__(queue_size)
+        self._conninfo = (
+            make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+        )
+        self._store = store
+        self._log_flush_s = log_flush_s
+        self._logs: dict[str, list[str]] = {}
+        self._listener: asyncio.Task[None] | None = None
+        self._background: set[asyncio.Task[Any]] = set()
+        #: Set while the LISTEN connection is up.
+        self.listening = asyncio.Event()
+
+    async def start(self) -> None:
+        """Connect and LISTEN (and keep doing so); returns once listening."""
+        self._listener = asyncio.create_task(self._listen_forever(), name="tarea-notices")
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(10):
+                await self.listening.wait()
+
+    async def aclose(self) -> None:
+        """Stop listening, store the logs still buffered, release every waiter."""
+        if self._listener is not None:
+            self._listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._listener
+        await self._flush_logs()
+        if self._background:
+            await asyncio.gather(*self._background, return_exceptions=True)
+        await super().aclose()
+
+    # -- what this server sends ---------------------------------------------------------
+
+    def publish(self, task_id: str, kind: str, **data: Any) -> None:
+        """Status and progress events are the trigger's; log text is stored, coalesced."""
+        if kind != "log":
+            return
+        text = str(data.get("text", ""))
+        pending = self._logs.get(task_id)
+        if pending is None:
+            self._logs[task_id] = [text]
+            asyncio.get_running_loop().call_later(self._log_flush_s, self._spawn_flush)
+        else:
+            pending.append(text)
+
+    def _spawn_flush(self) -> None:
+        task = asyncio.create_task(self._flush_logs())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _flush_logs(self) -> None:
+        logs, self._logs = self._logs, {}
+        for task_id, texts in logs.items():
+            try:
+                await self._store.add_event(task_id, "log", {"text": "".join(texts)})
+            except Exception as exc:
+                log.warning("could not store log lines of task %s: %s", task_id, exc)
+
+    # -- what this server hears ---------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def subscribe(
+        self, task_id: str, after: int | None = None
+    ) -> AsyncIterator[Subscription]:
+        """Stream ``task_id``'s stored events: those after ``after``, else from now."""
+        subscription = Subscription(task_id, self._queue_size)
+        self._subscriptions[task_id].add(subscription)
+        pump: asyncio.Task[None] | None = None
+        try:
+            if after is None:
+                subscription.seq = await self._store.last_event(task_id)
+            else:
+                subscription.seq = after
+                subscription.dirty.set()
+            pump = asyncio.create_task(self._pump(subscription))
+            yield subscription
+        finally:
+            if pump is not None:
+                pump.cancel()
+            self._unsubscribe(subscription)
+
+    async def _pump(self, subscription: Subscription) -> None:
+        """Hand the subscription every stored event after its last, each time some came."""
+        while True:
+            await subscription.dirty.wait()
+            subscription.dirty.clear()
+            try:
+                events = await self._store.events_after(subscription.task_id, subscription.seq)
+            except Exception as exc:
+                log.warning("could not read events of task %s: %s", subscription.task_id, exc)
+                await asyncio.sleep(1)
+                subscription.dirty.set()
+                continue
+            for stored in events:
+                subscription.put(Event(stored.kind, stored.data, stored.seq))
+                subscription.seq = stored.seq
+            if len(events) >= 500:  # a page: there may be more
+                subscription.dirty.set()
+
+    async def _listen_forever(self) -> None:
+        import psycopg  # the postgres extra; only PostgreSQL stores get here
+
+        delay = 0.1
+        while True:
+            try:
+                async with await psycopg.AsyncConnection.connect(
+                    self._conninfo, autocommit=True
+                ) as connection:
+                    await connection.execute(f"LISTEN {CHANNEL}")
+                    self.listening.set()
+                    delay = 0.1
+                    self._missed_while_away()
+                    async for notice in connection.notifies():
+                        self.heard(notice.payload)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("notices: the LISTEN connection failed (%s); reconnecting", exc)
+            self.listening.clear()
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+    def heard(self, payload: str) -> None:
+        """Act on one notice: ``"<status|progress|log> <task id>"``."""
+        what, _, task_id = payload.partition(" ")
+        if what == "cancelled":
+            self.cancelled(task_id)
+        if what in _TERMINAL and task_id in self._waiters:
+            self._spawn(self._resolve(task_id))
+        for subscription in self._subscriptions.get(task_id, ()):
+            subscription.dirty.set()
+
+    def _missed_while_away(self) -> None:
+        """After (re)connecting: re-read what notices may have been missed meanwhile."""
+        for task_id in list(self._waiters):
+            self._spawn(self._resolve(task_id))
+        for subscriptions in self._subscriptions.values():
+            for subscription in subscriptions:
+                subscription.dirty.set()
+
+    async def _resolve(self, task_id: str) -> None:
+        """Hand ``task_id``'s record to its waiters here, if it ended."""
+        try:
+            record = await self._store.get(task_id)
+        except Exception as exc:
+            log.warning("could not read task %s after its notice: %s", task_id, exc)
+            return
+        if record is not None and record.status.terminal:
+            self.ended(record)
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)

@@ -1,0 +1,180 @@
+"""What servers sharing a store know of each other: heartbeats, takeovers, task events.
+
+- ``servers``: each server's row, its ``last_seen`` renewed every few seconds.
+  A server silent for longer than the lease is dead; exactly one live server
+  takes it over (a guarded UPDATE of ``taken_over_by``), then settles its tasks.
+- ``task_events``: a task's events in order (``seq``), so that a client
+  streaming them from any server, and reconnecting to another, misses none.
+  On PostgreSQL a trigger writes status and progress events (migration 0002).
+
+Times are the database's clock on PostgreSQL (servers on several hosts agree
+on it) and this host's on SQLite (one host).
+"""
+
+from __future__ import annotations
+
+import builtins
+import json
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import ColumnElement, Engine, func, insert, select, text, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+from tarea.domain.records import utcnow
+from tarea.store.tables import ServerRow, TaskEventRow
+
+
+@dataclass(frozen=True, slots=True)
+class ServerInfo:
+    """One server as the ``servers`` table knows it."""
+
+    id: str
+    host: str
+    version: str
+    started_at: datetime
+    last_seen: datetime
+    taken_over_by: str | None
+    #: Whether it was heard of within the lease.
+    alive: bool
+
+
+@dataclass(frozen=True, slots=True)
+class StoredEvent:
+    """One event of a task, with its place in the order of all events."""
+
+    seq: int
+    kind: str
+    data: dict[str, Any]
+
+
+class Cluster:
+    """The ``servers`` and ``task_events`` tables (synchronous; see AsyncStore).
+
+    Args:
+        engine: the store's SQLAlchemy engine.
+    """
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+        self._postgres = engine.dialect.name == "postgresql"
+
+    def _now(self) -> ColumnElement[datetime] | datetime:
+        return func.now() if self._postgres else utcnow()
+
+    def _cutoff(self, lease_s: float) -> ColumnElement[datetime] | datetime:
+        """The instant ``lease_s`` ago: a server last seen before it is dead."""
+        if self._postgres:
+            return func.now() - func.make_interval(0, 0, 0, 0, 0, 0, lease_s)
+        return utcnow() - timedelta(seconds=lease_s)
+
+    # -- servers --------------------------------------------------------------------------
+
+    def beat(self, server_id: str, *, host: str, version: str, started_at: datetime) -> None:
+        """Record that ``server_id`` is alive now (its row made on the first beat).
+
+        A server that comes back after it was taken over is alive again: its
+        ``taken_over_by`` is cleared.
+        """
+        values: dict[str, Any] = {
+            "host": host,
+            "version": version,
+            "started_at": started_at,
+            "last_seen": self._now(),
+            "taken_over_by": None,
+        }
+        upsert = (pg_insert if self._postgres else sqlite_insert)(ServerRow)
+        statement = upsert.values(id=server_id, **values).on_conflict_do_update(
+            index_elements=[ServerRow.id], set_=values
+        )
+        with self._engine.begin() as connection:
+            connection.execute(statement)
+
+    def servers(self, lease_s: float) -> builtins.list[ServerInfo]:
+        """Every server ever recorded, the most recently seen first."""
+        cutoff = self._cutoff(lease_s)
+        query = select(ServerRow, (ServerRow.last_seen >= cutoff).label("alive")).order_by(
+            ServerRow.last_seen.desc()
+        )
+        with self._engine.connect() as connection:
+            rows = connection.execute(query).all()
+        return [
+            ServerInfo(
+                id=row.id,
+                host=row.host,
+                version=row.version,
+                started_at=row.started_at,
+                last_seen=row.last_seen,
+                taken_over_by=row.taken_over_by,
+                alive=bool(row.alive),
+            )
+            for row in rows
+        ]
+
+    def silent(self, lease_s: float, *, besides: str) -> builtins.list[str]:
+        """Servers (not ``besides``) silent for longer than ``lease_s``, not yet taken over."""
+        query = select(ServerRow.id).where(
+            ServerRow.last_seen < self._cutoff(lease_s),
+            ServerRow.taken_over_by.is_(None),
+            ServerRow.id != besides,
+        )
+        with self._engine.connect() as connection:
+            return [str(row) for row in connection.execute(query).scalars()]
+
+    def take_over(self, dead: str, *, by: str, lease_s: float) -> bool:
+        """Claim the silent server ``dead`` for ``by``; whether ``by`` won it.
+
+        One guarded UPDATE: of live servers racing for it, exactly one wins,
+        and a server heard of again meanwhile is not taken.
+        """
+        statement = (
+            update(ServerRow)
+            .where(
+                ServerRow.id == dead,
+                ServerRow.taken_over_by.is_(None),
+                ServerRow.last_seen < self._cutoff(lease_s),
+            )
+            .values(taken_over_by=by)
+        )
+        with self._engine.begin() as connection:
+            return connection.execute(statement).rowcount == 1
+
+    # -- events -----------------------------------------------------------------------------
+
+    def add_event(self, task_id: str, kind: str, data: dict[str, Any]) -> int:
+        """Record one event of ``task_id``; its ``seq``. On PostgreSQL, announce it."""
+        with self._engine.begin() as connection:
+            seq = connection.execute(
+                insert(TaskEventRow)
+                .values(task_id=task_id, kind=kind, data=data)
+                .returning(TaskEventRow.seq)
+            ).scalar_one()
+            if self._postgres:
+                connection.execute(
+                    text("SELECT pg_notify('tarea', :payload)"), {"payload": f"{kind} {task_id}"}
+                )
+        return int(seq)
+
+    def events_after(
+        self, task_id: str, seq: int, *, limit: int = 500
+    ) -> builtins.list[StoredEvent]:
+        """``task_id``'s events after ``seq`` (0: from the first), oldest first."""
+        query = (
+            select(TaskEventRow.seq, TaskEventRow.kind, TaskEventRow.data)
+            .where(TaskEventRow.task_id == task_id, TaskEventRow.seq > seq)
+            .order_by(TaskEventRow.seq)
+            .limit(limit)
+        )
+        with self._engine.connect() as connection:
+            return [
+                StoredEvent(int(s), str(k), d if isinstance(d, dict) else json.loads(d))
+                for s, k, d in connection.execute(query)
+            ]
+
+    def last_event(self, task_id: str) -> int:
+        """The ``seq`` of ``task_id``'s latest event; 0 when it has none."""
+        query = select(func.max(TaskEventRow.seq)).where(TaskEventRow.task_id == task_id)
+        with self._engine.connect() as connection:
+            return int(connection.execute(query).scalar() or 0)

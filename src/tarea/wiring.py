@@ -1,0 +1,145 @@
+"""The one place that assembles a server: store, engine, dispatcher, notices, service.
+
+:func:`assemble` builds the parts from the settings and hands each its
+collaborators; :meth:`Server.start` and :meth:`Server.aclose` run them in
+order. The API's lifespan (:func:`tarea.api.app.create_app`) is only this.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+
+from tarea.api.schemas import render_task
+from tarea.dispatch import callbacks, outbound
+from tarea.dispatch.local import LocalDispatcher
+from tarea.dispatch.runner import TaskRunner
+from tarea.domain.task import Limits, RegistryAuth
+from tarea.engine.channels import ChannelDir
+from tarea.engine.docker import DockerEngine
+from tarea.engine.executor import Engine
+from tarea.engine.pool import PoolLimits
+from tarea.engine.sandbox import SERVER_LABEL, SandboxPolicy
+from tarea.errors import TareaError
+from tarea.leases import Membership
+from tarea.notices import LocalNotices, PgNotices
+from tarea.service import LIMIT_FIELDS, TaskService
+from tarea.settings import Settings
+from tarea.store.aio import AsyncStore
+from tarea.store.sql import SqlStore
+
+log = logging.getLogger(__name__)
+
+
+def build_engine(settings: Settings) -> Engine:
+    """The task engine the settings describe."""
+    policy = SandboxPolicy(
+        default_user=settings.default_user,
+        nofile=settings.nofile,
+        tmpfs_mb=settings.tmpfs_mb,
+        seed_network=settings.seed_network,
+        extra_labels={SERVER_LABEL: settings.server_id},
+    )
+    return Engine(
+        DockerEngine(settings.docker_host),
+        policy,
+        start_timeout_s=settings.start_timeout_s,
+        log_cap=settings.log_kb * 1024,
+        pool_limits=PoolLimits(
+            max_total=settings.pool_max_total,
+            max_per_image=settings.pool_max_per_image,
+            idle_s=settings.pool_idle_s,
+            stem_cells=settings.stem_cells,
+        ),
+        image_cache_s=settings.image_cache_s,
+        pull_timeout_s=settings.pull_timeout_s,
+        registry_logins={
+            host: RegistryAuth(login.username, login.password.get_secret_value())
+            for host, login in settings.registry_auth.items()
+        },
+        channels=ChannelDir.for_engine(settings.channel_dir, settings.docker_host)
+        if settings.direct_channels
+        else None,
+        strict_images=settings.strict_patterns(),
+        writable_mb=settings.writable_mb,
+        writable_check_s=settings.writable_check_s,
+    )
+
+
+def default_limits(settings: Settings) -> Limits:
+    """The limits of a task that asks for none."""
+    return Limits(**{name: getattr(settings, name) for name in LIMIT_FIELDS})
+
+
+async def prewarm(engine: Engine, settings: Settings) -> None:
+    """Start the containers TAREA_PREWARM asks for; a failure is logged, not fatal."""
+    for image, count in settings.prewarm_images():
+        try:
+            await engine.prewarm(image, count, default_limits(settings))
+        except TareaError as exc:
+            log.warning("cannot prewarm %s: %s", image, exc)
+
+
+@dataclass
+class Server:
+    """One assembled server: its parts, started and stopped in order."""
+
+    settings: Settings
+    store: AsyncStore
+    engine: Engine
+    notices: LocalNotices
+    dispatcher: LocalDispatcher
+    service: TaskService
+    membership: Membership
+    _warming: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        """Hear notices, recover, run tasks, heartbeat; prewarm in the background."""
+        self.engine.start()
+        await self.notices.start()
+        await self.service.start()
+        await self.membership.start()
+        self._warming = asyncio.create_task(prewarm(self.engine, self.settings))
+
+    async def aclose(self) -> None:
+        """Drain, then stop everything and release connections."""
+        if self._warming is not None:
+            self._warming.cancel()
+        await self.membership.aclose()
+        await self.service.drain()
+        await self.notices.aclose()
+        await self.engine.aclose()
+        self.engine.docker.close()
+        self.store.close()
+
+
+def assemble(settings: Settings) -> Server:
+    """Build a server from ``settings`` (its store migrated; nothing started yet)."""
+    sql = SqlStore(settings.database_url)
+    sql.migrate()
+    store = AsyncStore(sql)
+    engine = build_engine(settings)
+    notices: LocalNotices = (
+        PgNotices(settings.database_url, store)
+        if sql.engine.dialect.name == "postgresql"
+        else LocalNotices()
+    )
+    runner = TaskRunner(
+        store=store,
+        engine=engine,
+        notices=notices,
+        render=render_task,
+        worker=settings.server_id,
+        callback_secret=settings.callback_secret.encode(),
+        callback_policy=callbacks.RetryPolicy(
+            attempts=settings.callback_attempts, first_delay_s=settings.callback_backoff_s
+        ),
+        callback_allow=outbound.Allowlist.parse(settings.callback_allow),
+    )
+    dispatcher = LocalDispatcher(runner, engine, concurrency=settings.concurrency)
+    service = TaskService(settings, store, dispatcher, notices)
+    membership = Membership(
+        store, server_id=settings.server_id, lease_s=settings.lease_s, on_silent=service.take_over
+    )
+    return Server(settings, store, engine, notices, dispatcher, service, membership)
