@@ -11,6 +11,7 @@ import pytest
 
 from tarea.domain.task import Protocol
 from tarea.engine.docker import DockerEngine, ImageInfo, ImageSummary
+from tarea.engine.executor import Engine
 from tarea.engine.imagegc import (
     Candidate,
     ImageCache,
@@ -21,6 +22,7 @@ from tarea.engine.imagegc import (
     save_state,
 )
 from tarea.engine.images import ResolvedImage
+from tarea.engine.sandbox import SandboxPolicy
 
 MB = 1024 * 1024
 
@@ -198,8 +200,9 @@ def test_used_pinned_and_prewarmed_images_stay(tmp_path: Path) -> None:
     cache.keep_image("r/c:1", "c")
 
     async def body() -> tuple[list[str], list[str]]:
-        with cache.pinned("d"):
-            while_pinned = await cache.collect()
+        cache.pin("d")
+        while_pinned = await cache.collect()
+        cache.unpin("d")
         return while_pinned, await cache.collect()
 
     assert asyncio.run(body()) == ([], ["d"])
@@ -250,3 +253,44 @@ def test_records_are_saved_and_read_back(tmp_path: Path) -> None:
     assert load_state(path)["a"].last_used > first
     again = ImageCache(cast(DockerEngine, docker), cap_mb=0, interval_s=60, state_path=path)
     assert again.pulled_ids() == {"a"}
+
+
+class PullingDocker:
+    """Has the image once pulled; refuses every call once ``closed``."""
+
+    def __init__(self) -> None:
+        self.pulled = False
+        self.closed = False
+
+    async def inspect_image(self, ref: str) -> ImageInfo | None:
+        assert not self.closed, "a Docker call on the warm path"
+        labels = {"io.tarea.protocol": "jsonrpc-stdio/1"}
+        info = ImageInfo(id="sha256:p", user="", labels=labels, exposed_ports=frozenset())
+        return info if self.pulled else None
+
+    async def pull(self, ref: object, auth: object) -> None:
+        assert not self.closed, "a Docker call on the warm path"
+        self.pulled = True
+
+
+def test_a_cached_resolve_touches_in_memory_only(tmp_path: Path) -> None:
+    """A resolve the engine has cached records the use with no Docker call and no write."""
+    state = tmp_path / "pulled.json"
+    docker = PullingDocker()
+    engine = Engine(
+        cast(DockerEngine, docker), SandboxPolicy(), image_state=state, image_cache_s=60
+    )
+
+    async def body() -> tuple[float, float]:
+        await engine.resolve("r/p:1")  # pulled, recorded, saved
+        written = state.stat().st_mtime_ns
+        docker.closed = True
+        before = load_state(state)["sha256:p"].last_used
+        await asyncio.sleep(0.01)
+        await engine.resolve("r/p:1")
+        assert state.stat().st_mtime_ns == written
+        await engine.aclose()  # saves the last use
+        return before, load_state(state)["sha256:p"].last_used
+
+    before, after = asyncio.run(body())
+    assert after > before

@@ -271,10 +271,13 @@ class Engine:
     ) -> TaskContainer:
         """A container of ``resolved`` for ``spec``; the image cache leaves the image alone."""
         key = PoolKey(spec.tenant, resolved.info.id, spec.limits)
-        with self.image_cache.pinned(resolved.info.id):
+        self.image_cache.pin(resolved.info.id)
+        try:
             return await self.pool.acquire(
                 key, lambda: self.launch(resolved, spec.limits), fresh=fresh
             )
+        finally:
+            self.image_cache.unpin(resolved.info.id)
 
     async def _explain(
         self, container: TaskContainer, failure: TaskFailure

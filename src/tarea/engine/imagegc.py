@@ -17,7 +17,7 @@ images tarea itself pulled under ``cap_mb`` (``TAREA_IMAGE_CACHE_MB``):
   background, never on a task's path.
 - **Never removed.** An image any container uses (running or not, in the
   pool or not), one named by ``TAREA_PREWARM`` or prewarmed since, and one a
-  task is getting a container of right now (:meth:`ImageCache.pinned`).
+  task is getting a container of right now (:meth:`ImageCache.pin`).
 - **How.** Each name tarea pulled is removed, never forced: the engine
   itself refuses to remove the last name of an image a container uses, so a
   container created after the collection looked stays safe (the image then
@@ -38,7 +38,7 @@ import os
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Callable, Collection, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -258,16 +258,15 @@ class ImageCache:
         self._keep_name(reference)
         self._keep_ids.add(image_id)
 
-    @contextlib.contextmanager
-    def pinned(self, image_id: str) -> Iterator[None]:
-        """Leave ``image_id`` alone while the block runs (a container of it is starting)."""
+    def pin(self, image_id: str) -> None:
+        """Leave ``image_id`` alone until :meth:`unpin` (a container of it is starting)."""
         self._pins[image_id] += 1
-        try:
-            yield
-        finally:
-            self._pins[image_id] -= 1
-            if self._pins[image_id] <= 0:
-                del self._pins[image_id]
+
+    def unpin(self, image_id: str) -> None:
+        """Undo one :meth:`pin`."""
+        self._pins[image_id] -= 1
+        if self._pins[image_id] <= 0:
+            del self._pins[image_id]
 
     # -- collecting ---------------------------------------------------------------------
 
@@ -349,7 +348,7 @@ class ImageCache:
             self._pulled.pop(image_id, None)
         idle_h = (time.time() - used) / 3600
         log.info(
-            "removed image %s (%s, %.0f MB, unused for %.1f h) to keep pulled images under %d MB",
+            "removed image %s (%s, %.0f MiB, unused for %.1f h): pulled images over %d MiB",
             ", ".join(sorted(record.refs)),
             image_id[:19],
             image.size / _MiB,
@@ -377,6 +376,8 @@ class ImageCache:
             await self.collect()
         except TareaError as exc:
             log.warning("cannot collect pulled images: %s", exc)
+        except Exception:  # a bug must not end the collections for good
+            log.exception("collecting pulled images failed")
 
     # -- internals ----------------------------------------------------------------------
 
