@@ -37,7 +37,6 @@ import logging
 import os
 import tempfile
 import time
-from collections import Counter
 from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -199,7 +198,7 @@ class ImageCache:
         self._keep_ids: set[str] = set()
         for reference in keep:
             self._keep_name(reference)
-        self._pins: Counter[str] = Counter()
+        self._pins: dict[str, int] = {}
         self._lock = asyncio.Lock()
         self._save_lock = asyncio.Lock()
         self._loop: asyncio.Task[None] | None = None
@@ -260,13 +259,13 @@ class ImageCache:
 
     def pin(self, image_id: str) -> None:
         """Leave ``image_id`` alone until :meth:`unpin` (a container of it is starting)."""
-        self._pins[image_id] += 1
+        self._pins[image_id] = self._pins.get(image_id, 0) + 1
 
     def unpin(self, image_id: str) -> None:
         """Undo one :meth:`pin`."""
-        self._pins[image_id] -= 1
-        if self._pins[image_id] <= 0:
-            del self._pins[image_id]
+        left = self._pins.pop(image_id, 1) - 1
+        if left > 0:
+            self._pins[image_id] = left
 
     # -- collecting ---------------------------------------------------------------------
 
