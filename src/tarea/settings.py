@@ -12,6 +12,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from sqlalchemy.engine import make_url
 
 
 class RegistryLogin(BaseModel):
@@ -53,6 +54,35 @@ class Settings(BaseSettings):
         30.0, gt=0, description="How long a task container may take to become ready."
     )
     pull_timeout_s: float = Field(300.0, gt=0, description="Bound on one image pull.")
+
+    # Image disk (docs/operations.md#image-disk): the images tarea pulled, kept
+    # under a cap by removing the least recently used ones.
+    image_cache_mb: int = Field(
+        10240,
+        ge=0,
+        description="Most disk the images tarea pulled may take, MiB (their sizes as the "
+        "engine reports them, shared layers counted in each); past it the least recently "
+        "used ones that no container uses and no TAREA_PREWARM names are removed. 0: none is.",
+    )
+    image_gc_interval_s: float = Field(
+        300.0, gt=0, description="How often pulled images are measured (also after each pull)."
+    )
+    image_state: Path | None = Field(
+        None,
+        description="File recording the images tarea pulled and their last use. Default: "
+        "pulled-images.json beside a SQLite database, else ./var/pulled-images.json.",
+    )
+
+    def image_state_path(self) -> Path:
+        """``image_state``, or its default beside the SQLite database (see the field)."""
+        if self.image_state is not None:
+            return self.image_state
+        url = make_url(self.database_url)
+        database = url.database or ""
+        on_disk = database not in ("", ":memory:") and not database.startswith("file:")
+        if url.get_backend_name() == "sqlite" and on_disk:
+            return Path(database).parent / "pulled-images.json"
+        return Path("var") / "pulled-images.json"
 
     # Defaults applied to every task container (DESIGN §4).
     timeout_s: float = Field(60.0, gt=0, description="Default wall-clock limit of a task.")

@@ -64,6 +64,10 @@ def build_engine(settings: Settings) -> Engine:
         strict_images=settings.strict_patterns(),
         writable_mb=settings.writable_mb,
         writable_check_s=settings.writable_check_s,
+        image_cache_mb=settings.image_cache_mb,
+        image_gc_interval_s=settings.image_gc_interval_s,
+        image_state=settings.image_state_path(),
+        keep_images=[image for image, _ in settings.prewarm_images()],
     )
 
 

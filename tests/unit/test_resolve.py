@@ -55,3 +55,10 @@ def test_a_pull_past_the_bound_fails_as_image_pull_failed() -> None:
         run(FakeDocker(pull_s=5), auth=None, pull_timeout_s=0.05)
     assert caught.value.code == "image_pull_failed"
     assert "longer than 0.05 s" in caught.value.message
+
+
+def test_resolve_says_whether_it_pulled() -> None:
+    """A resolve that pulled says so (the image cache records it); a local image did not."""
+    docker = FakeDocker(pull_s=0)
+    assert run(docker, auth=None).pulled
+    assert not run(docker, auth=None).pulled  # now local

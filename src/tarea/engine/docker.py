@@ -62,6 +62,19 @@ class ImageInfo:
 
 
 @dataclass(frozen=True, slots=True)
+class ImageSummary:
+    """A local image as the engine lists it: its names and its size."""
+
+    id: str
+    #: Bytes of all its layers, shared ones included (``Size``).
+    size: int
+    #: Its ``repo:tag`` names (``RepoTags``, ``<none>`` left out).
+    tags: frozenset[str]
+    #: Its ``repo@digest`` names (``RepoDigests``, ``<none>`` left out).
+    digests: frozenset[str]
+
+
+@dataclass(frozen=True, slots=True)
 class ContainerState:
     """The end state of a container, from inspect."""
 
@@ -204,7 +217,61 @@ class DockerEngine:
 
         await self._call(pull)
 
+    async def images(self) -> list[ImageSummary]:
+        """Every local image (intermediate build layers aside) with its names and size."""
+
+        def images() -> list[ImageSummary]:
+            with _engine_errors():
+                found = self._api().images()
+            return [
+                ImageSummary(
+                    id=str(data["Id"]),
+                    size=int(data.get("Size") or 0),
+                    tags=_names(data.get("RepoTags")),
+                    digests=_names(data.get("RepoDigests")),
+                )
+                for data in found
+            ]
+
+        return await self._call(images)
+
+    async def remove_image(self, reference: str) -> bool:
+        """Remove the name ``reference``, and the image with it if it was its last name.
+
+        Never forced: the engine refuses to remove the last name of an image
+        that a container (running or not) uses. A name already gone is fine.
+
+        Returns:
+            False when the engine refused because a container uses the image.
+        """
+
+        def remove() -> bool:
+            with _engine_errors():
+                try:
+                    self._api().remove_image(reference, force=False, noprune=False)
+                except docker.errors.NotFound:
+                    return True
+                except docker.errors.APIError as exc:
+                    if exc.status_code == 409:
+                        return False
+                    raise TareaError(
+                        f"cannot remove image {reference!r}: {exc.explanation or exc}"
+                    ) from exc
+            return True
+
+        return await self._call(remove)
+
     # -- containers -----------------------------------------------------------
+
+    async def container_images(self) -> set[str]:
+        """The image IDs of every container on the engine, running or not, anyone's."""
+
+        def images() -> set[str]:
+            with _engine_errors():
+                found = self._api().containers(all=True)
+            return {str(c["ImageID"]) for c in found if c.get("ImageID")}
+
+        return await self._call(images)
 
     async def create(self, config: ContainerConfig) -> str:
         """Create (not start) a container; returns its ID."""
@@ -417,6 +484,11 @@ class DockerEngine:
                         raise TareaError(f"cannot create network {name!r}: {exc}") from exc
 
         await self._call(ensure)
+
+
+def _names(names: list[str] | None) -> frozenset[str]:
+    """An image's names from a listing, the engine's ``<none>`` placeholders left out."""
+    return frozenset(n for n in names or () if not n.startswith("<none>"))
 
 
 def _pull_error(ref: ImageReference, reason: str) -> TaskFailure:

@@ -7,7 +7,8 @@ import contextlib
 import logging
 import socket
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -32,6 +33,7 @@ from tarea.engine.containers import (
     TaskContainer,
 )
 from tarea.engine.docker import DockerEngine
+from tarea.engine.imagegc import ImageCache
 from tarea.engine.pool import PoolLimits, WarmPool
 from tarea.engine.protocols import seed_http
 from tarea.engine.protocols.attach import AttachedOutput
@@ -45,7 +47,7 @@ from tarea.engine.sandbox import (
     container_config,
 )
 from tarea.engine.writable import WritableWatch
-from tarea.errors import ContainerCrashed, InvalidRequest, OomKilled, TaskFailure
+from tarea.errors import ContainerCrashed, ImageNotFound, InvalidRequest, OomKilled, TaskFailure
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +80,12 @@ class Engine:
         writable_mb: the most a container with a writable root may write to
             it before it is stopped (see :mod:`tarea.engine.writable`).
         writable_check_s: how often those containers are measured.
+        image_cache_mb: the most the images tarea pulled may take, MiB (0:
+            no bound); see :mod:`tarea.engine.imagegc`.
+        image_gc_interval_s: how often they are measured, besides after pulls.
+        image_state: the file that records them across restarts (None: in
+            memory only).
+        keep_images: references whose images are never removed (prewarmed).
     """
 
     def __init__(
@@ -95,6 +103,10 @@ class Engine:
         strict_images: list[str] | None = None,
         writable_mb: int = 256,
         writable_check_s: float = 1.0,
+        image_cache_mb: int = 0,
+        image_gc_interval_s: float = 300.0,
+        image_state: Path | None = None,
+        keep_images: Iterable[str] = (),
     ) -> None:
         self.docker = docker
         self.policy = policy
@@ -108,16 +120,26 @@ class Engine:
         self.strict_images = strict_images or []
         self.writable = WritableWatch(docker, writable_mb, writable_check_s)
         self._images: dict[str, tuple[float, images.ResolvedImage]] = {}
+        self.image_cache = ImageCache(
+            docker,
+            cap_mb=image_cache_mb,
+            interval_s=image_gc_interval_s,
+            state_path=image_state,
+            keep=keep_images,
+            forget=self._forget_image,
+        )
         self._http = httpx.AsyncClient(trust_env=False)
         self._seed_network_ready = False
 
     def start(self) -> None:
-        """Start the pool's housekeeping and the writable layers' watch."""
+        """Start the pool's housekeeping, the writable layers' watch and the image cache's."""
         self.pool.start()
         self.writable.start()
+        self.image_cache.start()
 
     async def aclose(self) -> None:
         """Remove every pooled container and release connections."""
+        await self.image_cache.aclose()
         await self.writable.aclose()
         await self.pool.aclose()
         await self.pool.settle()
@@ -145,10 +167,15 @@ class Engine:
     # -- images ------------------------------------------------------------------------
 
     async def resolve(self, reference: str, spec: TaskSpec | None = None) -> images.ResolvedImage:
-        """The image, pulled if needed; cached for a few seconds (no Docker call on a hit)."""
+        """The image, pulled if needed; cached for a few seconds (no Docker call on a hit).
+
+        Each resolve counts as a use of the image (in memory); a pull is
+        recorded for the image cache, which then collects in the background.
+        """
         now = time.monotonic()
         cached = self._images.get(reference)
         if cached is not None and cached[0] > now:
+            self.image_cache.touch(cached[1].info.id)
             return cached[1]
         resolved = await images.resolve(
             self.docker,
@@ -158,11 +185,22 @@ class Engine:
             pull_timeout_s=self._pull_timeout_s,
         )
         self._images[reference] = (now + self._image_cache_s, resolved)
+        if resolved.pulled:
+            await self.image_cache.record(resolved)
+        else:
+            self.image_cache.touch(resolved.info.id)
         return resolved
+
+    def _forget_image(self, image_id: str) -> None:
+        """Drop the resolved images cached for ``image_id`` (it is being removed)."""
+        for reference, (_, resolved) in list(self._images.items()):
+            if resolved.info.id == image_id:
+                del self._images[reference]
 
     async def prewarm(self, reference: str, count: int, limits: Limits) -> None:
         """Keep ``count`` never-used containers of ``reference`` ready from now on."""
         resolved = await self.resolve(reference)
+        self.image_cache.keep_image(reference, resolved.info.id)
         stem = StemKey(resolved.info.id, limits)
         self.pool.prewarm(stem, count, lambda: self.launch(resolved, limits))
 
@@ -188,11 +226,8 @@ class Engine:
         except TaskFailure as failure:
             return Outcome(error=_error_info(failure))
         fresh = spec.isolation == "fresh"
-        key = PoolKey(spec.tenant, resolved.info.id, spec.limits)
         try:
-            container = await self.pool.acquire(
-                key, lambda: self.launch(resolved, spec.limits), fresh=fresh
-            )
+            container = await self._acquire(spec, resolved, fresh=fresh)
         except TaskFailure as failure:
             return Outcome(error=_error_info(failure), timings=_timings(t0, time.perf_counter()))
         t_ready = time.perf_counter()
@@ -237,6 +272,35 @@ class Engine:
                 # and a client's next call would pay a container start.
                 reusable = await self.writable.check(container)
             await self.pool.release(container, reusable=reusable)
+
+    async def _acquire(
+        self, spec: TaskSpec, resolved: images.ResolvedImage, *, fresh: bool
+    ) -> TaskContainer:
+        """A container of ``resolved`` for ``spec`` from the pool; the image pinned meanwhile.
+
+        An image removed after it was resolved (by another server's image
+        cache, or by hand) is resolved, so pulled, once more.
+        """
+        try:
+            return await self._acquire_pinned(spec, resolved, fresh=fresh)
+        except ImageNotFound:
+            log.info("image %s went before its container started: pulling it again", spec.image)
+            self._forget_image(resolved.info.id)
+            resolved = await self.resolve(spec.image, spec)
+            return await self._acquire_pinned(spec, resolved, fresh=fresh)
+
+    async def _acquire_pinned(
+        self, spec: TaskSpec, resolved: images.ResolvedImage, *, fresh: bool
+    ) -> TaskContainer:
+        """A container of ``resolved`` for ``spec``; the image cache leaves the image alone."""
+        key = PoolKey(spec.tenant, resolved.info.id, spec.limits)
+        self.image_cache.pin(resolved.info.id)
+        try:
+            return await self.pool.acquire(
+                key, lambda: self.launch(resolved, spec.limits), fresh=fresh
+            )
+        finally:
+            self.image_cache.unpin(resolved.info.id)
 
     async def _explain(
         self, container: TaskContainer, failure: TaskFailure

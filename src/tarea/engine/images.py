@@ -18,6 +18,8 @@ class ResolvedImage:
     reference: str
     info: ImageInfo
     protocol: Protocol
+    #: Whether this resolve pulled it (it was not local).
+    pulled: bool = False
 
 
 def detect_protocol(reference: str, info: ImageInfo) -> Protocol:
@@ -60,6 +62,7 @@ async def resolve(
     """
     ref = parse_reference(text)
     info = await docker.inspect_image(str(ref))
+    pulled = info is None
     if info is None:
         try:
             await asyncio.wait_for(
@@ -74,4 +77,6 @@ async def resolve(
         info = await docker.inspect_image(str(ref))
         if info is None:  # pulled something else than asked (a registry quirk)
             raise ImageNotFound(f"image {text!r} is still missing after a pull")
-    return ResolvedImage(reference=str(ref), info=info, protocol=detect_protocol(text, info))
+    return ResolvedImage(
+        reference=str(ref), info=info, protocol=detect_protocol(text, info), pulled=pulled
+    )

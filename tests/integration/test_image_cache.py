@@ -1,0 +1,340 @@
+"""The images tarea pulled stay under TAREA_IMAGE_CACHE_MB, on a real engine and registry.
+
+A real registry (Debian's ``docker-registry``, installed if missing) serves on
+127.0.0.1, which the Docker engine reaches over plain HTTP. Four small
+JSON-RPC images of known sizes are built here, pushed to it and removed, so
+that each task naming one makes tarea pull it. Every image counts its base
+layers too (about 210 MB each here): the caps below are set from the sizes
+the engine reports, as the cache itself counts them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import os
+import secrets
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tarea.domain.task import Limits, Outcome, TaskSpec
+from tarea.engine.executor import Engine
+from tests.integration.conftest import IMAGES, docker, free_port, with_engine
+
+pytestmark = [pytest.mark.docker, pytest.mark.timeout(300)]
+
+MiB = 1024 * 1024
+LIMITS = Limits(timeout_s=30.0, memory_mb=128, cpus=1.0, pids=64, output_kb=64)
+#: Name -> MB of padding: four images whose sizes differ by a few MB.
+PADDING = {"a": 1, "b": 2, "c": 3, "d": 4}
+
+
+@dataclass(frozen=True)
+class PushedImage:
+    """An image in the test registry, absent locally until a task pulls it."""
+
+    ref: str
+    id: str
+    size: int
+
+
+def _registry_binary() -> str:
+    """Debian's docker-registry, installed (as root) when missing; fails loudly otherwise."""
+    found = shutil.which("docker-registry")
+    if found:
+        return found
+    if os.geteuid() != 0:
+        pytest.fail(
+            "docker-registry is missing: run `apt-get install -y docker-registry` as root",
+            pytrace=False,
+        )
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    install = ["apt-get", "install", "-y", "-qq", "docker-registry"]
+    if subprocess.run(install, capture_output=True, env=env, check=False).returncode != 0:
+        subprocess.run(["apt-get", "update", "-qq"], capture_output=True, env=env, check=False)
+        result = subprocess.run(install, capture_output=True, text=True, env=env, check=False)
+        if result.returncode != 0:
+            pytest.fail(f"cannot install docker-registry:\n{result.stderr}", pytrace=False)
+    found = shutil.which("docker-registry")
+    if not found:
+        pytest.fail("docker-registry installed, but not on PATH", pytrace=False)
+    return found
+
+
+@pytest.fixture(scope="module")
+def local_registry(docker_ready: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real registry on 127.0.0.1 with its own storage; its ``host:port``."""
+    binary = _registry_binary()
+    root = tmp_path_factory.mktemp("registry")
+    port = free_port()
+    config = root / "config.yml"
+    config.write_text(
+        "version: 0.1\n"
+        "log:\n  level: warn\n"
+        f"storage:\n  filesystem:\n    rootdirectory: {root / 'storage'}\n"
+        f"http:\n  addr: 127.0.0.1:{port}\n  secret: {secrets.token_hex(16)}\n"
+    )
+    log = root / "registry.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [binary, "serve", str(config)], stdout=out, stderr=subprocess.STDOUT
+        )
+    try:
+        _wait_for_registry(proc, f"http://127.0.0.1:{port}/v2/", log)
+        yield f"127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def _wait_for_registry(proc: subprocess.Popen[bytes], url: str, log: Path) -> None:
+    """Return once the registry answers ``url``; fail with its log if it does not."""
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"docker-registry exited:\n{log.read_text()}", pytrace=False)
+        try:
+            if httpx.get(url, timeout=1, trust_env=False).status_code == 200:
+                return
+        except httpx.TransportError:
+            time.sleep(0.1)
+    pytest.fail(f"docker-registry did not answer {url}:\n{log.read_text()}", pytrace=False)
+
+
+@pytest.fixture(scope="module")
+def pushed(local_registry: str, base_image: str) -> Iterator[dict[str, PushedImage]]:
+    """The four images, built here (distinct from any other session's), pushed, removed."""
+    images: dict[str, PushedImage] = {}
+    salt = secrets.token_hex(4)
+    try:
+        for name, mb in PADDING.items():
+            ref = f"{local_registry}/tarea-gc-{salt}/{name}:1"
+            args = ["--build-arg", f"BASE_IMAGE={base_image}", "--build-arg", f"NAME={name}"]
+            args += ["--build-arg", f"MB={mb}"]
+            built = docker(
+                "build", "-q", "--no-cache", *args, "-t", ref, str(IMAGES / "sized"), check=False
+            )
+            if built.returncode != 0:
+                pytest.fail(f"building {ref} failed:\n{built.stderr}", pytrace=False)
+            pushed = docker("push", "-q", ref, check=False)
+            if pushed.returncode != 0:
+                pytest.fail(f"pushing {ref} failed:\n{pushed.stderr}", pytrace=False)
+            image_id, size = docker(
+                "image", "inspect", ref, "--format", "{{.Id}} {{.Size}}"
+            ).stdout.split()
+            images[name] = PushedImage(ref, image_id, int(size))
+            docker("rmi", ref)
+        yield images
+    finally:
+        for image in images.values():
+            docker("rmi", image.ref, check=False)
+
+
+@pytest.fixture
+def gc_images(pushed: dict[str, PushedImage]) -> dict[str, PushedImage]:
+    """The pushed images, none of them local as the test starts."""
+    for image in pushed.values():
+        docker("rmi", image.ref, check=False)
+        assert not present(image.ref), f"{image.ref} is still local (a container uses it?)"
+    return pushed
+
+
+def present(ref: str) -> bool:
+    """Whether the engine has an image by the name ``ref``."""
+    return docker("image", "inspect", ref, check=False).returncode == 0
+
+
+def cap_fitting(images: dict[str, PushedImage], count: int) -> int:
+    """A cap, MiB, that any ``count`` of ``images`` fit in and no ``count + 1`` do."""
+    sizes = sorted(image.size for image in images.values())
+    cap = sum(sizes[-count:])
+    assert sum(sizes[: count + 1]) > cap + MiB, "the images' sizes are too far apart"
+    return math.ceil(cap / MiB)
+
+
+def settings(state: Path, **overrides: Any) -> dict[str, Any]:
+    """Engine settings: the state file, no stem cells, no periodic collection during a test."""
+    return {
+        "image_state": state,
+        "stem_cells": 0,
+        "image_gc_interval_s": 600.0,
+        **overrides,
+    }
+
+
+async def run(engine: Engine, ref: str, isolation: str = "fresh") -> Outcome:
+    """Run ``name`` in ``ref``; then let removals and collections finish."""
+    spec = TaskSpec(image=ref, function="name", params={}, limits=LIMITS, isolation=isolation)
+    outcome = await engine.run(spec)
+    await engine.settle()
+    await engine.image_cache.settle()
+    return outcome
+
+
+async def named(engine: Engine, ref: str, isolation: str = "fresh") -> Any:
+    """The result of ``name`` in ``ref``, failing the test on a task error."""
+    outcome = await run(engine, ref, isolation)
+    assert outcome.error is None, outcome.error
+    return outcome.result
+
+
+def test_least_recently_used_pulled_image_goes_and_the_most_recent_stays(
+    gc_images: dict[str, PushedImage], tmp_path: Path
+) -> None:
+    """Past the cap, the pull that follows removes the least recently used pulled image."""
+    a, b, c = (gc_images[n] for n in "abc")
+
+    async def body(engine: Engine) -> None:
+        assert await named(engine, a.ref) == "a"
+        assert await named(engine, b.ref) == "b"
+        assert present(a.ref)  # two fit
+        assert present(b.ref)
+        assert await named(engine, c.ref) == "c"
+
+    with_engine(body, **settings(tmp_path / "s.json", image_cache_mb=cap_fitting(gc_images, 2)))
+    assert not present(a.ref)
+    assert present(b.ref)
+    assert present(c.ref)
+
+
+def test_images_in_use_are_never_removed(gc_images: dict[str, PushedImage], tmp_path: Path) -> None:
+    """An image with a container (a warm one in the pool, a stopped one of anyone's) stays."""
+    a, b, c, d = (gc_images[n] for n in "abcd")
+    stopped: list[str] = []
+
+    async def body(engine: Engine) -> None:
+        assert await named(engine, a.ref, isolation="warm") == "a"  # its container stays warm
+        assert await named(engine, b.ref) == "b"
+        # Labelled as this session's, so that no other session's clean-up removes it.
+        label = f"io.tarea.server={os.environ['TAREA_SERVER_ID']}"
+        created = docker("create", "--label", label, b.ref, "true")
+        stopped.append(created.stdout.strip())
+        assert await named(engine, c.ref) == "c"
+        assert await named(engine, d.ref) == "d"
+
+    try:
+        with_engine(body, **settings(tmp_path / "s.json", image_cache_mb=cap_fitting(gc_images, 2)))
+        # a and b are the least recently used, but in use: c went instead.
+        assert not present(c.ref)
+        assert present(a.ref)
+        assert present(b.ref)
+        assert present(d.ref)
+    finally:
+        docker("rm", "-f", *stopped, check=False)
+
+
+def test_prewarmed_image_is_never_removed(
+    gc_images: dict[str, PushedImage], tmp_path: Path
+) -> None:
+    """An image TAREA_PREWARM names stays though least recently used and without containers."""
+    a, b, c = (gc_images[n] for n in "abc")
+
+    async def body(engine: Engine) -> None:
+        for image, name in ((a, "a"), (b, "b"), (c, "c")):
+            assert await named(engine, image.ref) == name
+
+    with_engine(
+        body,
+        **settings(
+            tmp_path / "s.json", image_cache_mb=cap_fitting(gc_images, 2), prewarm=f"{a.ref}=1"
+        ),
+    )
+    assert present(a.ref)
+    assert not present(b.ref)
+    assert present(c.ref)
+
+
+def test_locally_built_images_are_never_removed(
+    gc_images: dict[str, PushedImage], tasks_image: str, local_registry: str, tmp_path: Path
+) -> None:
+    """tasks_image (built here) stays, even once tarea pulled it under a registry name too."""
+    mirror = f"{local_registry}/tarea-gc-{secrets.token_hex(4)}/tasks:1"
+    docker("tag", tasks_image, mirror)
+    docker("push", "-q", mirror)
+    docker("rmi", mirror)  # the tag only: tasks_image keeps the image
+    tasks_id = docker("image", "inspect", tasks_image, "--format", "{{.Id}}").stdout.strip()
+    a = gc_images["a"]
+
+    async def body(engine: Engine) -> None:
+        outcome = await run(engine, tasks_image)
+        assert outcome.error is not None
+        assert outcome.error.code == "unknown_function"
+        assert tasks_id not in engine.image_cache.pulled_ids()  # local: not tarea's
+        await run(engine, mirror)  # pulled: the same image gains the mirror's name
+        assert tasks_id in engine.image_cache.pulled_ids()
+        assert await named(engine, a.ref) == "a"
+        assert await engine.image_cache.collect() == [a.id]  # a 1 MiB cap: all that can go
+
+    try:
+        with_engine(body, **settings(tmp_path / "s.json", image_cache_mb=1))
+        assert present(tasks_image)
+        assert present("task_service:latest")
+        assert present(mirror)
+        assert not present(a.ref)
+    finally:
+        docker("rmi", mirror, check=False)
+
+
+def test_a_removed_image_is_pulled_again(gc_images: dict[str, PushedImage], tmp_path: Path) -> None:
+    """A task naming an image the cache removed, or one removed under its resolve, succeeds."""
+    a, b, c = (gc_images[n] for n in "abc")
+
+    async def body(engine: Engine) -> None:
+        assert await named(engine, a.ref) == "a"
+        assert await named(engine, b.ref) == "b"
+        assert not present(a.ref)  # one fits: a went
+        assert await named(engine, a.ref) == "a"  # pulled again
+        assert present(a.ref)
+        assert not present(b.ref)
+        # Resolved (cached by the engine), then removed by someone else.
+        await engine.resolve(c.ref)
+        docker("rmi", c.ref)
+        assert await named(engine, c.ref) == "c"
+        assert present(c.ref)
+
+    with_engine(
+        body,
+        **settings(
+            tmp_path / "s.json", image_cache_mb=cap_fitting(gc_images, 1), image_cache_s=60.0
+        ),
+    )
+
+
+def test_pulls_and_last_uses_survive_a_restart(
+    gc_images: dict[str, PushedImage], tmp_path: Path
+) -> None:
+    """A restarted server knows what it pulled and when it was used, and collects by itself."""
+    a, b = gc_images["a"], gc_images["b"]
+    state = tmp_path / "s.json"
+
+    async def before(engine: Engine) -> None:
+        assert await named(engine, a.ref) == "a"
+        assert await named(engine, b.ref) == "b"
+        assert await named(engine, a.ref) == "a"  # a is now the most recently used
+
+    with_engine(before, **settings(state))
+    assert present(a.ref)
+    assert present(b.ref)
+
+    async def after(engine: Engine) -> None:
+        for _ in range(100):  # 20 s at most
+            if not present(b.ref):
+                return
+            await asyncio.sleep(0.2)  # the periodic collection runs meanwhile
+
+    cap = cap_fitting(gc_images, 1)
+    with_engine(after, **settings(state, image_cache_mb=cap, image_gc_interval_s=0.5))
+    assert not present(b.ref)
+    assert present(a.ref)
