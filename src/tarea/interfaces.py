@@ -72,6 +72,12 @@ class TaskStore(Protocol):
         """Move the task to ``new`` if allowed; the updated record, or None."""
         ...
 
+    def retry(
+        self, record: TaskRecord, error: dict[str, Any], *, worker: str
+    ) -> asyncio.Future[TaskRecord | None]:
+        """Queue the stored task ``record`` again as its next attempt (guarded); or None."""
+        ...
+
     async def beat(self, server_id: str, *, host: str, version: str, started_at: datetime) -> None:
         """Record that ``server_id`` is alive now."""
         ...

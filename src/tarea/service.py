@@ -22,7 +22,7 @@ from typing import Any
 from tarea.dispatch import outbound
 from tarea.domain.images import ImageReference, matches_any, parse_reference
 from tarea.domain.records import TaskRecord, new_task_id
-from tarea.domain.status import Status
+from tarea.domain.status import RETRYABLE, Status, runs_again
 from tarea.domain.task import RegistryAuth
 from tarea.errors import (
     Draining,
@@ -56,6 +56,7 @@ class NewTask:
     limits: dict[str, Any] = field(default_factory=dict)
     isolation: str = "warm"
     callback_url: str | None = None
+    retry: dict[str, Any] | None = None
 
     def fingerprint(self) -> str:
         """A hash of the request, to tell a retried request from a different one."""
@@ -68,6 +69,7 @@ class NewTask:
                 "limits": self.limits,
                 "isolation": self.isolation,
                 "callback_url": self.callback_url,
+                "retry": self.retry,
             },
             sort_keys=True,
             separators=(",", ":"),
@@ -102,6 +104,26 @@ def effective_limits(asked: dict[str, Any], settings: Settings) -> dict[str, Any
             )
         limits[name] = value
     return limits
+
+
+def check_retry(retry: dict[str, Any], max_attempts: int) -> None:
+    """Check a task's retry policy against the server's bounds.
+
+    Raises:
+        InvalidRequest: more attempts than the server allows, or a code not safe to retry.
+    """
+    asked = retry.get("max_attempts")
+    if not isinstance(asked, int) or not 1 <= asked <= max_attempts:
+        raise InvalidRequest(
+            f"retry.max_attempts must be from 1 to {max_attempts} on this server (asked {asked})",
+            field="retry.max_attempts",
+        )
+    codes = retry.get("on")
+    if not isinstance(codes, list) or not codes or not set(codes) <= RETRYABLE:
+        raise InvalidRequest(
+            f"retry.on must name codes among {', '.join(sorted(RETRYABLE))}",
+            field="retry.on",
+        )
 
 
 def worker_lost(message: str, worker: str | None) -> dict[str, Any]:
@@ -190,9 +212,13 @@ class TaskService:
         """Fail ``worker``'s running tasks as ``worker_lost``; run its queued ones here."""
         for record in await self.store.unfinished(worker=worker):
             if record.status is Status.RUNNING:
-                await self.dispatcher.finish(
-                    record.id, Status.FAILED, error=worker_lost(lost, record.worker)
-                )
+                error = worker_lost(lost, record.worker)
+                if runs_again(record.attempt, record.retry, "worker_lost"):
+                    again = await self.store.retry(record, error, worker=self.server_id)
+                    if again is not None:
+                        self.dispatcher.enqueue(again)
+                        continue
+                await self.dispatcher.finish(record.id, Status.FAILED, error=error)
             elif worker == self.server_id or await self.store.reassign(
                 record.id, was=worker, to=self.server_id
             ):
@@ -241,6 +267,8 @@ class TaskService:
             raise ImageNotAllowed(f"image {new.image!r} is not allowed on this server")
         if new.callback_url is not None:
             outbound.check_url(new.callback_url, self._callback_allow)
+        if new.retry is not None:
+            check_retry(new.retry, self.settings.max_attempts)
         return effective_limits(new.limits, self.settings)
 
     async def submit(
@@ -280,6 +308,7 @@ class TaskService:
             limits=limits,
             isolation=new.isolation,
             callback_url=new.callback_url,
+            retry=new.retry,
             idempotency_key=idempotency_key,
             request_hash=new.fingerprint() if idempotency_key else None,
             worker=self.server_id,  # it runs here: see recover() and take_over()

@@ -129,6 +129,9 @@ class Settings(BaseSettings):
         gt=0,
         description="A server silent for this long is dead: a live one takes over its tasks.",
     )
+    max_attempts: int = Field(
+        5, ge=1, description="Most runs a task may ask for in its retry policy."
+    )
     concurrency: int = Field(8, ge=1, description="Tasks run at once by this server.")
     max_queued: int = Field(1000, ge=1, description="Tasks that may wait; more get 503.")
     wait_max_s: float = Field(

@@ -265,13 +265,18 @@ def test_a_server_killed_mid_task_is_taken_over_by_the_other(
     tmp_path: Path,
 ) -> None:
     """kill -9 A during an `esperar`: B settles the task (worker_lost) within the lease + 5 s,
-    runs A's queued tasks, removes A's containers, and lists A as taken over."""
+    runs again the one whose retry policy allows it, runs A's queued task, removes A's
+    containers, and lists A as taken over."""
     with postgres_schema(postgres_url, postgres_admin) as url:
-        pair = start_pair(tmp_path, url, TAREA_CONCURRENCY="1")
+        pair = start_pair(tmp_path, url, TAREA_CONCURRENCY="2")
         try:
             running = submit(pair.a, esperar(60))
-            queued = submit(pair.a, esperar(0.5))  # behind it: A runs one at a time
-            until(pair.a, running["id"], lambda t: t["status"] == "running")
+            retried = submit(
+                pair.a, {**esperar(2), "retry": {"max_attempts": 2, "on": ["worker_lost"]}}
+            )
+            queued = submit(pair.a, esperar(0.5))  # behind them: A runs two at a time
+            for task in (running, retried):
+                until(pair.a, task["id"], lambda t: t["status"] == "running")
             container = pair.a.http.get(f"/v1/tasks/{running['id']}").json()["container"]["id"]
 
             pair.a.proc.send_signal(signal.SIGKILL)
@@ -285,6 +290,14 @@ def test_a_server_killed_mid_task_is_taken_over_by_the_other(
             ran = pair.b.http.get(f"/v1/tasks/{queued['id']}", params={"wait": "true"}).json()
             assert ran["status"] == "succeeded"
             assert ran["worker"] == pair.b.server_id
+            again = pair.b.http.get(f"/v1/tasks/{retried['id']}", params={"wait": "true"}).json()
+            assert (again["status"], again["attempt"], again["worker"]) == (
+                "succeeded",
+                2,
+                pair.b.server_id,
+            )
+            assert again["attempts"][0]["error"]["code"] == "worker_lost"
+            assert again["attempts"][0]["worker"] == pair.a.server_id
             assert docker("inspect", container, check=False).returncode != 0
             servers = {s["id"]: s for s in pair.b.http.get("/v1/servers").json()["items"]}
             assert servers[pair.a.server_id]["alive"] is False

@@ -119,6 +119,9 @@ def full_task() -> TaskRecord:
             last_error="HTTP 503",
             delivered_at=datetime(2024, 5, 17, 20, 0, 0, 42, tzinfo=PLUS_2),
         ),
+        attempt=2,
+        retry={"max_attempts": 3, "on": ["crashed"]},
+        attempts=[{"attempt": 1, "worker": "w0", "error": {"code": "crashed"}}],
     )
 
 
@@ -157,7 +160,7 @@ def test_migrate_twice_is_a_no_op(store: SqlStore) -> None:
     store.migrate()
     with store.engine.connect() as connection:
         revision = MigrationContext.configure(connection).get_current_revision()
-    assert revision == "0002"
+    assert revision == "0003"
     assert store.get(stored.id) == stored
 
 

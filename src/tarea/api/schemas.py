@@ -29,6 +29,9 @@ _EXAMPLE_TASK: dict[str, Any] = {
     "worker": "tarea-1",
     "progress": None,
     "callback": None,
+    "attempt": 1,
+    "retry": None,
+    "attempts": [],
 }
 
 
@@ -51,6 +54,19 @@ class RegistryAuthIn(BaseModel):
 
     username: str = Field(max_length=256)
     password: SecretStr = Field(max_length=4096)
+
+
+class RetryIn(BaseModel):
+    """When a task runs again: after which failures, and how many runs in all."""
+
+    max_attempts: int = Field(
+        ge=1, description="Runs in all, the first included (at most TAREA_MAX_ATTEMPTS)."
+    )
+    on: list[Literal["worker_lost", "crashed", "engine_unavailable", "image_pull_failed"]] = Field(
+        min_length=1,
+        description="Failure codes after which it runs again: only those safe to repeat "
+        "(its server vanished, its process died, the engine or the registry failed).",
+    )
 
 
 class TaskCreate(BaseModel):
@@ -90,6 +106,9 @@ class TaskCreate(BaseModel):
     )
     registry_auth: RegistryAuthIn | None = Field(
         None, description="Credentials for the image's pull; never logged or stored."
+    )
+    retry: RetryIn | None = Field(
+        None, description="Run it again after some failures (default: one run only)."
     )
 
 
@@ -156,6 +175,12 @@ class TaskOut(BaseModel):
     worker: str | None = None
     progress: ProgressOut | None = None
     callback: CallbackOut | None = None
+    attempt: int = Field(1, description="Which run this is, or was last (1: the first).")
+    retry: dict[str, Any] | None = None
+    attempts: list[dict[str, Any]] = Field(
+        default_factory=list,
+        description="How each earlier run ended: attempt, worker, started_at, finished_at, error.",
+    )
 
 
 class TaskPage(BaseModel):
@@ -244,4 +269,7 @@ def render_task(record: TaskRecord) -> dict[str, Any]:
             else None
         ),
         "callback": callback,
+        "attempt": record.attempt,
+        "retry": record.retry,
+        "attempts": record.attempts,
     }

@@ -32,8 +32,8 @@ class Runner(Protocol):
         """Terminal statuses reached."""
         ...
 
-    async def execute(self, record: TaskRecord) -> None:
-        """Run the queued task to a terminal status, recorded and announced."""
+    async def execute(self, record: TaskRecord) -> TaskRecord | None:
+        """Run the queued task to its end, recorded and announced; the task to run again."""
         ...
 
     async def finish(self, task_id: str, status: Status, **fields: Any) -> TaskRecord | None:
@@ -90,7 +90,7 @@ class LocalDispatcher:
         self._queue: asyncio.Queue[TaskRecord] = asyncio.Queue()
         self._queued_ids: set[str] = set()
         self._workers: list[asyncio.Task[None]] = []
-        self._running: dict[str, asyncio.Task[None]] = {}
+        self._running: dict[str, asyncio.Task[TaskRecord | None]] = {}
         self._accepting = True
 
     @property
@@ -181,7 +181,7 @@ class LocalDispatcher:
             record = await self._queue.get()
             task_id = record.id
             self._queued_ids.discard(task_id)
-            job: asyncio.Task[None] | None = None
+            job: asyncio.Task[TaskRecord | None] | None = None
             try:
                 if not self._accepting:
                     continue
@@ -194,6 +194,8 @@ class LocalDispatcher:
                 await asyncio.wait({job})
                 if not job.cancelled() and job.exception() is not None:
                     log.error("task %s failed in the runner", task_id, exc_info=job.exception())
+                elif not job.cancelled() and (again := job.result()) is not None:
+                    self.enqueue(again)  # its next attempt
             finally:
                 if job is not None and job.done():
                     self._running.pop(task_id, None)

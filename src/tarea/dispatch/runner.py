@@ -18,8 +18,8 @@ from typing import Any, Protocol
 
 from tarea.dispatch import callbacks, outbound
 from tarea.domain.records import CallbackState, TaskRecord, utcnow
-from tarea.domain.status import Status, status_for_error
-from tarea.domain.task import Limits, Outcome, RegistryAuth, TaskSpec
+from tarea.domain.status import Status, runs_again, status_for_error
+from tarea.domain.task import ErrorInfo, Limits, Outcome, RegistryAuth, TaskSpec
 from tarea.engine.executor import StartCallback
 from tarea.engine.protocols.jsonrpc import LogCallback, ProgressCallback
 from tarea.errors import EngineUnavailable
@@ -91,17 +91,21 @@ class TaskRunner:
         #: Tasks whose container is done, waiting for their end to be committed.
         self._settling: set[asyncio.Future[None]] = set()
 
-    async def execute(self, record: TaskRecord) -> None:
+    async def execute(self, record: TaskRecord) -> TaskRecord | None:
         """Run the queued task ``record`` to a terminal status (no-op if cancelled since).
 
         ``record`` is the task as stored; the runner keeps it up to date as it
         writes, and hands the final one to waiters without reading it back.
+
+        Returns:
+            The task queued again as its next attempt, when it failed in a way
+            its retry policy runs again (the caller queues it); else None.
         """
         task_id = record.id
         auth = self.credentials.pop(task_id, None)
         if task_id in self.cancelled:
             self.cancelled.discard(task_id)
-            return
+            return None
         marking: asyncio.Future[bool] | None = None
         current = record
 
@@ -119,7 +123,7 @@ class TaskRunner:
             }
             # Recorded while the call goes out, not before. The end goes through
             # the same single writer later, so it can never overtake this.
-            marking = self.store.advance(task_id, Status.RUNNING, **running)
+            marking = self.store.advance(task_id, Status.RUNNING, attempt=record.attempt, **running)
             current = dataclasses.replace(current, status=Status.RUNNING, **running)
             self.notices.publish(task_id, "status", status=Status.RUNNING.value)
             return True
@@ -148,12 +152,7 @@ class TaskRunner:
                 spec, on_start=on_start, on_progress=on_progress, on_log=on_log
             )
         except EngineUnavailable as exc:
-            if marking is not None:
-                self._watch(marking)
-            await self.finish(
-                task_id, Status.FAILED, error={"code": exc.code, "message": exc.message, "data": {}}
-            )
-            return
+            outcome = Outcome(error=ErrorInfo(exc.code, exc.message))
         except BaseException:
             if marking is not None:  # not awaited now: a failure of it is logged
                 self._watch(marking)
@@ -169,9 +168,15 @@ class TaskRunner:
             status, fields["result"] = Status.SUCCEEDED, outcome.result
         else:
             status, fields["error"] = status_for_error(outcome.error.code), asdict(outcome.error)
+            if runs_again(current.attempt, current.retry, outcome.error.code):
+                try:
+                    return await self._again(current, marking, fields["error"])
+                except Exception:
+                    log.exception("task %s: cannot queue its next attempt; it ends", task_id)
+                    marking = None  # awaited (or failed): the end below is unguarded
         if marking is None:  # never started: its record is the queued one, as carried
             await self.finish(task_id, status, **fields)
-            return
+            return None
         # The end goes to the writer at once, without waiting for the running
         # write: the one writer runs them in order (often in one transaction).
         # It applies only to the row as carried (running, on this worker): a
@@ -182,13 +187,37 @@ class TaskRunner:
             self._watch(marking)
             log.exception("task %s ran, but its end cannot be recorded", task_id)
             self._lost(current)
-            return
+            return None
         # The container is back in the pool: the worker slot is free for the
         # next task while the commit completes (waiters hear of it after).
         settle = asyncio.ensure_future(self._settle(current, marking, ending, status, fields))
         self._settling.add(settle)
         settle.add_done_callback(self._settling.discard)
         self._watch(settle)
+        return None
+
+    async def _again(
+        self, current: TaskRecord, marking: asyncio.Future[bool] | None, error: dict[str, Any]
+    ) -> TaskRecord | None:
+        """Queue ``current`` again as its next attempt; the task so queued, or None.
+
+        None when the task ended otherwise meanwhile (cancelled): that end stands.
+        """
+        if marking is not None and not await marking:
+            self._lost(current)
+            return None
+        again = await self.store.retry(current, error, worker=self.worker)
+        if again is None:
+            self._lost(current)
+            return None
+        log.info(
+            "task %s: attempt %d failed (%s); it runs again",
+            again.id,
+            current.attempt,
+            error["code"],
+        )
+        self.notices.publish(again.id, "status", status=again.status.value, attempt=again.attempt)
+        return again
 
     async def settled(self, timeout_s: float) -> bool:
         """Wait (at most ``timeout_s``) until every task that ran here has its end recorded.

@@ -70,3 +70,10 @@ class TaskRecord:
     progress: float | None = None
     progress_message: str | None = None
     callback: CallbackState | None = None
+    #: Which run of the task this is (1 for the first); every write of a run is
+    #: guarded by it, so a stale run never overwrites a newer one.
+    attempt: int = 1
+    #: ``{"max_attempts": N, "on": [codes]}``: which failures run it again.
+    retry: dict[str, Any] | None = None
+    #: How each earlier run ended: attempt, worker, started_at, finished_at, error.
+    attempts: list[dict[str, Any]] = field(default_factory=list)

@@ -47,3 +47,24 @@ def can_transition(current: Status, new: Status) -> bool:
 def status_for_error(code: str) -> Status:
     """The terminal status of a task that failed with ``error.code`` ``code``."""
     return Status.TIMED_OUT if code == "timed_out" else Status.FAILED
+
+
+#: Failure codes a task may ask to run again after (``retry.on``): its run was cut
+#: short by something outside what it computed, so running it again is safe
+#: for a task that is itself safe to run twice:
+#: its server vanished (``worker_lost``), its process died (``crashed``), the
+#: Docker engine did not answer (``engine_unavailable``), or its image could not
+#: be pulled (``image_pull_failed``: nothing of it ran). Not ``timed_out`` or
+#: ``oom_killed``: the same run would most likely end the same way.
+RETRYABLE = frozenset({"worker_lost", "crashed", "engine_unavailable", "image_pull_failed"})
+
+
+def runs_again(attempt: int, retry: dict[str, object] | None, code: str) -> bool:
+    """Whether a task on its ``attempt``-th run, failing with ``code``, runs once more."""
+    if retry is None or code not in RETRYABLE:
+        return False
+    allowed = retry.get("on")
+    limit = retry.get("max_attempts")
+    return (
+        isinstance(allowed, list) and code in allowed and isinstance(limit, int) and attempt < limit
+    )

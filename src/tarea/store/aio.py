@@ -100,9 +100,17 @@ class AsyncStore:
         """
         return self._writer.submit(self.sync.finish_write(record, new, fields))
 
-    def advance(self, task_id: str, new: Status, **fields: Any) -> asyncio.Future[bool]:
-        """Move the task to ``new`` if allowed, without reading it back; whether it moved."""
-        return self._writer.submit(self.sync.advance_write(task_id, new, fields))
+    def advance(
+        self, task_id: str, new: Status, *, attempt: int | None = None, **fields: Any
+    ) -> asyncio.Future[bool]:
+        """Move the task to ``new`` if allowed (and on ``attempt``); whether it moved."""
+        return self._writer.submit(self.sync.advance_write(task_id, new, fields, attempt=attempt))
+
+    def retry(
+        self, record: TaskRecord, error: dict[str, Any], *, worker: str
+    ) -> asyncio.Future[TaskRecord | None]:
+        """Queue the stored task ``record`` again as its next attempt (guarded); or None."""
+        return self._writer.submit(self.sync.retry_write(record, error, worker=worker))
 
     def update(self, task_id: str, **fields: Any) -> asyncio.Future[None]:
         """Set non-status fields."""

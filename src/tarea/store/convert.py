@@ -77,6 +77,9 @@ def to_record(row: TaskRow) -> TaskRecord:
         progress=row.progress,
         progress_message=row.progress_message,
         callback=None if row.callback is None else _decode_callback(row.callback),
+        attempt=row.attempt,
+        retry=row.retry,
+        attempts=row.attempts,
     )
 
 

@@ -52,7 +52,7 @@ from sqlalchemy.exc import ArgumentError
 from sqlalchemy.orm import sessionmaker
 from sqlalchemy.pool import ConnectionPoolEntry, PoolProxiedConnection, QueuePool
 
-from tarea.domain.records import TaskRecord
+from tarea.domain.records import TaskRecord, utcnow
 from tarea.domain.status import Status, can_transition
 from tarea.errors import ConfigurationError, InvalidRequest, QueueFull, QuotaExceeded, Refused
 from tarea.store.convert import FIELDS, aware, from_columns, to_columns, to_record
@@ -357,14 +357,23 @@ class SqlStore:
         """:meth:`transition` without reading the task back: whether it moved."""
         return self.run(self.advance_write(task_id, new, fields))
 
-    def advance_write(self, task_id: str, new: Status, fields: dict[str, Any]) -> Write[bool]:
-        """:meth:`advance` as a write (a bad field raises here, not when run)."""
+    def advance_write(
+        self, task_id: str, new: Status, fields: dict[str, Any], *, attempt: int | None = None
+    ) -> Write[bool]:
+        """:meth:`advance` as a write (a bad field raises here, not when run).
+
+        With ``attempt``, only while the task is on that attempt.
+        """
         values = self._settable(fields)
         new = Status(new)
         if not _PREDECESSORS[new]:
             return _nothing_moved
-        sql = self._update_sql(tuple(values), status=True, condition=_FROM_PREDECESSORS[new])
+        condition = _FROM_PREDECESSORS[new]
         params = {**values, "status": new.value, "_id": task_id}
+        if attempt is not None:
+            condition += f" AND attempt = {self._placeholder.format('_attempt')}"
+            params["_attempt"] = attempt
+        sql = self._update_sql(tuple(values), status=True, condition=condition)
 
         def write(tx: Tx) -> bool:
             tx.cursor.execute(sql, params)
@@ -389,19 +398,8 @@ class SqlStore:
             return _nothing
         # A carried running record always names its worker (a NULL one would
         # match no row, and the end would not be recorded).
-        ph = self._placeholder
-        sql = self._update_sql(
-            tuple(values),
-            status=True,
-            condition=f"status = {ph.format('_was')} AND worker = {ph.format('_worker')}",
-        )
-        params = {
-            **values,
-            "status": new.value,
-            "_id": record.id,
-            "_was": record.status.value,
-            "_worker": record.worker,
-        }
+        sql = self._update_sql(tuple(values), status=True, condition=self._as_carried)
+        params = {**values, "status": new.value, **self._carried(record)}
         updated = dataclasses.replace(record, status=new, **fields)
 
         def write(tx: Tx) -> TaskRecord | None:
@@ -409,6 +407,63 @@ class SqlStore:
             return updated if tx.cursor.rowcount == 1 else None
 
         return write
+
+    def retry_write(
+        self, record: TaskRecord, error: dict[str, Any], *, worker: str
+    ) -> Write[TaskRecord | None]:
+        """Queue the stored task ``record`` again, as its next attempt, for ``worker``.
+
+        Its run so far (``record.attempt``) is kept in ``attempts`` with
+        ``error``; the row changes only while it is as ``record`` says (status,
+        worker and attempt), so a stale run can never requeue a newer one.
+        The result is the task as queued again, or None if it was not.
+        """
+        finished = utcnow()
+        ended = {
+            "attempt": record.attempt,
+            "worker": record.worker,
+            "started_at": None if record.started_at is None else record.started_at.isoformat(),
+            "finished_at": finished.isoformat(),
+            "error": error,
+        }
+        fields: dict[str, Any] = {
+            "attempt": record.attempt + 1,
+            "attempts": [*record.attempts, ended],
+            "worker": worker,
+            "started_at": None,
+            "container_id": None,
+            "exit_code": None,
+            "progress": None,
+            "progress_message": None,
+        }
+        values = self._settable(fields)
+        sql = self._update_sql(tuple(values), status=True, condition=self._as_carried)
+        params = {**values, "status": Status.QUEUED.value, **self._carried(record)}
+        queued = dataclasses.replace(record, status=Status.QUEUED, **fields)
+
+        def write(tx: Tx) -> TaskRecord | None:
+            tx.cursor.execute(sql, params)
+            return queued if tx.cursor.rowcount == 1 else None
+
+        return write
+
+    @property
+    def _as_carried(self) -> str:
+        """The condition "the row is as the caller carried it": status, worker, attempt."""
+        ph = self._placeholder
+        return (
+            f"status = {ph.format('_was')} AND worker = {ph.format('_worker')} "
+            f"AND attempt = {ph.format('_attempt')}"
+        )
+
+    @staticmethod
+    def _carried(record: TaskRecord) -> dict[str, Any]:
+        return {
+            "_id": record.id,
+            "_was": record.status.value,
+            "_worker": record.worker,
+            "_attempt": record.attempt,
+        }
 
     def update(self, task_id: str, **fields: Any) -> None:
         """Set non-status fields (``progress``, ``progress_message``, ``callback``, ``logs``...).

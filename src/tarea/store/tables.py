@@ -127,6 +127,11 @@ class TaskRow(Base):
     progress: Mapped[float | None] = mapped_column(Float)
     progress_message: Mapped[str | None] = mapped_column(Text)
     callback: Mapped[dict[str, Any] | None] = mapped_column(json_type(nullable=True))
+    attempt: Mapped[int] = mapped_column(Integer, server_default="1")
+    retry: Mapped[dict[str, Any] | None] = mapped_column(json_type(nullable=True))
+    attempts: Mapped[list[dict[str, Any]]] = mapped_column(
+        json_type(nullable=False), server_default="[]"
+    )
 
 
 class ServerRow(Base):

@@ -43,6 +43,7 @@ def _new_task(body: TaskCreate) -> NewTask:
         limits=body.limits.model_dump(exclude_none=True) if body.limits else {},
         isolation=body.isolation,
         callback_url=str(body.callback_url) if body.callback_url else None,
+        retry=body.retry.model_dump() if body.retry else None,
     )
 
 
