@@ -9,6 +9,7 @@ The tree::
     │   └── CallbackUrlNotAllowed   callback_url_not_allowed: an address the
     │                               outbound policy refuses (TAREA_CALLBACK_ALLOW)
     ├── EngineUnavailable           the Docker engine does not answer (503)
+    ├── StoreUnavailable            the database does not answer, or refuses writes (503)
     ├── Refused                     the service said no to a request; ``code``
     │   ├── ImageNotAllowed         image_not_allowed (403)
     │   ├── TaskNotFound            task_not_found (404): none, or another tenant's
@@ -82,6 +83,16 @@ class EngineUnavailable(TareaError):
     code: str = "engine_unavailable"
 
     def __init__(self, message: str = "the Docker engine does not answer") -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class StoreUnavailable(TareaError):
+    """The task store cannot be reached or written (down, restarting, full); answered 503."""
+
+    code: str = "store_unavailable"
+
+    def __init__(self, message: str = "the task store does not answer") -> None:
         super().__init__(message)
         self.message = message
 

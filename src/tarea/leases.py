@@ -4,6 +4,11 @@ Every server renews its row in ``servers`` every third of ``TAREA_LEASE_S``.
 A server silent for longer than the lease is dead; the live servers each try
 to claim it with one guarded UPDATE, so exactly one takes it over and
 settles its tasks (:meth:`tarea.service.TaskService.take_over`).
+
+A server judges others only after it has itself beaten without a miss for a
+whole lease: after the database was away (restarted, say), every server's
+last beat is old, and the first one back must not take over the others
+before they had the time to beat again.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ import asyncio
 import contextlib
 import logging
 import socket
+import time
 from collections.abc import Awaitable, Callable
 
 from tarea import __version__
@@ -46,6 +52,8 @@ class Membership:
         self._host = socket.gethostname()
         self._started_at = utcnow()
         self._loop: asyncio.Task[None] | None = None
+        #: Since when (monotonic) every beat succeeded; None after a missed one.
+        self._steady_since: float | None = None
 
     async def start(self) -> None:
         """Beat once now (so the server is listed at once), then every third of the lease."""
@@ -59,9 +67,15 @@ class Membership:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._loop
 
+    @property
+    def steady(self) -> bool:
+        """Whether this server has beaten without a miss for a whole lease."""
+        since = self._steady_since
+        return since is not None and time.monotonic() - since >= self.lease_s
+
     async def check(self) -> list[str]:
         """Take over every silent server this server can claim; their ids."""
-        taken = []
+        taken: list[str] = []
         for dead in await self._store.silent(self.lease_s, besides=self.server_id):
             if await self._store.take_over(dead, by=self.server_id, lease_s=self.lease_s):
                 log.warning(
@@ -72,15 +86,22 @@ class Membership:
         return taken
 
     async def _beat(self) -> None:
-        await self._store.beat(
-            self.server_id, host=self._host, version=__version__, started_at=self._started_at
-        )
+        try:
+            await self._store.beat(
+                self.server_id, host=self._host, version=__version__, started_at=self._started_at
+            )
+        except BaseException:
+            self._steady_since = None
+            raise
+        if self._steady_since is None:
+            self._steady_since = time.monotonic()
 
     async def _beat_forever(self) -> None:
         while True:
             await asyncio.sleep(self.lease_s / 3)
             try:
                 await self._beat()
-                await self.check()
+                if self.steady:
+                    await self.check()
             except Exception as exc:  # the store is away: try again next time
                 log.warning("heartbeat failed: %s", exc)

@@ -304,3 +304,72 @@ def test_a_server_killed_mid_task_is_taken_over_by_the_other(
             assert servers[pair.a.server_id]["taken_over_by"] == pair.b.server_id
         finally:
             stop_pair(pair)
+
+
+def restart_postgres() -> None:
+    """Restart the local PostgreSQL cluster the tests use (fast shutdown), as root."""
+    line = subprocess.run(
+        ["pg_lsclusters", "--no-header"], capture_output=True, text=True, check=True
+    ).stdout.split()
+    version, cluster = line[0], line[1]
+    subprocess.run(
+        ["pg_ctlcluster", version, cluster, "restart", "-m", "fast"],
+        capture_output=True,
+        check=True,
+        timeout=60,
+    )
+
+
+def settled(node: Node, task_id: str, timeout_s: float) -> dict[str, Any]:
+    """GET the task until it is terminal, riding out answers of a store that is away."""
+    deadline = time.monotonic() + timeout_s
+    last: Any = None
+    while time.monotonic() < deadline:
+        try:
+            response = node.http.get(f"/v1/tasks/{task_id}")
+        except httpx.TransportError as exc:
+            last = exc
+        else:
+            last = response.text
+            if response.status_code == 200 and response.json()["status"] in TERMINAL:
+                task: dict[str, Any] = response.json()
+                return task
+            assert response.status_code in (200, 503), response.text
+        time.sleep(0.1)
+    raise AssertionError(f"task {task_id} never ended: {last}")
+
+
+def test_postgresql_restarted_under_load_leaves_no_task_without_an_end(
+    tasks_image: str,
+    postgres_url: str,
+    postgres_admin: Engine,
+    tmp_path: Path,
+) -> None:
+    """PostgreSQL restarted while both servers run tasks: every accepted task ends (a submit
+    while it is away is refused 503 store_unavailable, never 500), and each server keeps the
+    other alive (nobody is taken over for the outage)."""
+    with postgres_schema(postgres_url, postgres_admin) as url:
+        pair = start_pair(tmp_path, url)
+        try:
+            accepted = [
+                (node, submit(node, esperar(1.5))) for node in (pair.a, pair.b) for _ in range(6)
+            ]
+            restart_postgres()
+            for node in (pair.a, pair.b) * 3:  # while it comes back
+                response = node.http.post("/v1/tasks", json=esperar(0.5))
+                if response.status_code == 202:
+                    accepted.append((node, response.json()))
+                else:
+                    assert response.status_code == 503, response.text
+                    assert response.json()["code"] == "store_unavailable"
+
+            ends = [settled(node, task["id"], 60)["status"] for node, task in accepted]
+
+            assert ends == ["succeeded"] * len(accepted)
+            servers = pair.a.http.get("/v1/servers").json()["items"]
+            assert {s["id"]: s["taken_over_by"] for s in servers} == {
+                pair.a.server_id: None,
+                pair.b.server_id: None,
+            }
+        finally:
+            stop_pair(pair)

@@ -34,6 +34,7 @@ STATUS_OF_CODE: dict[str, int] = {
     "image_pull_failed": 424,
     "image_not_allowed": 403,
     "engine_unavailable": 503,
+    "store_unavailable": 503,
     "not_found": 404,
     "task_not_found": 404,
     "not_cancellable": 409,

@@ -24,9 +24,11 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from typing import Any, Protocol, TypeAlias, TypeVar
 
+import sqlalchemy.exc
+
 from tarea.domain.records import TaskRecord
 from tarea.domain.status import Status
-from tarea.errors import Refused
+from tarea.errors import Refused, StoreUnavailable
 from tarea.store.cluster import Cluster, ServerInfo, StoredEvent
 from tarea.store.sql import Admission, Done, SqlStore, Write
 
@@ -50,11 +52,17 @@ class AsyncStore:
         self.sync = store
         self.cluster = Cluster(store.engine)
         self._readers = ThreadPoolExecutor(max_workers=readers, thread_name_prefix="store-read")
-        self._writer = BatchWriter(store.writer())
+        dbapi = store.engine.dialect.loaded_dbapi
+        self._writer = BatchWriter(
+            store.writer(), unreachable=(dbapi.OperationalError, dbapi.InterfaceError)
+        )
 
     async def _read(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._readers, functools.partial(fn, *args, **kwargs))
+        try:
+            return await loop.run_in_executor(self._readers, functools.partial(fn, *args, **kwargs))
+        except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError) as exc:
+            raise unavailable(exc) from exc
 
     def create(
         self, record: TaskRecord, admission: Admission | None = None
@@ -193,9 +201,17 @@ class BatchWriter:
         batch_max: the most writes one batch takes.
     """
 
-    def __init__(self, runner: BatchRunner, batch_max: int = BATCH_MAX) -> None:
+    def __init__(
+        self,
+        runner: BatchRunner,
+        batch_max: int = BATCH_MAX,
+        *,
+        unreachable: tuple[type[BaseException], ...] = (),
+    ) -> None:
         self._runner = runner
         self._batch_max = batch_max
+        #: The driver's errors that mean "the database is away": StoreUnavailable.
+        self._unreachable = unreachable
         # A C-implemented queue: no Python-level lock on the event loop's side.
         # None is the "stop" mark that close() puts last.
         self._queue: queue.SimpleQueue[_Item | None] = queue.SimpleQueue()
@@ -275,7 +291,14 @@ class BatchWriter:
             except BaseException as exc:  # the thread ends (see _loop); so does the batch
                 self._hand_back(batch, [(None, exc)] * len(batch))
                 raise
-            self._hand_back(batch, outcomes)
+            self._hand_back(batch, [self._converted(done) for done in outcomes])
+
+    def _converted(self, done: Done) -> Done:
+        """An outcome whose error means "the database is away" carries StoreUnavailable."""
+        _, error = done
+        if error is not None and isinstance(error, self._unreachable):
+            return None, unavailable(error)
+        return done
 
     @staticmethod
     def _hand_back(
@@ -289,6 +312,13 @@ class BatchWriter:
         for loop, done in by_loop.items():
             with contextlib.suppress(RuntimeError):  # a closed loop: nobody waits
                 loop.call_soon_threadsafe(_deliver, done)
+
+
+def unavailable(error: BaseException) -> StoreUnavailable:
+    """A driver's "the database is away" error as tarea's (the cause kept for the logs)."""
+    failure = StoreUnavailable(f"the task store does not answer: {str(error).strip()[:200]}")
+    failure.__cause__ = error
+    return failure
 
 
 def _deliver(done: builtins.list[tuple[asyncio.Future[Any], Done]]) -> None:
