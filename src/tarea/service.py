@@ -19,6 +19,7 @@ from typing import Any
 from tarea.dispatch import callbacks, outbound
 from tarea.dispatch.local import LocalDispatcher
 from tarea.dispatch.runner import Completions, Render, TaskRunner
+from tarea.domain import nesting
 from tarea.domain.images import ImageReference, matches_any, parse_reference
 from tarea.domain.records import TaskRecord, new_task_id
 from tarea.domain.status import Status
@@ -35,6 +36,7 @@ from tarea.errors import (
     QuotaExceeded,
     TareaError,
     TaskNotFound,
+    TooDeep,
 )
 from tarea.events import EventHub
 from tarea.settings import Settings
@@ -237,7 +239,11 @@ class TaskService:
             InvalidRequest: a limit over the server's maximum.
             CallbackUrlNotAllowed: the callback URL is a literal address, or
                 ``localhost``, that TAREA_CALLBACK_ALLOW does not allow.
+            TooDeep: params or metadata nest deeper than ``nesting.MAX_DEPTH``.
         """
+        for name, value in (("params", new.params), ("metadata", new.metadata)):
+            if nesting.too_deep(value):
+                raise TooDeep(f"{name} nests deeper than {nesting.MAX_DEPTH} levels", field=name)
         reference = parse_reference(new.image)
         if not image_allowed(reference, self._image_patterns):
             raise ImageNotAllowed(f"image {new.image!r} is not allowed on this server")

@@ -17,6 +17,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from tarea.domain import nesting
 from tarea.errors import EngineUnavailable, InvalidRequest, TareaError
 
 log = logging.getLogger(__name__)
@@ -28,6 +29,7 @@ STATUS_OF_CODE: dict[str, int] = {
     "invalid_request": 422,
     "invalid_image_reference": 422,
     "callback_url_not_allowed": 422,
+    "too_deep": 422,
     "validation_error": 422,
     "unsupported_image": 422,
     "image_not_found": 404,
@@ -169,6 +171,14 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 400 and isinstance(exc.__cause__, RecursionError):
+            # json.loads gave up on the body's nesting (~1,000 levels deep).
+            return problem(
+                422,
+                "too_deep",
+                "the request body nests too deeply to be read: params and metadata "
+                f"may nest at most {nesting.MAX_DEPTH} levels",
+            )
         if exc.status_code == 400:
             # FastAPI's answer to a body it cannot decode (not UTF-8): invalid
             # input like any other, answered as the documented 422.
