@@ -317,6 +317,73 @@ class TaskService:
             stored = await self._await(stored.id, waiter, wait_s)
         return stored, True
 
+    async def submit_batch(
+        self, news: list[NewTask], *, tenant: str, auths: list[RegistryAuth | None]
+    ) -> list[TaskRecord]:
+        """Record and queue every task of a batch, or none of them; their records, in order.
+
+        Room is checked for the whole batch before anything is recorded, and
+        the tenant's quota is taken for all of it before the first ``await``:
+        no request in between can take it, so a batch is never refused halfway
+        with part of it recorded and running.
+
+        Raises:
+            Draining: the server is shutting down.
+            QueueFull: the queue has no room for the whole batch.
+            QuotaExceeded: the whole batch does not fit in the tenant's quota.
+            InvalidRequest: a task is malformed (the route names which one first).
+        """
+        if self.draining:
+            raise Draining("the server is shutting down; submit again shortly")
+        queued, room = self.dispatcher.queued, self.settings.max_queued
+        if queued + len(news) > room:
+            raise QueueFull(f"a batch of {len(news)} tasks does not fit: {queued} of {room} wait")
+        quota, active = self.settings.tenant_max_active, len(self._active.get(tenant, ()))
+        if quota and active + len(news) > quota:
+            raise QuotaExceeded(
+                f"a batch of {len(news)} tasks does not fit in this tenant's quota: "
+                f"{active} of {quota} are queued or running"
+            )
+        records = [self._batch_record(new, tenant) for new in news]
+        taken = {record.id for record in records}
+        self._active[tenant] |= taken  # before any await: the room is the batch's
+        try:
+            created = await asyncio.gather(*(self.store.create(record) for record in records))
+        except BaseException:
+            self._release(tenant, taken)
+            raise
+        stored = [record for record, _ in created]
+        for record, auth in zip(stored, auths, strict=True):
+            if auth is not None:  # kept in memory for the one pull, never stored
+                self.runner.credentials[record.id] = auth
+            self.dispatcher.enqueue(record)
+            self.hub.publish(record.id, "status", status=Status.QUEUED.value)
+        return stored
+
+    def _batch_record(self, new: NewTask, tenant: str) -> TaskRecord:
+        """The record of one task of a batch (validated: its effective limits)."""
+        return TaskRecord(
+            id=new_task_id(),
+            tenant=tenant,
+            status=Status.QUEUED,
+            image=new.image,
+            function=new.function,
+            params=new.params,
+            metadata=new.metadata,
+            limits=self.validate(new),
+            isolation=new.isolation,
+            callback_url=new.callback_url,
+            worker=self.settings.server_id,  # it runs here: see recover()
+        )
+
+    def _release(self, tenant: str, ids: set[str]) -> None:
+        """Give back the quota ``ids`` took (tasks that were never recorded)."""
+        active = self._active.get(tenant)
+        if active is not None:
+            active -= ids
+            if not active:
+                del self._active[tenant]
+
     async def get(self, task_id: str, tenant: str | None) -> TaskRecord:
         """The task.
 

@@ -6,9 +6,11 @@ One real server with two tenants (alpha, beta); every request goes to 127.0.0.1.
 from __future__ import annotations
 
 import subprocess
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -153,3 +155,46 @@ def test_a_result_nested_too_deep_fails_the_task_and_spares_the_listing(
         again = beta.get(f"/v1/tasks/{task['id']}")
         assert again.status_code == 200
         assert again.json()["result"] is None
+
+
+# -- batches ----------------------------------------------------------------------------
+
+
+def wait_until_idle(http: httpx.Client, deadline_s: float = 30) -> None:
+    """Wait until none of the tenant's tasks is queued or running."""
+    deadline = time.monotonic() + deadline_s
+    while True:
+        items = http.get("/v1/tasks", params={"limit": 200}).json()["items"]
+        if not [t for t in items if t["status"] in ("queued", "running")]:
+            return
+        assert time.monotonic() < deadline, "the tenant's tasks did not end"
+        time.sleep(0.2)
+
+
+def esperar(seconds: float) -> dict[str, Any]:
+    return {"image": "tasks_image:latest", "function": "esperar", "params": {"segundos": seconds}}
+
+
+def test_a_batch_over_the_quota_is_refused_whole_and_records_nothing(server: Server) -> None:
+    """A batch larger than the tenant's remaining quota is 429 and none of it is recorded."""
+    with server.client("beta") as beta:
+        wait_until_idle(beta)
+        busy = [beta.post("/v1/tasks", json=esperar(30)).json()["id"] for _ in range(QUOTA - 1)]
+        try:
+            before = ids(beta)
+            refused = beta.post("/v1/batches", json={"tasks": [SUMA, SUMA]})
+            assert refused.status_code == 429, refused.text[:300]
+            assert refused.json()["code"] == "quota_exceeded"
+            assert refused.headers["retry-after"]
+            assert ids(beta) == before  # nothing recorded, so nothing runs
+
+            fits = beta.post("/v1/batches", json={"tasks": [SUMA]})  # exactly the room left
+            assert fits.status_code == 202, fits.text[:300]
+            assert {t["id"] for t in fits.json()["items"]} <= ids(beta)
+        finally:
+            for task_id in busy:
+                beta.post(f"/v1/tasks/{task_id}/cancel")
+        wait_until_idle(beta)
+        with server.client("alpha") as alpha:  # another tenant's quota is its own
+            assert alpha.post("/v1/batches", json={"tasks": [SUMA] * QUOTA}).status_code == 202
+            wait_until_idle(alpha)
