@@ -198,3 +198,35 @@ def test_a_batch_over_the_quota_is_refused_whole_and_records_nothing(server: Ser
         with server.client("alpha") as alpha:  # another tenant's quota is its own
             assert alpha.post("/v1/batches", json={"tasks": [SUMA] * QUOTA}).status_code == 202
             wait_until_idle(alpha)
+
+
+def test_a_batch_the_queue_cannot_take_whole_is_refused_and_records_nothing(
+    tmp_path: Path, tasks_image: str
+) -> None:
+    """A batch larger than the queue's room left is 503 queue_full and none of it is recorded."""
+    proc, url = start_server(
+        {
+            "TAREA_DATABASE_URL": f"sqlite:///{tmp_path}/tarea.db",
+            "TAREA_CONCURRENCY": "1",
+            "TAREA_MAX_QUEUED": "2",
+        },
+        tmp_path / "server.log",
+    )
+    try:
+        with httpx.Client(base_url=url, timeout=60) as http:
+            running = http.post("/v1/tasks", json=esperar(30)).json()["id"]
+            deadline = time.monotonic() + 30
+            while http.get(f"/v1/tasks/{running}").json()["status"] != "running":
+                assert time.monotonic() < deadline, "the first task never started"
+                time.sleep(0.1)
+            queued = http.post("/v1/tasks", json=esperar(30)).json()["id"]  # 1 of 2 places
+            before = ids(http)
+            refused = http.post("/v1/batches", json={"tasks": [SUMA, SUMA]})
+            assert refused.status_code == 503, refused.text[:300]
+            assert refused.json()["code"] == "queue_full"
+            assert ids(http) == before
+            for task_id in (queued, running):
+                http.post(f"/v1/tasks/{task_id}/cancel")
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
