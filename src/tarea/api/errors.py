@@ -16,6 +16,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from tarea.domain import nesting
 from tarea.errors import EngineUnavailable, InvalidRequest, TareaError
@@ -190,6 +191,12 @@ def install(app: FastAPI) -> None:
         if exc.headers:  # e.g. Allow on a 405
             response.headers.update(exc.headers)
         return response
+
+    @app.exception_handler(ClientDisconnect)
+    async def _gone(_: Request, exc: ClientDisconnect) -> JSONResponse:
+        # The client went, or was closed for sending its body too slowly
+        # (api/connections.py): nobody hears this answer, and nothing broke.
+        return problem(400, "client_disconnected", "the client closed the connection")
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
