@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
+import sys
 from collections.abc import Callable, Coroutine
 from typing import Any
 
@@ -257,3 +259,19 @@ def test_connections_past_the_cap_are_answered_429_at_once() -> None:
         assert harness.cls.counts.open("192.0.2.9") == 2
 
     run(scenario)
+
+
+def test_the_open_files_limit_is_raised_to_the_hard_one() -> None:
+    """At start the server lifts its soft limit of open files to the hard one."""
+    code = (
+        "import resource\n"
+        "from tarea.__main__ import raise_open_files_limit\n"
+        "soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)\n"
+        "resource.setrlimit(resource.RLIMIT_NOFILE, (min(256, hard), hard))\n"
+        "print(raise_open_files_limit() == resource.getrlimit(resource.RLIMIT_NOFILE))\n"
+        "print(resource.getrlimit(resource.RLIMIT_NOFILE)[0] == hard)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert result.stdout.split() == ["True", "True"]
