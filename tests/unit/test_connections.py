@@ -116,9 +116,18 @@ class FakeTransport(asyncio.Transport):
     def get_write_buffer_size(self) -> int:
         return 0
 
+    def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
+        self.protocol = protocol
+
+    def get_protocol(self) -> asyncio.BaseProtocol:
+        return self.protocol
+
 
 async def ok_app(scope: Any, receive: Any, send: Any) -> None:
-    """Read the body, answer 200."""
+    """Read the body, answer 200 (a WebSocket: refuse it)."""
+    if scope["type"] == "websocket":
+        await send({"type": "websocket.close"})
+        return
     while (await receive()).get("more_body"):
         pass
     await send(
@@ -275,3 +284,27 @@ def test_the_open_files_limit_is_raised_to_the_hard_one() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
     )
     assert result.stdout.split() == ["True", "True"]
+
+
+def test_a_connection_handed_to_websockets_is_no_longer_counted_or_timed() -> None:
+    """An upgrade hands the connection over: its count is given back, no deadline fires on it."""
+
+    async def scenario() -> None:
+        errors: list[dict[str, Any]] = []
+        asyncio.get_running_loop().set_exception_handler(lambda _, context: errors.append(context))
+        harness = Harness(cap=1)
+        protocol, transport = harness.connect("192.0.2.20")
+        protocol.data_received(
+            b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        )
+        assert transport.get_protocol() is not protocol
+        assert harness.cls.counts.open("192.0.2.20") == 0
+        written = bytes(transport.written)
+        await asyncio.sleep(SHORT * 3)
+        assert b"408" not in bytes(transport.written)[len(written) :]
+        protocol.data_received(b"more")  # not its connection any more: ignored
+        await asyncio.sleep(SHORT * 3)
+        assert errors == []  # no deadline of the old protocol fired on it
+
+    run(scenario)

@@ -163,7 +163,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._deadline_for: tuple[_Phase, int] | None = None
         self._header_bytes = 0
         self._client_key: str | None = None
-        self._refused = False
+        #: The connection is not this protocol's: refused at once, or handed to a WebSocket one.
+        self._detached = False
 
     # -- the connection --------------------------------------------------------------
 
@@ -171,7 +172,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         peer = transport.get_extra_info("peername")
         key = client_key(str(peer[0])) if isinstance(peer, tuple) and peer else None
         if key is not None and not self.counts.take(key):
-            self._refused = True
+            self._detached = True
             transport.write(
                 problem_response(
                     429,
@@ -187,7 +188,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._arm(_Phase.HEADERS)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if self._refused:
+        if self._detached:
             return
         self._disarm()
         if self._client_key is not None:
@@ -197,6 +198,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def handle_websocket_upgrade(self) -> None:
         # The transport goes to another protocol, whose end this one never sees.
+        self._detached = True
         self._disarm()
         if self._client_key is not None:
             self.counts.give_back(self._client_key)
@@ -204,12 +206,13 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         super().handle_websocket_upgrade()
 
     def data_received(self, data: bytes) -> None:
-        if self._refused:
+        if self._detached:
             return
         if self._phase is not _Phase.BODY:
             self._header_bytes += len(data)
         super().data_received(data)
-        self._follow()
+        if not self._detached:
+            self._follow()
 
     # -- the parser's steps ------------------------------------------------------------
 
