@@ -49,7 +49,7 @@ from fastapi.responses import JSONResponse
 
 from bench.config import TASK_IMAGE
 from bench.floor_app import TaskIn, _now, finished_task
-from tarea.engine.channels import WELCOME, peer_in_container
+from tarea.engine.channels import WELCOME, ProcessIdentity, peer_in_container
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS tasks (
@@ -155,7 +155,9 @@ class Containers:
         self.ids.append(str(container.id))
         loop = asyncio.get_running_loop()
         conn, _ = await asyncio.wait_for(loop.sock_accept(listener), timeout=30)
-        if not peer_in_container(conn, str(container.id)):  # as tarea checks, and welcomes
+        await asyncio.to_thread(container.reload)
+        identity = ProcessIdentity.of(int(container.attrs["State"]["Pid"]))
+        if identity is None or not peer_in_container(conn, identity):  # as tarea checks
             raise RuntimeError("a process outside the task container took its channel")
         await loop.sock_sendall(conn, WELCOME)
         listener.close()

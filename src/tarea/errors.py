@@ -6,6 +6,7 @@ The tree::
     ├── ConfigurationError          settings that cannot work
     ├── InvalidRequest              a client asked for something malformed (422)
     │   ├── InvalidImageReference   not a valid distribution reference
+    │   ├── TooDeep                 too_deep: params or metadata nested past 64 levels
     │   └── CallbackUrlNotAllowed   callback_url_not_allowed: an address the
     │                               outbound policy refuses (TAREA_CALLBACK_ALLOW)
     ├── EngineUnavailable           the Docker engine does not answer (503)
@@ -65,6 +66,12 @@ class InvalidImageReference(InvalidRequest):
     """The image name is not a valid distribution reference."""
 
     code: str = "invalid_image_reference"
+
+
+class TooDeep(InvalidRequest):
+    """Params or metadata nest deeper than tarea keeps (:data:`tarea.domain.nesting.MAX_DEPTH`)."""
+
+    code: str = "too_deep"
 
 
 class CallbackUrlNotAllowed(InvalidRequest):

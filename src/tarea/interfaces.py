@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+from collections.abc import Sequence
 from contextlib import AbstractAsyncContextManager
 from datetime import datetime
 from typing import Any, Protocol
@@ -32,6 +33,12 @@ class TaskStore(Protocol):
         self, record: TaskRecord, admission: Admission | None = None
     ) -> asyncio.Future[tuple[TaskRecord, bool] | Refused]:
         """Insert ``record`` (if admitted), or return the task its idempotency key names."""
+        ...
+
+    def create_many(
+        self, records: Sequence[TaskRecord], admission: Admission
+    ) -> asyncio.Future[builtins.list[TaskRecord] | Refused]:
+        """Insert all of ``records`` (one tenant's batch) if they fit, else none."""
         ...
 
     async def get(self, task_id: str, tenant: str | None = None) -> TaskRecord | None:

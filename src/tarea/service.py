@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tarea.dispatch import outbound
+from tarea.domain import nesting
 from tarea.domain.images import ImageReference, matches_any, parse_reference
 from tarea.domain.records import TaskRecord, new_task_id
 from tarea.domain.status import RETRYABLE, Status, runs_again
@@ -33,6 +34,7 @@ from tarea.errors import (
     Refused,
     TareaError,
     TaskNotFound,
+    TooDeep,
 )
 from tarea.interfaces import Dispatcher, Notices, TaskStore
 from tarea.notices import Subscription
@@ -261,7 +263,11 @@ class TaskService:
             InvalidRequest: a limit over the server's maximum.
             CallbackUrlNotAllowed: the callback URL is a literal address, or
                 ``localhost``, that TAREA_CALLBACK_ALLOW does not allow.
+            TooDeep: params or metadata nest deeper than ``nesting.MAX_DEPTH``.
         """
+        for name, value in (("params", new.params), ("metadata", new.metadata)):
+            if nesting.too_deep(value):
+                raise TooDeep(f"{name} nests deeper than {nesting.MAX_DEPTH} levels", field=name)
         reference = parse_reference(new.image)
         if not image_allowed(reference, self._image_patterns):
             raise ImageNotAllowed(f"image {new.image!r} is not allowed on this server")
@@ -296,23 +302,7 @@ class TaskService:
         """
         if self.draining:
             raise Draining("the server is shutting down; submit again shortly")
-        limits = self.validate(new)
-        record = TaskRecord(
-            id=new_task_id(),
-            tenant=tenant,
-            status=Status.QUEUED,
-            image=new.image,
-            function=new.function,
-            params=new.params,
-            metadata=new.metadata,
-            limits=limits,
-            isolation=new.isolation,
-            callback_url=new.callback_url,
-            retry=new.retry,
-            idempotency_key=idempotency_key,
-            request_hash=new.fingerprint() if idempotency_key else None,
-            worker=self.server_id,  # it runs here: see recover() and take_over()
-        )
+        record = self._record(new, tenant, idempotency_key)
         created = await self.store.create(record, self._admission)
         if isinstance(created, Refused):
             raise created
@@ -332,6 +322,55 @@ class TaskService:
         if waiter is not None and wait_s is not None:
             stored = await self._await(stored.id, waiter, wait_s)
         return stored, True
+
+    async def submit_batch(
+        self,
+        news: builtins.list[NewTask],
+        *,
+        tenant: str,
+        auths: builtins.list[RegistryAuth | None],
+    ) -> builtins.list[TaskRecord]:
+        """Record and queue every task of a batch, or none of them; their records, in order.
+
+        The tenant's quota and the queue's room are counted for the whole batch
+        in the transaction that records it: a batch is never refused halfway
+        with part of it recorded and running.
+
+        Raises:
+            Draining: the server is shutting down.
+            QueueFull: the queue has no room for the whole batch.
+            QuotaExceeded: the whole batch does not fit in the tenant's quota.
+            InvalidRequest: a task is malformed (the route names which one first).
+        """
+        if self.draining:
+            raise Draining("the server is shutting down; submit again shortly")
+        records = [self._record(new, tenant) for new in news]
+        created = await self.store.create_many(records, self._admission)
+        if isinstance(created, Refused):
+            raise created
+        for record, auth in zip(created, auths, strict=True):
+            self.dispatcher.enqueue(record, auth)
+            self.notices.publish(record.id, "status", status=Status.QUEUED.value)
+        return created
+
+    def _record(self, new: NewTask, tenant: str, idempotency_key: str | None = None) -> TaskRecord:
+        """The record of a new task (validated: see :meth:`validate`), queued on this server."""
+        return TaskRecord(
+            id=new_task_id(),
+            tenant=tenant,
+            status=Status.QUEUED,
+            image=new.image,
+            function=new.function,
+            params=new.params,
+            metadata=new.metadata,
+            limits=self.validate(new),
+            isolation=new.isolation,
+            callback_url=new.callback_url,
+            retry=new.retry,
+            idempotency_key=idempotency_key,
+            request_hash=new.fingerprint() if idempotency_key else None,
+            worker=self.server_id,  # it runs here: see recover() and take_over()
+        )
 
     async def get(self, task_id: str, tenant: str | None) -> TaskRecord:
         """The task.

@@ -193,6 +193,24 @@ class Settings(BaseSettings):
         100, ge=0, description="Queued+running tasks one tenant may have (429 beyond; 0: no cap)."
     )
     max_body_kb: int = Field(1024, ge=1, description="Largest request body, KiB (413 beyond).")
+    header_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        description="A request's line and headers must all arrive within this many seconds "
+        "(of the connection's opening, or of the request's first byte); else 408 and closed.",
+    )
+    body_timeout_s: float = Field(
+        30.0,
+        gt=0,
+        description="A request's body must all arrive within this many seconds of its "
+        "headers; else 408 and closed.",
+    )
+    max_connections_per_client: int = Field(
+        256,
+        ge=0,
+        description="Connections one client address (IPv6: one /64) may have open; more "
+        "are answered 429 and closed at once (0: no cap).",
+    )
     image_allow: str = Field(
         "",
         description="Comma-separated glob patterns of the image references tasks may use, "

@@ -41,8 +41,9 @@ def build_engine(settings: Settings) -> Engine:
         seed_network=settings.seed_network,
         extra_labels={SERVER_LABEL: settings.server_id},
     )
+    docker = DockerEngine(settings.docker_host)
     return Engine(
-        DockerEngine(settings.docker_host),
+        docker,
         policy,
         start_timeout_s=settings.start_timeout_s,
         log_cap=settings.log_kb * 1024,
@@ -58,7 +59,9 @@ def build_engine(settings: Settings) -> Engine:
             host: RegistryAuth(login.username, login.password.get_secret_value())
             for host, login in settings.registry_auth.items()
         },
-        channels=ChannelDir.for_engine(settings.channel_dir, settings.docker_host)
+        channels=ChannelDir.for_engine(
+            settings.channel_dir, settings.docker_host, init_pid=docker.init_pid
+        )
         if settings.direct_channels
         else None,
         strict_images=settings.strict_patterns(),

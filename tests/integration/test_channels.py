@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import os
 import socket
+import subprocess
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +17,8 @@ import pytest
 
 import tarea.engine.channels as channels
 from tarea.domain.task import Limits
-from tarea.engine.channels import ChannelDir, peer_in_container
+from tarea.engine.channels import ChannelDir, ProcessIdentity, peer_in_container
+from tarea.engine.docker import DockerEngine
 from tarea.engine.executor import Engine
 from tests.integration.conftest import direct_and_result, docker, with_engine
 
@@ -23,9 +29,15 @@ LIMITS = Limits(timeout_s=20, memory_mb=128, cpus=0.5, pids=64, output_kb=64)
 
 def _run_container(image: str, directory: Path) -> str:
     """A task container with ``directory`` mounted as its channel, as the engine mounts it."""
+    cid = _create_container(image, directory)
+    docker("start", cid)
+    return cid
+
+
+def _create_container(image: str, directory: Path) -> str:
+    """The container of :func:`_run_container`, created but not started: its id."""
     return docker(
-        "run",
-        "-d",
+        "create",
         "--network",
         "none",
         "--read-only",
@@ -41,11 +53,21 @@ def _run_container(image: str, directory: Path) -> str:
     ).stdout.strip()
 
 
-def test_only_the_container_itself_is_welcomed(tasks_image: str, tmp_path: Path) -> None:
+@pytest.fixture
+def engine_docker() -> Iterator[DockerEngine]:
+    """The engine boundary, as the server makes it (its init_pid tells containers apart)."""
+    engine = DockerEngine()
+    yield engine
+    engine.close()
+
+
+def test_only_the_container_itself_is_welcomed(
+    tasks_image: str, tmp_path: Path, engine_docker: DockerEngine
+) -> None:
     """A local process that connects first is closed unwelcomed; the container then gets in."""
 
     async def scenario() -> tuple[bytes, bytes, dict[str, Any]]:
-        root = ChannelDir.for_engine(tmp_path / "channels", None)
+        root = ChannelDir.for_engine(tmp_path / "channels", None, engine_docker.init_pid)
         assert root is not None
         listener = root.listen()
         outsider = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -71,11 +93,121 @@ def test_only_the_container_itself_is_welcomed(tasks_image: str, tmp_path: Path)
     assert state["gone"]  # the socket and its directory are removed once taken
 
 
-def test_peer_check_refuses_this_process(tmp_path: Path) -> None:
-    """The test process is in no container: it is not a peer of any."""
+#: A host process that connects to a channel socket when told to, and says what it heard.
+_OUTSIDER = """
+import socket, sys
+sys.stdin.readline()  # go: it is in its cgroup now
+sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+sock.connect(sys.argv[1])
+print("connected", flush=True)
+sock.settimeout(30)
+print(repr(sock.recv(200)), flush=True)
+"""
+
+
+def _cgroup_root() -> Path:
+    """Where a test cgroup can be made: cgroup v1's pids hierarchy, or the v2 root."""
+    for root in (Path("/sys/fs/cgroup/pids"), Path("/sys/fs/cgroup")):
+        if (root / "cgroup.procs").exists():
+            return root
+    pytest.fail("no cgroup hierarchy to make a test cgroup in", pytrace=False)
+
+
+@contextlib.contextmanager
+def _cgroup(name: str) -> Iterator[Path]:
+    """A new cgroup ``name`` (removed after: its processes must have ended)."""
+    path = _cgroup_root() / name
+    path.mkdir()
+    try:
+        yield path
+    finally:
+        path.rmdir()
+
+
+def test_a_host_process_in_a_cgroup_named_after_the_container_is_not_welcomed(
+    tasks_image: str, tmp_path: Path, engine_docker: DockerEngine
+) -> None:
+    """A host process in a cgroup named after the container is closed; the container gets in."""
+
+    async def first_line_of_the_one_welcomed(cid: str) -> bytes:
+        conn = await asyncio.wait_for(listener.accept(cid), 30)
+        conn.setblocking(True)
+        conn.settimeout(10)
+        with conn, conn.makefile("rb") as reader:
+            return reader.readline()
+
+    root = ChannelDir.for_engine(tmp_path / "channels", None, engine_docker.init_pid)
+    assert root is not None
+    listener = root.listen()
+    cid = _create_container(tasks_image, listener.directory)
+    try:
+        with _cgroup(f"tarea-test-{cid}.scope") as cgroup:
+            outsider = subprocess.Popen(
+                [sys.executable, "-c", _OUTSIDER, str(listener.directory / channels.SOCKET_NAME)],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                text=True,
+            )
+            try:
+                (cgroup / "cgroup.procs").write_text(str(outsider.pid))
+                assert cid in Path(f"/proc/{outsider.pid}/cgroup").read_text()
+                assert outsider.stdin is not None
+                assert outsider.stdout is not None
+                outsider.stdin.write("go\n")
+                outsider.stdin.flush()
+                assert outsider.stdout.readline().strip() == "connected"  # first in line
+                docker("start", cid)
+                first = asyncio.run(first_line_of_the_one_welcomed(cid))
+                heard = outsider.stdout.readline().strip()
+            finally:
+                outsider.kill()
+                outsider.wait(timeout=10)
+    finally:
+        listener.close()
+        docker("rm", "-f", cid, check=False)
+    assert heard == "b''"  # closed, never welcomed
+    assert json.loads(first)["method"] == "ready"  # the container got in, and spoke
+
+
+def test_peer_check_compares_whole_identities() -> None:
+    """A peer passes only with every cgroup line equal and, when known, the same pid namespace."""
+    me = ProcessIdentity.of(os.getpid())
+    assert me is not None
+    assert me.pid_namespace is not None
+    container_id = "0" * 64
     a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     with a, b:
-        assert not peer_in_container(a, "0" * 64)
+        assert peer_in_container(a, me)  # the peer here is this very process
+        for other in (
+            ProcessIdentity(f"0::/docker/{container_id}\n", None),
+            ProcessIdentity(me.cgroups + f"0::/docker/{container_id}\n", None),
+            ProcessIdentity(me.cgroups.replace("\n", f"/{container_id}\n"), me.pid_namespace),
+            ProcessIdentity(me.cgroups, (me.pid_namespace[0], me.pid_namespace[1] + 1)),
+        ):
+            assert not peer_in_container(a, other), other
+        assert ProcessIdentity(me.cgroups, None).includes(me)  # a namespace not seen: cgroups
+
+
+def test_a_channel_with_no_way_to_find_the_container_welcomes_nobody(tmp_path: Path) -> None:
+    """Without an init_pid lookup no peer can be told apart, so every connection is closed."""
+
+    async def scenario() -> bytes:
+        root = ChannelDir.for_engine(tmp_path / "channels", None)
+        assert root is not None
+        listener = root.listen()
+        me = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        me.connect(str(listener.directory / channels.SOCKET_NAME))
+        accepting = asyncio.ensure_future(listener.accept("0" * 64))
+        try:
+            me.setblocking(False)
+            return await asyncio.wait_for(asyncio.get_running_loop().sock_recv(me, 200), 10)
+        finally:
+            accepting.cancel()
+            await asyncio.gather(accepting, return_exceptions=True)
+            me.close()
+            listener.close()
+
+    assert asyncio.run(scenario()) == b""  # closed, never welcomed
 
 
 async def _launch_and_call(engine: Engine, image: str) -> tuple[bool, Any]:
@@ -86,7 +218,7 @@ def test_a_task_refused_its_channel_speaks_stdio(
     tasks_image: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """When the server cannot tell who connected, it refuses; tarea's runtime then uses stdio."""
-    monkeypatch.setattr(channels, "peer_in_container", lambda conn, container_id: False)
+    monkeypatch.setattr(channels, "peer_in_container", lambda conn, container: False)
     direct, result = with_engine(lambda engine: _launch_and_call(engine, tasks_image))
     assert (direct, result) == (False, 3)
 

@@ -15,6 +15,7 @@ from typing import Any, cast
 
 import pytest
 
+from tarea.domain.nesting import MAX_DEPTH, depth
 from tarea.engine.protocols.jsonrpc import JsonRpcChannel, LogBuffer, remote_error
 from tarea.errors import (
     ContainerCrashed,
@@ -540,6 +541,41 @@ async def test_line_of_exactly_output_cap_is_accepted() -> None:
     channel, _ = await open_channel(answer(frame(STDOUT, text)), output_cap=len(text) - 1)
 
     assert await channel.call("t1", "suma", {}, timeout_s=1.0) == "y" * CAP
+
+
+def nested_result(levels: int) -> bytes:
+    """A response line whose result nests ``levels`` lists (written by hand, any depth)."""
+    return b'{"jsonrpc": "2.0", "id": "t1", "result": ' + b"[" * levels + b"]" * levels + b"}\n"
+
+
+@run_async
+async def test_a_result_nested_to_the_cap_is_accepted() -> None:
+    """A result nesting exactly MAX_DEPTH lists is an answer like any other."""
+    channel, _ = await open_channel(answer(frame(STDOUT, nested_result(MAX_DEPTH))))
+
+    value = await channel.call("t1", "suma", {}, timeout_s=1.0)
+    assert depth(value, 1000) == MAX_DEPTH
+
+
+@pytest.mark.parametrize(
+    "levels",
+    [
+        pytest.param(MAX_DEPTH + 1, id="one-past-the-cap"),
+        pytest.param(600, id="600"),
+        pytest.param(100_000, id="past-what-json-loads-takes"),
+    ],
+)
+@run_async
+async def test_a_result_nested_past_the_cap_is_a_protocol_violation(levels: int) -> None:
+    """A result nested deeper than MAX_DEPTH fails with protocol_error and breaks the channel."""
+    raw = nested_result(levels)
+    channel, _ = await open_channel(answer(frame(STDOUT, raw)), output_cap=len(raw))
+
+    with pytest.raises(ProtocolViolation, match="nested deeper") as caught:
+        await channel.call("t1", "suma", {}, timeout_s=1.0)
+
+    assert caught.value.data == {"max_depth": MAX_DEPTH}
+    assert channel.broken is True
 
 
 # -- ending -----------------------------------------------------------------------

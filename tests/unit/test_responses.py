@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import math
 
-from tarea.api.responses import FastJSONResponse
+from tarea.api.responses import CUT, DEEPEST, FastJSONResponse
 
 
 def test_it_encodes_what_json_dumps_would_as_compact_utf8() -> None:
@@ -34,3 +34,18 @@ def test_nesting_deeper_than_pydantic_core_goes_is_still_answered() -> None:
         inner.append([])
         inner = inner[0]  # type: ignore[assignment]
     assert json.loads(bytes(FastJSONResponse({"result": deep}).body)) == {"result": deep}
+
+
+def test_nesting_deeper_than_json_dumps_goes_is_answered_cut() -> None:
+    """A record kept from before the nesting cap is shown cut at DEEPEST levels, never a 500."""
+    deep: dict[str, object] = {}
+    inner = deep
+    for _ in range(5_000):
+        inner["a"] = {}
+        inner = inner["a"]  # type: ignore[assignment]
+    shown = json.loads(bytes(FastJSONResponse({"result": deep, "n": math.nan}).body))
+    assert shown["n"] is None
+    value = shown["result"]  # the document's level 2
+    for _ in range(DEEPEST - 2):
+        value = value["a"]
+    assert value == {"a": CUT}  # level DEEPEST is the last shown

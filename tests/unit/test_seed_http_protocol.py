@@ -11,6 +11,7 @@ from typing import Any
 import httpx
 import pytest
 
+from tarea.domain.nesting import MAX_DEPTH
 from tarea.engine.protocols import seed_http
 from tarea.errors import ProtocolViolation, RemoteTaskError, TaskTimeout
 
@@ -170,6 +171,34 @@ def test_non_json_answer_is_a_protocol_violation(status: int, text: str) -> None
         execute(TaskService(httpx.Response(status, text=text)))
 
     assert caught.value.data == {"status": status, "body": text}
+
+
+def nested(levels: int) -> bytes:
+    """JSON text of ``levels`` nested lists (written by hand, any depth)."""
+    return b"[" * levels + b"]" * levels
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        pytest.param(b'{"resultado": ' + nested(MAX_DEPTH + 1) + b"}", id="resultado-past-cap"),
+        pytest.param(nested(MAX_DEPTH + 1), id="whole-answer-past-cap"),
+        pytest.param(b'{"resultado": ' + nested(600) + b"}", id="600"),
+        pytest.param(nested(100_000), id="past-what-json-loads-takes"),
+    ],
+)
+def test_an_answer_nested_past_the_cap_is_a_protocol_violation(body: bytes) -> None:
+    """A result nested deeper than MAX_DEPTH raises protocol_error, whatever its depth."""
+    with pytest.raises(ProtocolViolation, match="nested deeper") as caught:
+        execute(TaskService(httpx.Response(200, content=body)))
+
+    assert caught.value.data == {"max_depth": MAX_DEPTH}
+
+
+def test_a_result_nested_to_the_cap_is_returned() -> None:
+    """A resultado nesting exactly MAX_DEPTH lists is returned as it is."""
+    body = b'{"resultado": ' + nested(MAX_DEPTH) + b"}"
+    assert execute(TaskService(httpx.Response(200, content=body))) == json.loads(body)["resultado"]
 
 
 def test_server_error_with_non_json_body_is_a_task_error() -> None:

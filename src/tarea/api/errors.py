@@ -16,7 +16,9 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
+from tarea.domain import nesting
 from tarea.errors import EngineUnavailable, InvalidRequest, TareaError
 
 log = logging.getLogger(__name__)
@@ -28,6 +30,7 @@ STATUS_OF_CODE: dict[str, int] = {
     "invalid_request": 422,
     "invalid_image_reference": 422,
     "callback_url_not_allowed": 422,
+    "too_deep": 422,
     "validation_error": 422,
     "unsupported_image": 422,
     "image_not_found": 404,
@@ -170,6 +173,14 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 400 and isinstance(exc.__cause__, RecursionError):
+            # json.loads gave up on the body's nesting (~1,000 levels deep).
+            return problem(
+                422,
+                "too_deep",
+                "the request body nests too deeply to be read: params and metadata "
+                f"may nest at most {nesting.MAX_DEPTH} levels",
+            )
         if exc.status_code == 400:
             # FastAPI's answer to a body it cannot decode (not UTF-8): invalid
             # input like any other, answered as the documented 422.
@@ -181,6 +192,12 @@ def install(app: FastAPI) -> None:
         if exc.headers:  # e.g. Allow on a 405
             response.headers.update(exc.headers)
         return response
+
+    @app.exception_handler(ClientDisconnect)
+    async def _gone(_: Request, exc: ClientDisconnect) -> JSONResponse:
+        # The client went, or was closed for sending its body too slowly
+        # (api/connections.py): nobody hears this answer, and nothing broke.
+        return problem(400, "client_disconnected", "the client closed the connection")
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

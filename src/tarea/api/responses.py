@@ -6,6 +6,9 @@ JSON cannot carry (NaN, infinities: a task may return them) become ``null``
 instead of failing the response. What pydantic-core cannot encode but a task
 may still have answered (a lone surrogate, nesting deeper than it goes) is
 encoded by ``json.dumps`` (``\\u`` escapes), with the same ``null`` rule.
+Nesting deeper than even that takes (~1,000 levels, only in records kept
+from before tarea capped it: :mod:`tarea.domain.nesting`) is shown cut at
+:data:`DEEPEST` levels, never answered 500.
 """
 
 from __future__ import annotations
@@ -25,15 +28,32 @@ class FastJSONResponse(JSONResponse):
         try:
             return pydantic_core.to_json(content, inf_nan_mode="null")
         except (ValueError, RecursionError):
+            pass
+        try:
             return json.dumps(_finite(content), separators=(",", ":")).encode()
+        except RecursionError:
+            return json.dumps(_finite(content, DEEPEST), separators=(",", ":")).encode()
 
 
-def _finite(value: Any) -> Any:
-    """``value`` with every NaN and infinity replaced by None (as JSON's null)."""
+#: How deep a value is shown when it nests past what ``json.dumps`` takes.
+DEEPEST = 200
+#: What stands for the part of a value below :data:`DEEPEST` levels.
+CUT = "(nested too deep to show)"
+
+
+def _finite(value: Any, room: int | None = None) -> Any:
+    """``value`` with every NaN and infinity replaced by None (as JSON's null).
+
+    With ``room``, dicts and lists more than ``room`` levels down become :data:`CUT`.
+    """
     if isinstance(value, float):
         return value if math.isfinite(value) else None
+    if isinstance(value, dict | list | tuple) and room is not None:
+        if room <= 0:
+            return CUT
+        room -= 1
     if isinstance(value, dict):
-        return {key: _finite(item) for key, item in value.items()}
+        return {key: _finite(item, room) for key, item in value.items()}
     if isinstance(value, list | tuple):
-        return [_finite(item) for item in value]
+        return [_finite(item, room) for item in value]
     return value

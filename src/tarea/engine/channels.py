@@ -12,11 +12,15 @@ How one is made (DESIGN §2, docs/protocol.md "Direct channel"):
 2. The container gets that directory bind-mounted **read-only** at
    :data:`MOUNT_TARGET` and its socket's path in :data:`SOCKET_ENV`.
 3. A runtime that knows the variable (tarea's does) connects. The server
-   takes the connection only from a process of that very container (the
-   peer's pid, from ``SO_PEERCRED``, must be in the container's cgroup) and
-   says so with :data:`WELCOME`; any other connection is closed at once. The
-   directory's name is no secret (``/proc/<pid>/mountinfo`` shows it), so
-   this check, not the name, is what keeps other local users out.
+   takes the connection only from a process of that very container and says
+   so with :data:`WELCOME`; any other connection is closed at once. The peer
+   (its pid from ``SO_PEERCRED``) must be in exactly the cgroups of the
+   container's first process (its pid from the engine), every line of
+   ``/proc/<pid>/cgroup`` equal, and in its pid namespace where the server
+   may see that (:class:`ProcessIdentity`): the identity, never a substring
+   of a path, so a process in a cgroup merely named after the container is
+   no peer. The directory's name is no secret (``/proc/<pid>/mountinfo``
+   shows it), so this check, not the name, is what keeps other local users out.
 4. Welcomed, the runtime speaks the same JSON-RPC there, ``ready`` first.
    Closed without a welcome (refused, or a server that cannot see the
    container's processes), it speaks on stdio, like a runtime that ignores
@@ -47,6 +51,8 @@ import socket
 import stat
 import struct
 import tempfile
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -78,18 +84,28 @@ def is_local_engine(docker_host: str | None) -> bool:
     return not url or url.startswith(("unix://", "/"))
 
 
+#: Looks up the host pid of a container's first process (None: it does not run).
+PidLookup = Callable[[str], Awaitable[int | None]]
+
+
 class ChannelDir:
     """The server's directory of per-container channel directories.
 
     Args:
         root: a directory the Docker engine's host sees at the same path.
+        init_pid: how to find a container's first process, whose identity a
+            peer must have (the engine's :meth:`DockerEngine.init_pid`).
+            None: no peer can be told apart, so none is welcomed.
     """
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, init_pid: PidLookup | None = None) -> None:
         self.root = root
+        self.init_pid = init_pid
 
     @classmethod
-    def for_engine(cls, root: Path | None, docker_host: str | None) -> ChannelDir | None:
+    def for_engine(
+        cls, root: Path | None, docker_host: str | None, init_pid: PidLookup | None = None
+    ) -> ChannelDir | None:
         """The channel directory to use, or None when calls must go over attach.
 
         Only a local engine can mount our directories: with a remote one there
@@ -120,7 +136,7 @@ class ChannelDir:
         except OSError as exc:
             log.warning("direct channels are off, calls use the attach stream: %s", exc)
             return None
-        channels = cls(root)
+        channels = cls(root, init_pid)
         channels.remove_leftovers()
         return channels
 
@@ -184,7 +200,7 @@ class ChannelDir:
             if lock is not None:
                 os.close(lock)
             raise
-        return ChannelListener(directory, sock, lock)
+        return ChannelListener(directory, sock, lock, self.init_pid)
 
 
 def _lock(directory: Path) -> int | None:
@@ -276,13 +292,21 @@ class ChannelListener:
 
     ``lock`` is a descriptor of the directory holding its ``flock`` (see
     :meth:`ChannelDir.remove_leftovers`); it is let go once the directory
-    is removed.
+    is removed. ``init_pid`` finds the container's first process (None:
+    every connection is refused).
     """
 
-    def __init__(self, directory: Path, sock: socket.socket, lock: int | None = None) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        sock: socket.socket,
+        lock: int | None = None,
+        init_pid: PidLookup | None = None,
+    ) -> None:
         self.directory = directory
         self._sock = sock
         self._lock = lock
+        self._init_pid = init_pid
         self._closed = False
 
     @property
@@ -293,24 +317,41 @@ class ChannelListener:
     async def accept(self, container_id: str) -> socket.socket:
         """The first connection from inside ``container_id``, welcomed; others are closed.
 
-        The listener is closed once one is taken.
+        Call once the container started. The listener is closed once one is taken.
         """
         loop = asyncio.get_running_loop()
-        while True:
-            conn, _ = await loop.sock_accept(self._sock)
-            if peer_in_container(conn, container_id):
-                try:
-                    await loop.sock_sendall(conn, WELCOME)
-                except OSError:
-                    conn.close()
-                    continue
-                self.close()
-                return conn
-            log.warning(
-                "closed a connection to container %s's channel from outside the container",
-                container_id[:12],
-            )
-            conn.close()
+        # Asked at once, while the task process starts: known by the time it connects.
+        identity = asyncio.ensure_future(self._container_identity(container_id))
+        try:
+            while True:
+                conn, _ = await loop.sock_accept(self._sock)
+                container = await identity
+                if container is not None and peer_in_container(conn, container):
+                    try:
+                        await loop.sock_sendall(conn, WELCOME)
+                    except OSError:
+                        conn.close()
+                        continue
+                    self.close()
+                    return conn
+                log.warning(
+                    "closed a connection to container %s's channel from outside the container",
+                    container_id[:12],
+                )
+                conn.close()
+        finally:
+            identity.cancel()
+
+    async def _container_identity(self, container_id: str) -> ProcessIdentity | None:
+        """The identity of the container's first process; None when it cannot be told."""
+        if self._init_pid is None:
+            return None
+        try:
+            pid = await self._init_pid(container_id)
+        except Exception as exc:  # whatever the engine said: no identity, no welcome
+            log.warning("cannot tell container %s's processes: %s", container_id[:12], exc)
+            return None
+        return ProcessIdentity.of(pid) if pid is not None else None
 
     def close(self) -> None:
         """Stop listening and remove the socket and its directory (idempotent)."""
@@ -326,11 +367,50 @@ class ChannelListener:
             os.close(self._lock)
 
 
-def peer_in_container(conn: socket.socket, container_id: str) -> bool:
-    """Whether the process at the other end of ``conn`` runs in ``container_id``.
+@dataclass(frozen=True, slots=True)
+class ProcessIdentity:
+    """What makes a process one of a container's: its cgroups, and its pid namespace.
 
-    False when it cannot be told: the peer's pid is not visible from here (a
-    server in a container of its own) or its cgroup cannot be read.
+    ``cgroups`` is ``/proc/<pid>/cgroup`` as the server reads it, every line
+    (one per hierarchy, v1 or v2, whatever the cgroup driver). ``pid_namespace``
+    is the (device, inode) of ``/proc/<pid>/ns/pid``, or None where the server
+    may not see it (a server whose user differs from the process's, and is
+    not root): then the cgroups alone decide, which only root can forge.
+    """
+
+    cgroups: str
+    pid_namespace: tuple[int, int] | None
+
+    @classmethod
+    def of(cls, pid: int) -> ProcessIdentity | None:
+        """The identity of process ``pid``; None if it is gone or cannot be read."""
+        try:
+            cgroups = Path(f"/proc/{pid}/cgroup").read_text()
+        except OSError:
+            return None
+        try:
+            info = os.stat(f"/proc/{pid}/ns/pid")
+        except PermissionError:
+            namespace = None
+        except OSError:
+            return None
+        else:
+            namespace = (info.st_dev, info.st_ino)
+        return cls(cgroups, namespace)
+
+    def includes(self, peer: ProcessIdentity) -> bool:
+        """Whether ``peer`` runs in the same container as this process."""
+        if peer.cgroups != self.cgroups:
+            return False
+        return self.pid_namespace is None or peer.pid_namespace == self.pid_namespace
+
+
+def peer_in_container(conn: socket.socket, container: ProcessIdentity) -> bool:
+    """Whether the process at the other end of ``conn`` runs in the container.
+
+    ``container`` is the identity of the container's first process. False
+    when it cannot be told: the peer's pid is not visible from here (a server
+    in a container of its own) or its cgroups cannot be read.
     """
     size = struct.calcsize("3i")
     pid, _uid, _gid = struct.unpack(
@@ -338,8 +418,5 @@ def peer_in_container(conn: socket.socket, container_id: str) -> bool:
     )
     if pid <= 0:
         return False
-    try:
-        cgroups = Path(f"/proc/{pid}/cgroup").read_text()
-    except OSError:
-        return False
-    return container_id in cgroups
+    peer = ProcessIdentity.of(pid)
+    return peer is not None and container.includes(peer)

@@ -385,6 +385,26 @@ class DockerEngine:
 
         return await self._call(state)
 
+    async def init_pid(self, container_id: str) -> int | None:
+        """The host pid of the container's first process; None unless it runs.
+
+        What the direct channel checks its peer against (:mod:`tarea.engine.channels`).
+        """
+
+        def pid() -> int | None:
+            try:
+                with _engine_errors():
+                    data = self._api().inspect_container(container_id)
+            except docker.errors.NotFound:
+                return None
+            st = data.get("State") or {}
+            found = st.get("Pid")
+            if not st.get("Running") or not isinstance(found, int) or found <= 0:
+                return None
+            return found
+
+        return await self._call(pid)
+
     async def size_rw(self, container_id: str) -> int | None:
         """Bytes the container wrote to its own filesystem layer; None once it is gone."""
 

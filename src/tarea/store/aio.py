@@ -74,6 +74,12 @@ class AsyncStore:
         """
         return self._writer.submit(self.sync.create_write(record, admission))
 
+    def create_many(
+        self, records: Sequence[TaskRecord], admission: Admission
+    ) -> asyncio.Future[builtins.list[TaskRecord] | Refused]:
+        """Insert all of ``records`` (one tenant's batch) if they fit, else none."""
+        return self._writer.submit(self.sync.create_many_write(records, admission))
+
     async def get(self, task_id: str, tenant: str | None = None) -> TaskRecord | None:
         """The task, or None (also when it is another tenant's)."""
         return await self._read(self.sync.get, task_id, tenant)

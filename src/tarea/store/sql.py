@@ -244,8 +244,39 @@ class SqlStore:
 
         return write
 
-    def _admit(self, tx: Tx, tenant: str, admission: Admission) -> Refused | None:
-        """Whether a task of ``tenant`` fits now; the refusal if not (see create_write)."""
+    def create_many_write(
+        self, records: Sequence[TaskRecord], admission: Admission
+    ) -> Write[builtins.list[TaskRecord] | Refused]:
+        """Insert every one of ``records`` (one tenant's, no idempotency keys), or none.
+
+        The tenant's and the queue's room are counted once, for all of them, in
+        the transaction that inserts them: a batch that does not fit is refused
+        whole (returned, not raised) and nothing of it is recorded.
+        """
+        if not records:
+            return lambda tx: []
+        tenant = records[0].tenant
+        rows = [
+            (record, self._driver_values(to_columns({n: getattr(record, n) for n in FIELDS})))
+            for record in records
+        ]
+
+        def write(tx: Tx) -> builtins.list[TaskRecord] | Refused:
+            refused = self._admit(tx, tenant, admission, count=len(rows))
+            if refused is not None:
+                return refused
+            for record, params in rows:
+                tx.cursor.execute(self._insert_sql, params)
+                if tx.cursor.rowcount != 1:
+                    raise ValueError(f"task {record.id!r} cannot be stored: its id is taken")
+            return [record for record, _ in rows]
+
+        return write
+
+    def _admit(
+        self, tx: Tx, tenant: str, admission: Admission, *, count: int = 1
+    ) -> Refused | None:
+        """Whether ``count`` tasks of ``tenant`` fit now; the refusal if not (see create_write)."""
         ph = self._placeholder
         if self._engine.dialect.name == "postgresql":
             tx.cursor.execute(
@@ -255,14 +286,20 @@ class SqlStore:
         # Both counts are this module's constant SQL; the tenant is a bound value.
         if admission.max_active:
             tx.cursor.execute(self._count_active_sql, {"tenant": tenant})
-            if tx.cursor.fetchone()[0] >= admission.max_active:
+            active = tx.cursor.fetchone()[0]
+            if active + count > admission.max_active:
                 return QuotaExceeded(
-                    f"{admission.max_active} tasks of this tenant are already queued or running"
+                    f"{active} tasks of this tenant are queued or running, of "
+                    f"{admission.max_active} allowed: no room for {count} more"
                 )
         if admission.max_queued:
             tx.cursor.execute(_COUNT_QUEUED_SQL)
-            if tx.cursor.fetchone()[0] >= admission.max_queued:
-                return QueueFull(f"{admission.max_queued} tasks are already queued")
+            queued = tx.cursor.fetchone()[0]
+            if queued + count > admission.max_queued:
+                return QueueFull(
+                    f"{queued} tasks are queued, of {admission.max_queued} allowed: "
+                    f"no room for {count} more"
+                )
         return None
 
     def get(self, task_id: str, tenant: str | None = None) -> TaskRecord | None:

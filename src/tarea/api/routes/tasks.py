@@ -265,8 +265,10 @@ async def submit_batch(
 ) -> FastJSONResponse:
     """Record and queue every task; their ids come back in the order given.
 
-    Each task is validated before any is recorded: one invalid task refuses the
-    whole batch with 422 naming it (``tasks.<index>...``).
+    All or nothing. Each task is validated before any is recorded: one invalid
+    task refuses the whole batch with 422 naming it (``tasks.<index>...``).
+    The queue's room and the tenant's quota are checked for the whole batch:
+    a batch that does not fit is refused (503, 429) and nothing of it is recorded.
     """
     news = [_new_task(t) for t in body.tasks]
     for index, new in enumerate(news):
@@ -276,8 +278,7 @@ async def submit_batch(
             raise type(exc)(
                 f"tasks[{index}]: {exc.message}", field=f"tasks.{index}.{exc.field}"
             ) from None
-    records = [
-        (await service.submit(new, tenant=tenant, auth=_auth(task)))[0]
-        for new, task in zip(news, body.tasks, strict=True)
-    ]
+    records = await service.submit_batch(
+        news, tenant=tenant, auths=[_auth(task) for task in body.tasks]
+    )
     return FastJSONResponse({"items": [render_task(r) for r in records]}, status_code=202)

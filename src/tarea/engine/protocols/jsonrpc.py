@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from tarea.domain import nesting
 from tarea.engine.protocols.attach import (
     STDERR,
     STDOUT,
@@ -273,6 +274,8 @@ class JsonRpcChannel:
     def _handle(self, line: bytes) -> None:
         try:
             message = json.loads(line)
+        except RecursionError:  # nested past what json.loads takes (~1,000 levels)
+            raise _too_deep() from None
         except ValueError:
             raise ProtocolViolation(
                 "the task wrote a line that is not JSON on stdout",
@@ -283,6 +286,9 @@ class JsonRpcChannel:
                 "the task wrote a message that is not JSON-RPC 2.0",
                 data={"line": line[:200].decode("utf-8", "replace")},
             )
+        # The message holds its result one level down: the result gets MAX_DEPTH.
+        if nesting.too_deep(message, nesting.MAX_DEPTH + 1):
+            raise _too_deep()
         method = message.get("method")
         params = message.get("params")
         if method in ("ready", "progress") and not isinstance(params, dict):
@@ -335,6 +341,14 @@ class JsonRpcChannel:
 
 def _encode(message: dict[str, Any]) -> bytes:
     return json.dumps(message, separators=(",", ":"), ensure_ascii=False).encode() + b"\n"
+
+
+def _too_deep() -> ProtocolViolation:
+    """A message nested deeper than a result may be (its record could never be shown)."""
+    return ProtocolViolation(
+        f"the task sent a message nested deeper than {nesting.MAX_DEPTH} levels",
+        data={"max_depth": nesting.MAX_DEPTH},
+    )
 
 
 def _too_large(size: int, cap: int) -> OutputTooLarge:

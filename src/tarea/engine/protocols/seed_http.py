@@ -13,6 +13,7 @@ from typing import Any
 
 import httpx
 
+from tarea.domain import nesting
 from tarea.errors import ProtocolViolation, RemoteTaskError, TaskTimeout
 
 SEED_PORT = 5000
@@ -74,6 +75,8 @@ async def execute(
         raise ProtocolViolation(f"the seed task service dropped the request: {exc}") from None
     try:
         body = response.json()
+    except RecursionError:  # nested past what json.loads takes (~1,000 levels)
+        raise _too_deep() from None
     except ValueError:
         if response.status_code >= 500:
             raise RemoteTaskError(
@@ -86,6 +89,9 @@ async def execute(
             "that is not JSON",
             data={"status": response.status_code, "body": response.text[:200]},
         ) from None
+    # {"resultado": ..} holds the result one level down: the result gets MAX_DEPTH.
+    if nesting.too_deep(body, nesting.MAX_DEPTH + 1):
+        raise _too_deep()
     if isinstance(body, dict) and "error" in body and "resultado" not in body:
         message = str(body["error"])
         code = "unknown_function" if UNSUPPORTED in message.lower() else "task_error"
@@ -98,4 +104,14 @@ async def execute(
         )
     if isinstance(body, dict) and "resultado" in body:
         return body["resultado"]
+    if nesting.too_deep(body):
+        raise _too_deep()
     return body
+
+
+def _too_deep() -> ProtocolViolation:
+    """An answer nested deeper than a result may be (its record could never be shown)."""
+    return ProtocolViolation(
+        f"the seed task service answered JSON nested deeper than {nesting.MAX_DEPTH} levels",
+        data={"max_depth": nesting.MAX_DEPTH},
+    )

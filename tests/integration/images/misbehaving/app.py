@@ -4,7 +4,8 @@ Written against the raw protocol (not tarea.runtime) so the server's defences
 are tested against what an arbitrary image could do. Standard library only.
 
 Protocol-breaking methods: ``echo``, ``exit``, ``garbage``, ``sleep``,
-``lone_surrogate`` (a result string that is not valid Unicode).
+``lone_surrogate`` (a result string that is not valid Unicode), ``deep`` (a
+result nested ``levels`` dicts deep).
 Attacks on the sandbox (tests/integration/test_hostile.py): ``busy``,
 ``forkbomb``, ``memhog``, ``stdout_flood``, ``big_result``, ``tmpfill``,
 ``write_root``, ``network``, ``stderr_flood``, ``whoami``, ``fdlimit``, ``redial``.
@@ -329,7 +330,17 @@ ATTACKS = {
     "fdlimit": fdlimit,
     "redial": redial,
 }
-FUNCTIONS = ["echo", "exit", "garbage", "sleep", "big_result", "deafen", "lone_surrogate", *ATTACKS]
+FUNCTIONS = [
+    "echo",
+    "exit",
+    "garbage",
+    "sleep",
+    "big_result",
+    "deafen",
+    "lone_surrogate",
+    "deep",
+    *ATTACKS,
+]
 
 # -- the protocol loop ---------------------------------------------------------------
 
@@ -353,6 +364,12 @@ for line in PROTO_IN:
         # Valid JSON text whose string is not valid Unicode (json.loads takes it).
         PROTO_OUT.write(b'{"jsonrpc": "2.0", "id": ' + json.dumps(rid).encode())
         PROTO_OUT.write(b', "result": {"s": "\\ud800"}}\n')
+        PROTO_OUT.flush()
+    elif method == "deep":
+        # Written by hand: json.dumps would recurse, and give up past ~1,000 levels.
+        levels = int(params.get("levels", 600))
+        PROTO_OUT.write(b'{"jsonrpc": "2.0", "id": ' + json.dumps(rid).encode())
+        PROTO_OUT.write(b', "result": ' + b'{"a": ' * levels + b"1" + b"}" * levels + b"}\n")
         PROTO_OUT.flush()
     elif method == "garbage":
         PROTO_OUT.write(b"this is not json\n")

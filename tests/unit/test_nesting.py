@@ -1,0 +1,70 @@
+"""How deeply a JSON value nests: the measure that keeps params, metadata and results showable."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from tarea.domain.nesting import MAX_DEPTH, depth, too_deep
+
+
+def nested_dicts(levels: int) -> Any:
+    """``{"a": {"a": ... 1}}`` with ``levels`` dicts."""
+    return json.loads('{"a":' * levels + "1" + "}" * levels)
+
+
+def nested_lists(levels: int) -> Any:
+    """``[[[...]]]`` with ``levels`` lists (json.loads would recurse: built by hand)."""
+    value: list[Any] = []
+    for _ in range(levels - 1):
+        value = [value]
+    return value
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        pytest.param(1, 0, id="number"),
+        pytest.param("text", 0, id="string"),
+        pytest.param(None, 0, id="null"),
+        pytest.param({}, 1, id="empty-dict"),
+        pytest.param([], 1, id="empty-list"),
+        pytest.param({"a": 1, "b": "x"}, 1, id="flat-dict"),
+        pytest.param([1, 2, 3], 1, id="flat-list"),
+        pytest.param({"a": [1]}, 2, id="list-in-dict"),
+        pytest.param([{"a": 1}], 2, id="dict-in-list"),
+        pytest.param({"a": 1, "b": {"c": {"d": []}}}, 4, id="deepest-branch-counts"),
+        pytest.param([[1], [[2]], 3], 3, id="siblings-of-different-depths"),
+        pytest.param(list(range(10_000)), 1, id="wide-and-flat"),
+        pytest.param(nested_dicts(MAX_DEPTH), MAX_DEPTH, id="dicts-at-the-cap"),
+        pytest.param(nested_lists(MAX_DEPTH), MAX_DEPTH, id="lists-at-the-cap"),
+    ],
+)
+def test_depth_counts_nested_dicts_and_lists(value: Any, expected: int) -> None:
+    """Scalars are 0, each dict or list one level, the deepest branch decides."""
+    assert depth(value) == expected
+    assert too_deep(value) is False
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        pytest.param(nested_dicts(MAX_DEPTH + 1), id="dicts-one-past-the-cap"),
+        pytest.param(nested_lists(MAX_DEPTH + 1), id="lists-one-past-the-cap"),
+        pytest.param(nested_dicts(600), id="dicts-600"),
+        pytest.param({"ok": 1, "deep": nested_lists(1_500)}, id="lists-1500-in-a-branch"),
+        pytest.param(nested_lists(200_000), id="deeper-than-any-recursion"),
+    ],
+)
+def test_too_deep_past_the_cap_and_stops_there(value: Any) -> None:
+    """Past the cap the walk stops one level further, whatever the real depth."""
+    assert too_deep(value) is True
+    assert depth(value) == MAX_DEPTH + 1
+
+
+@pytest.mark.parametrize(("limit", "expected"), [(0, 1), (1, 2), (2, 3), (3, 3), (10, 3)])
+def test_depth_honours_the_limit_it_is_given(limit: int, expected: int) -> None:
+    """With another limit, the count stops at limit + 1 (or the real depth, if smaller)."""
+    assert depth({"a": [{"b": 1}]}, limit) == expected
