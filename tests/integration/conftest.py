@@ -184,7 +184,7 @@ def postgres_admin(postgres_url: str) -> Iterator[Engine]:
     parsed = make_url(postgres_url)
     if parsed.drivername in ("postgresql", "postgres"):
         parsed = parsed.set(drivername="postgresql+psycopg")
-    engine = create_engine(parsed)
+    engine = create_engine(parsed, pool_pre_ping=True)  # survives a PostgreSQL restart
     try:
         with engine.connect() as connection:
             connection.execute(text("SELECT 1"))
