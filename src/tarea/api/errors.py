@@ -18,37 +18,13 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
+from tarea.codes import STATUS_OF_CODE
 from tarea.domain import nesting
 from tarea.errors import EngineUnavailable, InvalidRequest, TareaError
 
 log = logging.getLogger(__name__)
 
 PROBLEM_JSON = "application/problem+json"
-
-#: HTTP status of each failure code when it is answered as an API error.
-STATUS_OF_CODE: dict[str, int] = {
-    "invalid_request": 422,
-    "invalid_image_reference": 422,
-    "callback_url_not_allowed": 422,
-    "too_deep": 422,
-    "validation_error": 422,
-    "unsupported_image": 422,
-    "image_not_found": 404,
-    "image_pull_failed": 424,
-    "image_not_allowed": 403,
-    "engine_unavailable": 503,
-    "store_unavailable": 503,
-    "not_found": 404,
-    "task_not_found": 404,
-    "not_cancellable": 409,
-    "idempotency_key_reused": 422,
-    "draining": 503,
-    "queue_full": 503,
-    "quota_exceeded": 429,
-    "unauthorized": 401,
-    "request_too_large": 413,
-    "internal_error": 500,
-}
 
 
 class Problem(BaseModel):
