@@ -50,9 +50,15 @@ class Settings(BaseSettings):
         description="Docker network for seed-HTTP task containers (created internal).",
     )
     start_timeout_s: float = Field(
-        30.0, gt=0, description="How long a task container may take to become ready."
+        30.0,
+        gt=0,
+        description="The longest a task container may take to become ready: the bound of "
+        "starts no task waits for (stem cells, prewarmed containers), and a cap on a task's "
+        "own start, which the task's timeout_s (plus a 2 s start grace) bounds first.",
     )
-    pull_timeout_s: float = Field(300.0, gt=0, description="Bound on one image pull.")
+    pull_timeout_s: float = Field(
+        300.0, gt=0, description="Bound on one image pull (outside the task's timeout_s)."
+    )
 
     # Defaults applied to every task container (DESIGN §4).
     timeout_s: float = Field(60.0, gt=0, description="Default wall-clock limit of a task.")
