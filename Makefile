@@ -9,24 +9,45 @@ BASE_IMAGE ?= python:3.12-slim
 # where neither answers), run in the recipes below with this project name.
 COMPOSE_PROJECT ?= tarea
 BIN        := $(VENV)/bin
+# requirements/: what `make venv`, the server image and CI install (`make lock`).
+LOCK       := requirements/lock.txt
+DEV_LOCK   := requirements/dev-lock.txt
+UV_VERSION ?= 0.13.9
+LOCK_TOOLS := build/lock-tools
+UV         := $(LOCK_TOOLS)/bin/uv
+UV_FLAGS    = --universal --generate-hashes --quiet --custom-compile-command 'make lock' \
+              $(if $(LOCK_UPGRADE),--upgrade)
 SERVER_URL ?= http://127.0.0.1:8000
 
 .DEFAULT_GOAL := help
-.PHONY: help run test check bench venv engine base_image compose wheels \
+.PHONY: help run test check bench venv lock engine base_image compose wheels \
         build_server_image build_server_tasks_image up_server down_server \
         restart_server test_docker clean
 
 help:  ## list the targets
 	@grep -E '^[a-z_]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-26s %s\n", $$1, $$2}'
 
-venv: $(VENV)/.installed  ## the virtualenv with tarea and its dev tools
-$(VENV)/.installed: pyproject.toml
+venv: $(VENV)/.installed  ## the virtualenv with tarea and its dev tools, from requirements/dev-lock.txt
+$(VENV)/.installed: pyproject.toml $(DEV_LOCK)
 	@$(PYTHON) -m venv $(VENV) 2>/dev/null || { \
 	  echo "tarea: python3-venv is missing; installing it (apt-get)..." >&2; \
 	  apt-get install -y -qq python3-venv >/dev/null && $(PYTHON) -m venv $(VENV); }
 	$(BIN)/pip install -q -U pip
-	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q --require-hashes -r $(DEV_LOCK)
+	$(BIN)/pip install -q --no-deps -e .
+	@$(BIN)/pip check >/dev/null || { $(BIN)/pip check; \
+	  echo "tarea: $(DEV_LOCK) does not fit pyproject.toml: run make lock" >&2; exit 1; }
 	@touch $@
+
+# The locks: every dependency pinned, with its hashes, for every platform and
+# Python >= 3.11 (uv's universal resolution). dev-lock.txt (the virtualenv:
+# tarea, its dev tools, PostgreSQL) is resolved first; lock.txt (the server
+# image: tarea with PostgreSQL) takes the same versions. Pins already there
+# are kept; LOCK_UPGRADE=1 moves everything to the newest releases.
+lock:  ## pin every dependency (with hashes) in requirements/; LOCK_UPGRADE=1: newest versions
+	@$(PYTHON) -m venv $(LOCK_TOOLS) && $(LOCK_TOOLS)/bin/pip install -q uv==$(UV_VERSION)
+	$(UV) pip compile pyproject.toml --extra dev --extra postgres $(UV_FLAGS) -o $(DEV_LOCK)
+	$(UV) pip compile pyproject.toml --extra postgres -c $(DEV_LOCK) $(UV_FLAGS) -o $(LOCK)
 
 engine:  ## a Docker engine that answers (installs and starts one if root on Debian)
 	@scripts/ensure-docker.sh
@@ -43,12 +64,13 @@ build_server_tasks_image: engine  ## the standard task image, as tasks_image and
 	  -t tasks_image:latest -t task_service:latest . >/dev/null && \
 	echo "tarea: built tasks_image:latest = task_service:latest (FROM $$base)"
 
-build_server_image: engine venv  ## the server image (offline: from wheels built here)
+build_server_image: engine venv  ## the server image, from requirements/lock.txt (offline: from wheels built here)
 	@base=$$(scripts/ensure-base-image.sh "$(BASE_IMAGE)") && offline=0 && \
 	rm -rf build/wheels && mkdir -p build/wheels && \
 	case "$$base" in tarea-base:*) offline=1; \
 	  echo "tarea: building wheels on the host for an offline image build..."; \
-	  $(BIN)/pip wheel -q --wheel-dir build/wheels '.[postgres]';; esac && \
+	  $(BIN)/pip wheel -q --wheel-dir build/wheels --require-hashes -r $(LOCK) && \
+	  $(BIN)/pip wheel -q --wheel-dir build/wheels --no-deps .;; esac && \
 	docker build -q -f docker/server.Dockerfile --build-arg BASE_IMAGE="$$base" \
 	  --build-arg PIP_OFFLINE=$$offline -t tarea_server:latest . >/dev/null && \
 	echo "tarea: built tarea_server:latest (FROM $$base)"

@@ -51,9 +51,21 @@ class Settings(BaseSettings):
         description="Docker network for seed-HTTP task containers (created internal).",
     )
     start_timeout_s: float = Field(
-        30.0, gt=0, description="How long a task container may take to become ready."
+        30.0,
+        gt=0,
+        description="The longest a task container may take to become ready: the bound of "
+        "starts no task waits for (stem cells, prewarmed containers), and a cap on a task's "
+        "own start, which the task's timeout_s (plus a 2 s start grace) bounds first.",
     )
-    pull_timeout_s: float = Field(300.0, gt=0, description="Bound on one image pull.")
+    start_grace_s: float = Field(
+        2.0,
+        ge=0,
+        description="How far past its timeout_s a task's whole call (start included) may run: "
+        "a container not ready by then ends the task timed_out (phase start).",
+    )
+    pull_timeout_s: float = Field(
+        300.0, gt=0, description="Bound on one image pull (outside the task's timeout_s)."
+    )
 
     # Image disk (docs/operations.md#image-disk): the images tarea pulled, kept
     # under a cap by removing the least recently used ones.

@@ -46,6 +46,7 @@ def build_engine(settings: Settings) -> Engine:
         docker,
         policy,
         start_timeout_s=settings.start_timeout_s,
+        start_grace_s=settings.start_grace_s,
         log_cap=settings.log_kb * 1024,
         pool_limits=PoolLimits(
             max_total=settings.pool_max_total,

@@ -87,8 +87,9 @@ class ContainerState:
 class AttachedStdio:
     """A hijacked connection to a container's stdin, stdout and stderr.
 
-    ``sock`` is the raw socket (Docker's multiplexed stream when no TTY);
-    ``keepalive`` holds docker-py's wrapper so nothing closes it under us.
+    ``sock`` is the raw socket (Docker's multiplexed stream when no TTY), the
+    connection's only owner: closing it closes the connection. ``keepalive``
+    holds docker-py's wrapper, detached from it.
     """
 
     sock: socket.socket
@@ -337,7 +338,13 @@ class DockerEngine:
             with _engine_errors():
                 wrapper = self._api().attach_socket(container_id, params=params)
             raw = wrapper if isinstance(wrapper, socket.socket) else wrapper._sock
-            return AttachedStdio(sock=raw, keepalive=wrapper)
+            # A socket of our own, holding the descriptor alone: docker-py's
+            # wrapper and HTTP response still count as users of ``raw``, in a
+            # reference cycle, so closing ``raw`` would not close the connection
+            # until the garbage collector ran; meanwhile the engine, unable to
+            # hand over the rest of a big output, would not remove the container.
+            own = socket.socket(raw.family, raw.type, raw.proto, fileno=raw.detach())
+            return AttachedStdio(sock=own, keepalive=wrapper)
 
         return await self._call(attach)
 

@@ -41,17 +41,28 @@ from tarea.engine.protocols.jsonrpc import JsonRpcChannel, LogCallback, Progress
 from tarea.engine.sandbox import (
     MANAGED_LABEL,
     SERVER_LABEL,
+    ContainerConfig,
     Profile,
     SandboxPolicy,
     choose_profile,
     container_config,
 )
 from tarea.engine.writable import WritableWatch
-from tarea.errors import ContainerCrashed, ImageNotFound, InvalidRequest, OomKilled, TaskFailure
+from tarea.errors import (
+    ContainerCrashed,
+    ImageNotFound,
+    InvalidRequest,
+    OomKilled,
+    TaskFailure,
+    TaskTimeout,
+)
 
 log = logging.getLogger(__name__)
 
 _EXIT_GRACE_S = 2.0
+#: How long past its ``timeout_s`` a task may take in all, its container's start
+#: included: a start within this grace leaves the call its whole ``timeout_s``.
+START_GRACE_S = 2.0
 #: How much of a crashed task's output its error carries.
 _TAIL_CHARS = 2000
 #: Failures after which the container is still sound (the task said no, cleanly).
@@ -67,7 +78,12 @@ class Engine:
     Args:
         docker: the Docker engine boundary.
         policy: the server's sandbox settings.
-        start_timeout_s: how long a container may take to become ready.
+        start_timeout_s: the longest a container may take to become ready: the
+            bound of starts no task waits for (stem cells, prewarmed ones), and
+            a cap on a task's own, which its ``timeout_s`` bounds first (see
+            :meth:`run`).
+        start_grace_s: how far past its ``timeout_s`` a task's start and call
+            may go together (see :meth:`run`).
         log_cap: how much of a task's stderr to keep, in bytes.
         pool_limits: caps and idle time of the warm pool.
         image_cache_s: how long a resolved image is trusted without asking Docker.
@@ -94,6 +110,7 @@ class Engine:
         policy: SandboxPolicy,
         *,
         start_timeout_s: float = 30.0,
+        start_grace_s: float = START_GRACE_S,
         log_cap: int = 1024 * 1024,
         pool_limits: PoolLimits | None = None,
         image_cache_s: float = 10.0,
@@ -111,6 +128,7 @@ class Engine:
         self.docker = docker
         self.policy = policy
         self.start_timeout_s = start_timeout_s
+        self.start_grace_s = start_grace_s
         self.log_cap = log_cap
         self.pool = WarmPool(self._remove, pool_limits or PoolLimits())
         self._image_cache_s = image_cache_s
@@ -130,6 +148,8 @@ class Engine:
         )
         self._http = httpx.AsyncClient(trust_env=False)
         self._seed_network_ready = False
+        #: Removals of containers whose creation was abandoned (see :meth:`_create`).
+        self._orphans: set[asyncio.Task[None]] = set()
 
     def start(self) -> None:
         """Start the pool's housekeeping, the writable layers' watch and the image cache's."""
@@ -142,12 +162,14 @@ class Engine:
         await self.image_cache.aclose()
         await self.writable.aclose()
         await self.pool.aclose()
-        await self.pool.settle()
+        await self.settle()
         await self._http.aclose()
 
     async def settle(self) -> None:
         """Wait until every container removal scheduled so far has finished."""
         await self.pool.settle()
+        while self._orphans:
+            await asyncio.gather(*list(self._orphans), return_exceptions=True)
 
     async def ping(self) -> None:
         """Check that the Docker engine answers (raises EngineUnavailable)."""
@@ -216,6 +238,12 @@ class Engine:
     ) -> Outcome:
         """Run ``spec`` in a pooled (or, if ``isolation`` says so, fresh) container.
 
+        The task's ``timeout_s`` bounds the whole call, its container's start
+        included, plus :attr:`start_grace_s`: a container not ready by then
+        ends the task ``timed_out`` (``phase: "start"``), and a start longer
+        than the grace shortens the call. The image's resolution (a pull)
+        comes first and is bounded apart, by ``pull_timeout_s``.
+
         Never raises for a task's failure: the outcome carries it. Raises
         InvalidImageReference for a malformed name and EngineUnavailable when
         Docker does not answer.
@@ -226,21 +254,32 @@ class Engine:
         except TaskFailure as failure:
             return Outcome(error=_error_info(failure))
         fresh = spec.isolation == "fresh"
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + spec.limits.timeout_s + self.start_grace_s
         try:
-            container = await self._acquire(spec, resolved, fresh=fresh)
+            container = await self._acquire(spec, resolved, fresh=fresh, deadline=deadline)
         except TaskFailure as failure:
             return Outcome(error=_error_info(failure), timings=_timings(t0, time.perf_counter()))
         t_ready = time.perf_counter()
         reusable = False
+        budget = spec.limits.timeout_s
         try:
             if on_start is not None and not await on_start(container.id):
                 reusable = not fresh
                 return Outcome(container_id=container.id, error=ErrorInfo("cancelled", "abandoned"))
+            budget = min(budget, deadline - loop.time())
+            if budget <= 0:  # the time ran out before the call: the container is untouched
+                reusable = not fresh
+                return Outcome(
+                    container_id=container.id,
+                    error=_error_info(self._start_timeout(spec.limits)),
+                    timings=_timings(t0, t_ready),
+                )
             result = await container.call(
                 spec.task_id or container.id[:12],
                 spec.function,
                 spec.params,
-                timeout_s=spec.limits.timeout_s,
+                timeout_s=budget,
                 on_progress=on_progress,
                 on_log=on_log,
             )
@@ -258,6 +297,8 @@ class Engine:
             if not isinstance(failure, ContainerCrashed):  # a crash's stream already ended
                 await container.settle_logs(failed=True)
             error, exit_code = await self._explain(container, failure)
+            if error.code == "timed_out" and budget < spec.limits.timeout_s:
+                error = self._shortened_timeout(error, spec.limits, budget)
             return Outcome(
                 error=error,
                 container_id=container.id,
@@ -274,33 +315,93 @@ class Engine:
             await self.pool.release(container, reusable=reusable)
 
     async def _acquire(
-        self, spec: TaskSpec, resolved: images.ResolvedImage, *, fresh: bool
+        self,
+        spec: TaskSpec,
+        resolved: images.ResolvedImage,
+        *,
+        fresh: bool,
+        deadline: float,
     ) -> TaskContainer:
-        """A container of ``resolved`` for ``spec`` from the pool; the image pinned meanwhile.
+        """A container of ``resolved`` for ``spec`` from the pool, ready by ``deadline``.
 
         An image removed after it was resolved (by another server's image
         cache, or by hand) is resolved, so pulled, once more.
+
+        Raises:
+            TaskTimeout: no container was ready by ``deadline`` (``phase: "start"``).
+            TaskFailure: the container's start failed.
         """
         try:
-            return await self._acquire_pinned(spec, resolved, fresh=fresh)
+            return await self._acquire_pinned(spec, resolved, fresh=fresh, deadline=deadline)
         except ImageNotFound:
             log.info("image %s went before its container started: pulling it again", spec.image)
             self._forget_image(resolved.info.id)
             resolved = await self.resolve(spec.image, spec)
-            return await self._acquire_pinned(spec, resolved, fresh=fresh)
+            return await self._acquire_pinned(spec, resolved, fresh=fresh, deadline=deadline)
 
     async def _acquire_pinned(
-        self, spec: TaskSpec, resolved: images.ResolvedImage, *, fresh: bool
+        self,
+        spec: TaskSpec,
+        resolved: images.ResolvedImage,
+        *,
+        fresh: bool,
+        deadline: float,
     ) -> TaskContainer:
-        """A container of ``resolved`` for ``spec``; the image cache leaves the image alone."""
+        """A container for ``spec``, ready by ``deadline`` (loop time).
+
+        A warm container comes at once, with no timer armed and nothing pinned
+        (the hottest path: its container keeps its image in use). A start (or a
+        wait for room in the pool) still under way at the deadline is
+        abandoned, and its container removed; meanwhile the image cache leaves
+        the image alone.
+        """
         key = PoolKey(spec.tenant, resolved.info.id, spec.limits)
+        if not fresh:
+            container = self.pool.take_warm(key)
+            if container is not None:
+                return container
         self.image_cache.pin(resolved.info.id)
+        bound = asyncio.timeout_at(deadline)  # a timer, no task
         try:
-            return await self.pool.acquire(
-                key, lambda: self.launch(resolved, spec.limits), fresh=fresh
-            )
+            async with bound:
+                return await self.pool.acquire(
+                    key, lambda: self.launch(resolved, key.limits), fresh=fresh
+                )
+        except TimeoutError:
+            if not bound.expired():
+                raise
+            raise self._start_timeout(key.limits) from None
         finally:
             self.image_cache.unpin(resolved.info.id)
+
+    def _start_timeout(self, limits: Limits) -> TaskTimeout:
+        """The failure of a task whose container was not ready within the task's time."""
+        return TaskTimeout(
+            "the task container was not ready within the task's timeout "
+            f"({limits.timeout_s:g} s, plus {self.start_grace_s:g} s of start grace)",
+            data={
+                "phase": "start",
+                "timeout_s": limits.timeout_s,
+                "start_grace_s": self.start_grace_s,
+            },
+        )
+
+    def _shortened_timeout(self, error: ErrorInfo, limits: Limits, budget: float) -> ErrorInfo:
+        """A call's timeout, told against the task's whole time, which its start shortened
+        (the call had ``budget`` seconds of it)."""
+        start_s = limits.timeout_s + self.start_grace_s - budget
+        return ErrorInfo(
+            error.code,
+            f"the task did not finish within its timeout ({limits.timeout_s:g} s, plus "
+            f"{self.start_grace_s:g} s of start grace): its container took {start_s:.2f} s "
+            "to start",
+            {
+                **error.data,
+                "timeout_s": limits.timeout_s,
+                "start_grace_s": self.start_grace_s,
+                "start_s": round(start_s, 3),
+            },
+        )
 
     async def _explain(
         self, container: TaskContainer, failure: TaskFailure
@@ -359,7 +460,7 @@ class Engine:
         stem = StemKey(resolved.info.id, limits)
         t0 = time.perf_counter()
         try:
-            cid = await self.docker.create(config)
+            cid = await self._create(config)
         except BaseException as exc:
             if listener is None:
                 raise
@@ -410,6 +511,29 @@ class Engine:
         finally:
             if listener is not None:
                 listener.close()
+
+    async def _create(self, config: ContainerConfig) -> str:
+        """Create a container; its ID. Cancel-safe: one the engine goes on to
+        create after its start was abandoned (a task's time ran out) is removed."""
+        creating = asyncio.ensure_future(self.docker.create(config))
+        try:
+            return await asyncio.shield(creating)
+        except asyncio.CancelledError:
+            removal = asyncio.ensure_future(self._remove_when_created(creating))
+            self._orphans.add(removal)
+            removal.add_done_callback(self._orphans.discard)
+            raise
+
+    async def _remove_when_created(self, creating: asyncio.Future[str]) -> None:
+        """Remove the container ``creating`` makes, if it makes one; a failure is logged."""
+        try:
+            container_id = await creating
+        except Exception:  # nothing was created
+            return
+        try:
+            await self.docker.remove(container_id)
+        except Exception:
+            log.warning("could not remove container %s", container_id[:12], exc_info=True)
 
     def _profile(self, resolved: images.ResolvedImage) -> Profile:
         """The sandbox profile of ``resolved``'s containers, judged by all its names."""

@@ -109,15 +109,13 @@ class WarmPool:
         if fresh:
             self._demand_stems(stem, launch)
         while True:
-            container = None if fresh else self._take_idle(key)
+            container = None if fresh else self.take_warm(key)
             if container is not None:
-                self.counters["hits"] += 1
-            else:
-                container = self._take_stem(stem)
-                if container is not None:
-                    self.counters["stem_hits"] += 1
-                    self._replenish(stem)
+                return container
+            container = self._take_stem(stem)
             if container is not None:
+                self.counters["stem_hits"] += 1
+                self._replenish(stem)
                 self._busy[container.id] = (key, fresh, container)
                 return container
             if self._reserve(stem.image_id):
@@ -129,6 +127,15 @@ class WarmPool:
                 continue  # the eviction made room: reserve it on the next turn
             async with self._changed:
                 await self._changed.wait()
+
+    def take_warm(self, key: PoolKey) -> TaskContainer | None:
+        """An idle container of ``key``, taken now, or None: :meth:`acquire`'s fast path,
+        which never waits (and so needs no deadline)."""
+        container = self._take_idle(key)
+        if container is not None:
+            self.counters["hits"] += 1
+            self._busy[container.id] = (key, False, container)
+        return container
 
     async def release(self, container: TaskContainer, *, reusable: bool) -> None:
         """Take a container back after a call: kept warm if ``reusable``, else removed."""

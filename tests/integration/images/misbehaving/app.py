@@ -9,6 +9,7 @@ result nested ``levels`` dicts deep).
 Attacks on the sandbox (tests/integration/test_hostile.py): ``busy``,
 ``forkbomb``, ``memhog``, ``stdout_flood``, ``big_result``, ``tmpfill``,
 ``write_root``, ``network``, ``stderr_flood``, ``whoami``, ``fdlimit``, ``redial``.
+Results too big (tests/integration/test_big_results.py): ``big_result_in_memory``.
 """
 
 import contextlib
@@ -120,6 +121,16 @@ def big_result(params, rid):
         out.write(block)
     out.write(b'"}\n')
     out.flush()
+
+
+def big_result_in_memory(params, rid):
+    """Answer a result string of ``mb`` MB built whole in memory first, as tarea.runtime
+    does (it JSON-encodes the whole response, then writes it): the string, its JSON
+    and its bytes are held at once, three to four times ``mb`` at the peak."""
+    result = "x" * (int(params.get("mb", 50)) * MB)
+    line = json.dumps({"jsonrpc": "2.0", "id": rid, "result": result}).encode() + b"\n"
+    PROTO_OUT.write(line)
+    PROTO_OUT.flush()
 
 
 def redial(params):
@@ -336,6 +347,7 @@ FUNCTIONS = [
     "garbage",
     "sleep",
     "big_result",
+    "big_result_in_memory",
     "deafen",
     "lone_surrogate",
     "deep",
@@ -379,6 +391,8 @@ for line in PROTO_IN:
         send({"jsonrpc": "2.0", "id": rid, "result": "slept"})
     elif method == "big_result":
         big_result(params, rid)
+    elif method == "big_result_in_memory":
+        big_result_in_memory(params, rid)
     elif method == "deafen":
         # Answer, then never read stdin again: the next request is never taken.
         send({"jsonrpc": "2.0", "id": rid, "result": "deaf"})
