@@ -101,9 +101,7 @@ class Launcher:
             await self.gate.wait()
         if number in self.failing:
             raise LaunchFailedError(f"launch #{number} failed")
-        container = FakeContainer(
-            self.ledger.new_id(self.stem.image_id), self.image, self.stem, 1.0
-        )
+        container = FakeContainer(self.ledger.new_id(self.stem.image_id), self.image, self.stem)
         self.ledger.record_start(container)
         return container
 

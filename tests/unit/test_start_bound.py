@@ -61,7 +61,7 @@ class FakeContainer(TaskContainer):
     protocol = Protocol.JSONRPC_STDIO
 
     def __init__(self, container_id: str, limits: Limits, call_s: float) -> None:
-        super().__init__(container_id, IMAGE, StemKey(INFO.id, limits), start_ms=0.0)
+        super().__init__(container_id, IMAGE, StemKey(INFO.id, limits))
         self.call_s = call_s
         self.timeouts: list[float] = []
 

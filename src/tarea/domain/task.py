@@ -88,8 +88,3 @@ class Outcome:
     exit_code: int | None = None
     logs: str = ""
     timings: Timings = field(default_factory=Timings)
-
-    @property
-    def ok(self) -> bool:
-        """True when the task produced a result."""
-        return self.error is None

@@ -54,13 +54,11 @@ class TaskContainer(ABC):
         container_id: str,
         image: str,
         stem: StemKey,
-        start_ms: float,
         profile: Profile = Profile.STRICT,
     ) -> None:
         self.id = container_id
         self.image = image
         self.stem = stem
-        self.start_ms = start_ms
         self.profile = profile
         self.uses = 0
         self.last_used = time.monotonic()
@@ -118,10 +116,9 @@ class StdioContainer(TaskContainer):
         container_id: str,
         image: str,
         stem: StemKey,
-        start_ms: float,
         channel: JsonRpcChannel,
     ) -> None:
-        super().__init__(container_id, image, stem, start_ms)
+        super().__init__(container_id, image, stem)
         self.channel = channel
         self.call_started = 0.0
 
@@ -173,13 +170,12 @@ class SeedHttpContainer(TaskContainer):
         container_id: str,
         image: str,
         stem: StemKey,
-        start_ms: float,
         client: httpx.AsyncClient,
         base_url: str,
         output: AttachedOutput,
         profile: Profile,
     ) -> None:
-        super().__init__(container_id, image, stem, start_ms, profile)
+        super().__init__(container_id, image, stem, profile)
         self.client = client
         self.base_url = base_url
         #: Its stdout and stderr, kept as the calls' logs.

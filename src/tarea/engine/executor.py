@@ -458,7 +458,6 @@ class Engine:
             profile=profile,
         )
         stem = StemKey(resolved.info.id, limits)
-        t0 = time.perf_counter()
         try:
             cid = await self._create(config)
         except BaseException as exc:
@@ -482,15 +481,13 @@ class Engine:
                 )
                 await self.docker.start(cid)
                 await self._ready(channel, listener, cid)
-                start_ms = (time.perf_counter() - t0) * 1000
-                return StdioContainer(cid, resolved.reference, stem, start_ms, channel)
+                return StdioContainer(cid, resolved.reference, stem, channel)
             attached = await self.docker.attach_stdio(cid, stdin=False)
             output = await AttachedOutput.open(attached.sock, cap=self.log_cap)
             await self.docker.start(cid)
             base_url = await self._seed_ready(cid, output)
-            start_ms = (time.perf_counter() - t0) * 1000
             container = SeedHttpContainer(
-                cid, resolved.reference, stem, start_ms, self._http, base_url, output, profile
+                cid, resolved.reference, stem, self._http, base_url, output, profile
             )
             if profile is Profile.SEED_COMPAT:
                 self.writable.watch(container)

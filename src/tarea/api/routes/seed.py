@@ -15,7 +15,8 @@ from fastapi import APIRouter
 from pydantic import BaseModel, ConfigDict, Field
 
 from tarea.api.deps import ServiceDep, SettingsDep, TenantDep
-from tarea.api.errors import STATUS_OF_CODE, ProblemError, problem_responses
+from tarea.api.errors import ProblemError, problem_responses
+from tarea.codes import STATUS_OF_CODE
 from tarea.domain.status import Status
 from tarea.domain.task import RegistryAuth
 from tarea.service import NewTask
