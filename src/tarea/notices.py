@@ -25,13 +25,13 @@ import logging
 from collections import defaultdict
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy.engine import make_url
 
 from tarea.domain.records import TaskRecord
 from tarea.domain.status import TERMINAL
-from tarea.store.aio import AsyncStore
+from tarea.store.cluster import StoredEvent
 
 log = logging.getLogger(__name__)
 
@@ -186,6 +186,26 @@ class LocalNotices:
             self.on_cancel(task_id)
 
 
+class NoticeStore(Protocol):
+    """What :class:`PgNotices` reads and writes (:class:`~tarea.store.aio.AsyncStore`)."""
+
+    async def get(self, task_id: str, tenant: str | None = None) -> TaskRecord | None:
+        """The task, or None."""
+        ...
+
+    async def add_event(self, task_id: str, kind: str, data: dict[str, Any]) -> int:
+        """Record one event of the task (and announce it); its seq."""
+        ...
+
+    async def events_after(self, task_id: str, seq: int) -> list[StoredEvent]:
+        """The task's events after ``seq``, oldest first."""
+        ...
+
+    async def last_event(self, task_id: str) -> int:
+        """The seq of the task's latest event; 0 if none."""
+        ...
+
+
 class PgNotices(LocalNotices):
     """Notices between servers sharing one PostgreSQL (see the module docstring).
 
@@ -197,7 +217,7 @@ class PgNotices(LocalNotices):
     """
 
     def __init__(
-        self, url: str, store: AsyncStore, *, queue_size: int = 1000, log_flush_s: float = 0.2
+        self, url: str, store: NoticeStore, *, queue_size: int = 1000, log_flush_s: float = 0.2
     ) -> None:
         super().__init__(queue_size)
         self._conninfo = (
@@ -210,6 +230,9 @@ class PgNotices(LocalNotices):
         self._background: set[asyncio.Task[Any]] = set()
         #: Set while the LISTEN connection is up.
         self.listening = asyncio.Event()
+        #: Whether a task runs on this server: then its end reaches its waiters
+        #: here in memory, and its notice needs no read of the store.
+        self.runs_here: Callable[[str], bool] = lambda task_id: False
 
     async def start(self) -> None:
         """Connect and LISTEN (and keep doing so); returns once listening."""
@@ -325,7 +348,7 @@ class PgNotices(LocalNotices):
         what, _, task_id = payload.partition(" ")
         if what == "cancelled":
             self.cancelled(task_id)
-        if what in _TERMINAL and task_id in self._waiters:
+        if what in _TERMINAL and task_id in self._waiters and not self.runs_here(task_id):
             self._spawn(self._resolve(task_id))
         for subscription in self._subscriptions.get(task_id, ()):
             subscription.dirty.set()

@@ -146,6 +146,8 @@ def assemble(settings: Settings) -> Server:
         callback_allow=outbound.Allowlist.parse(settings.callback_allow),
     )
     dispatcher = LocalDispatcher(runner, engine, concurrency=settings.concurrency)
+    if isinstance(notices, PgNotices):
+        notices.runs_here = dispatcher.runs
     service = TaskService(settings, store, dispatcher, notices)
     membership = Membership(
         store, server_id=settings.server_id, lease_s=settings.lease_s, on_silent=service.take_over

@@ -33,6 +33,9 @@ class Tasks:
     async def settled(self, timeout_s: float) -> bool:
         return True
 
+    def ending(self, task_id: str) -> bool:
+        return False
+
     async def aclose(self) -> None:
         pass
 

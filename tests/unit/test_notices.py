@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
-from tarea.notices import LocalNotices
+from tarea.domain.records import TaskRecord
+from tarea.domain.status import Status
+from tarea.notices import LocalNotices, PgNotices
+from tarea.store.cluster import StoredEvent
 
 
 def test_subscribers_get_their_tasks_events_in_order() -> None:
@@ -52,3 +56,78 @@ def test_a_slow_subscriber_loses_the_oldest_events_not_memory() -> None:
             return kept
 
     assert asyncio.run(scenario()) == [7, 8, 9]
+
+
+class Store:
+    """The task store as PgNotices reads it: one ended task, and a count of reads."""
+
+    def __init__(self, record: TaskRecord) -> None:
+        self.record = record
+        self.reads = 0
+
+    async def get(self, task_id: str, tenant: str | None = None) -> TaskRecord | None:
+        self.reads += 1
+        return self.record
+
+    async def add_event(self, task_id: str, kind: str, data: dict[str, Any]) -> int:
+        return 0
+
+    async def events_after(self, task_id: str, seq: int) -> list[StoredEvent]:
+        return []
+
+    async def last_event(self, task_id: str) -> int:
+        return 0
+
+
+def ended_task() -> TaskRecord:
+    return TaskRecord(
+        id="t1", tenant="a", status=Status.SUCCEEDED, image="i", function="f", params={}
+    )
+
+
+def test_a_notice_of_an_end_elsewhere_hands_waiters_the_stored_task() -> None:
+    """A waiter here for a task another server ran gets the task read after its end's notice."""
+
+    async def scenario() -> tuple[TaskRecord | None, int]:
+        store = Store(ended_task())
+        notices = PgNotices("postgresql://x/y", store)
+        waiter = notices.waiter("t1")
+        notices.heard("succeeded t1")
+        return await asyncio.wait_for(waiter, 1), store.reads
+
+    record, reads = asyncio.run(scenario())
+    assert record is not None
+    assert record.status is Status.SUCCEEDED
+    assert reads == 1
+
+
+def test_a_notice_of_an_end_here_reads_nothing() -> None:
+    """The notice of a task that runs on this server is not read back: its end comes in memory."""
+
+    async def scenario() -> tuple[bool, int]:
+        store = Store(ended_task())
+        notices = PgNotices("postgresql://x/y", store)
+        notices.runs_here = lambda task_id: task_id == "t1"
+        waiter = notices.waiter("t1")
+        notices.heard("succeeded t1")
+        await asyncio.sleep(0.05)
+        pending = not waiter.done()
+        notices.ended(ended_task())
+        await waiter
+        return pending, store.reads
+
+    assert asyncio.run(scenario()) == (True, 0)
+
+
+def test_a_notice_of_a_cancel_stops_the_task_here() -> None:
+    """A "cancelled" notice reaches the dispatcher's cancel with the task's id."""
+    cancelled: list[str] = []
+
+    async def scenario() -> None:
+        notices = PgNotices("postgresql://x/y", Store(ended_task()))
+        notices.on_cancel = cancelled.append
+        notices.heard("cancelled t9")
+        notices.heard("running t8")
+
+    asyncio.run(scenario())
+    assert cancelled == ["t9"]

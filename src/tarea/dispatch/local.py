@@ -44,6 +44,10 @@ class Runner(Protocol):
         """Wait (bounded) until every task that ran has its end recorded."""
         ...
 
+    def ending(self, task_id: str) -> bool:
+        """Whether the task ran and its end is being recorded (then announced)."""
+        ...
+
     async def aclose(self) -> None:
         """Stop background work (callbacks) and release connections."""
         ...
@@ -116,6 +120,10 @@ class LocalDispatcher:
             self._runner.credentials[record.id] = auth
         self._queued_ids.add(record.id)
         self._queue.put_nowait(record)
+
+    def runs(self, task_id: str) -> bool:
+        """Whether ``task_id`` runs here, or ran and its end is still being recorded."""
+        return task_id in self._running or self._runner.ending(task_id)
 
     def cancel(self, task_id: str) -> bool:
         """Stop ``task_id`` if it is here: skipped if queued, interrupted if running."""

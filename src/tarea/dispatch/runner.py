@@ -90,6 +90,8 @@ class TaskRunner:
         self._background: set[asyncio.Future[Any]] = set()
         #: Tasks whose container is done, waiting for their end to be committed.
         self._settling: set[asyncio.Future[None]] = set()
+        #: Ids of the tasks whose end is being recorded here (see ending()).
+        self._ending: set[str] = set()
 
     async def execute(self, record: TaskRecord) -> TaskRecord | None:
         """Run the queued task ``record`` to a terminal status (no-op if cancelled since).
@@ -192,7 +194,9 @@ class TaskRunner:
         # next task while the commit completes (waiters hear of it after).
         settle = asyncio.ensure_future(self._settle(current, marking, ending, status, fields))
         self._settling.add(settle)
+        self._ending.add(task_id)
         settle.add_done_callback(self._settling.discard)
+        settle.add_done_callback(lambda _: self._ending.discard(task_id))
         self._watch(settle)
         return None
 
@@ -218,6 +222,10 @@ class TaskRunner:
         )
         self.notices.publish(again.id, "status", status=again.status.value, attempt=again.attempt)
         return again
+
+    def ending(self, task_id: str) -> bool:
+        """Whether ``task_id`` ran here and its end is being recorded (then announced)."""
+        return task_id in self._ending
 
     async def settled(self, timeout_s: float) -> bool:
         """Wait (at most ``timeout_s``) until every task that ran here has its end recorded.

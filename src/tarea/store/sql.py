@@ -140,6 +140,12 @@ class SqlStore:
         self._results: dict[tuple[Any, ...], builtins.list[tuple[int, Callable[[Any], Any]]]] = {}
         columns = ", ".join(_quote(name) for name in names)
         self._select_sql = f"SELECT {columns} FROM tasks WHERE "  # noqa: S608
+        self._count_both_sql = (
+            "SELECT "  # noqa: S608 - constant SQL, the tenant bound
+            f"count(*) FILTER (WHERE tenant = {self._placeholder.format('tenant')}), "
+            f"count(*) FILTER (WHERE status = '{Status.QUEUED.value}') "
+            f"FROM tasks WHERE {_ACTIVE_SQL}"
+        )
         self._count_active_sql = (
             f"SELECT count(*) FROM tasks WHERE tenant = {self._placeholder.format('tenant')} "  # noqa: S608
             f"AND {_ACTIVE_SQL}"
@@ -284,17 +290,23 @@ class SqlStore:
                 {"lock": f"tarea-tenant:{tenant}"},
             )
         # Both counts are this module's constant SQL; the tenant is a bound value.
-        if admission.max_active:
+        # Counted in one statement (one round trip) when both bounds are set.
+        queued: int | None = None
+        if admission.max_active and admission.max_queued:
+            tx.cursor.execute(self._count_both_sql, {"tenant": tenant})
+            active, queued = tx.cursor.fetchone()
+        elif admission.max_active:
             tx.cursor.execute(self._count_active_sql, {"tenant": tenant})
             active = tx.cursor.fetchone()[0]
-            if active + count > admission.max_active:
-                return QuotaExceeded(
-                    f"{active} tasks of this tenant are queued or running, of "
-                    f"{admission.max_active} allowed: no room for {count} more"
-                )
+        if admission.max_active and active + count > admission.max_active:
+            return QuotaExceeded(
+                f"{active} tasks of this tenant are queued or running, of "
+                f"{admission.max_active} allowed: no room for {count} more"
+            )
         if admission.max_queued:
-            tx.cursor.execute(_COUNT_QUEUED_SQL)
-            queued = tx.cursor.fetchone()[0]
+            if queued is None:
+                tx.cursor.execute(_COUNT_QUEUED_SQL)
+                queued = tx.cursor.fetchone()[0]
             if queued + count > admission.max_queued:
                 return QueueFull(
                     f"{queued} tasks are queued, of {admission.max_queued} allowed: "
