@@ -185,9 +185,9 @@ def test_a_server_starting_on_a_shared_database_leaves_another_servers_tasks_alo
         first, first_url = start_server(first_env, tmp_path / "first.log")
         second = None
         try:
-            running = httpx.post(
+            running = httpx.post(  # long enough to outlast the second server's start
                 f"{first_url}/v1/tasks",
-                json={"image": tasks_image, "function": "esperar", "params": {"segundos": 4}},
+                json={"image": tasks_image, "function": "esperar", "params": {"segundos": 12}},
             ).json()
             assert poll(first_url, running["id"], {"running"})["status"] == "running"
             queued = httpx.post(
