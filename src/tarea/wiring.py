@@ -145,7 +145,12 @@ def assemble(settings: Settings) -> Server:
         ),
         callback_allow=outbound.Allowlist.parse(settings.callback_allow),
     )
-    dispatcher = LocalDispatcher(runner, engine, concurrency=settings.concurrency)
+    dispatcher = LocalDispatcher(
+        runner,
+        engine,
+        concurrency=settings.concurrency,
+        tenant_max_running=settings.tenant_running_cap(),
+    )
     service = TaskService(settings, store, dispatcher, notices)
     membership = Membership(
         store, server_id=settings.server_id, lease_s=settings.lease_s, on_silent=service.take_over
