@@ -151,6 +151,12 @@ class Settings(BaseSettings):
         description="Tasks of one tenant run at once by this server; default: concurrency - 1 "
         "(at least 1), so a slot is always left for another tenant; 0: no cap but concurrency.",
     )
+    pool_min_per_tenant: int = Field(
+        2,
+        ge=0,
+        description="Warm containers of a tenant that another tenant's churn never evicts "
+        "(while the pool has room for every tenant's share).",
+    )
 
     def tenant_running_cap(self) -> int:
         """``tenant_max_running``, or its default (see the field); 0: no cap."""
