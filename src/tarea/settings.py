@@ -155,7 +155,7 @@ class Settings(BaseSettings):
         2,
         ge=0,
         description="Warm containers of a tenant that another tenant's churn never evicts "
-        "(while the pool has room for every tenant's share).",
+        "(while every tenant's minimum fits under TAREA_POOL_MAX_TOTAL).",
     )
 
     def tenant_running_cap(self) -> int:
