@@ -145,6 +145,25 @@ class Settings(BaseSettings):
         5, ge=1, description="Most runs a task may ask for in its retry policy."
     )
     concurrency: int = Field(8, ge=1, description="Tasks run at once by this server.")
+    tenant_max_running: int | None = Field(
+        None,
+        ge=0,
+        description="Tasks of one tenant run at once by this server; default: concurrency - 1 "
+        "(at least 1), so a slot is always left for another tenant; 0: no cap but concurrency.",
+    )
+    pool_min_per_tenant: int = Field(
+        2,
+        ge=0,
+        description="Warm containers of a tenant that another tenant's churn never evicts "
+        "(while every tenant's minimum fits under TAREA_POOL_MAX_TOTAL).",
+    )
+
+    def tenant_running_cap(self) -> int:
+        """``tenant_max_running``, or its default (see the field); 0: no cap."""
+        if self.tenant_max_running is None:
+            return max(1, self.concurrency - 1)
+        return self.tenant_max_running
+
     max_queued: int = Field(1000, ge=1, description="Tasks that may wait; more get 503.")
     wait_max_s: float = Field(
         60.0, gt=0, description="Longest ?wait=true blocks before answering 202."

@@ -53,6 +53,7 @@ def build_engine(settings: Settings) -> Engine:
             max_per_image=settings.pool_max_per_image,
             idle_s=settings.pool_idle_s,
             stem_cells=settings.stem_cells,
+            min_per_tenant=settings.pool_min_per_tenant,
         ),
         image_cache_s=settings.image_cache_s,
         pull_timeout_s=settings.pull_timeout_s,
@@ -145,7 +146,12 @@ def assemble(settings: Settings) -> Server:
         ),
         callback_allow=outbound.Allowlist.parse(settings.callback_allow),
     )
-    dispatcher = LocalDispatcher(runner, engine, concurrency=settings.concurrency)
+    dispatcher = LocalDispatcher(
+        runner,
+        engine,
+        concurrency=settings.concurrency,
+        tenant_max_running=settings.tenant_running_cap(),
+    )
     if isinstance(notices, PgNotices):
         notices.runs_here = dispatcher.runs
     service = TaskService(settings, store, dispatcher, notices)

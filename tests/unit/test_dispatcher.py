@@ -1,4 +1,5 @@
-"""The embedded dispatcher's scheduling: cap, order, start, cancel, drain (fake tasks)."""
+"""The embedded dispatcher's scheduling: cap, order, start, cancel, drain, fairness between
+tenants (fake tasks)."""
 
 from __future__ import annotations
 
@@ -13,8 +14,10 @@ from tarea.domain.task import RegistryAuth
 from tests.unit.aio import in_loop
 
 
-def record(name: str) -> TaskRecord:
-    return TaskRecord(id=name, tenant="t", status=Status.QUEUED, image="i", function="f", params={})
+def record(name: str, tenant: str = "t") -> TaskRecord:
+    return TaskRecord(
+        id=name, tenant=tenant, status=Status.QUEUED, image="i", function="f", params={}
+    )
 
 
 class Tasks:
@@ -68,8 +71,10 @@ class Containers:
         return 0
 
 
-def dispatcher_of(tasks: Tasks, concurrency: int) -> LocalDispatcher:
-    return LocalDispatcher(tasks, Containers(), concurrency=concurrency)
+def dispatcher_of(tasks: Tasks, concurrency: int, tenant_max_running: int = 0) -> LocalDispatcher:
+    return LocalDispatcher(
+        tasks, Containers(), concurrency=concurrency, tenant_max_running=tenant_max_running
+    )
 
 
 async def settle() -> None:
@@ -161,3 +166,129 @@ async def test_a_queued_task_cancelled_is_skipped() -> None:
     assert tasks.started == ["a", "c"]
     tasks.end("c")
     await dispatcher.stop()
+
+
+# -- fairness between tenants (issue "No tenant can hurt another") --------------------
+
+
+@in_loop
+async def test_tenants_are_served_round_robin() -> None:
+    """One slot, three tenants' queues: each freed slot goes to the next tenant in turn."""
+    tasks = Tasks()
+    dispatcher = dispatcher_of(tasks, 1)
+    for name, tenant in [("a1", "alpha"), ("a2", "alpha"), ("a3", "alpha")]:
+        dispatcher.enqueue(record(name, tenant))
+    for name, tenant in [("b1", "beta"), ("b2", "beta"), ("g1", "gamma")]:
+        dispatcher.enqueue(record(name, tenant))
+    dispatcher.start()
+    for name in ["a1", "b1", "g1", "a2", "b2", "a3"]:
+        await settle()
+        assert tasks.started[-1] == name
+        tasks.end(name)
+    await settle()
+    assert tasks.started == ["a1", "b1", "g1", "a2", "b2", "a3"]
+    assert (dispatcher.running, dispatcher.queued) == (0, 0)
+    await dispatcher.stop()
+
+
+@in_loop
+async def test_a_tenant_runs_at_most_its_cap_and_the_other_slots_stay_for_others() -> None:
+    """3 slots, a cap of 2: one tenant's 5 tasks take 2 slots; another tenant gets the third."""
+    tasks = Tasks()
+    dispatcher = dispatcher_of(tasks, 3, tenant_max_running=2)
+    dispatcher.start()
+    for i in range(5):
+        dispatcher.enqueue(record(f"a{i}", "alpha"))
+    await settle()
+    assert tasks.started == ["a0", "a1"]
+    assert (dispatcher.running, dispatcher.queued) == (2, 3)
+    dispatcher.enqueue(record("b0", "beta"))
+    await settle()
+    assert tasks.started == ["a0", "a1", "b0"]
+    tasks.end("a0")
+    await settle()
+    assert tasks.started == ["a0", "a1", "b0", "a2"]
+    assert dispatcher.running == 3
+    for name in ["a1", "a2", "b0", "a3", "a4"]:
+        tasks.end(name)
+        await settle()
+    assert tasks.started == ["a0", "a1", "b0", "a2", "a3", "a4"]
+    assert (dispatcher.running, dispatcher.queued) == (0, 0)
+    await dispatcher.stop()
+
+
+@in_loop
+async def test_another_tenants_first_task_starts_at_once_beside_a_capped_tenant() -> None:
+    """Concurrency 2, cap 1 (the default): beta's first task starts while alpha has 100 queued."""
+    tasks = Tasks()
+    dispatcher = dispatcher_of(tasks, 2, tenant_max_running=1)
+    dispatcher.start()
+    for i in range(100):
+        dispatcher.enqueue(record(f"a{i}", "alpha"))
+    await settle()
+    assert tasks.started == ["a0"]
+    dispatcher.enqueue(record("b0", "beta"))
+    await settle()
+    assert tasks.started == ["a0", "b0"]
+    assert (dispatcher.running, dispatcher.queued) == (2, 99)
+    await dispatcher.stop()
+
+
+@in_loop
+async def test_another_tenants_first_task_takes_the_next_slot_that_frees() -> None:
+    """No cap, both slots alpha's, 100 more queued: beta's first task takes the next freed slot."""
+    tasks = Tasks()
+    dispatcher = dispatcher_of(tasks, 2)
+    dispatcher.start()
+    for i in range(100):
+        dispatcher.enqueue(record(f"a{i}", "alpha"))
+    await settle()
+    dispatcher.enqueue(record("b0", "beta"))
+    dispatcher.enqueue(record("b1", "beta"))
+    await settle()
+    assert tasks.started == ["a0", "a1"]
+    tasks.end("a1")
+    await settle()
+    assert tasks.started == ["a0", "a1", "b0"]
+    tasks.end("a0")  # both tenants have one running: alpha, served longest ago, goes next
+    await settle()
+    assert tasks.started == ["a0", "a1", "b0", "a2"]
+    await dispatcher.stop()
+
+
+@in_loop
+async def test_a_tenants_queued_task_cancelled_is_skipped_and_the_turns_go_on() -> None:
+    """A tenant's queued task cancelled is never run; the tenants' other tasks run in turn."""
+    tasks = Tasks()
+    dispatcher = dispatcher_of(tasks, 1)
+    for name, tenant in [("a1", "alpha"), ("a2", "alpha"), ("a3", "alpha"), ("b1", "beta")]:
+        dispatcher.enqueue(record(name, tenant))
+    assert dispatcher.cancel("a2")
+    dispatcher.start()
+    for name in ["a1", "b1", "a3"]:
+        await settle()
+        assert tasks.started[-1] == name
+        tasks.end(name)
+    await settle()
+    assert tasks.started == ["a1", "b1", "a3"]
+    assert (dispatcher.running, dispatcher.queued) == (0, 0)
+    await dispatcher.stop()
+
+
+@in_loop
+async def test_drain_with_several_tenants_queued_starts_none_of_them() -> None:
+    """Drain waits for the running tasks; every tenant's queued tasks stay queued."""
+    tasks = Tasks()
+    dispatcher = dispatcher_of(tasks, 2, tenant_max_running=1)
+    dispatcher.start()
+    for name, tenant in [("a1", "alpha"), ("a2", "alpha"), ("b1", "beta"), ("b2", "beta")]:
+        dispatcher.enqueue(record(name, tenant))
+    await settle()
+    assert tasks.started == ["a1", "b1"]
+    tasks.end("a1")
+    left = await dispatcher.drain(0.05)
+    assert left == ["b1"]
+    assert tasks.started == ["a1", "b1"]
+    assert dispatcher.queued == 2
+    await dispatcher.stop()
+    assert dispatcher.running == 0

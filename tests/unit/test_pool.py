@@ -684,6 +684,126 @@ def test_speculative_stem_cells_never_evict(limits: PoolLimits, idle_image: str)
     run(scenario)
 
 
+# -- fair sharing between tenants (issue "No tenant can hurt another") --------------------
+
+
+@pytest.mark.parametrize(
+    "limits",
+    [
+        PoolLimits(max_total=4, max_per_image=16, stem_cells=0),
+        PoolLimits(max_total=32, max_per_image=4, stem_cells=0),
+    ],
+    ids=["max_total", "max_per_image"],
+)
+def test_a_tenants_churn_evicts_its_own_containers_not_anothers(
+    limits: PoolLimits, clock: Clock
+) -> None:
+    """Alpha's 60 distinct limits, one after another, at a cap of 4: beta's warm container stays."""
+
+    async def scenario() -> None:
+        ledger = Ledger()
+        pool = WarmPool(ledger.destroy, limits)
+        beta_key = key(tenant="beta")
+        launch = Launcher(ledger, beta_key.stem)
+        warm = await pool.acquire(beta_key, launch, fresh=False)
+        await pool.release(warm, reusable=True)
+        for i in range(60):
+            clock.now += 1  # beta's container is the least recently used of all
+            alpha_key = key(tenant="alpha", limits=replace(LIMITS, memory_mb=200 + i))
+            held = await asyncio.wait_for(pool.acquire(alpha_key, launch, fresh=False), 5)
+            await pool.release(held, reusable=True)
+        await pool.settle()
+        assert warm.id not in ledger.destroyed
+        assert len(ledger.destroyed) == 60 - 3  # alpha keeps 3, beta its 1
+        assert await pool.acquire(beta_key, launch, fresh=False) is warm
+        ledger.assert_sane()
+
+    run(scenario)
+
+
+def test_a_tenant_whose_containers_are_all_busy_waits_rather_than_evict_anothers() -> None:
+    """Alpha holds 3 busy at a cap of 4, beta 1 idle: alpha's 4th key waits for alpha's own."""
+
+    async def scenario() -> None:
+        ledger = Ledger()
+        pool = WarmPool(ledger.destroy, PoolLimits(max_total=4, stem_cells=0))
+        launch = Launcher(ledger, key().stem)
+        warm = await pool.acquire(key(tenant="beta"), launch, fresh=False)
+        await pool.release(warm, reusable=True)
+        busy = [
+            await pool.acquire(
+                key("alpha", limits=replace(LIMITS, pids=64 + i)), launch, fresh=False
+            )
+            for i in range(3)
+        ]
+        waiter = asyncio.create_task(
+            pool.acquire(key("alpha", limits=OTHER_LIMITS), launch, fresh=False)
+        )
+        await spin()
+        assert not waiter.done()
+        assert ledger.destroyed == []
+        await pool.release(busy[0], reusable=True)
+        await asyncio.wait_for(waiter, timeout=5)
+        await pool.settle()
+        assert ledger.destroyed == [busy[0].id]  # alpha's own, idle again
+        assert await pool.acquire(key(tenant="beta"), launch, fresh=False) is warm
+
+    run(scenario)
+
+
+def test_a_tenant_over_its_share_loses_idle_containers_to_one_under_it(clock: Clock) -> None:
+    """Beta holds 5 of 6 idle, alpha 1 busy: alpha's new key evicts beta's (share 3), not waits."""
+
+    async def scenario() -> None:
+        ledger = Ledger()
+        pool = WarmPool(ledger.destroy, PoolLimits(max_total=6, stem_cells=0))
+        launch = Launcher(ledger, key().stem)
+        betas = [
+            await pool.acquire(
+                key("beta", limits=replace(LIMITS, pids=64 + i)), launch, fresh=False
+            )
+            for i in range(5)
+        ]
+        for container in betas:
+            clock.now += 1
+            await pool.release(container, reusable=True)
+        await pool.acquire(key("alpha"), launch, fresh=False)
+        for i in range(2):
+            alpha_key = key("alpha", limits=replace(LIMITS, memory_mb=300 + i))
+            await asyncio.wait_for(pool.acquire(alpha_key, launch, fresh=False), 5)
+        await pool.settle()
+        assert ledger.destroyed == [betas[0].id, betas[1].id]  # beta keeps its share: 3
+        alpha_key = key("alpha", limits=replace(LIMITS, memory_mb=400))
+        waiter = asyncio.create_task(pool.acquire(alpha_key, launch, fresh=False))
+        await spin()
+        assert not waiter.done()  # alpha at its share: beta's 3 stay
+        waiter.cancel()
+
+    run(scenario)
+
+
+def test_a_stem_cell_goes_before_a_tenants_warm_container_within_its_share() -> None:
+    """At the cap with a stem cell, beta's idle container and alpha busy: the stem cell goes."""
+
+    async def scenario() -> None:
+        ledger = Ledger()
+        pool = WarmPool(ledger.destroy, PoolLimits(max_total=3, stem_cells=0))
+        launch = Launcher(ledger, key().stem)
+        warm = await pool.acquire(key(tenant="beta"), launch, fresh=False)
+        await pool.release(warm, reusable=True)
+        cells = Launcher(ledger, key(image_id=IMAGE_B).stem)
+        pool.prewarm(cells.stem, 1, cells)
+        await pool.settle()
+        cell = ledger.started[-1]
+        await pool.acquire(key("alpha", limits=OTHER_LIMITS), launch, fresh=False)
+        await asyncio.wait_for(pool.acquire(key("alpha"), launch, fresh=False), 5)
+        await pool.settle()
+        assert ledger.destroyed == [cell]
+        assert await pool.acquire(key(tenant="beta"), launch, fresh=False) is warm
+
+    run(scenario)
+
+
 # -- failed launches --------------------------------------------------------------------
 
 

@@ -1,4 +1,11 @@
-"""The embedded dispatcher: an in-process queue, a bounded set of workers, one engine.
+"""The embedded dispatcher: per-tenant queues, a bounded set of workers, one engine.
+
+Dispatch is fair between tenants (issue "No tenant can hurt another"): each
+tenant has its own FIFO queue, and a worker that frees takes the next task of
+the tenant with the fewest tasks running here, ties going round-robin (the
+tenant served longest ago first). One tenant runs at most
+``tenant_max_running`` tasks at once, so with the default (``concurrency - 1``)
+a slot is always left for another tenant's first task.
 
 It owns what runs tasks on this server: the :class:`~tarea.dispatch.runner.TaskRunner`
 (which records and announces each task's end) and the task engine (its warm
@@ -9,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import Counter, deque
 from collections.abc import Mapping
 from typing import Any, Protocol
 
@@ -74,24 +82,48 @@ class Containers(Protocol):
 
 
 class LocalDispatcher:
-    """Runs queued tasks with at most ``concurrency`` at a time, on the local engine.
+    """Runs queued tasks with at most ``concurrency`` at a time, fairly between tenants.
 
     Args:
         runner: runs one task to its end; called once per enqueued record.
         engine: the task engine the runner uses (its containers are this
             dispatcher's to clean up).
         concurrency: how many tasks run at once.
+        tenant_max_running: how many of one tenant's tasks run at once; 0 (or
+            anything >= ``concurrency``): no cap beyond ``concurrency``.
 
-    The queue itself is unbounded: the store bounds it when it records a task
-    (:class:`~tarea.store.sql.Admission`), so an id that reached the store is
-    never refused here.
+    The queues themselves are unbounded: the store bounds them when it records
+    a task (:class:`~tarea.store.sql.Admission`), so an id that reached the
+    store is never refused here.
+
+    Bound: when a slot frees, the tenant with the fewest tasks running here
+    (ties: the one served longest ago) starts its next task. A tenant whose
+    first task arrives therefore starts it at once if a slot is free (with the
+    per-tenant cap below ``concurrency`` and one other tenant active, one
+    always is), else at the next slot that frees, unless other tenants'
+    first tasks queued before it: then after theirs, one per freed slot.
     """
 
-    def __init__(self, runner: Runner, engine: Containers, *, concurrency: int) -> None:
+    def __init__(
+        self,
+        runner: Runner,
+        engine: Containers,
+        *,
+        concurrency: int,
+        tenant_max_running: int = 0,
+    ) -> None:
         self._runner = runner
         self._engine = engine
         self._concurrency = concurrency
-        self._queue: asyncio.Queue[TaskRecord] = asyncio.Queue()
+        self._tenant_cap = tenant_max_running if 0 < tenant_max_running < concurrency else 0
+        #: Each tenant's queued tasks, oldest first; a tenant with none has no entry.
+        self._queues: dict[str, deque[TaskRecord]] = {}
+        #: Tenants with queued tasks, the one served longest ago first.
+        self._turns: deque[str] = deque()
+        self._queued_count = 0
+        self._tenant_running: Counter[str] = Counter()
+        #: Idle workers' wake-ups: enqueue resolves one (no lock, no polling).
+        self._idle: deque[asyncio.Future[None]] = deque()
         self._queued_ids: set[str] = set()
         self._workers: list[asyncio.Task[None]] = []
         self._running: dict[str, asyncio.Task[TaskRecord | None]] = {}
@@ -100,7 +132,7 @@ class LocalDispatcher:
     @property
     def queued(self) -> int:
         """Tasks waiting for a worker."""
-        return self._queue.qsize()
+        return self._queued_count
 
     @property
     def running(self) -> int:
@@ -119,7 +151,13 @@ class LocalDispatcher:
         if auth is not None:
             self._runner.credentials[record.id] = auth
         self._queued_ids.add(record.id)
-        self._queue.put_nowait(record)
+        queue = self._queues.get(record.tenant)
+        if queue is None:
+            queue = self._queues[record.tenant] = deque()
+            self._turns.append(record.tenant)
+        queue.append(record)
+        self._queued_count += 1
+        self._wake()
 
     def runs(self, task_id: str) -> bool:
         """Whether ``task_id`` runs here, or ran and its end is still being recorded."""
@@ -184,27 +222,76 @@ class LocalDispatcher:
         """Check that the Docker engine answers (raises EngineUnavailable)."""
         await self._engine.ping()
 
+    def _wake(self) -> None:
+        """Wake one idle worker, if any (they are alike: if one cannot start a task, none can)."""
+        while self._idle:
+            waiter = self._idle.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+
+    def _may_run(self, tenant: str) -> bool:
+        """Whether one more of ``tenant``'s tasks may start (its cap)."""
+        return not self._tenant_cap or self._tenant_running[tenant] < self._tenant_cap
+
+    def _next(self) -> TaskRecord | None:
+        """Take the next task to start: the fewest-running tenant's, ties round-robin."""
+        if not self._accepting:
+            return None
+        chosen: str | None = None
+        for tenant in self._turns:  # the one served longest ago first
+            if self._may_run(tenant) and (
+                chosen is None or self._tenant_running[tenant] < self._tenant_running[chosen]
+            ):
+                chosen = tenant
+        if chosen is None:
+            return None
+        queue = self._queues[chosen]
+        record = queue.popleft()
+        self._queued_count -= 1
+        self._turns.remove(chosen)
+        if queue:
+            self._turns.append(chosen)  # its next task waits for the others' turns
+        else:
+            del self._queues[chosen]
+        self._queued_ids.discard(record.id)
+        return record
+
+    async def _take(self) -> TaskRecord:
+        """Wait (idle, until woken) for a task this worker may start, and take it."""
+        while (record := self._next()) is None:
+            waiter = asyncio.get_running_loop().create_future()
+            self._idle.append(waiter)
+            try:
+                await waiter
+            finally:
+                if not waiter.done():
+                    waiter.cancel()
+        return record
+
     async def _work(self) -> None:
         while True:
-            record = await self._queue.get()
-            task_id = record.id
-            self._queued_ids.discard(task_id)
-            job: asyncio.Task[TaskRecord | None] | None = None
-            try:
-                if not self._accepting:
-                    continue
-                job = asyncio.create_task(
-                    self._runner.execute(record), name=f"tarea-task-{task_id}"
-                )
-                self._running[task_id] = job
-                # wait() rather than await: a client's cancel of the job must not
-                # stop this worker, and stopping the worker must not cancel the job.
-                await asyncio.wait({job})
-                if not job.cancelled() and job.exception() is not None:
-                    log.error("task %s failed in the runner", task_id, exc_info=job.exception())
-                elif not job.cancelled() and (again := job.result()) is not None:
-                    self.enqueue(again)  # its next attempt
-            finally:
-                if job is not None and job.done():
-                    self._running.pop(task_id, None)
-                self._queue.task_done()
+            record = await self._take()
+            await self._run(record)
+
+    async def _run(self, record: TaskRecord) -> None:
+        """Run one task to its end; counted against its tenant's cap meanwhile."""
+        task_id, tenant = record.id, record.tenant
+        self._tenant_running[tenant] += 1
+        job: asyncio.Task[TaskRecord | None] | None = None
+        try:
+            job = asyncio.create_task(self._runner.execute(record), name=f"tarea-task-{task_id}")
+            self._running[task_id] = job
+            # wait() rather than await: a client's cancel of the job must not
+            # stop this worker, and stopping the worker must not cancel the job.
+            await asyncio.wait({job})
+            if not job.cancelled() and job.exception() is not None:
+                log.error("task %s failed in the runner", task_id, exc_info=job.exception())
+            elif not job.cancelled() and (again := job.result()) is not None:
+                self.enqueue(again)  # its next attempt
+        finally:
+            if job is not None and job.done():
+                self._running.pop(task_id, None)
+            self._tenant_running[tenant] -= 1
+            if self._tenant_running[tenant] <= 0:
+                del self._tenant_running[tenant]

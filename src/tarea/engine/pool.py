@@ -11,9 +11,22 @@ The way OpenWhisk reuses action containers:
   task does not pay the container start.
 
 Every container counts toward a per-image cap and a global cap. When a task
-needs a container and the caps are reached, the least recently used idle
-container of another key is evicted; if none is idle, the task waits for
-one to be released. Idle containers are removed after ``idle_s``.
+needs a container and the caps are reached, an idle container is evicted,
+fairly between tenants (issue "No tenant can hurt another"), the least
+recently used of the first of these that has one:
+
+1. the asking tenant's own (its churn costs itself first);
+2. those of tenants holding more than their share: the cap divided by the
+   number of tenants holding containers under it (the asking one included),
+   and at least ``min_per_tenant``;
+3. stem cells;
+4. only when the asking tenant holds no container under the cap: those of the
+   tenants holding the most (so nobody waits forever for a first container).
+
+So another tenant's churn never takes a tenant below its share, nor below
+``min_per_tenant`` while every tenant's minimum fits under the cap. If none
+may go, the task waits for a container to be released. Idle containers are
+removed after ``idle_s``.
 """
 
 from __future__ import annotations
@@ -23,7 +36,7 @@ import contextlib
 import logging
 import time
 from collections import Counter, defaultdict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,6 +46,8 @@ log = logging.getLogger(__name__)
 
 Launch = Callable[[], Awaitable[TaskContainer]]
 Destroy = Callable[[TaskContainer], Awaitable[None]]
+#: An eviction candidate: last use, key (None: a stem cell), container.
+_Candidate = tuple[float, PoolKey | None, TaskContainer]
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +58,8 @@ class PoolLimits:
     max_per_image: int = 16
     idle_s: float = 300.0
     stem_cells: int = 2
+    #: Containers of a tenant that other tenants' churn leaves it (see the module docstring).
+    min_per_tenant: int = 2
 
 
 class WarmPool:
@@ -123,7 +140,7 @@ class WarmPool:
                 container = await self._launch_reserved(stem.image_id, launch)
                 self._busy[container.id] = (key, fresh, container)
                 return container
-            if self._evict_idle_for(stem.image_id):
+            if self._evict_idle_for(key.tenant, stem.image_id):
                 continue  # the eviction made room: reserve it on the next turn
             async with self._changed:
                 await self._changed.wait()
@@ -249,32 +266,63 @@ class WarmPool:
         self.counters["starts"] += 1
         return container
 
-    def _evict_idle_for(self, image_id: str) -> bool:
-        """Remove the least recently used idle container that blocks ``image_id``."""
-        per_image_full = self._per_image[image_id] >= self.limits.max_per_image
-        candidates: list[tuple[float, PoolKey | None, TaskContainer]] = [
+    def _evict_idle_for(self, tenant: str, image_id: str) -> bool:
+        """Remove an idle container that blocks ``tenant``'s start on ``image_id``, fairly.
+
+        The order is the module docstring's. The scope is the image when its cap
+        is reached (only its containers make room), else the whole pool. False
+        when no container may go: the caller waits for a release.
+        """
+        image_full = self._per_image[image_id] >= self.limits.max_per_image
+        scope = image_id if image_full else None
+        cap = self.limits.max_per_image if image_full else self.limits.max_total
+        idle: list[tuple[float, PoolKey, TaskContainer]] = [
             (c.last_used, key, c)
             for key, cs in self._idle.items()
             for c in cs
-            if not per_image_full or key.image_id == image_id
+            if scope is None or key.image_id == scope
         ]
-        candidates += [
+        stems: list[_Candidate] = [
             (c.last_used, None, c)
             for cs in self._stems.values()
             for c in cs
-            if not per_image_full or c.stem.image_id == image_id
+            if scope is None or c.stem.image_id == scope
         ]
-        if not candidates:
+        held = self._held(scope)
+        share = max(cap // len(held.keys() | {tenant}), self.limits.min_per_tenant)
+        most = max((held[key.tenant] for _, key, _ in idle), default=0)
+        victim = (
+            _least_recent([e for e in idle if e[1].tenant == tenant])
+            or _least_recent([e for e in idle if held[e[1].tenant] > share])
+            or _least_recent(stems)
+            or (
+                _least_recent([e for e in idle if held[e[1].tenant] == most])
+                if held[tenant] == 0
+                else None
+            )
+        )
+        if victim is None:
             return False
-        _, key, victim = min(candidates, key=lambda t: t[0])
+        _, key, container = victim
         if key is None:
-            self._stems[victim.stem].remove(victim)
+            self._stems[container.stem].remove(container)
         else:
-            self._idle[key].remove(victim)
+            self._idle[key].remove(container)
         self.counters["evictions_capacity"] += 1
-        self._spawn(self._destroy(victim))
-        self._forget(victim)
+        self._spawn(self._destroy(container))
+        self._forget(container)
         return True
+
+    def _held(self, image_id: str | None) -> Counter[str]:
+        """Containers (idle and busy) each tenant holds, of ``image_id`` or of any image."""
+        held: Counter[str] = Counter()
+        for key, cs in self._idle.items():
+            if cs and (image_id is None or key.image_id == image_id):
+                held[key.tenant] += len(cs)
+        for key, _, _ in self._busy.values():
+            if image_id is None or key.image_id == image_id:
+                held[key.tenant] += 1
+        return held
 
     def _forget(self, container: TaskContainer) -> None:
         """Stop counting a container toward the caps (its removal may still run)."""
@@ -368,3 +416,8 @@ class WarmPool:
         task = asyncio.ensure_future(coro)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
+
+
+def _least_recent(candidates: Sequence[_Candidate]) -> _Candidate | None:
+    """The least recently used of ``candidates`` (by ``last_used``), or None."""
+    return min(candidates, key=lambda t: t[0]) if candidates else None
