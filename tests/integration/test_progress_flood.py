@@ -8,9 +8,11 @@ is the one stored, and the server's memory stays bounded.
 
 from __future__ import annotations
 
+import json
 import subprocess
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -80,6 +82,18 @@ def run_suma(http: httpx.Client) -> tuple[str, float]:
     return response.json()["status"], took
 
 
+def watch(http: httpx.Client, task_id: str, kinds: Counter[str], last: dict[str, object]) -> None:
+    """Stream ``task_id``'s events to their end: count them by kind, keep the last progress."""
+    kind = ""
+    with http.stream("GET", f"/v1/tasks/{task_id}/events") as response:
+        for line in response.iter_lines():
+            if line.startswith("event: "):
+                kind = line.removeprefix("event: ")
+                kinds[kind] += 1
+            elif line.startswith("data: ") and kind == "progress":
+                last.update(json.loads(line.removeprefix("data: ")))
+
+
 def test_a_progress_flood_does_not_stall_another_tenant(
     server: Server, misbehaving_image: str
 ) -> None:
@@ -109,9 +123,14 @@ def test_a_progress_flood_does_not_stall_another_tenant(
         )
         assert flood.status_code == 202, flood.text[:300]
         flood_id = flood.json()["id"]
+        kinds: Counter[str] = Counter()
+        last: dict[str, object] = {}
+        watcher = threading.Thread(target=watch, args=(alpha, flood_id, kinds, last), daemon=True)
+        watcher.start()
         statuses: list[str] = []
         took: list[float] = []
-        deadline = time.monotonic() + 150
+        began = time.monotonic()
+        deadline = began + 150
         while time.monotonic() < deadline:
             status, seconds = run_suma(beta)
             statuses.append(status)
@@ -119,6 +138,8 @@ def test_a_progress_flood_does_not_stall_another_tenant(
             if alpha.get(f"/v1/tasks/{flood_id}").json()["status"] not in ("queued", "running"):
                 break
         ended = alpha.get(f"/v1/tasks/{flood_id}", params={"wait": "true"}).json()
+        watcher.join(30)
+        flood_s = time.monotonic() - began
         done.set()
         sampler.join()
         after = rss_bytes(server.proc.pid)
@@ -129,11 +150,15 @@ def test_a_progress_flood_does_not_stall_another_tenant(
         f"slowest {max(took) * 1000:.1f} ms\n"
         f"server RSS before {before / MiB:.0f} MiB, peak {peak[0] / MiB:.0f} MiB, "
         f"after {after / MiB:.0f} MiB\n"
-        f"flood task: {ended['status']}, progress {ended['progress']}"
+        f"flood task: {ended['status']} in {flood_s:.1f} s, progress {ended['progress']}; "
+        f"its stream: {dict(kinds)}"
     )
     assert ended["status"] == "succeeded", ended.get("error")
     assert ended["result"] == FLOOD
     assert ended["progress"] == {"progress": 1.0, "message": f"{FLOOD} of {FLOOD}"}
+    # Progress reaches watchers a few times a second (0.25 s), the last one last.
+    assert kinds["progress"] <= flood_s / 0.25 + 5
+    assert last == ended["progress"]
     assert statuses
     assert set(statuses) == {"succeeded"}
     assert max(took) < BETA_SLOWEST_S
