@@ -21,8 +21,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
-from collections import defaultdict
+from collections import defaultdict, deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -38,6 +39,8 @@ log = logging.getLogger(__name__)
 #: The channel of PostgreSQL notices; the payload is ``"<what> <task id>"``.
 CHANNEL = "tarea"
 _TERMINAL = frozenset(status.value for status in TERMINAL)
+#: How many bytes of events one reader may have waiting (their JSON's length).
+BUDGET_BYTES = 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,35 +55,69 @@ class Event:
     id: int | None = None
 
 
+def event_size(event: Event) -> int:
+    """About what ``event`` costs a reader's buffer: the length of its JSON, in bytes."""
+    return len(event.kind) + len(json.dumps(event.data, default=str, separators=(",", ":")))
+
+
 class Subscription:
     """The events of one task, in order, for one reader.
 
-    A reader that falls behind by ``maxsize`` events loses the oldest (the
-    stream goes on); with stored events it can reconnect after the last one
-    it got and read them again.
+    A reader that falls behind by ``maxsize`` events, or by ``budget_bytes``
+    of them (see :func:`event_size`), loses the oldest: the stream goes on,
+    and the reader's next event is ``dropped`` with how many it lost (the
+    newest event is always kept, however large). With stored events
+    (PostgreSQL) it can reconnect after the last one it got and read them
+    again; in one process it reads the task for its state.
     """
 
-    def __init__(self, task_id: str, maxsize: int) -> None:
+    def __init__(self, task_id: str, maxsize: int, budget_bytes: int = BUDGET_BYTES) -> None:
         self.task_id = task_id
-        self._queue: asyncio.Queue[Event] = asyncio.Queue(maxsize)
+        self._maxsize = maxsize
+        self._budget = budget_bytes
+        self._events: deque[tuple[Event, int]] = deque()
+        self._bytes = 0
+        self._arrived = asyncio.Event()
+        #: Events dropped since the reader last heard of drops.
+        self.dropped = 0
         #: The last stored event handed to this reader (PostgreSQL).
         self.seq = 0
         #: Set when stored events may have come (PostgreSQL).
         self.dirty = asyncio.Event()
 
+    @property
+    def buffered_bytes(self) -> int:
+        """The bytes of events waiting for the reader."""
+        return self._bytes
+
     def put(self, event: Event) -> None:
-        """Queue ``event``; drop the oldest one if the reader is behind."""
-        if self._queue.full():
-            self._queue.get_nowait()
-        self._queue.put_nowait(event)
+        """Queue ``event``; drop the oldest ones while the reader is over its bounds."""
+        size = event_size(event)
+        while self._events and (
+            len(self._events) >= self._maxsize or self._bytes + size > self._budget
+        ):
+            _, old = self._events.popleft()
+            self._bytes -= old
+            self.dropped += 1
+        self._events.append((event, size))
+        self._bytes += size
+        self._arrived.set()
 
     async def get(self, timeout_s: float) -> Event | None:
-        """The next event, or None when none came within ``timeout_s``."""
-        try:
-            async with asyncio.timeout(timeout_s):
-                return await self._queue.get()
-        except TimeoutError:
-            return None
+        """The next event (``dropped`` first, after drops), or None if none came in time."""
+        if not self._events:
+            self._arrived.clear()
+            try:
+                async with asyncio.timeout(timeout_s):
+                    await self._arrived.wait()
+            except TimeoutError:
+                return None
+        if self.dropped:
+            count, self.dropped = self.dropped, 0
+            return Event("dropped", {"dropped": count})
+        event, size = self._events.popleft()
+        self._bytes -= size
+        return event
 
 
 class LocalNotices:
@@ -88,10 +125,12 @@ class LocalNotices:
 
     Args:
         queue_size: how many events a slow reader may fall behind.
+        budget_bytes: how many bytes of events a slow reader may fall behind.
     """
 
-    def __init__(self, queue_size: int = 1000) -> None:
+    def __init__(self, queue_size: int = 1000, budget_bytes: int = BUDGET_BYTES) -> None:
         self._queue_size = queue_size
+        self._budget_bytes = budget_bytes
         self._waiters: dict[str, list[asyncio.Future[TaskRecord | None]]] = {}
         self._subscriptions: defaultdict[str, set[Subscription]] = defaultdict(set)
         #: Called with the id of a task cancelled anywhere (the dispatcher stops it).
@@ -164,7 +203,7 @@ class LocalNotices:
         ``after`` (a ``Last-Event-ID``) is for stored events; in one process
         events are not stored, and a stream starts from now.
         """
-        subscription = Subscription(task_id, self._queue_size)
+        subscription = Subscription(task_id, self._queue_size, self._budget_bytes)
         self._subscriptions[task_id].add(subscription)
         try:
             yield subscription
@@ -213,13 +252,20 @@ class PgNotices(LocalNotices):
         url: the store's SQLAlchemy URL (``postgresql+psycopg://...``).
         store: where ended tasks and stored events are read.
         queue_size: how many events a slow reader may fall behind.
+        budget_bytes: how many bytes of events a slow reader may fall behind.
         log_flush_s: log lines of a task are stored together, at most this often.
     """
 
     def __init__(
-        self, url: str, store: NoticeStore, *, queue_size: int = 1000, log_flush_s: float = 0.2
+        self,
+        url: str,
+        store: NoticeStore,
+        *,
+        queue_size: int = 1000,
+        budget_bytes: int = BUDGET_BYTES,
+        log_flush_s: float = 0.2,
     ) -> None:
-        super().__init__(queue_size)
+        super().__init__(queue_size, budget_bytes)
         self._conninfo = (
             make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
         )
@@ -286,7 +332,7 @@ class PgNotices(LocalNotices):
         self, task_id: str, after: int | None = None
     ) -> AsyncIterator[Subscription]:
         """Stream ``task_id``'s stored events: those after ``after``, else from now."""
-        subscription = Subscription(task_id, self._queue_size)
+        subscription = Subscription(task_id, self._queue_size, self._budget_bytes)
         self._subscriptions[task_id].add(subscription)
         pump: asyncio.Task[None] | None = None
         try:

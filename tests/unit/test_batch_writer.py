@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from tarea.store.aio import BatchWriter
+from tarea.store.aio import BatchWriter, Shed
 from tarea.store.sql import Done, Tx, Write
 from tests.unit.aio import in_loop
 
@@ -155,3 +155,25 @@ async def test_a_writer_thread_that_dies_fails_what_waits_and_refuses_more() -> 
     with pytest.raises(RuntimeError, match="closed"):
         writer.submit(write(2))
     assert run.closed
+
+
+@in_loop
+async def test_an_overloaded_writer_sheds_droppable_writes_never_the_others() -> None:
+    """Past droppable_max waiting, droppable writes fail with Shed; the others still queue."""
+    run = Recorder()
+    writer = BatchWriter(run, droppable_max=3)
+    first = writer.submit(write("start"))
+    await asyncio.to_thread(run.started.wait, 5)  # the writer is busy with it
+    kept = [writer.submit(write(n), droppable=True) for n in range(3)]
+    shed = [writer.submit(write(n), droppable=True) for n in range(3, 10)]
+    end = writer.submit(write("end"))
+    assert all(future.done() for future in shed)
+    assert writer.shed == 7
+    for future in shed:
+        with pytest.raises(Shed):
+            await future
+    run.gate.set()
+    assert await asyncio.gather(first, *kept, end) == ["start", 0, 1, 2, "end"]
+    assert writer.droppable_waiting == 0
+    assert await writer.submit(write("again"), droppable=True) == "again"  # room again
+    writer.close()

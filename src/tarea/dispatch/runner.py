@@ -17,6 +17,7 @@ from dataclasses import asdict
 from typing import Any, Protocol
 
 from tarea.dispatch import callbacks, outbound
+from tarea.dispatch.progress import INTERVAL_S, Progress, ProgressCoalescer
 from tarea.domain.records import CallbackState, TaskRecord, utcnow
 from tarea.domain.status import Status, runs_again, status_for_error
 from tarea.domain.task import ErrorInfo, Limits, Outcome, RegistryAuth, TaskSpec
@@ -71,6 +72,7 @@ class TaskRunner:
         callback_secret: bytes,
         callback_policy: callbacks.RetryPolicy,
         callback_allow: outbound.Allowlist = outbound.NOTHING_ALLOWED,
+        progress_interval_s: float = INTERVAL_S,
     ) -> None:
         self.store = store
         self.engine = engine
@@ -80,6 +82,8 @@ class TaskRunner:
         self.callback_secret = callback_secret
         self.callback_policy = callback_policy
         self.callback_allow = callback_allow
+        #: A task's progress is written (and published) at most this often.
+        self.progress_interval_s = progress_interval_s
         #: Registry credentials of queued tasks, by id: memory only, used once.
         self.credentials: dict[str, RegistryAuth] = {}
         #: Ids of queued tasks cancelled since they were queued: skipped, not run.
@@ -130,11 +134,7 @@ class TaskRunner:
             self.notices.publish(task_id, "status", status=Status.RUNNING.value)
             return True
 
-        def on_progress(progress: float | None, message: str | None) -> None:
-            nonlocal current
-            self.notices.publish(task_id, "progress", progress=progress, message=message)
-            current = dataclasses.replace(current, progress=progress, progress_message=message)
-            self._watch(self.store.update(task_id, progress=progress, progress_message=message))
+        progress = self._coalescer(task_id)
 
         def on_log(text: str) -> None:
             self.notices.publish(task_id, "log", text=text)
@@ -151,14 +151,16 @@ class TaskRunner:
         )
         try:
             outcome = await self.engine.run(
-                spec, on_start=on_start, on_progress=on_progress, on_log=on_log
+                spec, on_start=on_start, on_progress=progress.offer, on_log=on_log
             )
         except EngineUnavailable as exc:
             outcome = Outcome(error=ErrorInfo(exc.code, exc.message))
         except BaseException:
+            progress.close()
             if marking is not None:  # not awaited now: a failure of it is logged
                 self._watch(marking)
             raise
+        current = self._last_progress(current, progress)
         fields: dict[str, Any] = {
             "logs": outcome.logs,
             "container_id": outcome.container_id,
@@ -199,6 +201,34 @@ class TaskRunner:
         settle.add_done_callback(lambda _: self._ending.discard(task_id))
         self._watch(settle)
         return None
+
+    def _coalescer(self, task_id: str) -> ProgressCoalescer:
+        """Where ``task_id``'s progress notifications go: kept, written a few times a second."""
+
+        def write(value: Progress, droppable: bool) -> asyncio.Future[None]:
+            progress, message = value
+            return self.store.update(
+                task_id, droppable=droppable, progress=progress, progress_message=message
+            )
+
+        def publish(value: Progress) -> None:
+            self.notices.publish(task_id, "progress", progress=value[0], message=value[1])
+
+        return ProgressCoalescer(write, publish, self.progress_interval_s)
+
+    def _last_progress(self, current: TaskRecord, progress: ProgressCoalescer) -> TaskRecord:
+        """Stop ``progress``; write its latest value unless written; ``current`` carrying it.
+
+        Submitted now, before the end write: the one writer runs them in order.
+        """
+        unwritten = progress.close()
+        if unwritten is not None:
+            value, message = unwritten
+            self._watch(self.store.update(current.id, progress=value, progress_message=message))
+        if progress.latest is None:
+            return current
+        value, message = progress.latest
+        return dataclasses.replace(current, progress=value, progress_message=message)
 
     async def _again(
         self, current: TaskRecord, marking: asyncio.Future[bool] | None, error: dict[str, Any]

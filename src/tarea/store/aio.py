@@ -9,6 +9,11 @@ One writer is also what SQLite wants: writer threads contending for its lock
 wait in its busy handler, which sleeps with growing back-off (measured: 305
 tasks/s at 32 connections with 8 writer threads). Reads run in parallel on a
 pool of reader threads (SQLite in WAL mode; PostgreSQL).
+
+Some writes may be dropped (a task's progress: the next one replaces it).
+At most ``DROPPABLE_MAX`` of them wait at once; past that the writer sheds
+new ones (their futures fail with :class:`Shed`), while a task's creation,
+start and end are always queued.
 """
 
 from __future__ import annotations
@@ -37,8 +42,15 @@ T = TypeVar("T")
 #: The most writes one transaction takes.
 BATCH_MAX = 256
 
-#: A submitted write and the future of its outcome.
-_Item: TypeAlias = tuple[Write[Any], asyncio.Future[Any]]
+#: The most droppable writes (progress) waiting at once; past it new ones are shed.
+DROPPABLE_MAX = 10_000
+
+#: A submitted write, the future of its outcome, and whether it may be dropped.
+_Item: TypeAlias = tuple[Write[Any], asyncio.Future[Any], bool]
+
+
+class Shed(Exception):
+    """A droppable write was not queued: the writer had too many waiting (retry later)."""
 
 
 class AsyncStore:
@@ -126,9 +138,20 @@ class AsyncStore:
         """Queue the stored task ``record`` again as its next attempt (guarded); or None."""
         return self._writer.submit(self.sync.retry_write(record, error, worker=worker))
 
-    def update(self, task_id: str, **fields: Any) -> asyncio.Future[None]:
-        """Set non-status fields."""
-        return self._writer.submit(self.sync.update_write(task_id, fields))
+    def update(
+        self, task_id: str, *, droppable: bool = False, **fields: Any
+    ) -> asyncio.Future[None]:
+        """Set non-status fields.
+
+        A ``droppable`` write (progress) is shed when the writer has too many
+        waiting: its future then fails with :class:`Shed`.
+        """
+        return self._writer.submit(self.sync.update_write(task_id, fields), droppable=droppable)
+
+    @property
+    def shed(self) -> int:
+        """How many droppable writes were shed so far."""
+        return self._writer.shed
 
     async def unfinished(self, *, worker: str | None = None) -> builtins.list[TaskRecord]:
         """Tasks queued or running (of ``worker`` only, if given), oldest first."""
@@ -205,6 +228,7 @@ class BatchWriter:
     Args:
         runner: runs the batches; used by the writer thread only.
         batch_max: the most writes one batch takes.
+        droppable_max: the most droppable writes waiting (queued or running) at once.
     """
 
     def __init__(
@@ -213,9 +237,15 @@ class BatchWriter:
         batch_max: int = BATCH_MAX,
         *,
         unreachable: tuple[type[BaseException], ...] = (),
+        droppable_max: int = DROPPABLE_MAX,
     ) -> None:
         self._runner = runner
         self._batch_max = batch_max
+        self._droppable_max = droppable_max
+        #: Droppable writes submitted and not yet run (changed under the gate).
+        self._droppable = 0
+        #: Droppable writes shed so far.
+        self.shed = 0
         #: The driver's errors that mean "the database is away": StoreUnavailable.
         self._unreachable = unreachable
         # A C-implemented queue: no Python-level lock on the event loop's side.
@@ -227,11 +257,13 @@ class BatchWriter:
         self._thread = threading.Thread(target=self._loop, name="store-write", daemon=True)
         self._thread.start()
 
-    def submit(self, write: Write[T]) -> asyncio.Future[T]:
+    def submit(self, write: Write[T], *, droppable: bool = False) -> asyncio.Future[T]:
         """Queue ``write`` for the next batch; a future of its result (or error).
 
         Called on an event loop; the future belongs to it. Cancelling the future
-        does not take the write back.
+        does not take the write back. A ``droppable`` write finding
+        ``droppable_max`` others waiting is not queued: its future fails with
+        :class:`Shed`.
 
         Raises:
             RuntimeError: the writer was closed.
@@ -240,8 +272,26 @@ class BatchWriter:
         with self._gate:  # no put after the stop mark, nor after the thread's last look
             if self._closed:
                 raise RuntimeError("the store is closed")
-            self._queue.put((write, future))
+            if droppable:
+                if self._droppable >= self._droppable_max:
+                    self.shed += 1
+                    future.set_exception(Shed("the store's writer is overloaded"))
+                    return future
+                self._droppable += 1
+            self._queue.put((write, future, droppable))
         return future
+
+    @property
+    def droppable_waiting(self) -> int:
+        """Droppable writes submitted and not yet run."""
+        return self._droppable
+
+    def _ran(self, batch: builtins.list[_Item]) -> None:
+        """``batch`` ran: its droppable writes no longer count against the bound."""
+        count = sum(1 for _, _, droppable in batch if droppable)
+        if count:
+            with self._gate:
+                self._droppable -= count
 
     def close(self) -> None:
         """Run what is queued, then stop the thread."""
@@ -289,7 +339,7 @@ class BatchWriter:
             if not batch:
                 continue
             try:
-                outcomes = self._runner.run_batch([write for write, _ in batch])
+                outcomes = self._runner.run_batch([write for write, _, _ in batch])
                 if len(outcomes) != len(batch):
                     raise RuntimeError(f"{len(outcomes)} outcomes for {len(batch)} writes")
             except Exception as exc:  # the runner's own failure: the batch gets it
@@ -297,6 +347,7 @@ class BatchWriter:
             except BaseException as exc:  # the thread ends (see _loop); so does the batch
                 self._hand_back(batch, [(None, exc)] * len(batch))
                 raise
+            self._ran(batch)
             self._hand_back(batch, [self._converted(done) for done in outcomes])
 
     def _converted(self, done: Done) -> Done:
@@ -313,7 +364,7 @@ class BatchWriter:
     ) -> None:
         """Resolve each future on its own loop: one call per loop for the whole batch."""
         by_loop: dict[asyncio.AbstractEventLoop, builtins.list[Any]] = {}
-        for (_, future), outcome in zip(batch, outcomes, strict=True):
+        for (_, future, _), outcome in zip(batch, outcomes, strict=True):
             by_loop.setdefault(future.get_loop(), []).append((future, outcome))
         for loop, done in by_loop.items():
             with contextlib.suppress(RuntimeError):  # a closed loop: nobody waits

@@ -193,7 +193,10 @@ async def _existing(task_id: TaskId, service: ServiceDep, tenant: TenantDep) -> 
     summary="Server-sent events of a task",
     responses={
         200: {
-            "description": "event: status|progress|log; the stream ends after a terminal status.",
+            "description": "event: status|progress|log|dropped; the stream ends after a "
+            'terminal status. `dropped` ({"dropped": n}): the reader fell more than 1 MiB '
+            "behind and lost its n oldest events; reconnect with Last-Event-ID to read "
+            "stored ones again (PostgreSQL), or read the task.",
             "content": {
                 "text/event-stream": {
                     "example": 'event: status\ndata: {"status":"running"}\n\n'

@@ -10,6 +10,7 @@ Attacks on the sandbox (tests/integration/test_hostile.py): ``busy``,
 ``forkbomb``, ``memhog``, ``stdout_flood``, ``big_result``, ``tmpfill``,
 ``write_root``, ``network``, ``stderr_flood``, ``whoami``, ``fdlimit``, ``redial``.
 Results too big (tests/integration/test_big_results.py): ``big_result_in_memory``.
+Attacks on other tenants (tests/integration/test_progress_flood.py): ``progress_flood``.
 """
 
 import contextlib
@@ -131,6 +132,25 @@ def big_result_in_memory(params, rid):
     line = json.dumps({"jsonrpc": "2.0", "id": rid, "result": result}).encode() + b"\n"
     PROTO_OUT.write(line)
     PROTO_OUT.flush()
+
+
+def progress_flood(params, rid):
+    """Send ``n`` progress notifications as fast as the pipe takes them, then answer ``n``.
+
+    The i-th says ``i/n`` and "i of n" (from 1): the last is 1.0, "n of n".
+    """
+    n = int(params.get("n", 200_000))
+    head = b'{"jsonrpc":"2.0","method":"progress","params":{"id":' + json.dumps(rid).encode()
+    out = PROTO_OUT
+    lines = []
+    for i in range(1, n + 1):
+        lines.append(b'%s,"progress":%r,"message":"%d of %d"}}\n' % (head, i / n, i, n))
+        if len(lines) >= 1000:
+            out.write(b"".join(lines))
+            lines = []
+    out.write(b"".join(lines))
+    out.flush()
+    send({"jsonrpc": "2.0", "id": rid, "result": n})
 
 
 def redial(params):
@@ -348,6 +368,7 @@ FUNCTIONS = [
     "sleep",
     "big_result",
     "big_result_in_memory",
+    "progress_flood",
     "deafen",
     "lone_surrogate",
     "deep",
@@ -393,6 +414,8 @@ for line in PROTO_IN:
         big_result(params, rid)
     elif method == "big_result_in_memory":
         big_result_in_memory(params, rid)
+    elif method == "progress_flood":
+        progress_flood(params, rid)
     elif method == "deafen":
         # Answer, then never read stdin again: the next request is never taken.
         send({"jsonrpc": "2.0", "id": rid, "result": "deaf"})
