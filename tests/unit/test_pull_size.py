@@ -19,14 +19,15 @@ def downloading(layer: str, current: int, total: int) -> dict[str, Any]:
 def test_events_without_a_size_count_nothing() -> None:
     """Status lines, empty progress and malformed totals add nothing."""
     size = PullSize(1)
-    for event in [
+    events: list[dict[str, Any]] = [
         {"status": "Pulling from x", "id": "1"},
         {"status": "Pulling fs layer", "progressDetail": {}, "id": "a"},
         {"status": "Downloading", "progressDetail": {"total": "9"}, "id": "a"},
         {"status": "Downloading", "progressDetail": {"total": True}, "id": "a"},
         {"status": "Downloading", "progressDetail": {"total": 9}},
         {"status": "Digest: sha256:00"},
-    ]:
+    ]
+    for event in events:
         assert not size.add(event)
     assert size.total == 0
 
