@@ -36,6 +36,7 @@ from tarea.errors import (
     TaskNotFound,
     TooDeep,
 )
+from tarea.image_hosts import check_registry
 from tarea.interfaces import Dispatcher, Notices, TaskStore
 from tarea.notices import Subscription
 from tarea.settings import Settings
@@ -153,6 +154,8 @@ class TaskService:
         self.server_id = settings.server_id
         self.draining = False
         self._image_patterns = settings.image_patterns()
+        # With keys, tenants do not trust one another: registry hosts are checked.
+        self._check_registries = settings.authenticated()
         self._callback_allow = outbound.Allowlist.parse(settings.callback_allow)
         # Counted by the store as it records a task, so that servers sharing
         # it share the bounds (see Admission).
@@ -259,7 +262,8 @@ class TaskService:
 
         Raises:
             InvalidImageReference: the image name is not a valid reference.
-            ImageNotAllowed: the image matches none of TAREA_IMAGE_ALLOW.
+            ImageNotAllowed: the image matches none of TAREA_IMAGE_ALLOW, or (with
+                API keys on) its registry host is an address that is not public.
             InvalidRequest: a limit over the server's maximum.
             CallbackUrlNotAllowed: the callback URL is a literal address, or
                 ``localhost``, that TAREA_CALLBACK_ALLOW does not allow.
@@ -271,6 +275,8 @@ class TaskService:
         reference = parse_reference(new.image)
         if not image_allowed(reference, self._image_patterns):
             raise ImageNotAllowed(f"image {new.image!r} is not allowed on this server")
+        if self._check_registries:
+            check_registry(reference, self._image_patterns)
         if new.callback_url is not None:
             outbound.check_url(new.callback_url, self._callback_allow)
         if new.retry is not None:

@@ -14,6 +14,9 @@ from pydantic import BaseModel, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy.engine import make_url
 
+#: The tenant name of an operator key: ``admin:<name>`` (TAREA_ADMIN_KEYS).
+ADMIN_PREFIX = "admin:"
+
 
 class RegistryLogin(BaseModel):
     """Credentials for one registry, from server configuration."""
@@ -245,7 +248,23 @@ class Settings(BaseSettings):
     image_allow: str = Field(
         "",
         description="Comma-separated glob patterns of the image references tasks may use, "
-        "e.g. 'tasks_image:*,registry.example.com/team/*'; empty: any.",
+        "e.g. 'tasks_image:*,registry.example.com/team/*'; empty: any. With API keys on, "
+        "an image whose registry host is a loopback, link-local, private or otherwise "
+        "non-public address (or localhost) is refused unless a pattern writes that host out "
+        "('127.0.0.1:5000/*').",
+    )
+    max_pull_mb: int = Field(
+        0,
+        ge=0,
+        description="Most one image pull may bring, MiB (the sum of its layers' sizes as the "
+        "registry announces them); past it the pull is stopped and the task fails "
+        "image_pull_failed. 0: no cap.",
+    )
+    admin_keys: SecretStr = Field(
+        SecretStr(""),
+        description="'name:key,...': operator keys. They see /metrics, every tenant's pools "
+        "and /v1/servers (tenant keys get 403 forbidden there); they also turn "
+        "authentication on. Each acts as tenant 'admin:<name>' elsewhere.",
     )
     registry_auth: dict[str, RegistryLogin] = Field(
         default_factory=dict,
@@ -268,6 +287,30 @@ class Settings(BaseSettings):
                 raise ValueError(f"TAREA_API_KEYS gives one key to two tenants ({tenant!r})")
             keys[key] = tenant
         return keys
+
+    def admins_by_key(self) -> dict[str, str]:
+        """``admin_keys`` parsed: {key: 'admin:<name>'}; empty when there are none.
+
+        Raises:
+            ValueError: an entry is not ``name:key``, or a key appears twice (here
+                or in ``api_keys`` too).
+        """
+        admins: dict[str, str] = {}
+        tenants = self.tenants_by_key()
+        for entry in filter(
+            None, (e.strip() for e in self.admin_keys.get_secret_value().split(","))
+        ):
+            name, sep, key = entry.partition(":")
+            if not sep or not name or not key:
+                raise ValueError("each TAREA_ADMIN_KEYS entry must be name:key")
+            if key in admins or key in tenants:
+                raise ValueError(f"TAREA_ADMIN_KEYS reuses a key ({name!r})")
+            admins[key] = f"{ADMIN_PREFIX}{name}"
+        return admins
+
+    def authenticated(self) -> bool:
+        """Whether requests need a key (TAREA_API_KEYS or TAREA_ADMIN_KEYS is set)."""
+        return bool(self.tenants_by_key() or self.admins_by_key())
 
     def image_patterns(self) -> list[str]:
         """``image_allow`` parsed: the glob patterns (none: every image is allowed)."""

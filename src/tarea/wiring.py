@@ -41,7 +41,7 @@ def build_engine(settings: Settings) -> Engine:
         seed_network=settings.seed_network,
         extra_labels={SERVER_LABEL: settings.server_id},
     )
-    docker = DockerEngine(settings.docker_host)
+    docker = DockerEngine(settings.docker_host, max_pull_bytes=settings.max_pull_mb * 1024 * 1024)
     return Engine(
         docker,
         policy,

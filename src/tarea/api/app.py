@@ -25,6 +25,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     settings.prewarm_images()  # a malformed TAREA_PREWARM fails at start, not later
     keys = settings.tenants_by_key()
+    admins = settings.admins_by_key()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -52,7 +53,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_kb * 1024)
-    app.add_middleware(BearerAuth, keys=keys)  # outermost: no key, no body read
+    app.add_middleware(BearerAuth, keys=keys, admins=admins)  # outermost: no key, no body read
     errors.install(app)
     tasks.add_submit_route(app)
     app.include_router(tasks.router)

@@ -15,6 +15,7 @@ from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Request
 
+from tarea.api.errors import ProblemError
 from tarea.api.middleware import OPEN_PATHS
 from tarea.service import TaskService
 from tarea.settings import Settings
@@ -49,6 +50,16 @@ def tenant_of(request: Request) -> str:
     return tenant
 
 
+def is_admin(request: Request) -> bool:
+    """Whether the request comes with an operator key (or no key is configured at all)."""
+    return bool(getattr(request.state, "admin", False))
+
+
+async def _admin(request: Request) -> None:
+    if not is_admin(request):
+        raise ProblemError("forbidden", "this route needs an operator key (TAREA_ADMIN_KEYS)")
+
+
 def document_bearer_auth(app: FastAPI) -> None:
     """Describe the bearer keys in ``app``'s OpenAPI: required everywhere but the probes."""
 
@@ -76,3 +87,5 @@ def document_bearer_auth(app: FastAPI) -> None:
 SettingsDep = Annotated[Settings, Depends(_settings)]
 ServiceDep = Annotated[TaskService, Depends(_service)]
 TenantDep = Annotated[str, Depends(_tenant)]
+#: Answers 403 ``forbidden`` unless the request carries an operator key.
+AdminDep = Annotated[None, Depends(_admin)]

@@ -54,7 +54,8 @@ class Problem(BaseModel):
 
 _WHY: dict[int, str] = {
     401: "No valid API key (when TAREA_API_KEYS is set).",
-    403: "The image is not allowed on this server.",
+    403: "The image is not allowed on this server (image_not_allowed), or the route "
+    "needs an operator key (forbidden).",
     404: "No such resource.",
     409: "The task already ended.",
     413: "The request body is over TAREA_MAX_BODY_KB.",

@@ -9,6 +9,11 @@ are open (probes carry no key). A middleware rather than a per-route
 dependency, so a route added later is protected without anyone remembering.
 Keys are compared in constant time.
 
+**Operator keys.** ``TAREA_ADMIN_KEYS="name:key,..."`` are accepted too: such a
+request's tenant is ``admin:<name>`` and ``request.state.admin`` is true; the
+operator routes (``/metrics``, ``/v1/servers``, every tenant's pools) need it.
+With no key configured at all, every request is the operator's, as it always was.
+
 **Body cap.** A request body over ``TAREA_MAX_BODY_KB`` is refused with 413
 before it is buffered: at once when its Content-Length says so, else as soon
 as the bytes read pass the cap.
@@ -32,9 +37,12 @@ OPEN_PATHS = frozenset({"/healthz", "/readyz"})
 class BearerAuth:
     """Resolve each request's tenant from its bearer key, or answer 401."""
 
-    def __init__(self, app: ASGIApp, keys: dict[str, str]) -> None:
+    def __init__(
+        self, app: ASGIApp, keys: dict[str, str], admins: dict[str, str] | None = None
+    ) -> None:
         self.app = app
-        self._keys = [(key.encode(), tenant) for key, tenant in keys.items()]
+        self._keys = [(key.encode(), tenant, False) for key, tenant in keys.items()]
+        self._keys += [(key.encode(), name, True) for key, name in (admins or {}).items()]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -43,24 +51,26 @@ class BearerAuth:
         state = scope.setdefault("state", {})
         if not self._keys or scope["path"] in OPEN_PATHS:
             state["tenant"] = DEFAULT_TENANT
+            state["admin"] = not self._keys
             await self.app(scope, receive, send)
             return
-        tenant = self._tenant(scope)
-        if tenant is None:
+        found = self._tenant(scope)
+        if found is None:
             await _unauthorized(send)
             return
-        state["tenant"] = tenant
+        state["tenant"], state["admin"] = found
         await self.app(scope, receive, send)
 
-    def _tenant(self, scope: Scope) -> str | None:
+    def _tenant(self, scope: Scope) -> tuple[str, bool] | None:
+        """The tenant the request's key names, and whether it is an operator key."""
         header = next((value for name, value in scope["headers"] if name == b"authorization"), b"")
         scheme, _, token = header.partition(b" ")
         if scheme.lower() != b"bearer" or not token:
             return None
         found = None
-        for key, tenant in self._keys:  # every key compared: no timing hint
+        for key, tenant, admin in self._keys:  # every key compared: no timing hint
             if hmac.compare_digest(key, token.strip()):
-                found = tenant
+                found = (tenant, admin)
         return found
 
 

@@ -31,6 +31,7 @@ import requests.exceptions
 from tarea.domain.images import ImageReference
 from tarea.domain.task import RegistryAuth
 from tarea.engine.channels import MOUNT_TARGET
+from tarea.engine.pull_size import MIB, PullSize
 from tarea.engine.sandbox import ContainerConfig
 from tarea.errors import (
     EngineUnavailable,
@@ -117,11 +118,16 @@ class DockerEngine:
             local socket.
         max_workers: threads for blocking docker-py calls (and HTTP
             connections kept to the engine).
+        max_pull_bytes: the most one pull may bring, as its layers' announced
+            sizes add up (0: no cap); see :class:`~tarea.engine.pull_size.PullSize`.
     """
 
-    def __init__(self, base_url: str | None = None, *, max_workers: int = 32) -> None:
+    def __init__(
+        self, base_url: str | None = None, *, max_workers: int = 32, max_pull_bytes: int = 0
+    ) -> None:
         self._base_url = base_url
         self._max_workers = max_workers
+        self._max_pull_bytes = max_pull_bytes
         self._client: docker.APIClient | None = None
         self._lock = threading.Lock()
         self._pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="docker")
@@ -193,26 +199,38 @@ class DockerEngine:
     async def pull(self, ref: ImageReference, auth: RegistryAuth | None) -> None:
         """Pull ``ref`` from its registry, with per-request credentials if given.
 
+        Past ``max_pull_bytes`` the event stream is closed, which makes the
+        engine cancel the pull.
+
         Raises:
             ImageNotFound: the registry says there is no such image (or denies it).
-            ImagePullFailed: the registry could not be reached or failed.
+            ImagePullFailed: the registry could not be reached or failed, or the
+                image's layers come to more than ``max_pull_bytes``.
         """
         auth_config = (
             None if auth is None else {"username": auth.username, "password": auth.password}
         )
+        size = PullSize(self._max_pull_bytes)
 
         def pull() -> None:
             with _engine_errors():
                 try:
-                    for event in self._api().pull(
+                    events = self._api().pull(
                         ref.name,
                         tag=ref.pull_tag,
                         auth_config=auth_config,
                         stream=True,
                         decode=True,
-                    ):
-                        if "error" in event:
-                            raise _pull_error(ref, str(event["error"]))
+                    )
+                    with contextlib.closing(events):  # closed: its response goes with it
+                        for event in events:
+                            if "error" in event:
+                                raise _pull_error(ref, str(event["error"]))
+                            if size.add(event):
+                                raise ImagePullFailed(
+                                    size.refusal(str(ref)),
+                                    data={"image": str(ref), "max_pull_mb": size.cap_bytes // MIB},
+                                )
                 except docker.errors.APIError as exc:
                     raise _pull_error(ref, str(exc.explanation or exc)) from None
 

@@ -1,4 +1,9 @@
-"""``GET /v1/pools`` and ``GET /metrics``."""
+"""``GET /v1/pools`` and ``GET /metrics``.
+
+A tenant sees its own pools (and never-used stem cells); an operator key
+(TAREA_ADMIN_KEYS) sees every tenant's, and alone may read ``/metrics``, whose
+labels name every tenant's images.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +14,7 @@ from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ConfigDict
 
-from tarea.api.deps import ServiceDep, TenantDep
+from tarea.api.deps import AdminDep, ServiceDep, TenantDep, is_admin
 from tarea.api.errors import problem_responses
 
 router = APIRouter(tags=["pools"], responses=problem_responses(401))
@@ -67,20 +72,25 @@ class PoolsOut(BaseModel):
 
 
 @router.get("/v1/pools", response_model=PoolsOut, summary="Warm containers per image")
-async def pools(service: ServiceDep, tenant: TenantDep) -> dict[str, Any]:
+async def pools(request: Request, service: ServiceDep, tenant: TenantDep) -> dict[str, Any]:
     """What the warm pool holds now for this tenant (and never-used stem cells), and
-    the pool's hits, misses, starts and evictions."""
+    the pool's hits, misses, starts and evictions; an operator key sees every tenant's."""
     stats = service.pools()
-    stats["pools"] = [p for p in stats["pools"] if p["tenant"] in (tenant, "")]
+    if not is_admin(request):
+        stats["pools"] = [p for p in stats["pools"] if p["tenant"] in (tenant, "")]
     return stats
 
 
 @router.get(
     "/metrics",
-    summary="Prometheus metrics",
+    summary="Prometheus metrics (operator keys only)",
     response_class=Response,
-    responses={200: {"content": {"text/plain": {"example": "tarea_pool_total 3.0\n"}}}},
+    responses={
+        200: {"content": {"text/plain": {"example": "tarea_pool_total 3.0\n"}}},
+        **problem_responses(403),
+    },
 )
-async def metrics(request: Request, _tenant: TenantDep) -> Response:
-    """Pool, queue and task metrics in the Prometheus text format."""
+async def metrics(request: Request, _admin: AdminDep) -> Response:
+    """Pool, queue and task metrics in the Prometheus text format (every tenant's: an
+    operator key is needed when keys are on)."""
     return Response(generate_latest(request.app.state.registry), media_type=CONTENT_TYPE_LATEST)

@@ -1,4 +1,8 @@
-"""``GET /v1/servers``: the servers sharing this server's store, and whether they live."""
+"""``GET /v1/servers``: the servers sharing this server's store, and whether they live.
+
+The operator's view (hosts, versions, takeovers): an operator key
+(TAREA_ADMIN_KEYS) is needed when keys are on.
+"""
 
 from __future__ import annotations
 
@@ -7,10 +11,10 @@ from datetime import datetime
 from fastapi import APIRouter
 from pydantic import BaseModel, Field
 
-from tarea.api.deps import ServiceDep, TenantDep
+from tarea.api.deps import AdminDep, ServiceDep
 from tarea.api.errors import problem_responses
 
-router = APIRouter(tags=["servers"], responses=problem_responses(401))
+router = APIRouter(tags=["servers"], responses=problem_responses(401, 403))
 
 
 class ServerOut(BaseModel):
@@ -34,7 +38,7 @@ class ServersOut(BaseModel):
 
 
 @router.get("/v1/servers", response_model=ServersOut, summary="Servers sharing the store")
-async def servers(service: ServiceDep, _tenant: TenantDep) -> ServersOut:
+async def servers(service: ServiceDep, _admin: AdminDep) -> ServersOut:
     """Each server's id, host, version, start and last heartbeat, and whether it is alive."""
     return ServersOut(
         items=[
