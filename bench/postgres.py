@@ -89,7 +89,10 @@ class Postgres:
     def __init__(self, url: str) -> None:
         self.url = _psycopg(url)
         try:
-            self._engine: Engine = create_engine(self.url, pool_size=1, max_overflow=0)
+            # pre_ping: a connection PostgreSQL dropped (a restart) is replaced, not used.
+            self._engine: Engine = create_engine(
+                self.url, pool_size=1, max_overflow=0, pool_pre_ping=True
+            )
         except ImportError as exc:
             raise BenchError(f"no PostgreSQL driver ({exc}): pip install '.[postgres]'") from exc
         try:
