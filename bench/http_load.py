@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -10,7 +11,7 @@ import httpx
 
 from bench.config import EXPECTED_RESULT, BenchConfig, task_body
 from bench.procs import BenchError, Server
-from bench.results import HttpLoad
+from bench.results import HttpLoad, SplitLoad
 from bench.wrk import WrkResult, WrkRun, run_wrk
 
 SUBMIT_PATH = "/v1/tasks?wait=true"
@@ -111,6 +112,71 @@ def measure(label: str, server: Server, config: BenchConfig, log_path: Path) -> 
         warmups=(warmups[0], warmups[1]),
         warmup_errors=tuple(warmup_errors),
         cpu_ms_per_request=cpu_s * 1000 / max(1, measured[1].responses),
+    )
+
+
+def split(total: int, parts: int) -> list[int]:
+    """``total`` connections shared by ``parts`` servers, as evenly as can be.
+
+    >>> split(32, 2)
+    [16, 16]
+    >>> split(5, 2)
+    [3, 2]
+    """
+    return [total // parts + (1 if index < total % parts else 0) for index in range(parts)]
+
+
+def _wrk_together(runs: list[tuple[WrkRun, Path]]) -> list[WrkResult]:
+    """Start every wrk of ``runs`` (each with its log) at once; their results, in order."""
+    with ThreadPoolExecutor(max_workers=len(runs)) as pool:
+        futures = [pool.submit(run_wrk, run, log_path) for run, log_path in runs]
+        return [future.result() for future in futures]
+
+
+def measure_split(
+    label: str, servers: list[Server], config: BenchConfig, log_dir: Path
+) -> SplitLoad:
+    """Warm every server up, then load them all at once, one wrk each.
+
+    The many-connections load (``config.load_connections``) is shared between
+    the servers; a wrk warm-up round precedes the measured one. The servers'
+    CPU time is read around the measured round. Each server's wrk output goes
+    to ``wrk-<server name>.log`` in ``log_dir``.
+    """
+    warmup_errors = [e for server in servers for e in warm_up(server.url, config.warmup_tasks)]
+    shares = split(config.load_connections, len(servers))
+    rounds: dict[str, list[WrkResult]] = {}
+    cpu_s = 0.0
+    for kind, seconds in (("warm-up", config.warmup_seconds), ("run", config.wrk_seconds)):
+        runs = [
+            (
+                WrkRun(
+                    label=f"{label}, {server.name}, {connections} conn, {kind}",
+                    url=server.url + SUBMIT_PATH,
+                    body=task_body(),
+                    connections=connections,
+                    duration_s=seconds,
+                    timeout_s=config.wrk_timeout_s,
+                ),
+                log_dir / f"wrk-{server.name}.log",
+            )
+            for server, connections in zip(servers, shares, strict=True)
+        ]
+        conns = "+".join(map(str, shares))
+        print(f"bench: {label}, {conns} conn, {kind} ({seconds} s)...", flush=True)
+        cpu_before = sum(server.cpu_seconds() for server in servers)
+        rounds[kind] = _wrk_together(runs)
+        cpu_s = sum(server.cpu_seconds() for server in servers) - cpu_before
+        for result in rounds[kind]:
+            _say(result)
+    measured = rounds["run"]
+    return SplitLoad(
+        label=label,
+        servers=tuple(server.name for server in servers),
+        runs=tuple(measured),
+        warmups=tuple(rounds["warm-up"]),
+        warmup_errors=tuple(warmup_errors),
+        cpu_ms_per_request=cpu_s * 1000 / max(1, sum(r.responses for r in measured)),
     )
 
 

@@ -4,10 +4,12 @@ Phases, in order, each on its own so that one failing does not lose the others:
 
 1. the floor (``bench.floor_app``) under wrk, then the durable floor
    (``bench.durable_floor_app``);
-2. tarea (``python -m tarea``, warm pool asked for) under wrk, after a warm-up;
+2. tarea (``python -m tarea``, warm pool asked for, SQLite) under wrk, after a warm-up;
 3. tarea's ``isolation: "fresh"`` against a bare ``docker run``, alternating;
 4. tarea's memory over a long run of warm tasks;
-5. the seed's way, without and with its 5 s sleep (tarea stopped by then).
+5. tarea on PostgreSQL (a fresh schema) under wrk as in 2, then a second server
+   on the same schema and both loaded at once;
+6. the seed's way, without and with its 5 s sleep (tarea stopped by then).
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from bench.machine import Machine, load_average
 from bench.markdown import render
 from bench.procs import BenchError, Server, free_port, scan_log
 from bench.report import rows, tarea_failures, text_table
-from bench.results import Results
+from bench.results import Results, ServerLog, SplitLoad
 from bench.session import Session
 from bench.setup import base_image, build_seed_image, ensure_wrk
 
@@ -71,25 +73,31 @@ def _phase(results: Results, name: str, step: Callable[[], T]) -> T | None:
         return None
 
 
-def _tarea_server(session: Session, config: BenchConfig, log_dir: Path) -> Server:
-    """The tarea server under test: loopback, a temporary SQLite database, the warm pool."""
+def _tarea_server(
+    config: BenchConfig, log_dir: Path, *, name: str, database_url: str, server_id: str
+) -> Server:
+    """A tarea server under test: loopback, the warm pool, its store at ``database_url``.
+
+    Every tarea server of a run has the same settings but these; its output
+    goes to ``<name>.log`` in ``log_dir``.
+    """
     port = free_port()
     env = {
         **dict(os.environ),
         "TAREA_HOST": "127.0.0.1",
         "TAREA_PORT": str(port),
-        "TAREA_DATABASE_URL": f"sqlite:///{session.tmp / 'tarea.db'}",
-        "TAREA_SERVER_ID": session.server_id,
+        "TAREA_DATABASE_URL": database_url,
+        "TAREA_SERVER_ID": server_id,
         "TAREA_PREWARM": config.prewarm,
     }
     env.setdefault("TAREA_DRAIN_TIMEOUT_S", "10")
     env.pop("TAREA_API_KEYS", None)  # measured without authentication: wrk sends no key
     return Server(
-        "tarea",
+        name,
         [sys.executable, "-m", "tarea"],
         env,
         port,
-        log_dir / "tarea.log",
+        log_dir / f"{name}.log",
         ready_path="/readyz",
         cwd=ROOT,
     )
@@ -160,7 +168,13 @@ def _measure_durable_floor(
 
 
 def _measure_tarea(session: Session, config: BenchConfig, log_dir: Path, results: Results) -> None:
-    tarea = _tarea_server(session, config, log_dir)
+    tarea = _tarea_server(
+        config,
+        log_dir,
+        name="tarea",
+        database_url=f"sqlite:///{session.tmp / 'tarea.db'}",
+        server_id=session.server_id,
+    )
     results.server_settings = _settings_shown(tarea.env)
     wrk_log = log_dir / "wrk.log"
 
@@ -199,6 +213,77 @@ def _measure_tarea(session: Session, config: BenchConfig, log_dir: Path, results
     results.server_statuses = scan.statuses
     results.server_notable = scan.notable
     results.server_notable_total = scan.notable_total
+
+
+def _stop_pg(results: Results, server: Server) -> None:
+    """Stop a tarea server on PostgreSQL (if it started) and keep what its log says."""
+    print(f"bench: stopping {server.name}...", flush=True)
+    stop = server.stop()
+    if stop is None:
+        return
+    print(f"bench:   {server.name} {stop}", flush=True)
+    scan = scan_log(server.log_path)
+    results.pg_servers[server.name] = ServerLog(
+        scan.statuses, scan.notable, scan.notable_total, stop
+    )
+
+
+def _measure_two_pg(
+    session: Session, config: BenchConfig, log_dir: Path, results: Results, first: Server
+) -> None:
+    """A second server on ``first``'s schema, then both under wrk at once."""
+    database_url = first.env["TAREA_DATABASE_URL"]
+    second = _tarea_server(
+        config,
+        log_dir,
+        name="tarea-pg-2",
+        database_url=database_url,
+        server_id=session.new_server_id("pg-2"),
+    )
+
+    def run() -> SplitLoad:
+        print("bench: starting a second tarea on the same PostgreSQL schema...", flush=True)
+        session.start(second, ready_timeout_s=120)
+        label = "two servers on PostgreSQL"
+        return http_load.measure_split(label, [first, second], config, log_dir)
+
+    try:
+        results.two_pg = _phase(results, "two tarea servers on one PostgreSQL", run)
+    finally:
+        _stop_pg(results, second)
+
+
+def _measure_postgres(
+    session: Session, config: BenchConfig, log_dir: Path, results: Results
+) -> None:
+    """tarea on PostgreSQL, one server as on SQLite, then two servers on one schema."""
+    schema = _phase(results, "a PostgreSQL schema for tarea", session.postgres_schema)
+    if schema is None:
+        return
+    results.postgres_version = schema.version
+    first = _tarea_server(
+        config,
+        log_dir,
+        name="tarea-pg",
+        database_url=schema.url,
+        server_id=session.new_server_id("pg"),
+    )
+
+    def start() -> Server:
+        print(f"bench: starting tarea on PostgreSQL (schema {schema.name})...", flush=True)
+        return session.start(first, ready_timeout_s=120)
+
+    try:
+        if _phase(results, "starting tarea on PostgreSQL", start) is None:
+            return
+        results.warm_pg = _phase(
+            results,
+            "tarea on PostgreSQL, warm suma under wrk",
+            lambda: http_load.measure("tarea on PostgreSQL", first, config, log_dir / "wrk.log"),
+        )
+        _measure_two_pg(session, config, log_dir, results, first)
+    finally:
+        _stop_pg(results, first)
 
 
 def _measure_seed(session: Session, config: BenchConfig, results: Results) -> None:
@@ -279,6 +364,7 @@ def main() -> int:
             _measure_floor(session, config, log_dir, results)
             _measure_durable_floor(session, config, log_dir, results)
             _measure_tarea(session, config, log_dir, results)
+            _measure_postgres(session, config, log_dir, results)
             _measure_seed(session, config, results)
             print("\nbench: cleaning up...", flush=True)
     except KeyboardInterrupt:

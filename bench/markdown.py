@@ -7,8 +7,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import astuple
 
 from bench.config import BenchConfig
-from bench.report import HEADER, Row, ms, rows, tarea_failures
-from bench.results import HttpLoad, Memory, Results, Series
+from bench.report import HEADER, MAX_PG_LATENCY_RATIO, Row, ms, rows, tarea_failures
+from bench.results import HttpLoad, Memory, Results, Series, ServerLog, SplitLoad
 from bench.wrk import WrkResult
 
 
@@ -32,12 +32,13 @@ def _wrk_rows(load: HttpLoad | None) -> list[tuple[str, ...]]:
     return [_wrk_row(run) for run in (first, load.latency, second, load.throughput)]
 
 
+def _ms_of(run: WrkResult, key: str) -> str:
+    """wrk's latency ``key`` (p50, max...) of ``run`` for people; ``n/a`` if it has none."""
+    value = run.latency_ms.get(key)
+    return "n/a" if value is None else ms(value / 1000)
+
+
 def _wrk_row(run: WrkResult) -> tuple[str, ...]:
-    lat = run.latency_ms
-
-    def p(key: str) -> str:
-        return ms(lat[key] / 1000) if key in lat else "n/a"
-
     codes = ", ".join(f"{code}: {n:,}" for code, n in run.codes.items()) or "none"
     sockets = ", ".join(f"{k} {n}" for k, n in run.socket_errors.items() if n) or "0"
     return (
@@ -45,20 +46,27 @@ def _wrk_row(run: WrkResult) -> tuple[str, ...]:
         f"{run.duration_s:.1f} s",
         f"{run.responses:,}",
         f"{run.rps:,.1f}",
-        p("p50"),
-        p("p90"),
-        p("p99"),
-        p("max"),
+        _ms_of(run, "p50"),
+        _ms_of(run, "p90"),
+        _ms_of(run, "p99"),
+        _ms_of(run, "max"),
         codes,
         str(run.failed_tasks),
         sockets,
     )
 
 
+def _split_rows(split: SplitLoad | None) -> list[tuple[str, ...]]:
+    if split is None:
+        return []
+    return [_wrk_row(run) for run in (*split.warmups, *split.runs)]
+
+
 def _wrk_section(results: Results) -> list[str]:
     runs = _wrk_rows(results.floor) + _wrk_rows(results.durable_floor) + _wrk_rows(results.warm)
     if results.memory:
         runs.append(_wrk_row(results.memory.run))
+    runs += _wrk_rows(results.warm_pg) + _split_rows(results.two_pg)
     header = (
         "run",
         "duration",
@@ -100,6 +108,46 @@ def _series_section(results: Results) -> list[str]:
     for series in all_series:
         for error in (series.errors if series else [])[:5]:
             lines.append(f"- {series.label if series else ''} failed: `{error[:200]}`")
+    return lines
+
+
+_POSTGRES_ROWS = f"""\
+- *PostgreSQL: warm suma, p50 latency, 1 connection*: one warm task at a
+  time through a tarea server whose store is PostgreSQL, against the same
+  server on SQLite in this run; the target (≤ {MAX_PG_LATENCY_RATIO:g}×) comes from
+  the issue "Many API servers on one PostgreSQL".
+- *PostgreSQL: warm suma, throughput, 32 connections*: succeeded tasks per
+  second of that server with 32 connections open, against SQLite's.
+- *PostgreSQL: server CPU per request*: the server process's CPU time per
+  response during that 32-connection run, against SQLite's.
+- *two servers on one PostgreSQL: throughput*: two tarea servers (each its
+  own `TAREA_SERVER_ID` and port, one schema, one Docker engine), each loaded
+  by its own wrk of 16 connections, both started together; their succeeded
+  tasks per second summed, against one server at 32 connections.
+- *two servers on one PostgreSQL: p50 / p99 latency*: the worse of the two
+  servers' p50 and the worse of their p99 (each server's own are in the wrk
+  table), against one server's at 32 connections.
+- *two servers on one PostgreSQL: server CPU per request*: both processes'
+  CPU time, summed, per response, against one server's.
+"""
+
+
+def _postgres_section(results: Results) -> list[str]:
+    """What the PostgreSQL rows measure, and the two servers' shares."""
+    where = (
+        f"PostgreSQL {results.postgres_version} on 127.0.0.1, in a schema made for this "
+        "run and dropped after it."
+        if results.postgres_version
+        else "PostgreSQL could not be had in this run: its rows are n/a."
+    )
+    lines = ["### tarea on PostgreSQL", "", where, "", _POSTGRES_ROWS]
+    two = results.two_pg
+    if two is not None:
+        shares = "; ".join(
+            f"{name} {run.rps:,.0f} req/s (p50 {_ms_of(run, 'p50')}, p99 {_ms_of(run, 'p99')})"
+            for name, run in zip(two.servers, two.runs, strict=True)
+        )
+        lines += [f"Each server's share of the two-server run: {shares}."]
     return lines
 
 
@@ -150,6 +198,20 @@ def _log_section(results: Results) -> list[str]:
         lines += ["", f"The warm pool after the memory run (`GET /v1/pools`): `{shown}`."]
     if results.server_notable:
         lines += ["", "```", *results.server_notable[:10], "```"]
+    for name, log in sorted(results.pg_servers.items()):
+        lines += ["", *_pg_log(name, log)]
+    return lines
+
+
+def _pg_log(name: str, log: ServerLog) -> list[str]:
+    """What the log of the tarea server ``name`` on PostgreSQL says."""
+    codes = ", ".join(f"{code}: {n:,}" for code, n in log.statuses.items()) or "none"
+    lines = [
+        f"`{name}` (PostgreSQL): access-log status codes: {codes}. Warning and error lines: "
+        f"{log.notable_total}. Stopped at the end: {log.stop}."
+    ]
+    if log.notable:
+        lines += ["", "```", *log.notable[:5], "```"]
     return lines
 
 
@@ -173,6 +235,7 @@ def _machine(results: Results) -> list[str]:
                 ("FastAPI, uvicorn", f"{m.fastapi}, {m.uvicorn}"),
                 ("uvloop, httptools", f"{m.uvloop}, {m.httptools}"),
                 ("wrk", m.wrk),
+                ("PostgreSQL", results.postgres_version or "n/a"),
                 ("commit", m.commit),
                 (
                     "load average (1, 5, 15 min)",
@@ -182,7 +245,8 @@ def _machine(results: Results) -> list[str]:
             ],
         ),
         "",
-        "tarea ran on 127.0.0.1 with a temporary SQLite database and "
+        "tarea ran on 127.0.0.1 with a temporary SQLite database (or, for the PostgreSQL "
+        "rows, a schema of its own in PostgreSQL on 127.0.0.1) and "
         + ", ".join(f"`{k}={v}`" for k, v in sorted(results.server_settings.items()))
         + "; its other settings at their defaults.",
     ]
@@ -199,10 +263,14 @@ BENCH_QUICK=1 make bench   # a few minutes: shorter runs, 10,000 tasks for memor
 `make bench` sets up what it needs (the virtualenv, the task image, the
 seed-style image `tarea-test-seed-http:latest` built from
 `tests/integration/images/seed_http`, and `wrk`, installed with apt-get when
-missing and run as root), then runs `python -m bench`. Everything it starts
-(servers, containers labelled `io.tarea.bench=true`, a bridge network, a
-temporary SQLite database) is stopped and removed at the end, on Ctrl-C too.
-All traffic goes to 127.0.0.1. wrk's output, both servers' logs and the raw
+missing and run as root), then runs `python -m bench`. PostgreSQL is
+`BENCH_POSTGRES_URL`, else `TAREA_TEST_POSTGRES_URL`, else the database
+`scripts/ensure-postgres.sh` sets up (as root on Debian: PostgreSQL on
+127.0.0.1:5432); without one, its rows are n/a and this page is left as it
+was. Everything it starts (servers, containers labelled
+`io.tarea.bench=true`, a bridge network, a temporary SQLite database, the
+PostgreSQL schema `bench_<run>`) is stopped and removed at the end, on Ctrl-C
+too. All traffic goes to 127.0.0.1. wrk's output, the servers' logs and the raw
 results (`results.json`) are kept under `var/bench/<date>-<run>/`. The
 benchmark is a measurement, not a test: it exits 0 whether targets are met or
 not (non-zero only if a step could not run), and it does not run in CI.
@@ -211,7 +279,7 @@ Knobs (environment): `BENCH_QUICK=1`; `BENCH_WRK_SECONDS` (10),
 `BENCH_WARMUP_SECONDS` (3), `BENCH_CONNECTIONS` (32), `BENCH_ONESHOT_N` (20),
 `BENCH_SEED_N` (10), `BENCH_SEED_SLEEP_N` (3), `BENCH_MEMORY_TASKS` (100000),
 `BENCH_MEMORY_CAP_S` (1200), `BENCH_OUTPUT` (this file), `BENCH_LOG_DIR`
-(`var/bench`); `TAREA_*` variables (e.g. `TAREA_PREWARM`,
+(`var/bench`), `BENCH_POSTGRES_URL`; `TAREA_*` variables (e.g. `TAREA_PREWARM`,
 `TAREA_CONCURRENCY`) pass through to the server under test.
 """
 
@@ -260,13 +328,27 @@ _METHOD = """\
    before and after 100,000 more warm tasks at 32 connections (wrk stops at
    that count), sampled every 5 s in between; the run is capped at 20 minutes,
    and if the server is slower than that the table says how many tasks ran.
-6. **Targets** (issue #4): warm p50 at 1 connection ≤ 2× the floor's; warm
+6. **tarea on PostgreSQL**: once the SQLite server has stopped, a tarea
+   server with the same settings but `TAREA_DATABASE_URL` on PostgreSQL (a
+   schema made for the run, `?options=-csearch_path=<schema>`; notices by
+   LISTEN/NOTIFY, quotas counted in the insert's transaction) is measured
+   exactly like tarea on SQLite above. Then a second server (another
+   `TAREA_SERVER_ID`, another port, the same schema and Docker engine) is
+   started beside it; each gets the sequential warm-up calls, then two wrk
+   processes of 16 connections each, one per server, are started together,
+   a warm-up round then a measured round. Their throughputs are summed; for
+   latency the worse server's p50 and p99 are shown. All of it shares the
+   machine's cores with PostgreSQL, Docker and wrk, so on a small machine two
+   servers measure contention more than scale-out.
+7. **Targets** (issue #4): warm p50 at 1 connection ≤ 2× the floor's; warm
    throughput at 32 connections ≥ 0.5× the floor's; fresh p50 ≤ 0.5× the bare
-   `docker run`'s; no failed responses; memory growth ≤ 50 MB over 100,000
-   tasks. The two warm ratios are also checked against the durable floor,
-   marked "(durable)": [performance.md](performance.md) explains why the
-   floor's own are out of reach for any service that records its tasks and
-   runs them in containers.
+   `docker run`'s; no failed responses (on SQLite and PostgreSQL); memory
+   growth ≤ 50 MB over 100,000 tasks. The two warm ratios are also checked
+   against the durable floor, marked "(durable)": [performance.md](performance.md)
+   explains why the floor's own are out of reach for any service that records
+   its tasks and runs them in containers. Issue "Many API servers on one
+   PostgreSQL": warm p50 at 1 connection on PostgreSQL ≤ 1.3× tarea's own on
+   SQLite in the same run.
 """
 
 
@@ -283,7 +365,8 @@ def render(results: Results, config: BenchConfig) -> str:
         "`make bench` measures tarea on one machine, in one run, against what it",
         "should be compared with: the cost of FastAPI itself (the floor), the same",
         "durable work written by hand (the durable floor), a bare",
-        "`docker run` of the same call, and the seed's way of running a task. This",
+        "`docker run` of the same call, and the seed's way of running a task; and",
+        "tarea on PostgreSQL, one server and two, against tarea on SQLite. This",
         "page is rewritten by each run; the numbers below are the latest run's.",
         "",
         f"## Latest run: {date}, {mode}",
@@ -292,6 +375,8 @@ def render(results: Results, config: BenchConfig) -> str:
         f"The bench took {results.elapsed_s / 60:.1f} minutes.",
         "",
         *_summary(results),
+        "",
+        *_postgres_section(results),
         "",
     ]
     machine = results.machine

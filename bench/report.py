@@ -6,7 +6,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import astuple, dataclass
 
-from bench.results import HttpLoad, Results, Series
+from bench.results import HttpLoad, Results, Series, SplitLoad
 
 #: Targets (issue "make bench"): tarea against its floor, docker run, and its own memory.
 #: The two warm ratios are also applied against the durable floor (docs/performance.md).
@@ -14,6 +14,9 @@ MAX_LATENCY_RATIO = 2.0
 MIN_THROUGHPUT_RATIO = 0.5
 MAX_FRESH_RATIO = 0.5
 MAX_MEMORY_GROWTH_MB = 50.0
+#: Target (issue "Many API servers on one PostgreSQL"): tarea's warm p50 on
+#: PostgreSQL against its own on SQLite, measured in the same run.
+MAX_PG_LATENCY_RATIO = 1.3
 
 
 def ms(seconds: float | None) -> str:
@@ -158,6 +161,75 @@ def _latency_rows(r: Results) -> list[Row]:
     ]
 
 
+def _req_s(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:,.0f} req/s"
+
+
+def _pair(p50: float | None, p99: float | None) -> str:
+    return f"{ms(p50)} / {ms(p99)}"
+
+
+def _split_ms(split: SplitLoad | None, key: str) -> float | None:
+    value = None if split is None else split.worst_ms(key)
+    return None if value is None else value / 1000
+
+
+def _postgres_rows(r: Results) -> list[Row]:
+    """tarea on PostgreSQL against tarea on SQLite, in the same run."""
+    sqlite_p50, pg_p50 = _p(r.warm, "latency", "p50"), _p(r.warm_pg, "latency", "p50")
+    p50 = ratio(pg_p50, sqlite_p50)
+    return [
+        Row(
+            "PostgreSQL: warm suma, p50 latency, 1 connection",
+            f"SQLite {ms(sqlite_p50)}",
+            ms(pg_p50),
+            times(p50),
+            f"≤ {MAX_PG_LATENCY_RATIO:g}× (SQLite)",
+            verdict(_at_most(p50, MAX_PG_LATENCY_RATIO)),
+        ),
+        Row(
+            "PostgreSQL: warm suma, throughput, 32 connections",
+            f"SQLite {_req_s(_rps(r.warm))}",
+            _req_s(_rps(r.warm_pg)),
+            times(ratio(_rps(r.warm_pg), _rps(r.warm))),
+        ),
+        Row(
+            "PostgreSQL: server CPU per request, 32 connections",
+            f"SQLite {_cpu(r.warm)}",
+            _cpu(r.warm_pg),
+            times(ratio(_cpu_ms(r.warm_pg), _cpu_ms(r.warm))),
+        ),
+    ]
+
+
+def _two_pg_rows(r: Results) -> list[Row]:
+    """Two servers on one PostgreSQL, loaded at once, against one server alone."""
+    two = r.two_pg
+    two_rps = None if two is None else two.rps
+    two_cpu = None if two is None else two.cpu_ms_per_request
+    shares = "16 + 16" if two is None else " + ".join(str(w.connections) for w in two.runs)
+    one_32 = _pair(_p(r.warm_pg, "throughput", "p50"), _p(r.warm_pg, "throughput", "p99"))
+    return [
+        Row(
+            f"two servers on one PostgreSQL: throughput, {shares} connections",
+            f"one server {_req_s(_rps(r.warm_pg))}",
+            _req_s(two_rps),
+            times(ratio(two_rps, _rps(r.warm_pg))),
+        ),
+        Row(
+            "two servers on one PostgreSQL: p50 / p99 latency (the worse server's)",
+            f"one server {one_32}",
+            _pair(_split_ms(two, "p50"), _split_ms(two, "p99")),
+        ),
+        Row(
+            "two servers on one PostgreSQL: server CPU per request (both)",
+            f"one server {_cpu(r.warm_pg)}",
+            "n/a" if two_cpu is None else ms(two_cpu / 1000),
+            times(ratio(two_cpu, _cpu_ms(r.warm_pg))),
+        ),
+    ]
+
+
 def _oneshot_rows(r: Results) -> list[Row]:
     p50 = ratio(_p50(r.fresh), _p50(r.bare))
     return [
@@ -195,6 +267,10 @@ def tarea_failures(r: Results) -> int | None:
     parts: list[int] = []
     if r.warm:
         parts.append(r.warm.failures)
+    if r.warm_pg:
+        parts.append(r.warm_pg.failures)
+    if r.two_pg:
+        parts.append(r.two_pg.failures)
     if r.memory:
         parts.append(r.memory.run.failures)
     if r.fresh:
@@ -236,7 +312,13 @@ def _health_rows(r: Results) -> list[Row]:
 
 def rows(results: Results) -> list[Row]:
     """The summary table of ``results``: every target with its verdict, and context rows."""
-    return _latency_rows(results) + _oneshot_rows(results) + _health_rows(results)
+    return (
+        _latency_rows(results)
+        + _postgres_rows(results)
+        + _two_pg_rows(results)
+        + _oneshot_rows(results)
+        + _health_rows(results)
+    )
 
 
 HEADER = Row("measurement", "baseline", "tarea", "ratio", "target", "result")

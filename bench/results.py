@@ -46,6 +46,58 @@ class HttpLoad:
 
 
 @dataclass(frozen=True)
+class SplitLoad:
+    """Several servers loaded at once, each by its own wrk; their throughputs summed.
+
+    ``runs[i]`` and ``warmups[i]`` went to ``servers[i]``; the runs to
+    different servers started together and lasted as long.
+    """
+
+    label: str
+    #: The servers' names.
+    servers: tuple[str, ...]
+    runs: tuple[WrkResult, ...]
+    warmups: tuple[WrkResult, ...]
+    #: Sequential warm-up calls that failed (status and body), every server's.
+    warmup_errors: tuple[str, ...] = ()
+    #: The servers' CPU time (summed) per response during the measured runs.
+    cpu_ms_per_request: float | None = None
+
+    @property
+    def connections(self) -> int:
+        """Connections over every server."""
+        return sum(run.connections for run in self.runs)
+
+    @property
+    def rps(self) -> float:
+        """Succeeded tasks per second, every server's summed."""
+        return sum(run.rps for run in self.runs)
+
+    def worst_ms(self, key: str) -> float | None:
+        """The worst server's latency percentile ``key`` (``"p50"``, ``"p99"``), in ms."""
+        values = [run.latency_ms[key] for run in self.runs if key in run.latency_ms]
+        if not values or len(values) < len(self.runs):
+            return None
+        return max(values)
+
+    @property
+    def failures(self) -> int:
+        """Failed responses and socket errors over every run against these servers."""
+        runs = (*self.runs, *self.warmups)
+        return sum(r.failures for r in runs) + len(self.warmup_errors)
+
+
+@dataclass(frozen=True)
+class ServerLog:
+    """What a server's log says, and how the server ended."""
+
+    statuses: dict[str, int]
+    notable: list[str]
+    notable_total: int
+    stop: str
+
+
+@dataclass(frozen=True)
 class MemorySample:
     """The server's RSS after some tasks."""
 
@@ -100,6 +152,11 @@ class Results:
     #: The durable floor (bench.durable_floor_app): the same durable work, by hand.
     durable_floor: HttpLoad | None = None
     warm: HttpLoad | None = None
+    #: tarea on PostgreSQL (a fresh schema), measured as ``warm``; its version.
+    warm_pg: HttpLoad | None = None
+    postgres_version: str = ""
+    #: Two tarea servers on one PostgreSQL schema, loaded at once.
+    two_pg: SplitLoad | None = None
     fresh: Series | None = None
     bare: Series | None = None
     memory: Memory | None = None
@@ -111,6 +168,8 @@ class Results:
     server_statuses: dict[str, int] = field(default_factory=dict)
     server_notable: list[str] = field(default_factory=list)
     server_notable_total: int = 0
+    #: The same of each tarea server on PostgreSQL, by its name.
+    pg_servers: dict[str, ServerLog] = field(default_factory=dict)
     #: ``GET /v1/pools`` after the memory run, as tarea answered it (kept in results.json).
     pools: dict[str, Any] | None = None
     #: How tarea ended when it was stopped (SIGTERM, then SIGKILL after a grace period).

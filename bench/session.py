@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import signal
+import sys
 import tempfile
 from contextlib import ExitStack, suppress
 from pathlib import Path
@@ -13,21 +14,25 @@ import docker
 import docker.errors
 
 from bench.config import BENCH_LABEL, RUN_LABEL
+from bench.postgres import Postgres, Schema, postgres_url
 from bench.procs import Server
 
 
 class Session:
-    """Servers, containers, networks and a temporary directory, cleaned up in ``__exit__``.
+    """Servers, containers, networks, a temporary directory, a schema: cleaned up in ``__exit__``.
 
     Containers and networks the benchmark creates carry :data:`BENCH_LABEL`
     and :data:`RUN_LABEL` (this run's id); tarea's own containers carry
-    ``io.tarea.server=<server id>``. On exit, after the servers are stopped,
-    whatever still carries those labels is removed.
+    ``io.tarea.server=<server id>``, one of :attr:`server_ids`. On exit, after
+    the servers are stopped, whatever still carries those labels is removed
+    and the schema is dropped.
     """
 
     def __init__(self, run_id: str) -> None:
         self.run_id = run_id
         self.server_id = f"tarea-bench-{run_id}"
+        #: Every tarea server id of this run (their containers are removed on exit).
+        self.server_ids = [self.server_id]
         self.labels = {BENCH_LABEL: "true", RUN_LABEL: run_id}
         self.engine = docker.from_env()
         self.tmp = Path(tempfile.mkdtemp(prefix=f"tarea-bench-{run_id}-"))
@@ -50,6 +55,30 @@ class Session:
         server.start(ready_timeout_s)
         return server
 
+    def new_server_id(self, suffix: str) -> str:
+        """Another tarea server id for this run, ``<server_id>-<suffix>``."""
+        server_id = f"{self.server_id}-{suffix}"
+        self.server_ids.append(server_id)
+        return server_id
+
+    def postgres_schema(self) -> Schema:
+        """A fresh schema ``bench_<run id>`` in the benchmark's PostgreSQL (dropped on exit).
+
+        Raises:
+            BenchError: no PostgreSQL could be had, or the schema not be made.
+        """
+        postgres = Postgres(postgres_url())
+        self._stack.callback(postgres.close)
+        schema = postgres.create_schema(f"bench_{self.run_id}")
+        self._stack.callback(self._drop_schema, postgres, schema.name)
+        return schema
+
+    @staticmethod
+    def _drop_schema(postgres: Postgres, name: str) -> None:
+        problem = postgres.drop_schema(name)
+        if problem:
+            print(f"bench: could not drop schema {name}: {problem}", file=sys.stderr, flush=True)
+
     def network(self) -> str:
         """A user-defined bridge network for this run (removed on exit); its name."""
         name = f"tarea-bench-{self.run_id}"
@@ -71,7 +100,8 @@ class Session:
             signal.signal(signal.SIGINT, previous)
 
     def _remove_labelled(self) -> None:
-        filters = [f"{RUN_LABEL}={self.run_id}", f"io.tarea.server={self.server_id}"]
+        filters = [f"{RUN_LABEL}={self.run_id}"]
+        filters += [f"io.tarea.server={server_id}" for server_id in self.server_ids]
         for label in filters:
             for container in self.engine.containers.list(all=True, filters={"label": label}):
                 with suppress(docker.errors.NotFound):
