@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import tempfile
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -64,6 +65,11 @@ async def _one_task(store: AsyncStore, now: datetime, logs: str) -> None:
     )
 
 
+def _half_round_after(now: datetime) -> datetime:
+    """The faked clock while a round's purge runs: within that round."""
+    return now + ROUND / 2
+
+
 def _size(path: Path) -> int:
     return path.stat().st_size if path.exists() else 0
 
@@ -91,7 +97,7 @@ async def run(
                     store,
                     retention_s=keep_rounds * ROUND.total_seconds(),
                     pause_s=0,
-                    clock=lambda now=now: now + ROUND / 2,
+                    clock=functools.partial(_half_round_after, now),
                 )
                 await retention.purge()
             if (number + 1) % max(1, rounds // 10) == 0:
