@@ -82,6 +82,8 @@ _FROM_PREDECESSORS: dict[Status, str] = {
 #: Matches the partial index ix_tasks_tenant_active word for word, so it is used.
 _ACTIVE_SQL = f"status IN ('{Status.QUEUED.value}', '{Status.RUNNING.value}')"
 _COUNT_QUEUED_SQL = f"SELECT count(*) FROM tasks WHERE status = '{Status.QUEUED.value}'"  # noqa: S608
+#: Above every ``task_events.seq`` (a BIGINT).
+_MAX_SEQ = 2**63 - 1
 _TERMINAL_SQL = "status IN ({})".format(", ".join(f"'{s.value}'" for s in Status if s.terminal))
 _SQLITE_DRIVERS = frozenset({"sqlite", "sqlite+pysqlite"})
 
@@ -540,7 +542,7 @@ class SqlStore:
         """
         ph = self._placeholder
         delete = (
-            f"DELETE FROM tasks WHERE id IN (SELECT id FROM tasks "  # noqa: S608
+            f"DELETE FROM tasks WHERE id IN (SELECT id FROM tasks{self._by_finished_at()} "  # noqa: S608
             f"WHERE finished_at < {ph.format('before')} AND {_TERMINAL_SQL} "
             f"ORDER BY finished_at LIMIT {ph.format('limit')}{self._skip_locked()}) RETURNING id"
         )
@@ -561,11 +563,19 @@ class SqlStore:
 
         Such events are rare (a log line stored after its task was purged, a
         task deleted by hand): the purge of a task deletes its events with it.
+        Events come in ``seq`` order, about in ``at`` order: only those before
+        the first one at or after ``before`` are looked at, a short stretch
+        once the old tasks are purged, not the whole table.
         """
         ph = self._placeholder
+        before_mark = ph.format("before")
+        first_recent = (
+            f"(SELECT r.seq FROM task_events r WHERE r.at >= {before_mark} "  # noqa: S608
+            f"ORDER BY r.seq LIMIT 1)"
+        )
         delete = (
             f"DELETE FROM task_events WHERE seq IN (SELECT seq FROM task_events e "  # noqa: S608
-            f"WHERE e.at < {ph.format('before')} "
+            f"WHERE e.seq < COALESCE({first_recent}, {_MAX_SEQ}) AND e.at < {before_mark} "
             "AND NOT EXISTS (SELECT 1 FROM tasks t WHERE t.id = e.task_id) "
             f"ORDER BY seq LIMIT {ph.format('limit')}{self._skip_locked()})"
         )
@@ -576,6 +586,14 @@ class SqlStore:
             return int(tx.cursor.rowcount)
 
         return write
+
+    def _by_finished_at(self) -> str:
+        """SQLite's hint to read ``tasks`` by ``finished_at``, without which it reads them by
+        status (every ended task, then sorted); PostgreSQL's planner chooses by its statistics.
+        """
+        if self._engine.dialect.name == "postgresql":
+            return ""
+        return " INDEXED BY ix_tasks_finished_at"
 
     def _skip_locked(self) -> str:
         """`` FOR UPDATE SKIP LOCKED`` on PostgreSQL; nothing on SQLite (one writer at a time)."""
