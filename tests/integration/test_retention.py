@@ -8,10 +8,13 @@ with a fake engine.
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import httpx
 import pytest
 from sqlalchemy import Engine, text
 
@@ -22,7 +25,7 @@ from tarea.retention import Retention
 from tarea.store.aio import AsyncStore
 from tarea.store.cluster import Cluster
 from tarea.store.sql import SqlStore
-from tests.integration.conftest import postgres_schema
+from tests.integration.conftest import postgres_schema, start_server
 from tests.integration.test_quota_accounting import TASK, service
 
 NOW = datetime(2026, 12, 4, 12, 0, tzinfo=UTC)
@@ -233,3 +236,39 @@ def test_the_loop_purges_in_the_background_and_zero_turns_it_off(tmp_path: Path)
             store.close()
 
     asyncio.run(scenario())
+
+
+def test_a_server_purges_on_its_own_and_the_id_answers_404(
+    tmp_path: Path, tasks_image: str
+) -> None:
+    """A real server with TAREA_RETENTION_S=1 purges a task soon after it ended: GET of its
+    id answers 404 task_not_found, while a task still running is kept."""
+    env = {
+        "TAREA_DATABASE_URL": f"sqlite:///{tmp_path}/tarea.db",
+        "TAREA_RETENTION_S": "1",
+        "TAREA_DRAIN_TIMEOUT_S": "0",
+    }
+    proc, url = start_server(env, tmp_path / "server.log")
+    try:
+        body = {"image": tasks_image, "function": "suma", "params": {"a": 1, "b": 2}}
+        done = httpx.post(f"{url}/v1/tasks?wait=true", json=body, timeout=60).json()
+        assert done["status"] == "succeeded"
+        slow = {"image": tasks_image, "function": "esperar", "params": {"segundos": 30}}
+        running = httpx.post(f"{url}/v1/tasks", json=slow, timeout=60).json()
+        deadline = time.monotonic() + 15
+        while True:
+            answer = httpx.get(f"{url}/v1/tasks/{done['id']}", timeout=10)
+            if answer.status_code == 404 or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        assert answer.status_code == 404
+        assert answer.json()["code"] == "task_not_found"
+        kept = httpx.get(f"{url}/v1/tasks/{running['id']}", timeout=10)
+        assert kept.status_code == 200
+        assert kept.json()["status"] in ("queued", "running")
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=45)
+        except subprocess.TimeoutExpired:
+            proc.kill()
