@@ -99,6 +99,16 @@ class Settings(BaseSettings):
             return Path(database).parent / "pulled-images.json"
         return Path("var") / "pulled-images.json"
 
+    # Retention (docs/operations.md#retention): ended tasks are purged, with
+    # their logs, events and attempts, once older than this.
+    retention_s: float = Field(
+        30 * 86400.0,
+        ge=0,
+        description="How long an ended task (and its logs, events, attempts) is kept after it "
+        "ended, in seconds; then it is purged in the background and its id answers 404. "
+        "0: tasks are kept for ever.",
+    )
+
     # Defaults applied to every task container (DESIGN §4).
     timeout_s: float = Field(60.0, gt=0, description="Default wall-clock limit of a task.")
     memory_mb: int = Field(256, ge=16, description="Default memory (= memory+swap) limit.")

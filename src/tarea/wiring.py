@@ -24,6 +24,7 @@ from tarea.engine.sandbox import SERVER_LABEL, SandboxPolicy
 from tarea.errors import TareaError
 from tarea.leases import Membership
 from tarea.notices import LocalNotices, PgNotices
+from tarea.retention import Retention
 from tarea.service import LIMIT_FIELDS, TaskService
 from tarea.settings import Settings
 from tarea.store.aio import AsyncStore
@@ -101,20 +102,23 @@ class Server:
     dispatcher: LocalDispatcher
     service: TaskService
     membership: Membership
+    retention: Retention
     _warming: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        """Hear notices, recover, run tasks, heartbeat; prewarm in the background."""
+        """Hear notices, recover, run tasks, heartbeat, purge; prewarm in the background."""
         self.engine.start()
         await self.notices.start()
         await self.service.start()
         await self.membership.start()
+        await self.retention.start()
         self._warming = asyncio.create_task(prewarm(self.engine, self.settings))
 
     async def aclose(self) -> None:
         """Drain, then stop everything and release connections."""
         if self._warming is not None:
             self._warming.cancel()
+        await self.retention.aclose()
         await self.membership.aclose()
         await self.service.drain()
         await self.notices.aclose()
@@ -158,4 +162,5 @@ def assemble(settings: Settings) -> Server:
     membership = Membership(
         store, server_id=settings.server_id, lease_s=settings.lease_s, on_silent=service.take_over
     )
-    return Server(settings, store, engine, notices, dispatcher, service, membership)
+    retention = Retention(store, retention_s=settings.retention_s)
+    return Server(settings, store, engine, notices, dispatcher, service, membership, retention)

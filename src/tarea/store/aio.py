@@ -153,6 +153,18 @@ class AsyncStore:
         """How many droppable writes were shed so far."""
         return self._writer.shed
 
+    def purge(self, before: datetime, limit: int) -> asyncio.Future[int]:
+        """Delete up to ``limit`` tasks that ended before ``before``, with their events; how many.
+
+        A write of the writer thread like any other: on SQLite it never
+        contends with task writes for the database's lock.
+        """
+        return self._writer.submit(self.sync.purge_write(before, limit))
+
+    def purge_orphan_events(self, before: datetime, limit: int) -> asyncio.Future[int]:
+        """Delete up to ``limit`` events older than ``before`` of tasks that are gone; how many."""
+        return self._writer.submit(self.sync.purge_orphan_events_write(before, limit))
+
     async def unfinished(self, *, worker: str | None = None) -> builtins.list[TaskRecord]:
         """Tasks queued or running (of ``worker`` only, if given), oldest first."""
         return await self._read(self.sync.unfinished, worker=worker)

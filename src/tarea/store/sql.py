@@ -82,6 +82,9 @@ _FROM_PREDECESSORS: dict[Status, str] = {
 #: Matches the partial index ix_tasks_tenant_active word for word, so it is used.
 _ACTIVE_SQL = f"status IN ('{Status.QUEUED.value}', '{Status.RUNNING.value}')"
 _COUNT_QUEUED_SQL = f"SELECT count(*) FROM tasks WHERE status = '{Status.QUEUED.value}'"  # noqa: S608
+#: Above every ``task_events.seq`` (a BIGINT).
+_MAX_SEQ = 2**63 - 1
+_TERMINAL_SQL = "status IN ({})".format(", ".join(f"'{s.value}'" for s in Status if s.terminal))
 _SQLITE_DRIVERS = frozenset({"sqlite", "sqlite+pysqlite"})
 
 
@@ -536,6 +539,87 @@ class SqlStore:
             tx.cursor.execute(sql, params)
 
         return write
+
+    # -- retention (tarea.retention) ------------------------------------------------------
+
+    def purge_write(self, before: datetime, limit: int) -> Write[int]:
+        """Delete up to ``limit`` tasks that ended before ``before``, with their events; how many.
+
+        The oldest ends go first, found by the index on ``finished_at``. A task
+        not in a terminal status is never deleted, however old. The first
+        statement writes (no read ahead of it), so on SQLite the write lock is
+        waited for, never refused. On PostgreSQL the rows chosen are locked,
+        skipping those another server's purge holds: servers purging at once
+        take disjoint batches and neither wait on nor deadlock with each other.
+        """
+        ph = self._placeholder
+        delete = (
+            f"DELETE FROM tasks WHERE id IN (SELECT id FROM tasks{self._by_finished_at()} "  # noqa: S608
+            f"WHERE finished_at < {ph.format('before')} AND {_TERMINAL_SQL} "
+            f"ORDER BY finished_at LIMIT {ph.format('limit')}{self._skip_locked()}) RETURNING id"
+        )
+        params = {"before": self._instant(before), "limit": limit}
+
+        def write(tx: Tx) -> int:
+            tx.cursor.execute(delete, params)
+            ids = [row[0] for row in tx.cursor.fetchall()]
+            if ids:
+                marks, by_id = self._marks(ids)
+                tx.cursor.execute(f"DELETE FROM task_events WHERE task_id IN ({marks})", by_id)  # noqa: S608
+            return len(ids)
+
+        return write
+
+    def purge_orphan_events_write(self, before: datetime, limit: int) -> Write[int]:
+        """Delete up to ``limit`` events older than ``before`` whose task is gone; how many.
+
+        Such events are rare (a log line stored after its task was purged, a
+        task deleted by hand): the purge of a task deletes its events with it.
+        Events come in ``seq`` order, about in ``at`` order: only those before
+        the first one at or after ``before`` are looked at, a short stretch
+        once the old tasks are purged, not the whole table.
+        """
+        ph = self._placeholder
+        before_mark = ph.format("before")
+        first_recent = (
+            f"(SELECT r.seq FROM task_events r WHERE r.at >= {before_mark} "  # noqa: S608
+            f"ORDER BY r.seq LIMIT 1)"
+        )
+        delete = (
+            f"DELETE FROM task_events WHERE seq IN (SELECT seq FROM task_events e "  # noqa: S608
+            f"WHERE e.seq < COALESCE({first_recent}, {_MAX_SEQ}) AND e.at < {before_mark} "
+            "AND NOT EXISTS (SELECT 1 FROM tasks t WHERE t.id = e.task_id) "
+            f"ORDER BY seq LIMIT {ph.format('limit')}{self._skip_locked()})"
+        )
+        params = {"before": self._instant(before), "limit": limit}
+
+        def write(tx: Tx) -> int:
+            tx.cursor.execute(delete, params)
+            return int(tx.cursor.rowcount)
+
+        return write
+
+    def _by_finished_at(self) -> str:
+        """SQLite's hint to read ``tasks`` by ``finished_at``, without which it reads them by
+        status (every ended task, then sorted); PostgreSQL's planner chooses by its statistics.
+        """
+        if self._engine.dialect.name == "postgresql":
+            return ""
+        return " INDEXED BY ix_tasks_finished_at"
+
+    def _skip_locked(self) -> str:
+        """`` FOR UPDATE SKIP LOCKED`` on PostgreSQL; nothing on SQLite (one writer at a time)."""
+        return " FOR UPDATE SKIP LOCKED" if self._engine.dialect.name == "postgresql" else ""
+
+    def _instant(self, when: datetime) -> Any:
+        """``when`` as the driver takes a timestamp column's value (as Core would convert it)."""
+        return self._driver_values(to_columns({"finished_at": when}))["finished_at"]
+
+    def _marks(self, values: builtins.list[Any]) -> tuple[str, dict[str, Any]]:
+        """Placeholders of an ``IN (...)`` list of ``values``, and their parameters."""
+        names = [f"v{index}" for index in range(len(values))]
+        marks = ", ".join(self._placeholder.format(name) for name in names)
+        return marks, dict(zip(names, values, strict=True))
 
     def _read(self, tx: Tx, where: str, params: dict[str, Any]) -> TaskRecord | None:
         """The one task matching ``where``, read on the write's own cursor; None if none."""

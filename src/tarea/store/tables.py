@@ -92,6 +92,7 @@ class TaskRow(Base):
         UniqueConstraint("tenant", "idempotency_key"),  # NULL keys never collide
         Index(None, "tenant", "created_at", "id"),
         Index(None, "status"),
+        Index(None, "finished_at"),  # the purge of ended tasks (migration 0004)
         Index(
             "ix_tasks_tenant_active",
             "tenant",
