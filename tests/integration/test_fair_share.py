@@ -101,3 +101,42 @@ def test_a_tenants_queue_never_delays_another_tenants_first_task(server: Server)
         while any(s in ("queued", "running") for s in statuses(alpha, ids)):
             assert time.monotonic() < deadline, "alpha's tasks were not all cancelled"
             time.sleep(0.2)
+
+
+@pytest.fixture(scope="module")
+def small_pool(tmp_path_factory: pytest.TempPathFactory, tasks_image: str) -> Iterator[Server]:
+    """A server with tenants alpha and beta and a warm pool of at most 4 containers."""
+    tmp = tmp_path_factory.mktemp("fair-pool")
+    log = tmp / "server.log"
+    proc, url = start_server(
+        {
+            "TAREA_DATABASE_URL": f"sqlite:///{tmp}/tarea.db",
+            "TAREA_API_KEYS": ",".join(f"{t}:{k}" for t, k in KEYS.items()),
+            "TAREA_POOL_MAX_TOTAL": "4",
+            "TAREA_STEM_CELLS": "0",
+        },
+        log,
+    )
+    try:
+        yield Server(proc, url, log)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def test_a_tenants_churn_does_not_evict_anothers_warm_container(small_pool: Server) -> None:
+    """Alpha's 20 tasks with distinct memory limits (each a new container, the pool capped at
+    4) leave beta's warm container in place: beta's next suma reuses it."""
+    with small_pool.client("alpha") as alpha, small_pool.client("beta") as beta:
+        before = beta.post("/v1/tasks?wait=true", json=SUMA).json()
+        assert before["status"] == "succeeded", before
+        for memory_mb in range(64, 64 + 20 * 8, 8):
+            churn = alpha.post(
+                "/v1/tasks?wait=true", json={**SUMA, "limits": {"memory_mb": memory_mb}}
+            ).json()
+            assert churn["status"] == "succeeded", churn
+
+        after = beta.post("/v1/tasks?wait=true", json=SUMA).json()
+
+    assert after["status"] == "succeeded", after
+    assert after["container"]["id"] == before["container"]["id"]
