@@ -161,8 +161,9 @@ class Settings(BaseSettings):
     tenant_max_running: int | None = Field(
         None,
         ge=0,
-        description="Tasks of one tenant run at once by this server; default: concurrency - 1 "
-        "(at least 1), so a slot is always left for another tenant; 0: no cap but concurrency.",
+        description="Tasks of one tenant run at once by this server; default: with API keys "
+        "(several tenants), concurrency - 1 (at least 1), so a slot is always left for another "
+        "tenant; without them (one tenant), no cap; 0: no cap but concurrency.",
     )
     pool_min_per_tenant: int = Field(
         2,
@@ -172,9 +173,14 @@ class Settings(BaseSettings):
     )
 
     def tenant_running_cap(self) -> int:
-        """``tenant_max_running``, or its default (see the field); 0: no cap."""
+        """``tenant_max_running``, or its default (see the field); 0: no cap.
+
+        Without API keys every task is the one tenant's: a slot kept for
+        another would only sit idle.
+        """
         if self.tenant_max_running is None:
-            return max(1, self.concurrency - 1)
+            several = bool(self.api_keys.get_secret_value().strip())
+            return max(1, self.concurrency - 1) if several else 0
         return self.tenant_max_running
 
     max_queued: int = Field(1000, ge=1, description="Tasks that may wait; more get 503.")

@@ -756,7 +756,8 @@ def test_the_writer_reconnects_when_its_connection_was_dropped(
                 dropped = connection.execute(
                     text(
                         "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
-                        "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                        "WHERE datname = current_database() AND pid <> pg_backend_pid() "
+                        "AND usename = current_user"
                     )
                 ).scalar_one()
                 connection.commit()
