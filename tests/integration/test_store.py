@@ -800,3 +800,39 @@ def test_a_locked_database_fails_the_whole_batch_once(tmp_path: Path) -> None:
     assert [type(error) for _, error in done] == [sqlite3.OperationalError] * 3
     assert "locked" in str(done[0][1])
     assert attempts == {"a": 1}
+
+
+def test_a_batch_that_reads_first_holds_the_lock_against_other_connections(
+    tmp_path: Path,
+) -> None:
+    """A batch that reads before it writes (a task's admission counts) is not failed by
+    another connection committing in between: the writer takes SQLite's write lock first."""
+    path = tmp_path / "tasks.db"
+    sql_store = SqlStore(f"sqlite:///{path}")
+    sql_store.migrate()
+    session = sql_store.writer()
+    other = sqlite3.connect(path, timeout=0.1)
+    record = task()
+    insert = sql_store.create_write(record)
+    others: list[str] = []
+
+    def reads_then_writes(tx: Tx) -> Any:
+        tx.cursor.execute("SELECT count(*) FROM tasks")
+        try:  # another connection (a heartbeat, say) commits now, or waits for the lock
+            other.execute(
+                "INSERT INTO servers (id, host, version, started_at, last_seen) "
+                "VALUES ('s', 'h', 'v', '2026-01-01', '2026-01-01')"
+            )
+            other.commit()
+            others.append("committed")
+        except sqlite3.OperationalError as exc:
+            others.append(str(exc))
+        return insert(tx)
+
+    try:
+        assert session.run_batch([reads_then_writes]) == [((record, True), None)]
+        assert others == ["database is locked"]  # it waited for the writer, not the reverse
+    finally:
+        other.close()
+        session.close()
+        sql_store.close()

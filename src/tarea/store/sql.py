@@ -807,7 +807,12 @@ class WriteSession:
         cursor = self._connection.cursor()
         try:
             if self._explicit_begin:  # the sqlite3 module is left in autocommit mode
-                cursor.execute("BEGIN")
+                # IMMEDIATE: the write lock first. A batch may read before it
+                # writes (a new task's admission counts); a deferred transaction
+                # whose snapshot another connection's commit (a heartbeat) made
+                # stale would then fail at once, "database is locked", without
+                # waiting in the busy handler.
+                cursor.execute("BEGIN IMMEDIATE")
             tx = Tx(cursor)
             done: list[Done] = [(write(tx), None) for write in writes]
             self._committing = True
