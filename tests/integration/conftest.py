@@ -16,6 +16,7 @@ import sys
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
@@ -324,6 +325,44 @@ def start_server(env: dict[str, str], log: Path) -> tuple[subprocess.Popen[bytes
             time.sleep(0.1)
     proc.kill()
     pytest.fail(f"the server did not answer within 30 s:\n{log.read_text()}", pytrace=False)
+
+
+@dataclass
+class TenantServer:
+    """A tarea server started by a test with API keys: its process, URL, log and keys."""
+
+    proc: subprocess.Popen[bytes]
+    url: str
+    log: Path
+    keys: dict[str, str]
+
+    def client(self, tenant: str, timeout: float = 120) -> httpx.Client:
+        """A client of ``tenant`` (its bearer key on every request)."""
+        headers = {"Authorization": f"Bearer {self.keys[tenant]}"}
+        return httpx.Client(base_url=self.url, headers=headers, timeout=timeout)
+
+
+@contextlib.contextmanager
+def tenant_server(tmp: Path, keys: dict[str, str], **env: str) -> Iterator[TenantServer]:
+    """A server on a SQLite store under ``tmp`` whose API keys are ``keys`` (tenant: key),
+    with ``env`` besides; stopped after."""
+    log = tmp / "server.log"
+    proc, url = start_server(
+        {
+            "TAREA_DATABASE_URL": f"sqlite:///{tmp}/tarea.db",
+            "TAREA_API_KEYS": ",".join(f"{t}:{k}" for t, k in keys.items()),
+            **env,
+        },
+        log,
+    )
+    try:
+        yield TenantServer(proc, url, log, keys)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
 
 
 @pytest.fixture(scope="session")

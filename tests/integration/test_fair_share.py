@@ -6,17 +6,14 @@ One real server with two tenants (alpha, beta) and two slots
 
 from __future__ import annotations
 
-import subprocess
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from tests.integration.conftest import start_server
+from tests.integration.conftest import TenantServer, tenant_server
 
 pytestmark = pytest.mark.docker
 
@@ -30,41 +27,12 @@ def esperar(seconds: float) -> dict[str, Any]:
     return {"image": "tasks_image:latest", "function": "esperar", "params": {"segundos": seconds}}
 
 
-@dataclass
-class Server:
-    """The module's tarea server: its process, URL and log."""
-
-    proc: subprocess.Popen[bytes]
-    url: str
-    log: Path
-
-    def client(self, tenant: str) -> httpx.Client:
-        """A client of ``tenant`` (its bearer key on every request)."""
-        headers = {"Authorization": f"Bearer {KEYS[tenant]}"}
-        return httpx.Client(base_url=self.url, headers=headers, timeout=60)
-
-
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory, tasks_image: str) -> Iterator[Server]:
+def server(tmp_path_factory: pytest.TempPathFactory, tasks_image: str) -> Iterator[TenantServer]:
     """A server with tenants alpha and beta and two slots."""
     tmp = tmp_path_factory.mktemp("fair-share")
-    log = tmp / "server.log"
-    proc, url = start_server(
-        {
-            "TAREA_DATABASE_URL": f"sqlite:///{tmp}/tarea.db",
-            "TAREA_API_KEYS": ",".join(f"{t}:{k}" for t, k in KEYS.items()),
-            "TAREA_CONCURRENCY": "2",
-        },
-        log,
-    )
-    try:
-        yield Server(proc, url, log)
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+    with tenant_server(tmp, KEYS, TAREA_CONCURRENCY="2") as server:
+        yield server
 
 
 def statuses(http: httpx.Client, ids: list[str]) -> list[str]:
@@ -72,7 +40,7 @@ def statuses(http: httpx.Client, ids: list[str]) -> list[str]:
     return [http.get(f"/v1/tasks/{task_id}").json()["status"] for task_id in ids]
 
 
-def test_a_tenants_queue_never_delays_another_tenants_first_task(server: Server) -> None:
+def test_a_tenants_queue_never_delays_another_tenants_first_task(server: TenantServer) -> None:
     """Alpha's 20 esperar(5) queued: beta's suma with ?wait=true is queued less than one of them."""
     with server.client("alpha") as alpha, server.client("beta") as beta:
         ids = []
@@ -104,27 +72,16 @@ def test_a_tenants_queue_never_delays_another_tenants_first_task(server: Server)
 
 
 @pytest.fixture(scope="module")
-def small_pool(tmp_path_factory: pytest.TempPathFactory, tasks_image: str) -> Iterator[Server]:
+def small_pool(
+    tmp_path_factory: pytest.TempPathFactory, tasks_image: str
+) -> Iterator[TenantServer]:
     """A server with tenants alpha and beta and a warm pool of at most 4 containers."""
     tmp = tmp_path_factory.mktemp("fair-pool")
-    log = tmp / "server.log"
-    proc, url = start_server(
-        {
-            "TAREA_DATABASE_URL": f"sqlite:///{tmp}/tarea.db",
-            "TAREA_API_KEYS": ",".join(f"{t}:{k}" for t, k in KEYS.items()),
-            "TAREA_POOL_MAX_TOTAL": "4",
-            "TAREA_STEM_CELLS": "0",
-        },
-        log,
-    )
-    try:
-        yield Server(proc, url, log)
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+    with tenant_server(tmp, KEYS, TAREA_POOL_MAX_TOTAL="4", TAREA_STEM_CELLS="0") as server:
+        yield server
 
 
-def test_a_tenants_churn_does_not_evict_anothers_warm_container(small_pool: Server) -> None:
+def test_a_tenants_churn_does_not_evict_anothers_warm_container(small_pool: TenantServer) -> None:
     """Alpha's 20 tasks with distinct memory limits (each a new container, the pool capped at
     4) leave beta's warm container in place: beta's next suma reuses it."""
     with small_pool.client("alpha") as alpha, small_pool.client("beta") as beta:

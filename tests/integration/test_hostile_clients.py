@@ -15,7 +15,6 @@ import os
 import resource
 import selectors
 import socket
-import subprocess
 import threading
 import time
 from collections import Counter
@@ -28,7 +27,7 @@ import httpx
 import pytest
 
 from tarea.domain.nesting import MAX_DEPTH
-from tests.integration.conftest import start_server
+from tests.integration.conftest import TenantServer, start_server, tenant_server
 
 pytestmark = pytest.mark.docker
 
@@ -39,45 +38,20 @@ BODY_TIMEOUT_S = 2.0
 SUMA = {"image": "tasks_image:latest", "function": "suma", "params": {"a": 1, "b": 2}}
 
 
-@dataclass
-class Server:
-    """The module's tarea server: its process, URL and log."""
-
-    proc: subprocess.Popen[bytes]
-    url: str
-    log: Path
-
-    def client(self, tenant: str) -> httpx.Client:
-        """A client of ``tenant`` (its bearer key on every request)."""
-        headers = {"Authorization": f"Bearer {KEYS[tenant]}"}
-        return httpx.Client(base_url=self.url, headers=headers, timeout=60)
-
-
 @pytest.fixture(scope="module")
 def server(
     tmp_path_factory: pytest.TempPathFactory, tasks_image: str, misbehaving_image: str
-) -> Iterator[Server]:
+) -> Iterator[TenantServer]:
     """A server with two tenants, a quota of QUOTA active tasks each, and 2 s request deadlines."""
     tmp = tmp_path_factory.mktemp("hostile-clients")
-    log = tmp / "server.log"
-    proc, url = start_server(
-        {
-            "TAREA_DATABASE_URL": f"sqlite:///{tmp}/tarea.db",
-            "TAREA_API_KEYS": ",".join(f"{t}:{k}" for t, k in KEYS.items()),
-            "TAREA_TENANT_MAX_ACTIVE": str(QUOTA),
-            "TAREA_HEADER_TIMEOUT_S": str(HEADER_TIMEOUT_S),
-            "TAREA_BODY_TIMEOUT_S": str(BODY_TIMEOUT_S),
-        },
-        log,
-    )
-    try:
-        yield Server(proc, url, log)
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+    with tenant_server(
+        tmp,
+        KEYS,
+        TAREA_TENANT_MAX_ACTIVE=str(QUOTA),
+        TAREA_HEADER_TIMEOUT_S=str(HEADER_TIMEOUT_S),
+        TAREA_BODY_TIMEOUT_S=str(BODY_TIMEOUT_S),
+    ) as server:
+        yield server
 
 
 def ids(http: httpx.Client) -> set[str]:
@@ -113,7 +87,7 @@ def body_of(route: str, field: str, levels: int) -> str:
 @pytest.mark.parametrize("field", ["params", "metadata"])
 @pytest.mark.parametrize("route", ["/v1/tasks", "/v1/batches", "/getRemoteTask/"])
 def test_params_or_metadata_nested_too_deep_are_refused_422_and_record_nothing(
-    server: Server, route: str, field: str, levels: int
+    server: TenantServer, route: str, field: str, levels: int
 ) -> None:
     """Past MAX_DEPTH levels a request is 422 too_deep, nothing is recorded, the listing answers."""
     with server.client("alpha") as alpha:
@@ -133,7 +107,7 @@ def test_params_or_metadata_nested_too_deep_are_refused_422_and_record_nothing(
         assert ids(alpha) == before
 
 
-def test_params_nested_to_the_cap_are_accepted(server: Server) -> None:
+def test_params_nested_to_the_cap_are_accepted(server: TenantServer) -> None:
     """Params nesting exactly MAX_DEPTH levels are taken, run and listed."""
     with server.client("alpha") as alpha:
         response = alpha.post(
@@ -150,7 +124,7 @@ def test_params_nested_to_the_cap_are_accepted(server: Server) -> None:
 
 @pytest.mark.parametrize("levels", [MAX_DEPTH + 1, 600, 5_000])
 def test_a_result_nested_too_deep_fails_the_task_and_spares_the_listing(
-    server: Server, misbehaving_either: str, levels: int
+    server: TenantServer, misbehaving_either: str, levels: int
 ) -> None:
     """A result nested past MAX_DEPTH ends protocol_error; the tenant's reads stay 200."""
     with server.client("beta") as beta:
@@ -191,7 +165,7 @@ def esperar(seconds: float) -> dict[str, Any]:
     return {"image": "tasks_image:latest", "function": "esperar", "params": {"segundos": seconds}}
 
 
-def test_a_batch_over_the_quota_is_refused_whole_and_records_nothing(server: Server) -> None:
+def test_a_batch_over_the_quota_is_refused_whole_and_records_nothing(server: TenantServer) -> None:
     """A batch larger than the tenant's remaining quota is 429 and none of it is recorded."""
     with server.client("beta") as beta:
         wait_until_idle(beta)
@@ -357,7 +331,7 @@ def open_descriptors(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
 
 
-def test_slow_clients_are_closed_and_everyone_else_is_served(server: Server) -> None:
+def test_slow_clients_are_closed_and_everyone_else_is_served(server: TenantServer) -> None:
     """2,000 connections that never end their headers are each closed 408 at the deadline,
     and reopened at once, while /healthz and a keyed tenant's tasks keep being served."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -428,7 +402,7 @@ def test_slow_clients_are_closed_and_everyone_else_is_served(server: Server) -> 
     ],
 )
 def test_a_request_not_all_there_by_its_deadline_is_answered_408(
-    server: Server, what: str, request_bytes: bytes, drip: bool
+    server: TenantServer, what: str, request_bytes: bytes, drip: bool
 ) -> None:
     """Headers (even dripping a byte at a time) or a body not all there in time: 408, closed."""
     sock = slow_connection(port_of(server.url), "127.0.0.10", request_bytes)
@@ -452,7 +426,7 @@ def test_a_request_not_all_there_by_its_deadline_is_answered_408(
     assert HEADER_TIMEOUT_S - 0.1 <= took <= HEADER_TIMEOUT_S + SLACK_S
 
 
-def test_headers_over_the_cap_are_answered_431(server: Server) -> None:
+def test_headers_over_the_cap_are_answered_431(server: TenantServer) -> None:
     """A request line and headers growing past 64 KiB are refused at once: 431, closed."""
     sock = slow_connection(port_of(server.url), "127.0.0.10", b"GET /healthz HTTP/1.1\r\n")
     with sock:

@@ -9,18 +9,15 @@ is the one stored, and the server's memory stays bounded.
 from __future__ import annotations
 
 import json
-import subprocess
 import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.integration.conftest import start_server
+from tests.integration.conftest import TenantServer, tenant_server
 from tests.integration.test_hostile import rss_bytes
 
 pytestmark = pytest.mark.docker
@@ -35,42 +32,14 @@ RSS_BUDGET = 100 * MiB
 BETA_SLOWEST_S = 2.0
 
 
-@dataclass
-class Server:
-    """The module's tarea server: its process, URL and log."""
-
-    proc: subprocess.Popen[bytes]
-    url: str
-    log: Path
-
-    def client(self, tenant: str) -> httpx.Client:
-        """A client of ``tenant`` (its bearer key on every request)."""
-        headers = {"Authorization": f"Bearer {KEYS[tenant]}"}
-        return httpx.Client(base_url=self.url, headers=headers, timeout=120)
-
-
 @pytest.fixture(scope="module")
 def server(
     tmp_path_factory: pytest.TempPathFactory, tasks_image: str, misbehaving_image: str
-) -> Iterator[Server]:
+) -> Iterator[TenantServer]:
     """A server with two tenants, alpha and beta (SQLite store)."""
     tmp = tmp_path_factory.mktemp("progress-flood")
-    log = tmp / "server.log"
-    proc, url = start_server(
-        {
-            "TAREA_DATABASE_URL": f"sqlite:///{tmp}/tarea.db",
-            "TAREA_API_KEYS": ",".join(f"{t}:{k}" for t, k in KEYS.items()),
-        },
-        log,
-    )
-    try:
-        yield Server(proc, url, log)
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+    with tenant_server(tmp, KEYS) as server:
+        yield server
 
 
 def run_suma(http: httpx.Client) -> tuple[str, float]:
@@ -95,7 +64,7 @@ def watch(http: httpx.Client, task_id: str, kinds: Counter[str], last: dict[str,
 
 
 def test_a_progress_flood_does_not_stall_another_tenant(
-    server: Server, misbehaving_image: str
+    server: TenantServer, misbehaving_image: str
 ) -> None:
     """Alpha's 200,000 progress messages leave beta's sumas fast and the server's memory bounded."""
     with server.client("alpha") as alpha, server.client("beta") as beta:
