@@ -30,6 +30,7 @@ from tarea.domain.task import Limits
 from tarea.engine.containers import PoolKey, StdioContainer
 from tarea.engine.executor import Engine as TaskEngine
 from tarea.settings import Settings
+from tarea.store.sql import SqlStore
 from tarea.wiring import build_engine
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -211,6 +212,28 @@ def postgres_schema(url: str, admin: Engine) -> Iterator[str]:
     finally:
         with admin.begin() as connection:
             connection.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A URL of an empty database: a new SQLite file (in a directory not made yet), or a
+    new PostgreSQL schema."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path}/not-yet/tasks.db"
+        return
+    url: str = request.getfixturevalue("postgres_url")
+    admin: Engine = request.getfixturevalue("postgres_admin")
+    with postgres_schema(url, admin) as schema_url:
+        yield schema_url
+
+
+@pytest.fixture
+def sql(store_url: str) -> Iterator[SqlStore]:
+    """A migrated store on an empty database of each kind."""
+    store = SqlStore(store_url)
+    store.migrate()
+    yield store
+    store.close()
 
 
 class RegistryStub(BaseHTTPRequestHandler):

@@ -17,7 +17,6 @@ from tarea.domain.records import TaskRecord, new_task_id
 from tarea.domain.status import Status
 from tarea.store.sql import SqlStore
 from tests.integration.conftest import start_server
-from tests.integration.test_takeover import sql  # noqa: F401 - the store fixture
 
 POLICY = {"max_attempts": 3, "on": ["crashed", "worker_lost"]}
 ERROR = {"code": "worker_lost", "message": "its server vanished", "data": {}}
@@ -40,7 +39,7 @@ def running(store: SqlStore, *, worker: str = "w1", attempt: int = 1) -> TaskRec
     return record
 
 
-def test_a_retry_queues_the_next_attempt_and_keeps_the_last_ones_end(sql: SqlStore) -> None:  # noqa: F811
+def test_a_retry_queues_the_next_attempt_and_keeps_the_last_ones_end(sql: SqlStore) -> None:
     """Queuing a task again makes it the next attempt, on the new worker, with the earlier
     run's end kept in attempts."""
     record = running(sql)
@@ -62,7 +61,7 @@ def test_a_retry_queues_the_next_attempt_and_keeps_the_last_ones_end(sql: SqlSto
     )
 
 
-def test_a_stale_run_cannot_end_or_requeue_a_newer_attempt(sql: SqlStore) -> None:  # noqa: F811
+def test_a_stale_run_cannot_end_or_requeue_a_newer_attempt(sql: SqlStore) -> None:
     """Once a task runs as attempt 2, writes of its attempt 1 (an end, a retry, a running
     mark) change nothing."""
     stale = running(sql)

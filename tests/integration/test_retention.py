@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -30,27 +29,6 @@ from tests.integration.test_quota_accounting import TASK, service
 
 NOW = datetime(2026, 12, 4, 12, 0, tzinfo=UTC)
 DAY = 86400.0
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    """A URL of an empty database: a new SQLite file, or a new PostgreSQL schema."""
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path}/tasks.db"
-        return
-    url: str = request.getfixturevalue("postgres_url")
-    admin: Engine = request.getfixturevalue("postgres_admin")
-    with postgres_schema(url, admin) as schema_url:
-        yield schema_url
-
-
-@pytest.fixture
-def sql(store_url: str) -> Iterator[SqlStore]:
-    """A migrated store on an empty database."""
-    store = SqlStore(store_url)
-    store.migrate()
-    yield store
-    store.close()
 
 
 def ended(status: Status, ago: timedelta) -> TaskRecord:

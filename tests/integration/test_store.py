@@ -46,18 +46,6 @@ MINUS_5 = timezone(timedelta(hours=-5, minutes=-30))
 # --- fixtures -----------------------------------------------------------------
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    """A URL of an empty database: a new SQLite file, or a new PostgreSQL schema."""
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path}/not-yet/tasks.db"
-        return
-    url: str = request.getfixturevalue("postgres_url")
-    admin: Engine = request.getfixturevalue("postgres_admin")
-    with postgres_schema(url, admin) as schema_url:
-        yield schema_url
-
-
 @pytest.fixture
 def store(store_url: str) -> Iterator[SqlStore]:
     """A migrated store on an empty database."""

@@ -8,13 +8,11 @@ SIGKILL, the other settling its task) is in test_many_servers.py.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import pytest
-from sqlalchemy import Engine, update
+from sqlalchemy import update
 
 from tarea.domain.records import TaskRecord, new_task_id
 from tarea.domain.status import Status
@@ -23,29 +21,10 @@ from tarea.store.aio import AsyncStore
 from tarea.store.cluster import Cluster
 from tarea.store.sql import SqlStore
 from tarea.store.tables import ServerRow
-from tests.integration.conftest import postgres_schema
 from tests.integration.test_quota_accounting import service
 
 LEASE_S = 15.0
 LIMITS = {"timeout_s": 5.0, "memory_mb": 64, "cpus": 1.0, "pids": 16, "output_kb": 64}
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def sql(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[SqlStore]:
-    """An empty, migrated store of each kind."""
-    if request.param == "sqlite":
-        store = SqlStore(f"sqlite:///{tmp_path}/tarea.db")
-        store.migrate()
-        yield store
-        store.close()
-        return
-    url: str = request.getfixturevalue("postgres_url")
-    admin: Engine = request.getfixturevalue("postgres_admin")
-    with postgres_schema(url, admin) as schema_url:
-        store = SqlStore(schema_url)
-        store.migrate()
-        yield store
-        store.close()
 
 
 def beat(cluster: Cluster, server_id: str) -> None:
