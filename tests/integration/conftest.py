@@ -26,6 +26,8 @@ import pytest
 from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.engine import make_url
 
+from tarea.domain.records import TaskRecord, new_task_id
+from tarea.domain.status import Status
 from tarea.domain.task import Limits
 from tarea.engine.containers import PoolKey, StdioContainer
 from tarea.engine.executor import Engine as TaskEngine
@@ -212,6 +214,19 @@ def postgres_schema(url: str, admin: Engine) -> Iterator[str]:
     finally:
         with admin.begin() as connection:
             connection.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+
+
+def task_record(**fields: Any) -> TaskRecord:
+    """A queued task of tenant ``acme`` (a suma of tasks_image); ``fields`` override."""
+    defaults: dict[str, Any] = {
+        "id": new_task_id(),
+        "tenant": "acme",
+        "status": Status.QUEUED,
+        "image": "tasks_image:latest",
+        "function": "suma",
+        "params": {"a": 1, "b": 2},
+    }
+    return TaskRecord(**{**defaults, **fields})
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

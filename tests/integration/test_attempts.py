@@ -13,10 +13,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tarea.domain.records import TaskRecord, new_task_id
+from tarea.domain.records import TaskRecord
 from tarea.domain.status import Status
 from tarea.store.sql import SqlStore
-from tests.integration.conftest import start_server
+from tests.integration.conftest import start_server, task_record
 
 POLICY = {"max_attempts": 3, "on": ["crashed", "worker_lost"]}
 ERROR = {"code": "worker_lost", "message": "its server vanished", "data": {}}
@@ -24,17 +24,7 @@ ERROR = {"code": "worker_lost", "message": "its server vanished", "data": {}}
 
 def running(store: SqlStore, *, worker: str = "w1", attempt: int = 1) -> TaskRecord:
     """A task stored as running on ``worker``, on its ``attempt``-th run."""
-    record = TaskRecord(
-        id=new_task_id(),
-        tenant="acme",
-        status=Status.RUNNING,
-        image="img:1",
-        function="f",
-        params={},
-        worker=worker,
-        attempt=attempt,
-        retry=POLICY,
-    )
+    record = task_record(status=Status.RUNNING, worker=worker, attempt=attempt, retry=POLICY)
     store.create(record)
     return record
 

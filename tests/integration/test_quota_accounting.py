@@ -20,7 +20,7 @@ import pytest
 from tarea.dispatch.callbacks import RetryPolicy
 from tarea.dispatch.local import LocalDispatcher
 from tarea.dispatch.runner import TaskRunner
-from tarea.domain.records import TaskRecord, new_task_id
+from tarea.domain.records import TaskRecord
 from tarea.domain.status import Status
 from tarea.domain.task import ErrorInfo, Outcome, TaskSpec
 from tarea.errors import QueueFull, QuotaExceeded
@@ -29,6 +29,7 @@ from tarea.service import NewTask, TaskService
 from tarea.settings import Settings
 from tarea.store.aio import AsyncStore
 from tarea.store.sql import SqlStore
+from tests.integration.conftest import task_record
 
 LIMITS = {"timeout_s": 5.0, "memory_mb": 64, "cpus": 1.0, "pids": 16, "output_kb": 64}
 TASK = NewTask(image="img:1", function="f")
@@ -104,13 +105,8 @@ async def service(
 
 
 def stored(status: Status, minute: int) -> TaskRecord:
-    return TaskRecord(
-        id=new_task_id(),
-        tenant="acme",
+    return task_record(
         status=status,
-        image="img:1",
-        function="f",
-        params={},
         limits=LIMITS,
         worker="me",
         created_at=datetime(2026, 1, 1, tzinfo=UTC) + timedelta(minutes=minute),

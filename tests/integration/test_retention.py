@@ -17,14 +17,14 @@ import httpx
 import pytest
 from sqlalchemy import Engine, text
 
-from tarea.domain.records import TaskRecord, new_task_id
+from tarea.domain.records import TaskRecord
 from tarea.domain.status import TERMINAL, Status
 from tarea.errors import TaskNotFound
 from tarea.retention import Retention
 from tarea.store.aio import AsyncStore
 from tarea.store.cluster import Cluster
 from tarea.store.sql import SqlStore
-from tests.integration.conftest import postgres_schema, start_server
+from tests.integration.conftest import postgres_schema, start_server, task_record
 from tests.integration.test_quota_accounting import TASK, service
 
 NOW = datetime(2026, 12, 4, 12, 0, tzinfo=UTC)
@@ -34,13 +34,8 @@ DAY = 86400.0
 def ended(status: Status, ago: timedelta) -> TaskRecord:
     """A task that ended in ``status`` ``ago`` before NOW (created a minute earlier)."""
     finished = NOW - ago
-    return TaskRecord(
-        id=new_task_id(),
-        tenant="acme",
+    return task_record(
         status=status,
-        image="img:1",
-        function="f",
-        params={},
         logs="a line\n" * 10,
         created_at=finished - timedelta(minutes=1),
         finished_at=finished,
@@ -50,15 +45,7 @@ def ended(status: Status, ago: timedelta) -> TaskRecord:
 
 def unfinished(status: Status, ago: timedelta) -> TaskRecord:
     """A task queued or running since ``ago`` before NOW."""
-    return TaskRecord(
-        id=new_task_id(),
-        tenant="acme",
-        status=status,
-        image="img:1",
-        function="f",
-        params={},
-        created_at=NOW - ago,
-    )
+    return task_record(status=status, created_at=NOW - ago)
 
 
 def event_task_ids(sql: SqlStore) -> set[str]:

@@ -33,7 +33,7 @@ from tarea.store import SqlStore
 from tarea.store.convert import to_columns
 from tarea.store.sql import Tx, Write, encode_cursor
 from tarea.store.tables import Base
-from tests.integration.conftest import postgres_schema
+from tests.integration.conftest import postgres_schema, task_record
 
 ROOT = Path(__file__).resolve().parents[2]
 T = TypeVar("T")
@@ -59,17 +59,8 @@ def store(store_url: str) -> Iterator[SqlStore]:
 
 
 def task(**fields: Any) -> TaskRecord:
-    """A queued task of tenant ``acme``; ``fields`` override the defaults."""
-    defaults: dict[str, Any] = {
-        "id": new_task_id(),
-        "tenant": "acme",
-        "status": Status.QUEUED,
-        "image": "tasks_image:latest",
-        "function": "suma",
-        "params": {"a": 1, "b": 2},
-        "created_at": BASE,
-    }
-    return TaskRecord(**{**defaults, **fields})
+    """A queued task of tenant ``acme``, created at BASE; ``fields`` override the defaults."""
+    return task_record(**{"created_at": BASE, **fields})
 
 
 def full_task() -> TaskRecord:

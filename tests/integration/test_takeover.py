@@ -14,13 +14,14 @@ from typing import Any
 
 from sqlalchemy import update
 
-from tarea.domain.records import TaskRecord, new_task_id
+from tarea.domain.records import TaskRecord
 from tarea.domain.status import Status
 from tarea.leases import Membership
 from tarea.store.aio import AsyncStore
 from tarea.store.cluster import Cluster
 from tarea.store.sql import SqlStore
 from tarea.store.tables import ServerRow
+from tests.integration.conftest import task_record
 from tests.integration.test_quota_accounting import service
 
 LEASE_S = 15.0
@@ -106,16 +107,7 @@ def test_memberships_racing_for_a_silent_server_settle_it_once(sql: SqlStore) ->
 
 
 def record(status: Status, worker: str) -> TaskRecord:
-    return TaskRecord(
-        id=new_task_id(),
-        tenant="acme",
-        status=status,
-        image="img:1",
-        function="f",
-        params={},
-        limits=LIMITS,
-        worker=worker,
-    )
+    return task_record(status=status, limits=LIMITS, worker=worker)
 
 
 def test_taking_over_fails_the_running_and_runs_the_queued_here(tmp_path: Path) -> None:
