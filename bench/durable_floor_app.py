@@ -49,7 +49,7 @@ from fastapi.responses import JSONResponse
 
 from bench.config import TASK_IMAGE
 from bench.floor_app import TaskIn, _now, finished_task
-from tarea.engine.channels import WELCOME, ProcessIdentity, peer_in_container
+from tarea.execution.channels import WELCOME, ProcessIdentity, peer_in_container
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS tasks (

@@ -294,7 +294,7 @@ def _measure_seed(session: Session, config: BenchConfig, results: Results) -> No
         results,
         "the seed's way",
         lambda: seedway.measure(
-            session.engine, network, session.labels, config.seed_n, 0.0, "the seed's way"
+            session.executor, network, session.labels, config.seed_n, 0.0, "the seed's way"
         ),
     )
     if config.seed_sleep_n > 0:
@@ -302,7 +302,7 @@ def _measure_seed(session: Session, config: BenchConfig, results: Results) -> No
             results,
             "the seed as written (5 s sleep)",
             lambda: seedway.measure(
-                session.engine,
+                session.executor,
                 network,
                 session.labels,
                 config.seed_sleep_n,

@@ -121,7 +121,7 @@ _POSTGRES_ROWS = f"""\
 - *PostgreSQL: server CPU per request*: the server process's CPU time per
   response during that 32-connection run, against SQLite's.
 - *two servers on one PostgreSQL: throughput*: two tarea servers (each its
-  own `TAREA_SERVER_ID` and port, one schema, one Docker engine), each loaded
+  own `TAREA_SERVER_ID` and port, one schema, one Docker executor), each loaded
   by its own wrk of 16 connections, both started together; their succeeded
   tasks per second summed, against one server at 32 connections.
 - *two servers on one PostgreSQL: p50 / p99 latency*: the worse of the two
@@ -230,7 +230,7 @@ def _machine(results: Results) -> list[str]:
                 ("memory", f"{m.memory_gib:.1f} GiB"),
                 ("kernel", m.kernel),
                 ("OS", m.os),
-                ("Docker Engine", m.docker),
+                ("Docker Executor", m.docker),
                 ("Python", m.python),
                 ("FastAPI, uvicorn", f"{m.fastapi}, {m.uvicorn}"),
                 ("uvloop, httptools", f"{m.uvloop}, {m.httptools}"),
@@ -333,7 +333,7 @@ _METHOD = """\
    schema made for the run, `?options=-csearch_path=<schema>`; notices by
    LISTEN/NOTIFY, quotas counted in the insert's transaction) is measured
    exactly like tarea on SQLite above. Then a second server (another
-   `TAREA_SERVER_ID`, another port, the same schema and Docker engine) is
+   `TAREA_SERVER_ID`, another port, the same schema and Docker executor) is
    started beside it; each gets the sequential warm-up calls, then two wrk
    processes of 16 connections each, one per server, are started together,
    a warm-up round then a measured round. Their throughputs are summed; for

@@ -39,7 +39,7 @@ def _wait_status(client: httpx.Client) -> None:
 
 
 def seed_request(
-    engine: docker.DockerClient, network: str, labels: dict[str, str], sleep_s: float
+    executor: docker.DockerClient, network: str, labels: dict[str, str], sleep_s: float
 ) -> float:
     """One request the seed's way; its wall-clock time in seconds.
 
@@ -51,7 +51,7 @@ def seed_request(
         BenchError: the container did not answer, or answered something else than 35.
     """
     started = time.perf_counter()
-    container = engine.containers.run(
+    container = executor.containers.run(
         SEED_IMAGE,
         detach=True,
         network=network,
@@ -76,7 +76,7 @@ def seed_request(
 
 
 def measure(
-    engine: docker.DockerClient,
+    executor: docker.DockerClient,
     network: str,
     labels: dict[str, str],
     count: int,
@@ -87,7 +87,7 @@ def measure(
     series = Series(label)
     for index in range(count):
         try:
-            series.seconds.append(seed_request(engine, network, labels, sleep_s))
+            series.seconds.append(seed_request(executor, network, labels, sleep_s))
         except (BenchError, docker.errors.DockerException, httpx.HTTPError) as exc:
             series.errors.append(f"{type(exc).__name__}: {exc}")
         print(f"bench:   {label}: {index + 1}/{count}", flush=True)

@@ -34,7 +34,7 @@ class Session:
         #: Every tarea server id of this run (their containers are removed on exit).
         self.server_ids = [self.server_id]
         self.labels = {BENCH_LABEL: "true", RUN_LABEL: run_id}
-        self.engine = docker.from_env()
+        self.executor = docker.from_env()
         self.tmp = Path(tempfile.mkdtemp(prefix=f"tarea-bench-{run_id}-"))
         self._stack = ExitStack()
 
@@ -82,7 +82,7 @@ class Session:
     def network(self) -> str:
         """A user-defined bridge network for this run (removed on exit); its name."""
         name = f"tarea-bench-{self.run_id}"
-        self.engine.networks.create(name, driver="bridge", labels=self.labels)
+        self.executor.networks.create(name, driver="bridge", labels=self.labels)
         return name
 
     def close(self) -> None:
@@ -95,7 +95,7 @@ class Session:
             self._stack.close()
             self._remove_labelled()
             shutil.rmtree(self.tmp, ignore_errors=True)
-            self.engine.close()
+            self.executor.close()
         finally:
             signal.signal(signal.SIGINT, previous)
 
@@ -103,9 +103,9 @@ class Session:
         filters = [f"{RUN_LABEL}={self.run_id}"]
         filters += [f"io.tarea.server={server_id}" for server_id in self.server_ids]
         for label in filters:
-            for container in self.engine.containers.list(all=True, filters={"label": label}):
+            for container in self.executor.containers.list(all=True, filters={"label": label}):
                 with suppress(docker.errors.NotFound):
                     container.remove(force=True)
-        for network in self.engine.networks.list(filters={"label": filters[0]}):
+        for network in self.executor.networks.list(filters={"label": filters[0]}):
             with suppress(docker.errors.NotFound):
                 network.remove()

@@ -24,7 +24,21 @@ if ! command -v dockerd >/dev/null 2>&1; then
   apt-get install -y -qq docker.io >/dev/null
 fi
 
+# A machine restored from a snapshot can keep pid files whose numbers now
+# belong to other processes (or to none); dockerd then waits for a containerd
+# that is not there and gives up. Drop pid files that name no such daemon.
+drop_stale_pid() { # file, expected command name
+  local pid
+  [ -f "$1" ] || return 0
+  pid=$(cat "$1" 2>/dev/null || true)
+  if [ -z "$pid" ] || [ "$(ps -p "$pid" -o comm= 2>/dev/null)" != "$2" ]; then
+    rm -f "$1"
+  fi
+}
+
 if ! pgrep -x dockerd >/dev/null 2>&1; then
+  drop_stale_pid /var/run/docker.pid dockerd
+  drop_stale_pid /var/run/docker/containerd/containerd.pid containerd
   mkdir -p "$log_dir"
   echo "tarea: starting dockerd in the background (log: $log_dir/dockerd.log)..." >&2
   nohup dockerd >"$log_dir/dockerd.log" 2>&1 &

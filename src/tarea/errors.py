@@ -34,7 +34,7 @@ The tree::
 
 Every ``TaskFailure`` carries a stable ``code`` (the ``error.code`` of the v1
 API, DESIGN §3), a human ``message`` and JSON-able ``data``. docker-py and
-requests errors never leave :mod:`tarea.engine.docker`; they become one of the
+requests errors never leave :mod:`tarea.execution.docker`; they become one of the
 classes above there.
 """
 

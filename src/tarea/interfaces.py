@@ -127,7 +127,7 @@ class Dispatcher(Protocol):
         """Stop ``task_id`` if it is queued or running here; whether it was."""
         ...
 
-    async def finish(self, task_id: str, status: Status, **fields: Any) -> TaskRecord | None:
+    async def record_end(self, task_id: str, status: Status, **fields: Any) -> TaskRecord | None:
         """Record a terminal ``status`` (guarded) and announce it; None if not allowed."""
         ...
 
@@ -139,7 +139,7 @@ class Dispatcher(Protocol):
         """Start nothing more; wait (bounded) for running tasks; the ids still running."""
         ...
 
-    async def settled(self, timeout_s: float) -> bool:
+    async def ends_recorded(self, timeout_s: float) -> bool:
         """Wait until every task that ran here has its end recorded; whether all have."""
         ...
 
@@ -151,7 +151,7 @@ class Dispatcher(Protocol):
         """Warm containers and pool counters (``GET /v1/pools``, metrics)."""
         ...
 
-    def finished(self) -> dict[str, int]:
+    def end_counts(self) -> dict[str, int]:
         """Terminal statuses reached here, for the metrics."""
         ...
 

@@ -55,7 +55,7 @@ class TareaCollector(Collector):
         finished = CounterMetricFamily(
             "tarea_tasks_finished", "Tasks that reached a terminal status.", labels=["status"]
         )
-        for status, value in sorted(self.service.dispatcher.finished().items()):
+        for status, value in sorted(self.service.dispatcher.end_counts().items()):
             finished.add_metric([status], value)
         yield finished
 

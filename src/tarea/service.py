@@ -223,7 +223,7 @@ class TaskService:
                     if again is not None:
                         self.dispatcher.enqueue(again)
                         continue
-                await self.dispatcher.finish(record.id, Status.FAILED, error=error)
+                await self.dispatcher.record_end(record.id, Status.FAILED, error=error)
             elif worker == self.server_id or await self.store.reassign(
                 record.id, was=worker, to=self.server_id
             ):
@@ -241,10 +241,10 @@ class TaskService:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.settings.drain_timeout_s
         left = await self.dispatcher.drain(self.settings.drain_timeout_s)
-        if not await self.dispatcher.settled(max(deadline - loop.time(), 0.0)):
+        if not await self.dispatcher.ends_recorded(max(deadline - loop.time(), 0.0)):
             log.warning("the store did not record every finished task's end before the drain ended")
         for task_id in left:
-            await self.dispatcher.finish(
+            await self.dispatcher.record_end(
                 task_id,
                 Status.FAILED,
                 error=worker_lost("the server shut down before the task finished", self.server_id),
@@ -441,7 +441,7 @@ class TaskService:
         record = await self.get(task_id, tenant)
         if record.status.terminal:
             raise NotCancellable(f"task {task_id!r} already ended ({record.status.value})")
-        cancelled = await self.dispatcher.finish(
+        cancelled = await self.dispatcher.record_end(
             task_id,
             Status.CANCELLED,
             error={"code": "cancelled", "message": "cancelled by a client", "data": {}},

@@ -1,4 +1,4 @@
-"""The one place that assembles a server: store, engine, dispatcher, notices, service.
+"""The one place that assembles a server: store, executor, dispatcher, notices, service.
 
 :func:`assemble` builds the parts from the settings and hands each its
 collaborators; :meth:`Server.start` and :meth:`Server.aclose` run them in
@@ -16,12 +16,12 @@ from tarea.dispatch import callbacks, outbound
 from tarea.dispatch.local import LocalDispatcher
 from tarea.dispatch.runner import TaskRunner
 from tarea.domain.task import Limits, RegistryAuth
-from tarea.engine.channels import ChannelDir
-from tarea.engine.docker import DockerEngine
-from tarea.engine.executor import Engine
-from tarea.engine.pool import PoolLimits
-from tarea.engine.sandbox import SERVER_LABEL, SandboxPolicy
 from tarea.errors import TareaError
+from tarea.execution.channels import ChannelDir
+from tarea.execution.docker import DockerEngine
+from tarea.execution.executor import Executor
+from tarea.execution.pool import PoolLimits
+from tarea.execution.sandbox import SERVER_LABEL, SandboxPolicy
 from tarea.leases import Membership
 from tarea.notices import LocalNotices, PgNotices
 from tarea.retention import Retention
@@ -33,7 +33,7 @@ from tarea.store.sql import SqlStore
 log = logging.getLogger(__name__)
 
 
-def build_engine(settings: Settings) -> Engine:
+def build_executor(settings: Settings) -> Executor:
     """The task engine the settings describe."""
     policy = SandboxPolicy(
         default_user=settings.default_user,
@@ -43,7 +43,7 @@ def build_engine(settings: Settings) -> Engine:
         extra_labels={SERVER_LABEL: settings.server_id},
     )
     docker = DockerEngine(settings.docker_host, max_pull_bytes=settings.max_pull_mb * 1024 * 1024)
-    return Engine(
+    return Executor(
         docker,
         policy,
         start_timeout_s=settings.start_timeout_s,
@@ -82,11 +82,11 @@ def default_limits(settings: Settings) -> Limits:
     return Limits(**{name: getattr(settings, name) for name in LIMIT_FIELDS})
 
 
-async def prewarm(engine: Engine, settings: Settings) -> None:
+async def prewarm(executor: Executor, settings: Settings) -> None:
     """Start the containers TAREA_PREWARM asks for; a failure is logged, not fatal."""
     for image, count in settings.prewarm_images():
         try:
-            await engine.prewarm(image, count, default_limits(settings))
+            await executor.prewarm(image, count, default_limits(settings))
         except TareaError as exc:
             log.warning("cannot prewarm %s: %s", image, exc)
 
@@ -97,7 +97,7 @@ class Server:
 
     settings: Settings
     store: AsyncStore
-    engine: Engine
+    executor: Executor
     notices: LocalNotices
     dispatcher: LocalDispatcher
     service: TaskService
@@ -107,12 +107,12 @@ class Server:
 
     async def start(self) -> None:
         """Hear notices, recover, run tasks, heartbeat, purge; prewarm in the background."""
-        self.engine.start()
+        self.executor.start()
         await self.notices.start()
         await self.service.start()
         await self.membership.start()
         await self.retention.start()
-        self._warming = asyncio.create_task(prewarm(self.engine, self.settings))
+        self._warming = asyncio.create_task(prewarm(self.executor, self.settings))
 
     async def aclose(self) -> None:
         """Drain, then stop everything and release connections."""
@@ -122,8 +122,8 @@ class Server:
         await self.membership.aclose()
         await self.service.drain()
         await self.notices.aclose()
-        await self.engine.aclose()
-        self.engine.docker.close()
+        await self.executor.aclose()
+        self.executor.docker.close()
         self.store.close()
 
 
@@ -132,7 +132,7 @@ def assemble(settings: Settings) -> Server:
     sql = SqlStore(settings.database_url)
     sql.migrate()
     store = AsyncStore(sql)
-    engine = build_engine(settings)
+    executor = build_executor(settings)
     notices: LocalNotices = (
         PgNotices(settings.database_url, store)
         if sql.engine.dialect.name == "postgresql"
@@ -140,7 +140,7 @@ def assemble(settings: Settings) -> Server:
     )
     runner = TaskRunner(
         store=store,
-        engine=engine,
+        executor=executor,
         notices=notices,
         render=render_task,
         worker=settings.server_id,
@@ -152,7 +152,7 @@ def assemble(settings: Settings) -> Server:
     )
     dispatcher = LocalDispatcher(
         runner,
-        engine,
+        executor,
         concurrency=settings.concurrency,
         tenant_max_running=settings.tenant_running_cap(),
     )
@@ -163,4 +163,4 @@ def assemble(settings: Settings) -> Server:
         store, server_id=settings.server_id, lease_s=settings.lease_s, on_silent=service.take_over
     )
     retention = Retention(store, retention_s=settings.retention_s)
-    return Server(settings, store, engine, notices, dispatcher, service, membership, retention)
+    return Server(settings, store, executor, notices, dispatcher, service, membership, retention)

@@ -29,11 +29,11 @@ from sqlalchemy.engine import make_url
 from tarea.domain.records import TaskRecord, new_task_id
 from tarea.domain.status import Status
 from tarea.domain.task import Limits
-from tarea.engine.containers import PoolKey, StdioContainer
-from tarea.engine.executor import Engine as TaskEngine
+from tarea.execution.containers import PoolKey, StdioContainer
+from tarea.execution.executor import Executor
 from tarea.settings import Settings
 from tarea.store.sql import SqlStore
-from tarea.wiring import build_engine
+from tarea.wiring import build_executor
 
 ROOT = Path(__file__).resolve().parents[2]
 IMAGES = Path(__file__).resolve().parent / "images"
@@ -293,42 +293,44 @@ def registry() -> Iterator[str]:
     server.shutdown()
 
 
-def with_engine(body: Callable[[TaskEngine], Awaitable[T]], **settings: Any) -> T:
-    """Run ``body`` with a fresh engine in its own event loop (settings overridable),
+def with_executor(body: Callable[[Executor], Awaitable[T]], **settings: Any) -> T:
+    """Run ``body`` with a fresh executor in its own event loop (settings overridable),
     then remove every container it started."""
 
     async def main() -> T:
-        engine = build_engine(Settings(**settings))
-        engine.start()
+        executor = build_executor(Settings(**settings))
+        executor.start()
         try:
-            return await body(engine)
+            return await body(executor)
         finally:
-            await engine.aclose()
+            await executor.aclose()
 
     return asyncio.run(main())
 
 
-async def fresh_stdio_container(engine: TaskEngine, image: str, limits: Limits) -> StdioContainer:
-    """A never-used JSON-RPC container of ``image`` from ``engine``'s pool (give it back)."""
-    resolved = await engine.resolve(image)
+async def fresh_stdio_container(executor: Executor, image: str, limits: Limits) -> StdioContainer:
+    """A never-used JSON-RPC container of ``image`` from ``executor``'s pool (give it back)."""
+    resolved = await executor.resolve(image)
     key = PoolKey("test", resolved.info.id, limits)
-    container = await engine.pool.acquire(key, lambda: engine.launch(resolved, limits), fresh=True)
+    container = await executor.pool.acquire(
+        key, lambda: executor.launch(resolved, limits), fresh=True
+    )
     assert isinstance(container, StdioContainer)
     return container
 
 
 async def direct_and_result(
-    engine: TaskEngine, image: str, function: str, params: dict[str, Any], limits: Limits
+    executor: Executor, image: str, function: str, params: dict[str, Any], limits: Limits
 ) -> tuple[bool, Any]:
     """Start ``image``; whether it took its direct channel, and one call's result."""
-    container = await fresh_stdio_container(engine, image, limits)
+    container = await fresh_stdio_container(executor, image, limits)
     try:
         result = await container.call(
             "r1", function, params, timeout_s=10, on_progress=None, on_log=None
         )
         return container.channel.direct, result
     finally:
-        await engine.pool.release(container, reusable=False)
+        await executor.pool.release(container, reusable=False)
 
 
 class LiveServer:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from tarea.domain.task import Limits, Outcome, TaskSpec
-from tarea.engine.executor import Engine
-from tests.integration.conftest import IMAGES, _build, managed_containers, with_engine
+from tarea.execution.executor import Executor
+from tests.integration.conftest import IMAGES, _build, managed_containers, with_executor
 
 pytestmark = pytest.mark.docker
 
@@ -29,12 +29,12 @@ def run_big_result(image: str, memory_mb: int) -> tuple[Outcome, list[str]]:
     limits = Limits(timeout_s=60, memory_mb=memory_mb, cpus=1.0, pids=64, output_kb=1024)
     spec = TaskSpec(image, "big_result_in_memory", {"mb": RESULT_MB}, limits)
 
-    async def scenario(engine: Engine) -> tuple[Outcome, list[str]]:
-        outcome = await engine.run(spec)
-        await engine.settle()
+    async def scenario(executor: Executor) -> tuple[Outcome, list[str]]:
+        outcome = await executor.run(spec)
+        await executor.join_background()
         return outcome, managed_containers()
 
-    return with_engine(scenario, stem_cells=0)
+    return with_executor(scenario, stem_cells=0)
 
 
 def test_a_big_result_with_enough_memory_is_output_too_large(big_results_image: str) -> None:

@@ -1,4 +1,4 @@
-"""Direct channels on the real engine: who may connect, and what a refused task does."""
+"""Direct channels on the real executor: who may connect, and what a refused task does."""
 
 from __future__ import annotations
 
@@ -15,12 +15,12 @@ from typing import Any
 
 import pytest
 
-import tarea.engine.channels as channels
+import tarea.execution.channels as channels
 from tarea.domain.task import Limits
-from tarea.engine.channels import ChannelDir, ProcessIdentity, peer_in_container
-from tarea.engine.docker import DockerEngine
-from tarea.engine.executor import Engine
-from tests.integration.conftest import direct_and_result, docker, with_engine
+from tarea.execution.channels import ChannelDir, ProcessIdentity, peer_in_container
+from tarea.execution.docker import DockerEngine
+from tarea.execution.executor import Executor
+from tests.integration.conftest import direct_and_result, docker, with_executor
 
 pytestmark = pytest.mark.docker
 
@@ -56,9 +56,9 @@ def _create_container(image: str, directory: Path) -> str:
 @pytest.fixture
 def engine_docker() -> Iterator[DockerEngine]:
     """The engine boundary, as the server makes it (its init_pid tells containers apart)."""
-    engine = DockerEngine()
-    yield engine
-    engine.close()
+    executor = DockerEngine()
+    yield executor
+    executor.close()
 
 
 def test_only_the_container_itself_is_welcomed(
@@ -210,8 +210,8 @@ def test_a_channel_with_no_way_to_find_the_container_welcomes_nobody(tmp_path: P
     assert asyncio.run(scenario()) == b""  # closed, never welcomed
 
 
-async def _launch_and_call(engine: Engine, image: str) -> tuple[bool, Any]:
-    return await direct_and_result(engine, image, "suma", {"a": 1, "b": 2}, LIMITS)
+async def _launch_and_call(executor: Executor, image: str) -> tuple[bool, Any]:
+    return await direct_and_result(executor, image, "suma", {"a": 1, "b": 2}, LIMITS)
 
 
 def test_a_task_refused_its_channel_speaks_stdio(
@@ -219,7 +219,7 @@ def test_a_task_refused_its_channel_speaks_stdio(
 ) -> None:
     """When the server cannot tell who connected, it refuses; tarea's runtime then uses stdio."""
     monkeypatch.setattr(channels, "peer_in_container", lambda conn, container: False)
-    direct, result = with_engine(lambda engine: _launch_and_call(engine, tasks_image))
+    direct, result = with_executor(lambda executor: _launch_and_call(executor, tasks_image))
     assert (direct, result) == (False, 3)
 
 
@@ -238,12 +238,12 @@ def test_a_directory_the_engine_cannot_mount_turns_direct_channels_off(
 ) -> None:
     """The engine refuses the bind mount: the task still runs, over stdio, and so do later ones."""
 
-    async def scenario(engine: Engine) -> tuple[bool, Any, bool]:
-        engine.channels = _UnseenDir(tmp_path / "unseen")
-        direct, result = await _launch_and_call(engine, tasks_image)
-        return direct, result, engine.channels is None
+    async def scenario(executor: Executor) -> tuple[bool, Any, bool]:
+        executor.channels = _UnseenDir(tmp_path / "unseen")
+        direct, result = await _launch_and_call(executor, tasks_image)
+        return direct, result, executor.channels is None
 
-    assert with_engine(scenario) == (False, 3, True)
+    assert with_executor(scenario) == (False, 3, True)
 
 
 def test_a_channel_that_cannot_be_made_leaves_the_task_on_stdio(
@@ -253,8 +253,8 @@ def test_a_channel_that_cannot_be_made_leaves_the_task_on_stdio(
     blocker = tmp_path / "a-file"
     blocker.write_text("not a directory")
 
-    async def scenario(engine: Engine) -> tuple[bool, Any]:
-        engine.channels = ChannelDir(blocker / "channels")
-        return await _launch_and_call(engine, tasks_image)
+    async def scenario(executor: Executor) -> tuple[bool, Any]:
+        executor.channels = ChannelDir(blocker / "channels")
+        return await _launch_and_call(executor, tasks_image)
 
-    assert with_engine(scenario) == (False, 3)
+    assert with_executor(scenario) == (False, 3)

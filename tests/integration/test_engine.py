@@ -1,4 +1,4 @@
-"""The engine on the real Docker engine: lockdown, failures, cleanup."""
+"""The engine on the real Docker executor: lockdown, failures, cleanup."""
 
 from __future__ import annotations
 
@@ -10,13 +10,13 @@ from typing import Any, TypeVar
 import pytest
 
 from tarea.domain.task import Limits, Outcome, TaskSpec
-from tarea.engine.executor import Engine
+from tarea.execution.executor import Executor
 from tests.integration.conftest import (
     direct_and_result,
     docker,
     fresh_stdio_container,
     managed_containers,
-    with_engine,
+    with_executor,
 )
 
 pytestmark = pytest.mark.docker
@@ -26,16 +26,18 @@ LIMITS = Limits(timeout_s=20, memory_mb=128, cpus=0.5, pids=64, output_kb=64)
 
 
 def run(image: str, function: str, params: dict[str, Any], limits: Limits = LIMITS) -> Outcome:
-    return with_engine(
-        lambda engine: engine.run(
+    return with_executor(
+        lambda executor: executor.run(
             TaskSpec(image=image, function=function, params=params, limits=limits)
         )
     )
 
 
-async def inspect_while_running(engine: Engine, spec: TaskSpec) -> tuple[dict[str, Any], Outcome]:
+async def inspect_while_running(
+    executor: Executor, spec: TaskSpec
+) -> tuple[dict[str, Any], Outcome]:
     """Start ``spec``, inspect its container while it runs, then wait for it."""
-    task = asyncio.create_task(engine.run(spec))
+    task = asyncio.create_task(executor.run(spec))
     for _ in range(200):
         ids = managed_containers()
         if ids:
@@ -81,7 +83,7 @@ def assert_locked_down(info: dict[str, Any], limits: Limits, *, compat: bool = F
 def test_stdio_task_container_is_locked_down(tasks_image: str) -> None:
     """A JSON-RPC task runs with no network, read-only root, no capabilities, limits, non-root."""
     spec = TaskSpec(image=tasks_image, function="esperar", params={"segundos": 1.5}, limits=LIMITS)
-    info, outcome = with_engine(lambda engine: inspect_while_running(engine, spec))
+    info, outcome = with_executor(lambda executor: inspect_while_running(executor, spec))
     assert outcome.result == 1.5
     assert_locked_down(info, LIMITS)
     assert info["HostConfig"]["NetworkMode"] == "none"
@@ -91,7 +93,7 @@ def test_seed_http_container_is_locked_down_on_internal_network(seed_http_image:
     """A seed-HTTP task runs on the internal network, locked down but for the compatibility
     profile's writable root and own user."""
     spec = TaskSpec(image=seed_http_image, function="suma", params={"a": 1}, limits=LIMITS)
-    info, outcome = with_engine(lambda engine: inspect_while_running(engine, spec))
+    info, outcome = with_executor(lambda executor: inspect_while_running(executor, spec))
     assert outcome.result == 1
     assert_locked_down(info, LIMITS, compat=True)
     assert info["HostConfig"]["NetworkMode"] == "app_network"
@@ -135,16 +137,16 @@ def test_result_over_output_cap_reports_output_too_large(misbehaving_either: str
 
 def test_standard_image_takes_calls_on_its_direct_channel(tasks_image: str) -> None:
     """tarea's runtime connects to the socket it is offered; calls then skip the engine."""
-    direct, result = with_engine(
-        lambda engine: direct_and_result(engine, tasks_image, "suma", {"a": 1, "b": 2}, LIMITS)
+    direct, result = with_executor(
+        lambda executor: direct_and_result(executor, tasks_image, "suma", {"a": 1, "b": 2}, LIMITS)
     )
     assert (direct, result) == (True, 3)
 
 
 def test_direct_channels_can_be_turned_off(tasks_image: str) -> None:
     """With TAREA_DIRECT_CHANNELS=false the same image speaks over the attach stream."""
-    direct, result = with_engine(
-        lambda engine: direct_and_result(engine, tasks_image, "suma", {"a": 1, "b": 2}, LIMITS),
+    direct, result = with_executor(
+        lambda executor: direct_and_result(executor, tasks_image, "suma", {"a": 1, "b": 2}, LIMITS),
         direct_channels=False,
     )
     assert (direct, result) == (False, 3)
@@ -152,8 +154,8 @@ def test_direct_channels_can_be_turned_off(tasks_image: str) -> None:
 
 def test_image_that_ignores_the_direct_channel_speaks_stdio(misbehaving_image: str) -> None:
     """An image written against stdio alone still works: ready on stdout decides."""
-    direct, result = with_engine(
-        lambda engine: direct_and_result(engine, misbehaving_image, "echo", {"x": 1}, LIMITS)
+    direct, result = with_executor(
+        lambda executor: direct_and_result(executor, misbehaving_image, "echo", {"x": 1}, LIMITS)
     )
     assert (direct, result) == (False, {"x": 1})
 
@@ -161,25 +163,25 @@ def test_image_that_ignores_the_direct_channel_speaks_stdio(misbehaving_image: s
 def test_direct_channel_cannot_be_dialled_again(misbehaving_direct_image: str) -> None:
     """Once the task connected, its socket is gone: nothing in it can connect a second time."""
 
-    async def redial(engine: Engine) -> Any:
-        container = await fresh_stdio_container(engine, misbehaving_direct_image, LIMITS)
+    async def redial(executor: Executor) -> Any:
+        container = await fresh_stdio_container(executor, misbehaving_direct_image, LIMITS)
         try:
             assert container.channel.direct
             return await container.call(
                 "r1", "redial", {}, timeout_s=10, on_progress=None, on_log=None
             )
         finally:
-            await engine.pool.release(container, reusable=False)
+            await executor.pool.release(container, reusable=False)
 
-    assert with_engine(redial) == "ENOENT"
+    assert with_executor(redial) == "ENOENT"
 
 
 def test_progress_notifications_reach_the_caller(tasks_image: str) -> None:
     """Progress a task sends while it works reaches the on_progress callback."""
     seen: list[tuple[float | None, str | None]] = []
     spec = TaskSpec(image=tasks_image, function="esperar", params={"segundos": 2.2}, limits=LIMITS)
-    outcome = with_engine(
-        lambda engine: engine.run(spec, on_progress=lambda p, m: seen.append((p, m)))
+    outcome = with_executor(
+        lambda executor: executor.run(spec, on_progress=lambda p, m: seen.append((p, m)))
     )
     assert outcome.result == 2.2
     assert seen, "no progress notification arrived"

@@ -26,8 +26,8 @@ import httpx
 import pytest
 
 from tarea.domain.task import Limits, Outcome, TaskSpec
-from tarea.engine.executor import Engine
-from tests.integration.conftest import IMAGES, docker, free_port, with_engine
+from tarea.execution.executor import Executor
+from tests.integration.conftest import IMAGES, docker, free_port, with_executor
 
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(300)]
 
@@ -165,7 +165,7 @@ def cap_fitting(images: dict[str, PushedImage], count: int) -> int:
 
 
 def settings(state: Path, **overrides: Any) -> dict[str, Any]:
-    """Engine settings: the state file, no stem cells, no periodic collection during a test."""
+    """Executor settings: the state file, no stem cells, no periodic collection during a test."""
     return {
         "image_state": state,
         "stem_cells": 0,
@@ -174,18 +174,18 @@ def settings(state: Path, **overrides: Any) -> dict[str, Any]:
     }
 
 
-async def run(engine: Engine, ref: str, isolation: str = "fresh") -> Outcome:
+async def run(executor: Executor, ref: str, isolation: str = "fresh") -> Outcome:
     """Run ``name`` in ``ref``; then let removals and collections finish."""
     spec = TaskSpec(image=ref, function="name", params={}, limits=LIMITS, isolation=isolation)
-    outcome = await engine.run(spec)
-    await engine.settle()
-    await engine.image_cache.settle()
+    outcome = await executor.run(spec)
+    await executor.join_background()
+    await executor.image_cache.join_background()
     return outcome
 
 
-async def named(engine: Engine, ref: str, isolation: str = "fresh") -> Any:
+async def named(executor: Executor, ref: str, isolation: str = "fresh") -> Any:
     """The result of ``name`` in ``ref``, failing the test on a task error."""
-    outcome = await run(engine, ref, isolation)
+    outcome = await run(executor, ref, isolation)
     assert outcome.error is None, outcome.error
     return outcome.result
 
@@ -196,14 +196,14 @@ def test_least_recently_used_pulled_image_goes_and_the_most_recent_stays(
     """Past the cap, the pull that follows removes the least recently used pulled image."""
     a, b, c = (gc_images[n] for n in "abc")
 
-    async def body(engine: Engine) -> None:
-        assert await named(engine, a.ref) == "a"
-        assert await named(engine, b.ref) == "b"
+    async def body(executor: Executor) -> None:
+        assert await named(executor, a.ref) == "a"
+        assert await named(executor, b.ref) == "b"
         assert present(a.ref)  # two fit
         assert present(b.ref)
-        assert await named(engine, c.ref) == "c"
+        assert await named(executor, c.ref) == "c"
 
-    with_engine(body, **settings(tmp_path / "s.json", image_cache_mb=cap_fitting(gc_images, 2)))
+    with_executor(body, **settings(tmp_path / "s.json", image_cache_mb=cap_fitting(gc_images, 2)))
     assert not present(a.ref)
     assert present(b.ref)
     assert present(c.ref)
@@ -214,18 +214,20 @@ def test_images_in_use_are_never_removed(gc_images: dict[str, PushedImage], tmp_
     a, b, c, d = (gc_images[n] for n in "abcd")
     stopped: list[str] = []
 
-    async def body(engine: Engine) -> None:
-        assert await named(engine, a.ref, isolation="warm") == "a"  # its container stays warm
-        assert await named(engine, b.ref) == "b"
+    async def body(executor: Executor) -> None:
+        assert await named(executor, a.ref, isolation="warm") == "a"  # its container stays warm
+        assert await named(executor, b.ref) == "b"
         # Labelled as this session's, so that no other session's clean-up removes it.
         label = f"io.tarea.server={os.environ['TAREA_SERVER_ID']}"
         created = docker("create", "--label", label, b.ref, "true")
         stopped.append(created.stdout.strip())
-        assert await named(engine, c.ref) == "c"
-        assert await named(engine, d.ref) == "d"
+        assert await named(executor, c.ref) == "c"
+        assert await named(executor, d.ref) == "d"
 
     try:
-        with_engine(body, **settings(tmp_path / "s.json", image_cache_mb=cap_fitting(gc_images, 2)))
+        with_executor(
+            body, **settings(tmp_path / "s.json", image_cache_mb=cap_fitting(gc_images, 2))
+        )
         # a and b are the least recently used, but in use: c went instead.
         assert not present(c.ref)
         assert present(a.ref)
@@ -241,11 +243,11 @@ def test_prewarmed_image_is_never_removed(
     """An image TAREA_PREWARM names stays though least recently used and without containers."""
     a, b, c = (gc_images[n] for n in "abc")
 
-    async def body(engine: Engine) -> None:
+    async def body(executor: Executor) -> None:
         for image, name in ((a, "a"), (b, "b"), (c, "c")):
-            assert await named(engine, image.ref) == name
+            assert await named(executor, image.ref) == name
 
-    with_engine(
+    with_executor(
         body,
         **settings(
             tmp_path / "s.json", image_cache_mb=cap_fitting(gc_images, 2), prewarm=f"{a.ref}=1"
@@ -267,18 +269,18 @@ def test_locally_built_images_are_never_removed(
     tasks_id = docker("image", "inspect", tasks_image, "--format", "{{.Id}}").stdout.strip()
     a = gc_images["a"]
 
-    async def body(engine: Engine) -> None:
-        outcome = await run(engine, tasks_image)
+    async def body(executor: Executor) -> None:
+        outcome = await run(executor, tasks_image)
         assert outcome.error is not None
         assert outcome.error.code == "unknown_function"
-        assert tasks_id not in engine.image_cache.pulled_ids()  # local: not tarea's
-        await run(engine, mirror)  # pulled: the same image gains the mirror's name
-        assert tasks_id in engine.image_cache.pulled_ids()
-        assert await named(engine, a.ref) == "a"
-        assert await engine.image_cache.collect() == [a.id]  # a 1 MiB cap: all that can go
+        assert tasks_id not in executor.image_cache.pulled_ids()  # local: not tarea's
+        await run(executor, mirror)  # pulled: the same image gains the mirror's name
+        assert tasks_id in executor.image_cache.pulled_ids()
+        assert await named(executor, a.ref) == "a"
+        assert await executor.image_cache.collect() == [a.id]  # a 1 MiB cap: all that can go
 
     try:
-        with_engine(body, **settings(tmp_path / "s.json", image_cache_mb=1))
+        with_executor(body, **settings(tmp_path / "s.json", image_cache_mb=1))
         assert present(tasks_image)
         assert present("task_service:latest")
         assert present(mirror)
@@ -291,20 +293,20 @@ def test_a_removed_image_is_pulled_again(gc_images: dict[str, PushedImage], tmp_
     """A task naming an image the cache removed, or one removed under its resolve, succeeds."""
     a, b, c = (gc_images[n] for n in "abc")
 
-    async def body(engine: Engine) -> None:
-        assert await named(engine, a.ref) == "a"
-        assert await named(engine, b.ref) == "b"
+    async def body(executor: Executor) -> None:
+        assert await named(executor, a.ref) == "a"
+        assert await named(executor, b.ref) == "b"
         assert not present(a.ref)  # one fits: a went
-        assert await named(engine, a.ref) == "a"  # pulled again
+        assert await named(executor, a.ref) == "a"  # pulled again
         assert present(a.ref)
         assert not present(b.ref)
-        # Resolved (cached by the engine), then removed by someone else.
-        await engine.resolve(c.ref)
+        # Resolved (cached by the executor), then removed by someone else.
+        await executor.resolve(c.ref)
         docker("rmi", c.ref)
-        assert await named(engine, c.ref) == "c"
+        assert await named(executor, c.ref) == "c"
         assert present(c.ref)
 
-    with_engine(
+    with_executor(
         body,
         **settings(
             tmp_path / "s.json", image_cache_mb=cap_fitting(gc_images, 1), image_cache_s=60.0
@@ -319,22 +321,22 @@ def test_pulls_and_last_uses_survive_a_restart(
     a, b = gc_images["a"], gc_images["b"]
     state = tmp_path / "s.json"
 
-    async def before(engine: Engine) -> None:
-        assert await named(engine, a.ref) == "a"
-        assert await named(engine, b.ref) == "b"
-        assert await named(engine, a.ref) == "a"  # a is now the most recently used
+    async def before(executor: Executor) -> None:
+        assert await named(executor, a.ref) == "a"
+        assert await named(executor, b.ref) == "b"
+        assert await named(executor, a.ref) == "a"  # a is now the most recently used
 
-    with_engine(before, **settings(state))
+    with_executor(before, **settings(state))
     assert present(a.ref)
     assert present(b.ref)
 
-    async def after(engine: Engine) -> None:
+    async def after(executor: Executor) -> None:
         for _ in range(100):  # 20 s at most
             if not present(b.ref):
                 return
             await asyncio.sleep(0.2)  # the periodic collection runs meanwhile
 
     cap = cap_fitting(gc_images, 1)
-    with_engine(after, **settings(state, image_cache_mb=cap, image_gc_interval_s=0.5))
+    with_executor(after, **settings(state, image_cache_mb=cap, image_gc_interval_s=0.5))
     assert not present(b.ref)
     assert present(a.ref)

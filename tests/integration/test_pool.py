@@ -1,4 +1,4 @@
-"""The warm pool on the real Docker engine: reuse, isolation, caps, no reuse after failure."""
+"""The warm pool on the real Docker executor: reuse, isolation, caps, no reuse after failure."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import httpx
 import pytest
 
 from tarea.domain.task import Limits, Outcome, TaskSpec
-from tarea.engine.executor import Engine
-from tests.integration.conftest import docker, managed_containers, start_server, with_engine
+from tarea.execution.executor import Executor
+from tests.integration.conftest import docker, managed_containers, start_server, with_executor
 
 pytestmark = pytest.mark.docker
 
@@ -31,13 +31,13 @@ def spec(
     )
 
 
-async def run_all(engine: Engine, *specs: TaskSpec) -> list[Outcome]:
-    return [await engine.run(s) for s in specs]
+async def run_all(executor: Executor, *specs: TaskSpec) -> list[Outcome]:
+    return [await executor.run(s) for s in specs]
 
 
 def test_same_tenant_image_and_limits_reuse_one_container(tasks_image: str) -> None:
     """Sequential tasks of one tenant, image and limits run in the same warm container."""
-    outcomes = with_engine(lambda e: run_all(e, *[spec(tasks_image)] * 4))
+    outcomes = with_executor(lambda e: run_all(e, *[spec(tasks_image)] * 4))
     assert all(o.result == 1 for o in outcomes)
     assert len({o.container_id for o in outcomes}) == 1
 
@@ -45,7 +45,7 @@ def test_same_tenant_image_and_limits_reuse_one_container(tasks_image: str) -> N
 def test_tenants_and_limits_never_share_a_container(tasks_image: str) -> None:
     """Another tenant, or other limits, gets a container of its own."""
     other_limits = Limits(timeout_s=20, memory_mb=96, cpus=0.5, pids=64, output_kb=64)
-    a1, b1, a2, c1 = with_engine(
+    a1, b1, a2, c1 = with_executor(
         lambda e: run_all(
             e,
             spec(tasks_image, tenant="a"),
@@ -61,13 +61,13 @@ def test_tenants_and_limits_never_share_a_container(tasks_image: str) -> None:
 def test_fresh_tasks_never_reuse_a_container(tasks_image: str) -> None:
     """isolation=fresh gets a container nobody used, and it is not reused after."""
 
-    async def body(engine: Engine) -> tuple[list[Outcome], dict[str, Any]]:
-        warm = await engine.run(spec(tasks_image))
-        fresh = [await engine.run(spec(tasks_image, isolation="fresh")) for _ in range(3)]
+    async def body(executor: Executor) -> tuple[list[Outcome], dict[str, Any]]:
+        warm = await executor.run(spec(tasks_image))
+        fresh = [await executor.run(spec(tasks_image, isolation="fresh")) for _ in range(3)]
         await asyncio.sleep(1.5)  # stem cells replenish in the background
-        return [warm, *fresh], engine.pool.stats()
+        return [warm, *fresh], executor.pool.stats()
 
-    outcomes, stats = with_engine(body)
+    outcomes, stats = with_executor(body)
     ids = [o.container_id for o in outcomes]
     assert all(o.result == 1 for o in outcomes)
     assert len(set(ids)) == 4
@@ -91,17 +91,17 @@ def test_no_reuse_after_a_failure_that_taints_the_container(
     image = tasks_image if function == "esperar" else misbehaving_image
     short = Limits(timeout_s=1, memory_mb=128, cpus=0.5, pids=64, output_kb=64)
 
-    async def body(engine: Engine) -> list[Outcome]:
-        first = await engine.run(
+    async def body(executor: Executor) -> list[Outcome]:
+        first = await executor.run(
             spec(image, "echo" if image == misbehaving_image else "suma", limits=short)
         )
-        bad = await engine.run(spec(image, function, params, limits=short))
-        after = await engine.run(
+        bad = await executor.run(spec(image, function, params, limits=short))
+        after = await executor.run(
             spec(image, "echo" if image == misbehaving_image else "suma", limits=short)
         )
         return [first, bad, after]
 
-    first, bad, after = with_engine(body)
+    first, bad, after = with_executor(body)
     assert first.error is None
     assert bad.error is not None
     assert bad.error.code == code
@@ -113,7 +113,7 @@ def test_no_reuse_after_a_failure_that_taints_the_container(
 
 def test_a_clean_task_error_keeps_the_container_warm(tasks_image: str) -> None:
     """An unknown function or bad params is the task saying no: the container stays in use."""
-    outcomes = with_engine(
+    outcomes = with_executor(
         lambda e: run_all(
             e,
             spec(tasks_image),
@@ -137,12 +137,12 @@ def test_cap_evicts_the_least_recently_used_idle_container(tasks_image: str) -> 
     def alive(container_id: str | None) -> bool:
         return bool(docker("ps", "-q", "--filter", f"id={container_id}").stdout.strip())
 
-    async def body(engine: Engine) -> tuple[list[Outcome], list[bool], int]:
-        outcomes = [await engine.run(spec(tasks_image, tenant=t)) for t in ("a", "b", "c")]
-        await engine.settle()
+    async def body(executor: Executor) -> tuple[list[Outcome], list[bool], int]:
+        outcomes = [await executor.run(spec(tasks_image, tenant=t)) for t in ("a", "b", "c")]
+        await executor.join_background()
         return outcomes, [alive(o.container_id) for o in outcomes], len(managed_containers())
 
-    outcomes, alive_after, count = with_engine(body, pool_max_total=2, stem_cells=0)
+    outcomes, alive_after, count = with_executor(body, pool_max_total=2, stem_cells=0)
     assert len({o.container_id for o in outcomes}) == 3
     assert alive_after == [False, True, True], "a, used longest ago, was evicted"
     assert count == 2
@@ -152,18 +152,18 @@ def test_concurrent_tasks_past_the_cap_wait_for_a_container(tasks_image: str) ->
     """Four concurrent tasks with a cap of 2 all finish, never with more than 2 containers."""
     peak = 0
 
-    async def body(engine: Engine) -> list[Outcome]:
+    async def body(executor: Executor) -> list[Outcome]:
         nonlocal peak
         runs = [
-            asyncio.create_task(engine.run(spec(tasks_image, "esperar", {"segundos": 1})))
+            asyncio.create_task(executor.run(spec(tasks_image, "esperar", {"segundos": 1})))
             for _ in range(4)
         ]
         while not all(r.done() for r in runs):
-            peak = max(peak, engine.pool.stats()["total"])
+            peak = max(peak, executor.pool.stats()["total"])
             await asyncio.sleep(0.05)
         return [r.result() for r in runs]
 
-    outcomes = with_engine(body, pool_max_total=2, stem_cells=0)
+    outcomes = with_executor(body, pool_max_total=2, stem_cells=0)
     assert [o.result for o in outcomes] == [1, 1, 1, 1]
     assert peak <= 2
     assert len({o.container_id for o in outcomes}) == 2
@@ -172,16 +172,16 @@ def test_concurrent_tasks_past_the_cap_wait_for_a_container(tasks_image: str) ->
 def test_idle_containers_are_removed_after_the_idle_time(tasks_image: str) -> None:
     """A warm container idle longer than pool_idle_s is removed."""
 
-    async def body(engine: Engine) -> tuple[str | None, int, int]:
-        outcome = await engine.run(spec(tasks_image))
-        before = engine.pool.stats()["total"]
+    async def body(executor: Executor) -> tuple[str | None, int, int]:
+        outcome = await executor.run(spec(tasks_image))
+        before = executor.pool.stats()["total"]
         deadline = time.monotonic() + 10
-        while engine.pool.stats()["total"] and time.monotonic() < deadline:  # noqa: ASYNC110
+        while executor.pool.stats()["total"] and time.monotonic() < deadline:  # noqa: ASYNC110
             await asyncio.sleep(0.2)
-        await engine.settle()
-        return outcome.container_id, before, engine.pool.stats()["counters"]["evictions_idle"]
+        await executor.join_background()
+        return outcome.container_id, before, executor.pool.stats()["counters"]["evictions_idle"]
 
-    container, before, evicted = with_engine(body, pool_idle_s=1, stem_cells=0)
+    container, before, evicted = with_executor(body, pool_idle_s=1, stem_cells=0)
     assert before == 1
     assert evicted == 1
     assert not docker("ps", "-aq", "--filter", f"id={container}").stdout.strip()
@@ -189,7 +189,7 @@ def test_idle_containers_are_removed_after_the_idle_time(tasks_image: str) -> No
 
 def test_seed_http_containers_are_pooled_too(seed_http_image: str) -> None:
     """A seed-HTTP image is started once and its container serves the following tasks."""
-    outcomes = with_engine(lambda e: run_all(e, *[spec(seed_http_image)] * 3))
+    outcomes = with_executor(lambda e: run_all(e, *[spec(seed_http_image)] * 3))
     assert [o.result for o in outcomes] == [1, 1, 1]
     assert len({o.container_id for o in outcomes}) == 1
     assert outcomes[1].timings.start_ms < outcomes[0].timings.start_ms

@@ -1,4 +1,4 @@
-"""One tenant's task floods progress; another tenant's warm tasks go on (the real engine).
+"""One tenant's task floods progress; another tenant's warm tasks go on (the real executor).
 
 A task of alpha sends 200,000 progress notifications (about 16 MB) as fast
 as it can while beta runs warm ``suma`` tasks one after another. Beta's

@@ -35,7 +35,7 @@ LIMITS = {"timeout_s": 5.0, "memory_mb": 64, "cpus": 1.0, "pids": 16, "output_kb
 TASK = NewTask(image="img:1", function="f")
 
 
-class Engine:
+class Executor:
     """Starts each task, then holds it until the test lets it end (as the real one: a
     task its runner abandons in ``on_start`` is not called)."""
 
@@ -55,7 +55,7 @@ class Engine:
     def end(self, task_id: str) -> None:
         self.gates.setdefault(task_id, asyncio.Event()).set()
 
-    async def settle(self) -> None:
+    async def join_background(self) -> None:
         pass
 
     async def ping(self) -> None:
@@ -71,7 +71,7 @@ class Engine:
 @asynccontextmanager
 async def service(
     tmp_path: Path, *, max_active: int = 2, max_queued: int = 1000
-) -> AsyncIterator[tuple[TaskService, AsyncStore, Engine]]:
+) -> AsyncIterator[tuple[TaskService, AsyncStore, Executor]]:
     """A service on a real SQLite store and a fake engine; drained and closed after."""
     settings = Settings(
         database_url=f"sqlite:///{tmp_path}/tarea.db",
@@ -83,22 +83,22 @@ async def service(
     sql = SqlStore(settings.database_url)
     sql.migrate()
     store = AsyncStore(sql)
-    engine = Engine()
+    executor = Executor()
     notices = LocalNotices()
     runner = TaskRunner(
         store=store,
-        engine=engine,
+        executor=executor,
         notices=notices,
         render=lambda record: {},
         worker="me",
         callback_secret=b"s",
         callback_policy=RetryPolicy(),
     )
-    svc = TaskService(settings, store, LocalDispatcher(runner, engine, concurrency=4), notices)
+    svc = TaskService(settings, store, LocalDispatcher(runner, executor, concurrency=4), notices)
     try:
-        yield svc, store, engine
+        yield svc, store, executor
     finally:
-        for gate in engine.gates.values():
+        for gate in executor.gates.values():
             gate.set()
         await svc.drain()
         store.close()
@@ -118,7 +118,7 @@ def test_queued_and_running_tasks_count_and_an_end_frees_a_place(tmp_path: Path)
     other tenants are not counted against it."""
 
     async def scenario() -> None:
-        async with service(tmp_path) as (svc, _, engine):
+        async with service(tmp_path) as (svc, _, executor):
             svc.dispatcher.start()
             first, _ = await svc.submit(TASK, tenant="acme")
             await svc.submit(TASK, tenant="acme")
@@ -126,7 +126,7 @@ def test_queued_and_running_tasks_count_and_an_end_frees_a_place(tmp_path: Path)
                 await svc.submit(TASK, tenant="acme")
             await svc.submit(TASK, tenant="other")  # its own quota
             await asyncio.sleep(0.1)
-            engine.end(first.id)
+            executor.end(first.id)
             ended = await svc.wait(first.id, 5)
             assert ended.status is Status.SUCCEEDED
             await svc.submit(TASK, tenant="acme")
@@ -184,7 +184,7 @@ def test_a_task_whose_insert_fails_is_not_run(tmp_path: Path) -> None:
     """
 
     async def scenario() -> None:
-        async with service(tmp_path) as (svc, store, engine):
+        async with service(tmp_path) as (svc, store, executor):
             store.sync.engine.dispose()
             with store.sync.engine.begin() as connection:
                 connection.exec_driver_sql(
@@ -196,7 +196,7 @@ def test_a_task_whose_insert_fails_is_not_run(tmp_path: Path) -> None:
             with pytest.raises(Exception, match="refused by the test"):
                 await svc.submit(refused, tenant="acme", wait_s=5)
             await asyncio.sleep(0.2)
-            assert engine.called == set()
+            assert executor.called == set()
             assert svc.dispatcher.running == 0
             assert (await store.list(tenant=None))[0] == []
             # The tenant's places are all there: two tasks of a quota of two are taken.

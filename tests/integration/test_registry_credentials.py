@@ -1,7 +1,7 @@
 """Per-request registry credentials reach the pull and nothing else.
 
 A registry stub on loopback (the Docker engine treats 127.0.0.1 registries
-as plain HTTP) challenges for Basic auth and records what the real engine
+as plain HTTP) challenges for Basic auth and records what the real executor
 sends when tarea asks it to pull.
 """
 

@@ -157,10 +157,10 @@ def test_a_purged_task_answers_404(tmp_path: Path) -> None:
     """A task that ended, once purged, is not found (404 task_not_found) through the service."""
 
     async def scenario() -> None:
-        async with service(tmp_path) as (svc, store, engine):
+        async with service(tmp_path) as (svc, store, executor):
             svc.dispatcher.start()
             task, _ = await svc.submit(TASK, tenant="acme")
-            engine.end(task.id)
+            executor.end(task.id)
             done = await svc.wait(task.id, 5)
             assert done.status is Status.SUCCEEDED
             assert done.finished_at is not None

@@ -9,8 +9,8 @@ import httpx
 import pytest
 
 from tarea.domain.task import Limits, Outcome, TaskSpec
-from tarea.engine.executor import START_GRACE_S, Engine
-from tests.integration.conftest import IMAGES, _build, docker, with_engine
+from tarea.execution.executor import START_GRACE_S, Executor
+from tests.integration.conftest import IMAGES, _build, docker, with_executor
 
 pytestmark = pytest.mark.docker
 
@@ -39,10 +39,10 @@ def never_ready_containers() -> list[str]:
     ).stdout.split()
 
 
-async def timed_run(engine: Engine, spec: TaskSpec) -> tuple[Outcome, float]:
+async def timed_run(executor: Executor, spec: TaskSpec) -> tuple[Outcome, float]:
     """The outcome of ``spec`` and how long it took, in seconds."""
     t0 = time.monotonic()
-    outcome = await engine.run(spec)
+    outcome = await executor.run(spec)
     return outcome, time.monotonic() - t0
 
 
@@ -54,18 +54,18 @@ def test_a_container_never_ready_ends_timed_out_within_the_tasks_timeout(
     timeout_s plus the grace, not the 30 s start timeout; its container is removed, its
     place in the pool given back, and the next task runs."""
 
-    async def scenario(engine: Engine) -> tuple[Outcome, float, list[str], Outcome]:
+    async def scenario(executor: Executor) -> tuple[Outcome, float, list[str], Outcome]:
         never = TaskSpec(never_ready_image, "suma", {}, LIMITS, isolation=isolation)
-        outcome, elapsed = await timed_run(engine, never)
+        outcome, elapsed = await timed_run(executor, never)
         left = never_ready_containers()
         normal = TaskSpec(tasks_image, "suma", {"a": 1, "b": 2}, LIMITS, isolation=isolation)
-        return outcome, elapsed, left, await engine.run(normal)
+        return outcome, elapsed, left, await executor.run(normal)
 
     # One container at most: a place the failed start kept would block the next
     # task. No stem cells: those of the never-ready image would start in the
     # background, bounded by the start timeout alone, and the engine's close
     # waits for starts under way.
-    outcome, elapsed, left, after = with_engine(
+    outcome, elapsed, left, after = with_executor(
         scenario, start_timeout_s=30, pool_max_total=1, stem_cells=0
     )
     assert outcome.error is not None, outcome
@@ -81,10 +81,10 @@ def test_the_start_timeout_still_caps_a_longer_tasks_start(never_ready_image: st
     """A server start timeout shorter than the task's timeout_s ends the start first."""
     limits = Limits(timeout_s=60, memory_mb=128, cpus=0.5, pids=64, output_kb=64)
 
-    async def scenario(engine: Engine) -> tuple[Outcome, float]:
-        return await timed_run(engine, TaskSpec(never_ready_image, "suma", {}, limits))
+    async def scenario(executor: Executor) -> tuple[Outcome, float]:
+        return await timed_run(executor, TaskSpec(never_ready_image, "suma", {}, limits))
 
-    outcome, elapsed = with_engine(scenario, start_timeout_s=1, stem_cells=0)
+    outcome, elapsed = with_executor(scenario, start_timeout_s=1, stem_cells=0)
     assert outcome.error is not None, outcome
     assert outcome.error.code == "timed_out"
     assert outcome.error.data["phase"] == "start"

@@ -115,7 +115,7 @@ def test_taking_over_fails_the_running_and_runs_the_queued_here(tmp_path: Path) 
     queued task and runs it, and leaves other servers' tasks alone."""
 
     async def scenario() -> dict[str, Any]:
-        async with service(tmp_path) as (svc, store, engine):
+        async with service(tmp_path) as (svc, store, executor):
             running = record(Status.RUNNING, "dead")
             queued = record(Status.QUEUED, "dead")
             elsewhere = record(Status.RUNNING, "alive")
@@ -125,7 +125,7 @@ def test_taking_over_fails_the_running_and_runs_the_queued_here(tmp_path: Path) 
 
             await svc.take_over("dead")
             await asyncio.sleep(0.1)
-            engine.end(queued.id)
+            executor.end(queued.id)
             ran = await svc.wait(queued.id, 5)
             return {
                 "running": await svc.get(running.id, None),

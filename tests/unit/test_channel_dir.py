@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-import tarea.engine.channels as channels_module
-from tarea.engine.channels import SOCKET_NAME, ChannelDir, is_local_engine
+import tarea.execution.channels as channels_module
+from tarea.execution.channels import SOCKET_NAME, ChannelDir, is_local_engine
 
 
 @pytest.mark.parametrize(
@@ -78,7 +78,7 @@ def test_listen_makes_a_private_socket_and_close_removes_it(tmp_path: Path) -> N
 KILLED_MID_LAUNCH = """
 import os, signal, sys
 from pathlib import Path
-from tarea.engine.channels import ChannelDir
+from tarea.execution.channels import ChannelDir
 listener = ChannelDir.for_engine(Path(sys.argv[1]), None).listen()
 print(listener.directory, flush=True)
 os.kill(os.getpid(), signal.SIGKILL)

@@ -152,7 +152,7 @@ class Harness:
         protocol.connection_made(transport)
         return protocol, transport
 
-    async def settle(self) -> None:
+    async def join_background(self) -> None:
         """Let the app's tasks answer."""
         await asyncio.gather(*self.state.tasks)
 
@@ -172,7 +172,7 @@ def test_a_request_that_comes_whole_leaves_no_deadline_behind() -> None:
         harness = Harness()
         protocol, transport = harness.connect()
         protocol.data_received(REQUEST)
-        await harness.settle()
+        await harness.join_background()
         await asyncio.sleep(SHORT * 3)
         assert status_of(transport) == b"HTTP/1.1 200 OK"
         assert not transport.closed  # kept alive: uvicorn's own idle timeout applies
@@ -200,9 +200,9 @@ def test_a_request_not_all_there_by_its_deadline_is_answered_408_and_closed(
         protocol, transport = harness.connect()
         if sent:
             protocol.data_received(sent)
-        await harness.settle()
+        await harness.join_background()
         await asyncio.sleep(SHORT * 4)
-        await harness.settle()
+        await harness.join_background()
         assert transport.closed
         last = bytes(transport.written).rpartition(b"HTTP/1.1 ")[2]
         assert last.startswith(b"408 Request Timeout")

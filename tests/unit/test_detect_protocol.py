@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 
 from tarea.domain.task import Protocol
-from tarea.engine.docker import ImageInfo
-from tarea.engine.images import detect_protocol
 from tarea.errors import UnsupportedImage
+from tarea.execution.docker import ImageInfo
+from tarea.execution.images import detect_protocol
 
 LABEL = "io.tarea.protocol"
 

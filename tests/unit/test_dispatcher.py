@@ -28,12 +28,12 @@ class Tasks:
         self.gates: dict[str, asyncio.Event] = {}
         self.credentials: dict[str, RegistryAuth] = {}
         self.cancelled: set[str] = set()
-        self.finished: Counter[str] = Counter()
+        self.end_counts: Counter[str] = Counter()
 
-    async def finish(self, task_id: str, status: Status, **fields: Any) -> TaskRecord | None:
+    async def record_end(self, task_id: str, status: Status, **fields: Any) -> TaskRecord | None:
         return None
 
-    async def settled(self, timeout_s: float) -> bool:
+    async def ends_recorded(self, timeout_s: float) -> bool:
         return True
 
     def ending(self, task_id: str) -> bool:
@@ -56,9 +56,9 @@ class Tasks:
 
 
 class Containers:
-    """A fake engine: nothing to remove or wait for."""
+    """A fake executor: nothing to remove or wait for."""
 
-    async def settle(self) -> None:
+    async def join_background(self) -> None:
         pass
 
     async def ping(self) -> None:

@@ -10,9 +10,9 @@ from typing import cast
 import pytest
 
 from tarea.domain.task import Protocol
-from tarea.engine.docker import DockerEngine, ImageInfo, ImageSummary
-from tarea.engine.executor import Engine
-from tarea.engine.imagegc import (
+from tarea.execution.docker import DockerEngine, ImageInfo, ImageSummary
+from tarea.execution.executor import Executor
+from tarea.execution.imagegc import (
     Candidate,
     ImageCache,
     PulledImage,
@@ -21,8 +21,8 @@ from tarea.engine.imagegc import (
     load_state,
     save_state,
 )
-from tarea.engine.images import ResolvedImage
-from tarea.engine.sandbox import SandboxPolicy
+from tarea.execution.images import ResolvedImage
+from tarea.execution.sandbox import SandboxPolicy
 
 MB = 1024 * 1024
 
@@ -178,7 +178,7 @@ def test_a_pull_collects_in_the_background(tmp_path: Path) -> None:
 
     async def body() -> None:
         await _pulled(cache, "b", "r/b:1")
-        await cache.settle()
+        await cache.join_background()
 
     asyncio.run(body())
     assert docker.removed == ["r/a:1"]
@@ -277,19 +277,19 @@ def test_a_cached_resolve_touches_in_memory_only(tmp_path: Path) -> None:
     """A resolve the engine has cached records the use with no Docker call and no write."""
     state = tmp_path / "pulled.json"
     docker = PullingDocker()
-    engine = Engine(
+    executor = Executor(
         cast(DockerEngine, docker), SandboxPolicy(), image_state=state, image_cache_s=60
     )
 
     async def body() -> tuple[float, float]:
-        await engine.resolve("r/p:1")  # pulled, recorded, saved
+        await executor.resolve("r/p:1")  # pulled, recorded, saved
         written = state.stat().st_mtime_ns
         docker.closed = True
         before = load_state(state)["sha256:p"].last_used
         await asyncio.sleep(0.01)
-        await engine.resolve("r/p:1")
+        await executor.resolve("r/p:1")
         assert state.stat().st_mtime_ns == written
-        await engine.aclose()  # saves the last use
+        await executor.aclose()  # saves the last use
         return before, load_state(state)["sha256:p"].last_used
 
     before, after = asyncio.run(body())

@@ -16,7 +16,6 @@ from typing import Any, cast
 import pytest
 
 from tarea.domain.nesting import MAX_DEPTH, depth
-from tarea.engine.protocols.jsonrpc import JsonRpcChannel, LogBuffer, remote_error
 from tarea.errors import (
     ContainerCrashed,
     OutputTooLarge,
@@ -24,6 +23,7 @@ from tarea.errors import (
     RemoteTaskError,
     TaskTimeout,
 )
+from tarea.execution.protocols.jsonrpc import JsonRpcChannel, LogBuffer, remote_error
 
 STDOUT, STDERR = 1, 2
 FUNCTIONS = ["suma", "multiplicacion"]

@@ -10,12 +10,12 @@ from typing import Any
 
 import pytest
 
-import tarea.engine.containers as containers_module
-import tarea.engine.pool as pool_module
+import tarea.execution.containers as containers_module
+import tarea.execution.pool as pool_module
 from tarea.domain.task import Limits, Protocol
-from tarea.engine.containers import PoolKey, StemKey, TaskContainer
-from tarea.engine.pool import PoolLimits, WarmPool
-from tarea.engine.protocols.jsonrpc import LogCallback, ProgressCallback
+from tarea.execution.containers import PoolKey, StemKey, TaskContainer
+from tarea.execution.pool import PoolLimits, WarmPool
+from tarea.execution.protocols.jsonrpc import LogCallback, ProgressCallback
 
 LIMITS = Limits(timeout_s=5.0, memory_mb=128, cpus=1.0, pids=64, output_kb=64)
 OTHER_LIMITS = replace(LIMITS, memory_mb=256)
@@ -181,7 +181,7 @@ def test_release_reusable_gives_back_the_same_container() -> None:
         third = await pool.acquire(k, launch, fresh=False)
         assert third is first
         assert counters(pool) == {"hits": 2, "misses": 1, "starts": 1}
-        await pool.settle()
+        await pool.join_background()
         assert ledger.destroyed == []
 
     run(scenario)
@@ -204,7 +204,7 @@ def test_another_tenant_image_or_limits_gets_another_container(other: PoolKey) -
         second = await pool.acquire(other, Launcher(ledger, other.stem), fresh=False)
         assert second is not first
         assert counters(pool) == {"misses": 2, "starts": 2}
-        await pool.settle()
+        await pool.join_background()
         assert ledger.destroyed == []  # the first one stays idle for its own key
         assert await pool.acquire(k, Launcher(ledger, k.stem), fresh=False) is first
 
@@ -232,7 +232,7 @@ def test_unreusable_or_failed_container_is_destroyed_and_never_reused(
         first = await pool.acquire(k, launch, fresh=False)
         first.failed = failed
         await pool.release(first, reusable=reusable)
-        await pool.settle()
+        await pool.join_background()
         assert ledger.destroyed == [first.id]
         assert pool.stats()["total"] == 0
         second = await pool.acquire(k, launch, fresh=False)
@@ -259,7 +259,7 @@ def test_acquire_skips_and_destroys_a_broken_idle_container(good_below: bool) ->
         await pool.release(bad, reusable=True)  # released last: would be taken first
         bad.failed = True
         got = await pool.acquire(k, launch, fresh=False)
-        await pool.settle()
+        await pool.join_background()
         assert got is not bad
         assert ledger.destroyed == [bad.id]
         if good is not None:
@@ -306,7 +306,7 @@ def test_fresh_container_is_destroyed_on_release(reusable: bool) -> None:
         launch = Launcher(ledger, k.stem)
         fresh = await pool.acquire(k, launch, fresh=True)
         await pool.release(fresh, reusable=reusable)
-        await pool.settle()
+        await pool.join_background()
         assert ledger.destroyed == [fresh.id]
         assert pool.stats()["total"] == 0
         again = await pool.acquire(k, launch, fresh=False)
@@ -335,12 +335,12 @@ def test_first_fresh_acquire_starts_stem_cells_in_the_background(cells: int) -> 
         assert pool.stats()["total"] == 1 + cells  # but already counted
         assert counters(pool) == {"misses": 1, "starts": 1}
         launch.gate.set()
-        await pool.settle()
+        await pool.join_background()
         assert stem_cells(pool, launch) == cells
         assert fresh.id not in ledger.started[1:]
         assert counters(pool) == {"misses": 1, "starts": 1 + cells}
         await pool.acquire(k, launch, fresh=True)  # the target is not raised again
-        await pool.settle()
+        await pool.join_background()
         assert launch.calls == 1 + cells + 1  # only the replacement of the cell taken
 
     run(scenario)
@@ -355,19 +355,19 @@ def test_fresh_acquire_with_a_ready_stem_cell_is_a_stem_hit_and_replaces_it() ->
         k = key()
         launch = Launcher(ledger, k.stem)
         first = await pool.acquire(k, launch, fresh=True)
-        await pool.settle()
+        await pool.join_background()
         oldest_cell = ledger.started[1]
         second = await pool.acquire(key(tenant="t2"), launch, fresh=True)
         assert second.id == oldest_cell
         assert counters(pool) == {"misses": 1, "stem_hits": 1, "starts": 3}
         assert pool.stats()["total"] == 4  # the replacement is already counted
-        await pool.settle()
+        await pool.join_background()
         assert launch.calls == 4
         assert stem_cells(pool, launch) == 2
         assert pool.counters["starts"] == 4
         await pool.release(first, reusable=True)
         await pool.release(second, reusable=True)
-        await pool.settle()
+        await pool.join_background()
         assert set(ledger.destroyed) == {first.id, second.id}
 
     run(scenario)
@@ -382,13 +382,13 @@ def test_warm_miss_takes_a_ready_stem_cell() -> None:
         launch = Launcher(ledger, key().stem)
         fresh = await pool.acquire(key(tenant="t1"), launch, fresh=True)
         await pool.release(fresh, reusable=False)
-        await pool.settle()
+        await pool.join_background()
         cell = ledger.started[1]
         warm = await pool.acquire(key(tenant="t2"), launch, fresh=False)
         assert warm.id == cell
         assert counters(pool)["stem_hits"] == 1
         assert pool.counters["misses"] == 1  # only the first, fresh acquire
-        await pool.settle()
+        await pool.join_background()
         assert stem_cells(pool, launch) == 1  # replaced
         await pool.release(warm, reusable=True)
         assert await pool.acquire(key(tenant="t2"), launch, fresh=False) is warm
@@ -407,11 +407,11 @@ def test_prewarm_keeps_count_stem_cells_ready(count: int) -> None:
         stem = key().stem
         launch = Launcher(ledger, stem)
         pool.prewarm(stem, count, launch)
-        await pool.settle()
+        await pool.join_background()
         assert stem_cells(pool, launch) == count
         taken = await pool.acquire(key(), launch, fresh=False)
         assert taken.id == ledger.started[0]
-        await pool.settle()
+        await pool.join_background()
         assert stem_cells(pool, launch) == count
         assert launch.calls == count + 1
         assert counters(pool) == {"stem_hits": 1, "starts": count + 1}
@@ -438,7 +438,7 @@ def test_stem_cells_still_starting_count_toward_the_target() -> None:
         await spin()
         assert launch.calls == 4
         launch.gate.set()
-        await pool.settle()
+        await pool.join_background()
         assert stem_cells(pool, launch) == 3
         assert pool.stats()["total"] == 4
 
@@ -467,11 +467,11 @@ def test_unmet_stem_cell_target_is_pursued_by_later_fresh_demand(cause: str) -> 
                 await pool.release(container, reusable=False)
             fresh = await waiter
         await pool.release(fresh, reusable=False)
-        await pool.settle()
+        await pool.join_background()
         assert pool.stats()["total"] == 0
         assert stem_cells(pool, launch) == 0  # the target of 1 was not met...
         again = await pool.acquire(k, launch, fresh=True)  # ...and there is room now
-        await pool.settle()
+        await pool.join_background()
         assert stem_cells(pool, launch) == 1
         await pool.release(again, reusable=False)
         assert pool.counters["stem_hits"] == 0
@@ -528,12 +528,12 @@ def test_never_more_containers_than_max_total(seed: int) -> None:
             await step()
         else:
             pytest.fail(f"{len(pending)} acquires never got a container")
-        await pool.settle()
+        await pool.join_background()
         assert ledger.live == pool.stats()["total"]
         assert sum(launch.calls for launch in launchers.values()) > 2  # the cap was exercised
         assert pool.counters["evictions_capacity"] > 0
         await pool.aclose()
-        await pool.settle()
+        await pool.join_background()
         assert ledger.live == 0
         ledger.assert_sane()
 
@@ -556,7 +556,7 @@ def test_new_key_at_the_cap_evicts_the_least_recently_used_idle_container(
         clock.now += 1
         await pool.release(held[1 - older], reusable=True)
         new = await pool.acquire(key(tenant="t3"), launch, fresh=False)
-        await pool.settle()
+        await pool.join_background()
         assert new not in held
         assert ledger.destroyed == [held[older].id]
         assert pool.counters["evictions_capacity"] == 1
@@ -588,7 +588,7 @@ def test_acquire_waits_while_every_container_is_busy(
         assert launch.calls == 2
         await pool.release(first, reusable=reusable)
         got = await asyncio.wait_for(waiter, timeout=5)
-        await pool.settle()
+        await pool.join_background()
         assert (got is first) == gets_released
         assert ledger.destroyed == ([] if gets_released else [first.id])
         assert pool.counters["evictions_capacity"] == evictions
@@ -612,7 +612,7 @@ def test_max_per_image_evicts_only_containers_of_that_image() -> None:
         await pool.release(b1, reusable=True)
         await pool.release(a1, reusable=True)  # B's container is the least recently used
         a2 = await pool.acquire(key("t2", IMAGE_A), launch_a, fresh=False)
-        await pool.settle()
+        await pool.join_background()
         assert a2 is not a1
         assert ledger.destroyed == [a1.id]
         assert pool.counters["evictions_capacity"] == 1
@@ -641,7 +641,7 @@ def test_max_per_image_waits_for_a_busy_image_while_other_images_launch() -> Non
         assert not waiter.done()
         await pool.release(a1, reusable=False)
         a2 = await asyncio.wait_for(waiter, timeout=5)
-        await pool.settle()
+        await pool.join_background()
         assert a2 is not a1
         assert ledger.destroyed == [a1.id]  # b1 was never evicted for A
         assert pool.counters["evictions_capacity"] == 0
@@ -670,13 +670,13 @@ def test_speculative_stem_cells_never_evict(limits: PoolLimits, idle_image: str)
         stem = key(image_id=IMAGE_A).stem
         launch = Launcher(ledger, stem)
         pool.prewarm(stem, 3, launch)
-        await pool.settle()
+        await pool.join_background()
         assert launch.calls == 1
         assert stem_cells(pool, launch) == 1
         assert ledger.destroyed == []
         assert pool.counters["evictions_capacity"] == 0
         taken = await pool.acquire(key(tenant="t9"), launch, fresh=False)  # a stem hit
-        await pool.settle()
+        await pool.join_background()
         assert taken.id == ledger.started[1]
         assert launch.calls == 1  # no room for a replacement: none started
         assert ledger.destroyed == []
@@ -712,7 +712,7 @@ def test_a_tenants_churn_evicts_its_own_containers_not_anothers(
             alpha_key = key(tenant="alpha", limits=replace(LIMITS, memory_mb=200 + i))
             held = await asyncio.wait_for(pool.acquire(alpha_key, launch, fresh=False), 5)
             await pool.release(held, reusable=True)
-        await pool.settle()
+        await pool.join_background()
         assert warm.id not in ledger.destroyed
         assert len(ledger.destroyed) == 60 - 3  # alpha keeps 3, beta its 1
         assert await pool.acquire(beta_key, launch, fresh=False) is warm
@@ -744,7 +744,7 @@ def test_a_tenant_whose_containers_are_all_busy_waits_rather_than_evict_anothers
         assert ledger.destroyed == []
         await pool.release(busy[0], reusable=True)
         await asyncio.wait_for(waiter, timeout=5)
-        await pool.settle()
+        await pool.join_background()
         assert ledger.destroyed == [busy[0].id]  # alpha's own, idle again
         assert await pool.acquire(key(tenant="beta"), launch, fresh=False) is warm
 
@@ -771,7 +771,7 @@ def test_a_tenant_over_its_share_loses_idle_containers_to_one_under_it(clock: Cl
         for i in range(2):
             alpha_key = key("alpha", limits=replace(LIMITS, memory_mb=300 + i))
             await asyncio.wait_for(pool.acquire(alpha_key, launch, fresh=False), 5)
-        await pool.settle()
+        await pool.join_background()
         assert ledger.destroyed == [betas[0].id, betas[1].id]  # beta keeps its share: 3
         alpha_key = key("alpha", limits=replace(LIMITS, memory_mb=400))
         waiter = asyncio.create_task(pool.acquire(alpha_key, launch, fresh=False))
@@ -793,11 +793,11 @@ def test_a_stem_cell_goes_before_a_tenants_warm_container_within_its_share() -> 
         await pool.release(warm, reusable=True)
         cells = Launcher(ledger, key(image_id=IMAGE_B).stem)
         pool.prewarm(cells.stem, 1, cells)
-        await pool.settle()
+        await pool.join_background()
         cell = ledger.started[-1]
         await pool.acquire(key("alpha", limits=OTHER_LIMITS), launch, fresh=False)
         await asyncio.wait_for(pool.acquire(key("alpha"), launch, fresh=False), 5)
-        await pool.settle()
+        await pool.join_background()
         assert ledger.destroyed == [cell]
         assert await pool.acquire(key(tenant="beta"), launch, fresh=False) is warm
 
@@ -837,7 +837,7 @@ def test_failed_stem_cell_start_frees_its_reservation() -> None:
         launch = Launcher(ledger, stem)
         launch.failing = {1, 2}
         pool.prewarm(stem, 2, launch)
-        await pool.settle()
+        await pool.join_background()
         assert pool.stats()["total"] == 0
         assert counters(pool) == {"start_failures": 2}
         other = key(image_id=IMAGE_B)
@@ -899,7 +899,7 @@ def test_reap_destroys_only_idle_containers_past_idle_s(clock: Clock) -> None:
         await pool.release(new, reusable=True)  # last used at 1009
         clock.now += 2.0  # 1011: old is 11 s idle, new 2 s
         await pool.reap()
-        await pool.settle()
+        await pool.join_background()
         assert ledger.destroyed == [old.id]
         assert pool.counters["evictions_idle"] == 1
         assert pool.stats()["total"] == 2
@@ -926,11 +926,11 @@ def test_reap_destroys_stem_cells_without_recent_demand_but_keeps_prewarmed(
         pool.prewarm(prewarmed, 1, launch_b)
         fresh = await pool.acquire(demanded, launch_a, fresh=True)
         await pool.release(fresh, reusable=False)
-        await pool.settle()
+        await pool.join_background()
         assert (stem_cells(pool, launch_a), stem_cells(pool, launch_b)) == (2, 1)
         clock.now += age
         await pool.reap()
-        await pool.settle()
+        await pool.join_background()
         cells_a = {c for c in ledger.started if c.startswith(IMAGE_A)} - {fresh.id}
         assert stem_cells(pool, launch_b) == 1
         if reaped:
@@ -943,7 +943,7 @@ def test_reap_destroys_stem_cells_without_recent_demand_but_keeps_prewarmed(
             assert pool.counters["evictions_idle"] == 0
         clock.now += 1000.0
         await pool.reap()
-        await pool.settle()
+        await pool.join_background()
         assert stem_cells(pool, launch_b) == 1  # demand inf: never reaped
 
     run(scenario)
@@ -963,7 +963,7 @@ def test_stem_cell_ready_after_its_target_was_reaped_is_destroyed(clock: Clock) 
         clock.now += 11.0
         await pool.reap()
         launch.gate.set()
-        await pool.settle()
+        await pool.join_background()
         assert stem_cells(pool, launch) == 0
         assert sorted(ledger.destroyed) == sorted(ledger.started)
         assert len(ledger.started) == 3
@@ -991,7 +991,7 @@ def test_stats_reports_sizes_per_image_and_tenant() -> None:
         await pool.release(t2_b, reusable=True)
         fresh = await pool.acquire(key("t3", IMAGE_B), launch_b, fresh=True)
         await pool.release(fresh, reusable=True)  # destroyed: fresh
-        await pool.settle()
+        await pool.join_background()
         stats = pool.stats()
         assert stats["total"] == 3 + 1 + 2
         assert (stats["max_total"], stats["max_per_image"]) == (9, 7)
@@ -1031,11 +1031,11 @@ def test_aclose_destroys_idle_and_stem_containers() -> None:
         for container in idle:
             await pool.release(container, reusable=True)
         pool.prewarm(stem_b, 2, launch_b)
-        await pool.settle()
+        await pool.join_background()
         cells = [c for c in ledger.started if c.startswith(IMAGE_B)]
         assert len(cells) == 2
         await pool.aclose()
-        await pool.settle()
+        await pool.join_background()
         assert sorted(ledger.destroyed) == sorted([c.id for c in idle] + cells)
         assert pool.stats()["total"] == 1
         assert rows(pool) == {(launch_a.image, "t3"): (0, 1, 0)}
@@ -1054,7 +1054,7 @@ def test_container_released_after_aclose_is_destroyed() -> None:
         busy = await pool.acquire(k, Launcher(ledger, k.stem), fresh=False)
         await pool.aclose()
         await pool.release(busy, reusable=True)
-        await pool.settle()
+        await pool.join_background()
         assert ledger.destroyed == [busy.id]
         assert pool.stats()["total"] == 0
 
@@ -1071,7 +1071,7 @@ def test_aclose_does_not_cancel_removals_already_scheduled() -> None:
         container = await pool.acquire(k, Launcher(ledger, k.stem), fresh=False)
         await pool.release(container, reusable=False)  # its removal runs in the background
         await pool.aclose()
-        await pool.settle()
+        await pool.join_background()
         assert ledger.destroyed == [container.id]
 
     run(scenario)

@@ -79,10 +79,10 @@ class Flood:
         return Outcome(result="flooded", container_id="c" * 64)
 
 
-def runner(store: Writes, engine: Flood, notices: LocalNotices | None = None) -> TaskRunner:
+def runner(store: Writes, executor: Flood, notices: LocalNotices | None = None) -> TaskRunner:
     return TaskRunner(
         store=store,  # type: ignore[arg-type]
-        engine=engine,  # type: ignore[arg-type]
+        executor=executor,  # type: ignore[arg-type]
         notices=notices or LocalNotices(),
         render=lambda record: {},
         worker="here",
@@ -97,14 +97,14 @@ LAST = ((FLOOD - 1) / FLOOD, str(FLOOD - 1))
 @in_loop
 async def test_a_progress_flood_becomes_a_handful_of_writes_the_last_before_the_end() -> None:
     """200,000 progress calls give about one write per 0.25 s, the last value, then the end."""
-    store, engine = Writes(), Flood()
-    task_runner = runner(store, engine)
+    store, executor = Writes(), Flood()
+    task_runner = runner(store, executor)
     record = queued()
     waiter = task_runner.notices.waiter(record.id)
     await task_runner.execute(record)
     final = await waiter
     writes = store.progress()
-    assert 1 <= len(writes) <= engine.seconds / 0.25 + 3, (len(writes), engine.seconds)
+    assert 1 <= len(writes) <= executor.seconds / 0.25 + 3, (len(writes), executor.seconds)
     assert writes[-1][:2] == LAST
     kinds = [kind for kind, _ in store.log]
     assert kinds[0] == "running"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from tarea.engine.pull_size import MIB, PullSize, layer_total
+from tarea.execution.pull_size import MIB, PullSize, layer_total
 
 
 def downloading(layer: str, current: int, total: int) -> dict[str, Any]:

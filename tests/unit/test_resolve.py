@@ -9,9 +9,9 @@ import pytest
 
 from tarea.domain.images import ImageReference
 from tarea.domain.task import Protocol, RegistryAuth
-from tarea.engine.docker import DockerEngine, ImageInfo
-from tarea.engine.images import resolve
 from tarea.errors import ImagePullFailed
+from tarea.execution.docker import DockerEngine, ImageInfo
+from tarea.execution.images import resolve
 
 INFO = ImageInfo(
     id="sha256:abc",

@@ -45,7 +45,7 @@ class Store:
         return self._done(dataclasses.replace(record, status=new, **fields) if moved else None)
 
 
-class Engine:
+class FakeExecutor:
     """Starts the task (its running write goes out) and answers 35."""
 
     async def run(self, spec: Any, *, on_start: Any, on_progress: Any, on_log: Any) -> Outcome:
@@ -56,7 +56,7 @@ class Engine:
 def runner(store: Store) -> TaskRunner:
     return TaskRunner(
         store=store,  # type: ignore[arg-type]
-        engine=Engine(),  # type: ignore[arg-type]
+        executor=FakeExecutor(),  # type: ignore[arg-type]
         notices=LocalNotices(),
         render=lambda record: {},
         worker="here",
@@ -100,7 +100,7 @@ async def test_a_failed_running_write_frees_waiters_and_records_no_end() -> None
     waiter = task_runner.notices.waiter(record.id)
     await task_runner.execute(record)  # reported in the log, not raised
     assert await waiter is None  # the waiter reads the task from the store instead
-    assert task_runner.finished == {}
+    assert task_runner.end_counts == {}
     await task_runner.aclose()
 
 
@@ -114,7 +114,7 @@ async def test_a_task_cancelled_before_its_running_write_keeps_that_end() -> Non
     # The cancel recorded the end; if it came through another server, nobody
     # here was told: the waiter reads the store.
     assert await waiter is None
-    assert task_runner.finished == {}
+    assert task_runner.end_counts == {}
     await task_runner.aclose()
 
 
@@ -148,10 +148,10 @@ class StuckEnd(Store):
 async def test_waiting_for_ends_is_bounded() -> None:
     task_runner = runner(StuckEnd(running=True))
     await task_runner.execute(queued())  # returns once the end is queued: the slot is free
-    assert await task_runner.settled(0.05) is False
+    assert await task_runner.ends_recorded(0.05) is False
     runner_ok = runner(Store(running=True))
     await runner_ok.execute(queued())
-    assert await runner_ok.settled(1.0) is True
+    assert await runner_ok.ends_recorded(1.0) is True
     await runner_ok.aclose()
     await task_runner.aclose(timeout_s=0.01)
 

@@ -6,7 +6,7 @@ import pytest
 
 from tarea.domain.images import parse_reference
 from tarea.domain.task import Limits, Protocol
-from tarea.engine.sandbox import (
+from tarea.execution.sandbox import (
     MANAGED_LABEL,
     PROFILE_LABEL,
     PROTOCOL_LABEL,

@@ -12,8 +12,8 @@ import httpx
 import pytest
 
 from tarea.domain.nesting import MAX_DEPTH
-from tarea.engine.protocols import seed_http
 from tarea.errors import ProtocolViolation, RemoteTaskError, TaskTimeout
+from tarea.execution.protocols import seed_http
 
 #: The task's address; requests go to the in-memory handler, and loopback all the same.
 BASE_URL = "http://127.0.0.1:5000"

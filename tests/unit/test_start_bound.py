@@ -1,4 +1,4 @@
-"""Engine.run's clock without Docker: the task's timeout bounds its container's start too."""
+"""Executor.run's clock without Docker: the task's timeout bounds its container's start too."""
 
 from __future__ import annotations
 
@@ -10,14 +10,14 @@ from typing import Any, cast
 import pytest
 
 from tarea.domain.task import PROTOCOL_LABEL, Limits, Outcome, Protocol, TaskSpec
-from tarea.engine.containers import StemKey, TaskContainer
-from tarea.engine.docker import DockerEngine, ImageInfo
-from tarea.engine.executor import Engine
-from tarea.engine.images import ResolvedImage
-from tarea.engine.pool import PoolLimits
-from tarea.engine.protocols.jsonrpc import LogCallback, ProgressCallback
-from tarea.engine.sandbox import ContainerConfig, SandboxPolicy
 from tarea.errors import TaskTimeout
+from tarea.execution.containers import StemKey, TaskContainer
+from tarea.execution.docker import DockerEngine, ImageInfo
+from tarea.execution.executor import Executor
+from tarea.execution.images import ResolvedImage
+from tarea.execution.pool import PoolLimits
+from tarea.execution.protocols.jsonrpc import LogCallback, ProgressCallback
+from tarea.execution.sandbox import ContainerConfig, SandboxPolicy
 
 IMAGE = "example.com/tarea/slow:1"
 INFO = ImageInfo(
@@ -106,30 +106,30 @@ class Starts:
 
 def engine_with(
     docker: FakeDocker, monkeypatch: pytest.MonkeyPatch, launch: Launch | None
-) -> Engine:
+) -> Executor:
     """An engine on ``docker`` with a 0.2 s start grace; ``launch`` replaces its starts.
 
     No stem cells: a fresh task starts its own container, as on a pool miss.
     """
-    engine = Engine(
+    executor = Executor(
         cast(DockerEngine, docker),
         SandboxPolicy(),
         start_grace_s=GRACE_S,
         pool_limits=PoolLimits(stem_cells=0),
     )
     if launch is not None:
-        monkeypatch.setattr(engine, "launch", launch)
-    return engine
+        monkeypatch.setattr(executor, "launch", launch)
+    return executor
 
 
 def spec(isolation: str = "warm", limits: Limits = LIMITS) -> TaskSpec:
     return TaskSpec(image=IMAGE, function="f", params={}, limits=limits, isolation=isolation)
 
 
-async def timed_run(engine: Engine, task: TaskSpec) -> tuple[Outcome, float]:
+async def timed_run(executor: Executor, task: TaskSpec) -> tuple[Outcome, float]:
     """The outcome of ``task`` and how long it took, in seconds."""
     t0 = time.monotonic()
-    outcome = await engine.run(task)
+    outcome = await executor.run(task)
     return outcome, time.monotonic() - t0
 
 
@@ -142,12 +142,12 @@ def test_a_start_past_the_tasks_time_ends_timed_out_in_phase_start(
     starts = Starts(start_s=3600)
 
     async def scenario() -> tuple[Outcome, float, dict[str, Any]]:
-        engine = engine_with(FakeDocker(), monkeypatch, starts.launch)
+        executor = engine_with(FakeDocker(), monkeypatch, starts.launch)
         try:
-            outcome, elapsed = await timed_run(engine, spec(isolation))
-            return outcome, elapsed, engine.pool.stats()
+            outcome, elapsed = await timed_run(executor, spec(isolation))
+            return outcome, elapsed, executor.pool.stats()
         finally:
-            await engine.aclose()
+            await executor.aclose()
 
     outcome, elapsed, stats = asyncio.run(scenario())
     assert outcome.error is not None
@@ -171,11 +171,11 @@ def test_a_start_within_the_grace_leaves_the_call_its_whole_timeout(
     starts = Starts(start_s=0.05)
 
     async def scenario() -> list[Outcome]:
-        engine = engine_with(FakeDocker(), monkeypatch, starts.launch)
+        executor = engine_with(FakeDocker(), monkeypatch, starts.launch)
         try:
-            return [await engine.run(spec()), await engine.run(spec())]
+            return [await executor.run(spec()), await executor.run(spec())]
         finally:
-            await engine.aclose()
+            await executor.aclose()
 
     outcomes = asyncio.run(scenario())
     assert [o.result for o in outcomes] == ["done", "done"]
@@ -189,11 +189,11 @@ def test_a_start_longer_than_the_grace_shortens_the_call(monkeypatch: pytest.Mon
     starts = Starts(start_s=0.5)
 
     async def scenario() -> Outcome:
-        engine = engine_with(FakeDocker(), monkeypatch, starts.launch)
+        executor = engine_with(FakeDocker(), monkeypatch, starts.launch)
         try:
-            return await engine.run(spec(limits=limits))
+            return await executor.run(spec(limits=limits))
         finally:
-            await engine.aclose()
+            await executor.aclose()
 
     assert asyncio.run(scenario()).result == "done"
     [timeout_s] = starts.containers[0].timeouts
@@ -209,11 +209,11 @@ def test_a_call_shortened_by_its_start_times_out_against_the_whole_timeout(
     starts = Starts(start_s=0.4, call_s=3600)
 
     async def scenario() -> tuple[Outcome, float]:
-        engine = engine_with(FakeDocker(), monkeypatch, starts.launch)
+        executor = engine_with(FakeDocker(), monkeypatch, starts.launch)
         try:
-            return await timed_run(engine, spec())
+            return await timed_run(executor, spec())
         finally:
-            await engine.aclose()
+            await executor.aclose()
 
     outcome, elapsed = asyncio.run(scenario())
     assert outcome.error is not None
@@ -232,14 +232,14 @@ def test_a_container_created_after_its_start_was_abandoned_is_removed(
     docker = FakeDocker(create_s=LIMITS.timeout_s + GRACE_S + 0.3)
 
     async def scenario() -> Outcome:
-        engine = engine_with(docker, monkeypatch, launch=None)
+        executor = engine_with(docker, monkeypatch, launch=None)
         try:
-            outcome = await engine.run(spec())
+            outcome = await executor.run(spec())
             assert docker.created == []  # still being created when the task ended
-            await engine.settle()
+            await executor.join_background()
             return outcome
         finally:
-            await engine.aclose()
+            await executor.aclose()
 
     outcome = asyncio.run(scenario())
     assert outcome.error is not None

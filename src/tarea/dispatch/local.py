@@ -36,7 +36,7 @@ class Runner(Protocol):
     cancelled: set[str]
 
     @property
-    def finished(self) -> Mapping[str, int]:
+    def end_counts(self) -> Mapping[str, int]:
         """Terminal statuses reached."""
         ...
 
@@ -44,11 +44,11 @@ class Runner(Protocol):
         """Run the queued task to its end, recorded and announced; the task to run again."""
         ...
 
-    async def finish(self, task_id: str, status: Status, **fields: Any) -> TaskRecord | None:
+    async def record_end(self, task_id: str, status: Status, **fields: Any) -> TaskRecord | None:
         """Record a terminal status (guarded) and announce it."""
         ...
 
-    async def settled(self, timeout_s: float) -> bool:
+    async def ends_recorded(self, timeout_s: float) -> bool:
         """Wait (bounded) until every task that ran has its end recorded."""
         ...
 
@@ -62,9 +62,9 @@ class Runner(Protocol):
 
 
 class Containers(Protocol):
-    """The task engine, as the dispatcher sees it (:class:`~tarea.engine.executor.Engine`)."""
+    """The task executor as the dispatcher sees it (:class:`tarea.execution.executor.Executor`)."""
 
-    async def settle(self) -> None:
+    async def join_background(self) -> None:
         """Wait until every container removal scheduled so far has finished."""
         ...
 
@@ -86,7 +86,7 @@ class LocalDispatcher:
 
     Args:
         runner: runs one task to its end; called once per enqueued record.
-        engine: the task engine the runner uses (its containers are this
+        executor: the task executor the runner uses (its containers are this
             dispatcher's to clean up).
         concurrency: how many tasks run at once.
         tenant_max_running: how many of one tenant's tasks run at once; 0 (or
@@ -107,13 +107,13 @@ class LocalDispatcher:
     def __init__(
         self,
         runner: Runner,
-        engine: Containers,
+        executor: Containers,
         *,
         concurrency: int,
         tenant_max_running: int = 0,
     ) -> None:
         self._runner = runner
-        self._engine = engine
+        self._executor = executor
         self._concurrency = concurrency
         self._tenant_cap = tenant_max_running if 0 < tenant_max_running < concurrency else 0
         #: Each tenant's queued tasks, oldest first; a tenant with none has no entry.
@@ -175,13 +175,13 @@ class LocalDispatcher:
         task.cancel()
         return True
 
-    async def finish(self, task_id: str, status: Status, **fields: Any) -> TaskRecord | None:
+    async def record_end(self, task_id: str, status: Status, **fields: Any) -> TaskRecord | None:
         """Record a terminal status (guarded) and announce it; None if not allowed."""
-        return await self._runner.finish(task_id, status, **fields)
+        return await self._runner.record_end(task_id, status, **fields)
 
     async def remove_containers(self, server_id: str) -> int:
         """Remove every task container ``server_id`` started on this engine; how many."""
-        return await self._engine.remove_containers(server_id)
+        return await self._executor.remove_containers(server_id)
 
     async def drain(self, timeout_s: float) -> list[str]:
         """Start no more tasks and wait for running ones; the ids still running after.
@@ -195,9 +195,9 @@ class LocalDispatcher:
             await asyncio.wait(running, timeout=timeout_s)
         return [tid for tid, task in self._running.items() if not task.done()]
 
-    async def settled(self, timeout_s: float) -> bool:
+    async def ends_recorded(self, timeout_s: float) -> bool:
         """Wait (bounded) until every task that ran here has its end recorded."""
-        return await self._runner.settled(timeout_s)
+        return await self._runner.ends_recorded(timeout_s)
 
     async def stop(self) -> None:
         """Cancel everything still running, stop the workers, let removals finish."""
@@ -207,20 +207,20 @@ class LocalDispatcher:
             task.cancel()
         await asyncio.gather(*self._workers, *jobs, return_exceptions=True)
         self._workers = []
-        await self._engine.settle()
+        await self._executor.join_background()
         await self._runner.aclose()
 
     def pools(self) -> dict[str, Any]:
         """The warm pool's sizes and counters."""
-        return self._engine.stats()
+        return self._executor.stats()
 
-    def finished(self) -> dict[str, int]:
+    def end_counts(self) -> dict[str, int]:
         """Terminal statuses reached here."""
-        return dict(self._runner.finished)
+        return dict(self._runner.end_counts)
 
     async def ping(self) -> None:
         """Check that the Docker engine answers (raises EngineUnavailable)."""
-        await self._engine.ping()
+        await self._executor.ping()
 
     def _wake(self) -> None:
         """Wake one idle worker, if any (they are alike: if one cannot start a task, none can)."""

@@ -21,9 +21,9 @@ from tarea.dispatch.progress import INTERVAL_S, Progress, ProgressCoalescer
 from tarea.domain.records import CallbackState, TaskRecord, utcnow
 from tarea.domain.status import Status, runs_again, status_for_error
 from tarea.domain.task import ErrorInfo, Limits, Outcome, RegistryAuth, TaskSpec
-from tarea.engine.executor import StartCallback
-from tarea.engine.protocols.jsonrpc import LogCallback, ProgressCallback
 from tarea.errors import EngineUnavailable
+from tarea.execution.executor import StartCallback
+from tarea.execution.protocols.jsonrpc import LogCallback, ProgressCallback
 from tarea.interfaces import Notices
 from tarea.store.aio import AsyncStore
 
@@ -34,7 +34,7 @@ Render = Callable[[TaskRecord], dict[str, Any]]
 
 
 class RunsTasks(Protocol):
-    """The task engine, as the runner uses it (:class:`~tarea.engine.executor.Engine`)."""
+    """The task executor, as the runner uses it (:class:`~tarea.execution.executor.Executor`)."""
 
     async def run(
         self,
@@ -65,7 +65,7 @@ class TaskRunner:
         self,
         *,
         store: AsyncStore,
-        engine: RunsTasks,
+        executor: RunsTasks,
         notices: Notices,
         render: Render,
         worker: str,
@@ -75,7 +75,7 @@ class TaskRunner:
         progress_interval_s: float = INTERVAL_S,
     ) -> None:
         self.store = store
-        self.engine = engine
+        self.executor = executor
         self.notices = notices
         self.render = render
         self.worker = worker
@@ -89,7 +89,7 @@ class TaskRunner:
         #: Ids of queued tasks cancelled since they were queued: skipped, not run.
         self.cancelled: set[str] = set()
         #: Terminal statuses reached, for the metrics.
-        self.finished: Counter[str] = Counter()
+        self.end_counts: Counter[str] = Counter()
         self._http = callbacks.new_client()
         self._background: set[asyncio.Future[Any]] = set()
         #: Tasks whose container is done, waiting for their end to be committed.
@@ -150,7 +150,7 @@ class TaskRunner:
             isolation=record.isolation,
         )
         try:
-            outcome = await self.engine.run(
+            outcome = await self.executor.run(
                 spec, on_start=on_start, on_progress=progress.offer, on_log=on_log
             )
         except EngineUnavailable as exc:
@@ -179,7 +179,7 @@ class TaskRunner:
                     log.exception("task %s: cannot queue its next attempt; it ends", task_id)
                     marking = None  # awaited (or failed): the end below is unguarded
         if marking is None:  # never started: its record is the queued one, as carried
-            await self.finish(task_id, status, **fields)
+            await self.record_end(task_id, status, **fields)
             return None
         # The end goes to the writer at once, without waiting for the running
         # write: the one writer runs them in order (often in one transaction).
@@ -257,7 +257,7 @@ class TaskRunner:
         """Whether ``task_id`` ran here and its end is being recorded (then announced)."""
         return task_id in self._ending
 
-    async def settled(self, timeout_s: float) -> bool:
+    async def ends_recorded(self, timeout_s: float) -> bool:
         """Wait (at most ``timeout_s``) until every task that ran here has its end recorded.
 
         Returns whether they all have; those that have not keep their waiters,
@@ -290,7 +290,7 @@ class TaskRunner:
             await self._record_end_later(task_id, status, fields)
             return
         if moved and ended is not None:
-            self._ended(ended)
+            self._announce_end(ended)
         else:
             # It had ended meanwhile (cancelled), and that end stands. Whoever
             # recorded it announced it; waiters here read the task as it is.
@@ -319,12 +319,12 @@ class TaskRunner:
             if record is None:
                 self.notices.release(task_id)  # ended otherwise meanwhile: that end stands
             else:
-                self._ended(record)
+                self._announce_end(record)
             return
 
-    async def finish(self, task_id: str, status: Status, **fields: Any) -> TaskRecord | None:
+    async def record_end(self, task_id: str, status: Status, **fields: Any) -> TaskRecord | None:
         """Move the task to terminal ``status``, announce it, call back; None if not allowed."""
-        return self._ended(
+        return self._announce_end(
             await self.store.transition(task_id, status, finished_at=utcnow(), **fields)
         )
 
@@ -336,9 +336,9 @@ class TaskRunner:
         """
         self.notices.release(record.id)
 
-    def _ended(self, record: TaskRecord | None) -> TaskRecord | None:
+    def _announce_end(self, record: TaskRecord | None) -> TaskRecord | None:
         if record is not None:
-            self.finished[record.status.value] += 1
+            self.end_counts[record.status.value] += 1
             self.announce(record)
         return record
 

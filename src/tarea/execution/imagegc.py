@@ -22,7 +22,7 @@ images tarea itself pulled under ``cap_mb`` (``TAREA_IMAGE_CACHE_MB``):
   itself refuses to remove the last name of an image a container uses, so a
   container created after the collection looked stays safe (the image then
   stays). The image goes with its last name. A task that resolved the image
-  just before it went pulls it again (:meth:`tarea.engine.executor.Engine.run`).
+  just before it went pulls it again (:meth:`tarea.execution.executor.Executor.run`).
 
 Sizes are the engine's (``Size``): every layer of an image, shared ones
 included, so the total over-estimates the disk used (docs/operations.md).
@@ -43,9 +43,9 @@ from pathlib import Path
 from typing import Any
 
 from tarea.domain.images import parse_reference
-from tarea.engine.docker import DockerEngine, ImageSummary
-from tarea.engine.images import ResolvedImage
 from tarea.errors import InvalidRequest, TareaError
+from tarea.execution.docker import DockerEngine, ImageSummary
+from tarea.execution.images import ResolvedImage
 
 log = logging.getLogger(__name__)
 
@@ -221,7 +221,7 @@ class ImageCache:
                     await task
         await self._save()
 
-    async def settle(self) -> None:
+    async def join_background(self) -> None:
         """Wait until the collections requested so far have finished."""
         while self._pending is not None and not self._pending.done():
             await asyncio.gather(self._pending, return_exceptions=True)

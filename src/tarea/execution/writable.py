@@ -1,6 +1,6 @@
 """A bound on what containers with a writable root write to their filesystem.
 
-Containers under :attr:`~tarea.engine.sandbox.Profile.SEED_COMPAT` keep a
+Containers under :attr:`~tarea.execution.sandbox.Profile.SEED_COMPAT` keep a
 writable root, as the seed's images need. The engine cannot cap a
 container's layer here (overlay2 takes a size only on xfs with project
 quotas), so :class:`WritableWatch` watches it instead: every ``interval_s``,
@@ -16,9 +16,9 @@ import asyncio
 import contextlib
 import logging
 
-from tarea.engine.containers import TaskContainer
-from tarea.engine.docker import DockerEngine
 from tarea.errors import DiskLimitExceeded, TareaError
+from tarea.execution.containers import TaskContainer
+from tarea.execution.docker import DockerEngine
 
 log = logging.getLogger(__name__)
 

@@ -7,8 +7,8 @@ from dataclasses import dataclass
 
 from tarea.domain.images import parse_reference
 from tarea.domain.task import PROTOCOL_LABEL, SEED_PORT, Protocol, RegistryAuth
-from tarea.engine.docker import DockerEngine, ImageInfo
 from tarea.errors import ImageNotFound, ImagePullFailed, UnsupportedImage
+from tarea.execution.docker import DockerEngine, ImageInfo
 
 
 @dataclass(frozen=True, slots=True)

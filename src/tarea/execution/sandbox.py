@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 from tarea.domain.images import ImageReference, matches_any
 from tarea.domain.task import Limits, Protocol
-from tarea.engine.channels import MOUNT_TARGET, SOCKET_ENV, SOCKET_NAME
+from tarea.execution.channels import MOUNT_TARGET, SOCKET_ENV, SOCKET_NAME
 
 #: Every container tarea creates carries this label (and removes by it).
 MANAGED_LABEL = "io.tarea.managed"
@@ -36,7 +36,7 @@ class Profile(enum.StrEnum):
     STRICT = "strict"
     #: For the seed's label-less HTTP images, written before tarea existed: the
     #: image's own user and a writable container filesystem, whose growth the
-    #: engine watches (:mod:`tarea.engine.writable`). Everything else is strict.
+    #: engine watches (:mod:`tarea.execution.writable`). Everything else is strict.
     SEED_COMPAT = "seed-compat"
 
 
@@ -133,7 +133,7 @@ def container_config(
         policy: the server's hardening settings.
         channel_dir: the host directory of this container's direct channel
             (stdio images only): mounted read-only, its socket named in
-            ``TAREA_CHANNEL_SOCKET``. See :mod:`tarea.engine.channels`.
+            ``TAREA_CHANNEL_SOCKET``. See :mod:`tarea.execution.channels`.
         profile: :attr:`Profile.SEED_COMPAT` keeps the image's own user (root
             included) and a writable root; nothing else changes.
 

@@ -15,11 +15,11 @@ from typing import Any
 import httpx
 
 from tarea.domain.task import Limits, Protocol
-from tarea.engine.protocols import seed_http
-from tarea.engine.protocols.attach import AttachedOutput, until_quiet
-from tarea.engine.protocols.jsonrpc import JsonRpcChannel, LogCallback, ProgressCallback
-from tarea.engine.sandbox import Profile
 from tarea.errors import TaskFailure
+from tarea.execution.protocols import seed_http
+from tarea.execution.protocols.attach import AttachedOutput, until_quiet
+from tarea.execution.protocols.jsonrpc import JsonRpcChannel, LogCallback, ProgressCallback
+from tarea.execution.sandbox import Profile
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,7 +95,7 @@ class TaskContainer(ABC):
         a seed-HTTP container's stdout and stderr."""
         return ""
 
-    async def settle_logs(self, *, failed: bool = False) -> None:  # noqa: B027 - may be no-op
+    async def flush_logs(self, *, failed: bool = False) -> None:  # noqa: B027 - may be no-op
         """Let stderr that is still arriving for the last call land first.
 
         After a failure (whose message is usually on stderr) this always waits
@@ -150,7 +150,7 @@ class StdioContainer(TaskContainer):
     def take_logs(self) -> str:
         return self.channel.logs.take()
 
-    async def settle_logs(self, *, failed: bool = False) -> None:
+    async def flush_logs(self, *, failed: bool = False) -> None:
         if failed:
             await self.channel.quiet_stderr(0.02, 0.1, since=time.monotonic())
         elif self.channel.last_stderr >= self.call_started:
@@ -210,7 +210,7 @@ class SeedHttpContainer(TaskContainer):
     def take_logs(self) -> str:
         return self.output.logs.take()
 
-    async def settle_logs(self, *, failed: bool = False) -> None:
+    async def flush_logs(self, *, failed: bool = False) -> None:
         # The output travels apart from the HTTP answer, and may trail it: a
         # container that prints at all (or might: its first call) gets a short
         # silence to let it land.

@@ -40,7 +40,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from tarea.engine.containers import PoolKey, StemKey, TaskContainer
+from tarea.execution.containers import PoolKey, StemKey, TaskContainer
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +112,7 @@ class WarmPool:
         self._idle.clear()
         self._stems.clear()
         await asyncio.gather(*(self._destroy(c) for c in doomed), return_exceptions=True)
-        await self.settle()
+        await self.join_background()
 
     # -- taking and giving back -------------------------------------------------------------
 
@@ -407,7 +407,7 @@ class WarmPool:
                     self.counters["evictions_idle"] += 1
                     self._spawn(self._destroy(c))
 
-    async def settle(self) -> None:
+    async def join_background(self) -> None:
         """Wait until every removal and start scheduled so far has finished."""
         while self._background:
             await asyncio.gather(*list(self._background), return_exceptions=True)

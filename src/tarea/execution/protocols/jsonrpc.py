@@ -6,7 +6,7 @@ stderr). A reader task demultiplexes it: stdout lines are protocol messages,
 stderr is kept as the task's logs, capped to its tail. One call at a time.
 
 When the task process connects to its direct channel instead
-(:mod:`tarea.engine.channels`), :meth:`JsonRpcChannel.adopt` moves the
+(:mod:`tarea.execution.channels`), :meth:`JsonRpcChannel.adopt` moves the
 protocol onto that socket; the attach stream then only brings logs (stdout
 included). Both carry the same messages, under the same caps.
 """
@@ -21,14 +21,6 @@ from collections.abc import Callable
 from typing import Any
 
 from tarea.domain import nesting
-from tarea.engine.protocols.attach import (
-    STDERR,
-    STDOUT,
-    LogBuffer,
-    LogCallback,
-    read_frame,
-    until_quiet,
-)
 from tarea.errors import (
     ContainerCrashed,
     OutputTooLarge,
@@ -36,6 +28,14 @@ from tarea.errors import (
     RemoteTaskError,
     TaskFailure,
     TaskTimeout,
+)
+from tarea.execution.protocols.attach import (
+    STDERR,
+    STDOUT,
+    LogBuffer,
+    LogCallback,
+    read_frame,
+    until_quiet,
 )
 
 __all__ = ["JsonRpcChannel", "LogBuffer", "LogCallback", "ProgressCallback", "remote_error"]
@@ -241,7 +241,7 @@ class JsonRpcChannel:
         except TaskFailure as failure:
             self._fail(failure)
         finally:
-            self._ended()
+            self._stream_closed()
 
     async def _pump_direct(self, reader: asyncio.StreamReader) -> None:
         try:
@@ -252,9 +252,9 @@ class JsonRpcChannel:
         except TaskFailure as failure:
             self._fail(failure)
         finally:
-            self._ended()
+            self._stream_closed()
 
-    def _ended(self) -> None:
+    def _stream_closed(self) -> None:
         """One of the container's streams ended: its process is gone, or going."""
         self.eof.set()
         self._fail(ContainerCrashed("the task process exited before answering"))

@@ -23,31 +23,6 @@ from tarea.domain.task import (
     TaskSpec,
     Timings,
 )
-from tarea.engine import images
-from tarea.engine.channels import ChannelDir, ChannelListener
-from tarea.engine.containers import (
-    PoolKey,
-    SeedHttpContainer,
-    StdioContainer,
-    StemKey,
-    TaskContainer,
-)
-from tarea.engine.docker import DockerEngine
-from tarea.engine.imagegc import ImageCache
-from tarea.engine.pool import PoolLimits, WarmPool
-from tarea.engine.protocols import seed_http
-from tarea.engine.protocols.attach import AttachedOutput
-from tarea.engine.protocols.jsonrpc import JsonRpcChannel, LogCallback, ProgressCallback
-from tarea.engine.sandbox import (
-    MANAGED_LABEL,
-    SERVER_LABEL,
-    ContainerConfig,
-    Profile,
-    SandboxPolicy,
-    choose_profile,
-    container_config,
-)
-from tarea.engine.writable import WritableWatch
 from tarea.errors import (
     ContainerCrashed,
     ImageNotFound,
@@ -56,6 +31,31 @@ from tarea.errors import (
     TaskFailure,
     TaskTimeout,
 )
+from tarea.execution import images
+from tarea.execution.channels import ChannelDir, ChannelListener
+from tarea.execution.containers import (
+    PoolKey,
+    SeedHttpContainer,
+    StdioContainer,
+    StemKey,
+    TaskContainer,
+)
+from tarea.execution.docker import DockerEngine
+from tarea.execution.imagegc import ImageCache
+from tarea.execution.pool import PoolLimits, WarmPool
+from tarea.execution.protocols import seed_http
+from tarea.execution.protocols.attach import AttachedOutput
+from tarea.execution.protocols.jsonrpc import JsonRpcChannel, LogCallback, ProgressCallback
+from tarea.execution.sandbox import (
+    MANAGED_LABEL,
+    SERVER_LABEL,
+    ContainerConfig,
+    Profile,
+    SandboxPolicy,
+    choose_profile,
+    container_config,
+)
+from tarea.execution.writable import WritableWatch
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +72,7 @@ _REUSABLE_AFTER = frozenset({"unknown_function", "bad_params", "task_error"})
 StartCallback = Callable[[str], Awaitable[bool]]
 
 
-class Engine:
+class Executor:
     """Runs tasks in hardened containers, reusing them through a :class:`WarmPool`.
 
     Args:
@@ -90,14 +90,14 @@ class Engine:
         registry_logins: the server's credentials per registry host, for pulls.
         pull_timeout_s: the longest one image pull may take.
         channels: where direct channels are made (None: every call goes over
-            the attach stream). See :mod:`tarea.engine.channels`.
+            the attach stream). See :mod:`tarea.execution.channels`.
         strict_images: glob patterns of seed-HTTP images forced into the
-            strict profile (see :func:`~tarea.engine.sandbox.choose_profile`).
+            strict profile (see :func:`~tarea.execution.sandbox.choose_profile`).
         writable_mb: the most a container with a writable root may write to
-            it before it is stopped (see :mod:`tarea.engine.writable`).
+            it before it is stopped (see :mod:`tarea.execution.writable`).
         writable_check_s: how often those containers are measured.
         image_cache_mb: the most the images tarea pulled may take, MiB (0:
-            no bound); see :mod:`tarea.engine.imagegc`.
+            no bound); see :mod:`tarea.execution.imagegc`.
         image_gc_interval_s: how often they are measured, besides after pulls.
         image_state: the file that records them across restarts (None: in
             memory only).
@@ -162,12 +162,12 @@ class Engine:
         await self.image_cache.aclose()
         await self.writable.aclose()
         await self.pool.aclose()
-        await self.settle()
+        await self.join_background()
         await self._http.aclose()
 
-    async def settle(self) -> None:
+    async def join_background(self) -> None:
         """Wait until every container removal scheduled so far has finished."""
-        await self.pool.settle()
+        await self.pool.join_background()
         while self._orphans:
             await asyncio.gather(*list(self._orphans), return_exceptions=True)
 
@@ -284,7 +284,7 @@ class Engine:
                 on_log=on_log,
             )
             reusable = not fresh
-            await container.settle_logs()
+            await container.flush_logs()
             return Outcome(
                 result=result,
                 container_id=container.id,
@@ -295,7 +295,7 @@ class Engine:
             t_done = time.perf_counter()
             reusable = not fresh and failure.code in _REUSABLE_AFTER and not container.broken
             if not isinstance(failure, ContainerCrashed):  # a crash's stream already ended
-                await container.settle_logs(failed=True)
+                await container.flush_logs(failed=True)
             error, exit_code = await self._explain(container, failure)
             if error.code == "timed_out" and budget < spec.limits.timeout_s:
                 error = self._shortened_timeout(error, spec.limits, budget)

@@ -30,9 +30,6 @@ import requests.exceptions
 
 from tarea.domain.images import ImageReference
 from tarea.domain.task import RegistryAuth
-from tarea.engine.channels import MOUNT_TARGET
-from tarea.engine.pull_size import MIB, PullSize
-from tarea.engine.sandbox import ContainerConfig
 from tarea.errors import (
     EngineUnavailable,
     ImageNotFound,
@@ -40,6 +37,9 @@ from tarea.errors import (
     TareaError,
     TaskFailure,
 )
+from tarea.execution.channels import MOUNT_TARGET
+from tarea.execution.pull_size import MIB, PullSize
+from tarea.execution.sandbox import ContainerConfig
 
 log = logging.getLogger(__name__)
 
@@ -119,7 +119,7 @@ class DockerEngine:
         max_workers: threads for blocking docker-py calls (and HTTP
             connections kept to the engine).
         max_pull_bytes: the most one pull may bring, as its layers' announced
-            sizes add up (0: no cap); see :class:`~tarea.engine.pull_size.PullSize`.
+            sizes add up (0: no cap); see :class:`~tarea.execution.pull_size.PullSize`.
     """
 
     def __init__(
@@ -413,7 +413,7 @@ class DockerEngine:
     async def init_pid(self, container_id: str) -> int | None:
         """The host pid of the container's first process; None unless it runs.
 
-        What the direct channel checks its peer against (:mod:`tarea.engine.channels`).
+        What the direct channel checks its peer against (:mod:`tarea.execution.channels`).
         """
 
         def pid() -> int | None:
