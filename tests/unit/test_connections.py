@@ -274,7 +274,7 @@ def test_the_open_files_limit_is_raised_to_the_hard_one() -> None:
     """At start the server lifts its soft limit of open files to the hard one."""
     code = (
         "import resource\n"
-        "from tarea.__main__ import raise_open_files_limit\n"
+        "from tarea.serve import raise_open_files_limit\n"
         "soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)\n"
         "resource.setrlimit(resource.RLIMIT_NOFILE, (min(256, hard), hard))\n"
         "print(raise_open_files_limit() == resource.getrlimit(resource.RLIMIT_NOFILE))\n"
