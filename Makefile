@@ -77,7 +77,7 @@ build_server_image: engine venv  ## the server image, from requirements/lock.txt
 
 run: venv build_server_tasks_image  ## serve tarea on TAREA_HOST:TAREA_PORT (127.0.0.1:8000)
 	@mkdir -p var
-	$(BIN)/tarea
+	$(BIN)/tarea serve
 
 test: venv build_server_tasks_image  ## the whole test suite, on the real Docker engine
 	$(BIN)/pytest

@@ -32,4 +32,4 @@ ENV PATH=/opt/tarea/bin:$PATH \
     TAREA_DATABASE_URL=sqlite:////var/lib/tarea/tarea.db
 RUN mkdir -p /var/lib/tarea
 EXPOSE 8000
-CMD ["tarea"]
+CMD ["tarea", "serve"]
