@@ -205,11 +205,11 @@ def list_params(
     return params
 
 
-def page_size(limit: int | None, yielded: int) -> int:
-    """Tasks to ask for in the next page: at most 200 (the server's cap), 100 by default."""
-    if limit is None:
-        return 100
-    return max(1, min(200, limit - yielded))
+def page_size(limit: int | None, yielded: int, size: int | None = None) -> int:
+    """Tasks to ask for in the next page: ``size`` (100 by default), at most 200 (the
+    server's cap), and no more than the ``limit`` still wants."""
+    wanted = min(200, max(1, size or 100))
+    return wanted if limit is None else max(1, min(wanted, limit - yielded))
 
 
 def sse_data(data: str) -> dict[str, Any]:

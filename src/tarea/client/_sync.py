@@ -207,12 +207,18 @@ class TasksAPI:
         status: str | None = None,
         image: str | None = None,
         limit: int | None = None,
+        *,
+        page_size: int | None = None,
     ) -> Iterator[Task]:
-        """This tenant's tasks, newest first, across every page (at most ``limit`` of them)."""
+        """This tenant's tasks, newest first, across every page (at most ``limit`` of them).
+
+        ``page_size`` tasks are asked for per request (default 100, at most 200).
+        """
         cursor: str | None = None
         yielded = 0
         while True:
-            query = _core.list_params(status, image, cursor, _core.page_size(limit, yielded))
+            size = _core.page_size(limit, yielded, page_size)
+            query = _core.list_params(status, image, cursor, size)
             page = self._client._request("GET", "/v1/tasks", params=query).json()
             for item in page.get("items", []):
                 yield Task.model_validate(item)
