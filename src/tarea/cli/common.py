@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 if TYPE_CHECKING:
     from tarea.client import Client, TareaError
@@ -102,7 +103,7 @@ def exit_code_of(exc: TareaError) -> int:
 
 def fail(message: str, code: int) -> NoReturn:
     """Say ``message`` on stderr and exit with ``code``."""
-    stderr.print(f"[bold red]error:[/] {message}", highlight=False, markup=True, soft_wrap=True)
+    stderr.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 
