@@ -6,9 +6,11 @@ from __future__ import annotations
 import asyncio
 import secrets
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import Engine
 
 from tarea.client import (
     AsyncClient,
@@ -25,7 +27,7 @@ from tarea.client import (
     UnauthorizedError,
     WaitTimeout,
 )
-from tests.integration.conftest import TenantServer, tenant_server
+from tests.integration.conftest import TenantServer, postgres_schema, tenant_server
 from tests.integration.loopback import CLOSED_PORT
 from tests.integration.proxy import lossy_proxy
 
@@ -165,6 +167,29 @@ def test_events_reconnect_after_the_stream_breaks(server: TenantServer) -> None:
         events = list(client.tasks.events(task.id))
     assert events[-1].status is TaskStatus.SUCCEEDED
     assert len(proxy.requests("GET", f"/v1/tasks/{task.id}/events")) >= 2
+
+
+def test_events_resume_with_last_event_id_on_postgresql(
+    tmp_path: Path, postgres_url: str, postgres_admin: Engine, tasks_image: str
+) -> None:
+    """On PostgreSQL (events stored), a stream cut after each event is resumed with
+    Last-Event-ID: no event comes twice, and the last is the task's end."""
+    with (
+        postgres_schema(postgres_url, postgres_admin) as url,
+        tenant_server(tmp_path, KEYS, TAREA_DATABASE_URL=url) as live,
+        lossy_proxy(live.url, cut_stream=lambda seen, n: True) as proxy,
+        Client(proxy.url, api_key=KEYS["ana"], max_retries=10) as client,
+    ):
+        task = client.tasks.create(IMAGE, "esperar", {"segundos": 3})
+        events = list(client.tasks.events(task.id))
+    assert events[-1].status is TaskStatus.SUCCEEDED
+    streams = proxy.requests("GET", f"/v1/tasks/{task.id}/events")
+    assert len(streams) >= 2
+    resumed = [s.headers["last-event-id"] for s in streams[1:] if "last-event-id" in s.headers]
+    assert resumed
+    ids = [int(e.id) for e in events if e.id is not None]
+    assert ids == sorted(set(ids))  # each event once, in order
+    assert [int(i) for i in resumed] == sorted(set(int(i) for i in resumed))
 
 
 def test_batches_pools_and_health(client: Client) -> None:
