@@ -15,7 +15,8 @@ def test_a_container_runs_on_a_private_engine_and_not_on_the_main_one(
     private_dockerd: PrivateDockerd, base_image: str
 ) -> None:
     """An image loaded from the main engine runs there; the main engine never sees its
-    containers; a restart stops them and answers again; cleanup leaves no process."""
+    containers; a restart (SIGTERM) or a crash (SIGKILL) and a start stop them and the
+    engine answers again; cleanup leaves no process and no directory."""
     engine = private_dockerd
     assert engine.containerd_socket.is_socket()  # its own containerd, not the main one's
     engine.load_image(base_image)
@@ -55,6 +56,12 @@ def test_a_container_runs_on_a_private_engine_and_not_on_the_main_one(
     assert engine.answers()
     assert engine.containers(f"label={label}", "status=running") == []
     assert engine.containers(f"label={label}", "status=exited") == [running]
+
+    engine.docker("run", "-d", "--network", "none", "--label", label, base_image, "sleep", "600")
+    engine.kill()  # a crash: its containerd dies with it, a zombie that start() sees past
+    engine.start()
+    assert engine.starts == 3
+    assert engine.containers(f"label={label}", "status=running") == []
 
     engine.cleanup()
     assert not engine.running()
