@@ -168,3 +168,28 @@ def test_tasks_in_flight_end_engine_unavailable_or_run_again_when_dockerd_restar
     pools = client.get("/v1/pools").json()
     assert len(engine.containers(f"label={MANAGED}", "status=running")) == pools["total"]
     assert "Traceback" not in log.read_text()
+
+
+@pytest.mark.timeout(300)
+def test_a_task_container_stopped_by_an_operator_while_the_engine_stays_up_crashed(
+    server_on_private_engine: tuple[PrivateDockerd, httpx.Client, Path], tasks_image: str
+) -> None:
+    """``docker stop`` of one task container (a SIGTERM tarea did not send) with the
+    engine answering all along is the task's crash, not the engine's: it ends crashed,
+    and the server stays ready."""
+    engine, client, _ = server_on_private_engine
+    task_id = submit(
+        client, tasks_image, function="esperar", params={"segundos": 60}, limits={"timeout_s": 90}
+    )
+    running = until(
+        "the task is running",
+        lambda: (t := task(client, task_id))["status"] == "running" and t,
+    )
+    engine.docker("stop", "--time", "1", running["container"]["id"])
+    ended = until(
+        "the task has ended",
+        lambda: (t := task(client, task_id))["status"] not in ("queued", "running") and t,
+    )
+    assert ended["status"] == "failed", ended
+    assert ended["error"]["code"] == "crashed", ended
+    assert client.get("/readyz").status_code == 200

@@ -142,9 +142,9 @@ class DockerEngine:
         self._client: docker.APIClient | None = None
         self._lock = threading.Lock()
         self._pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="docker")
-        #: One thread for the long-lived event stream (see :meth:`follow_events`).
-        self._events_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="docker-events")
+        #: The event stream :meth:`follow_events` reads, and the request to end it.
         self._events: Any = None
+        self._events_stop = threading.Event()
 
     # -- plumbing -------------------------------------------------------------
 
@@ -169,7 +169,6 @@ class DockerEngine:
         """Release the thread pool and HTTP connections."""
         self.stop_events()
         self._pool.shutdown(wait=False, cancel_futures=True)
-        self._events_pool.shutdown(wait=False, cancel_futures=True)
         if self._client is not None:
             self._client.close()
 
@@ -195,8 +194,8 @@ class DockerEngine:
         containers carrying all ``labels``, until the stream ends.
 
         The stream ends when the engine goes away (its API closes, or it dies),
-        or on :meth:`stop_events`. It runs on a thread of its own, not one of
-        the calls' threads.
+        or on :meth:`stop_events`. It is read on a daemon thread of its own (not
+        one of the calls' threads, and never one that holds up the process's exit).
 
         Raises:
             EngineUnavailable: the engine did not answer the request.
@@ -208,27 +207,49 @@ class DockerEngine:
             "label": [f"{k}={v}" for k, v in labels.items()],
         }
 
+        ended: asyncio.Future[None] = loop.create_future()
+        self._events_stop.clear()
+
+        def finish(error: BaseException | None) -> None:
+            if ended.done():
+                return
+            if error is None:
+                ended.set_result(None)
+            else:
+                ended.set_exception(error)
+
         def follow() -> None:
-            with _engine_errors():
-                stream = self._api().events(filters=filters, decode=True)
+            try:
+                with _engine_errors():
+                    stream = self._api().events(filters=filters, decode=True)
+            except BaseException as exc:
+                with contextlib.suppress(RuntimeError):  # the loop may be closed by now
+                    loop.call_soon_threadsafe(finish, exc)
+                return
             self._events = stream
             try:
+                if self._events_stop.is_set():  # stopped while it was being opened
+                    return
                 with _engine_errors():
                     for raw in stream:
                         event = _container_event(raw)
                         if event is not None:
                             loop.call_soon_threadsafe(on_event, event)
-            except EngineUnavailable:
-                return  # the engine went away mid-stream: the stream ended
+            except Exception:  # noqa: S110 - the engine went away mid-stream: it ended
+                pass
             finally:
                 self._events = None
                 with contextlib.suppress(Exception):
                     stream.close()
+                with contextlib.suppress(RuntimeError):  # the loop may be closed by now
+                    loop.call_soon_threadsafe(finish, None)
 
-        await loop.run_in_executor(self._events_pool, follow)
+        threading.Thread(target=follow, name="docker-events", daemon=True).start()
+        await ended
 
     def stop_events(self) -> None:
         """End the event stream :meth:`follow_events` follows, if any (thread-safe)."""
+        self._events_stop.set()
         stream = self._events
         if stream is not None:
             with contextlib.suppress(Exception):
