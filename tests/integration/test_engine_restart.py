@@ -9,16 +9,18 @@ it stops the containers, then closes its API) or the way a crash does (SIGKILL).
 
 from __future__ import annotations
 
+import secrets
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from tests.integration.conftest import MANAGED, start_server
-from tests.integration.engines import PrivateDockerd
+from tests.integration.conftest import start_server
+from tests.integration.engines import EngineError, PrivateDockerd
 
 pytestmark = pytest.mark.docker
 
@@ -39,13 +41,32 @@ def until(what: str, check: Callable[[], Any], bound_s: float = 120.0) -> Any:
     pytest.fail(f"not reached within {bound_s:g} s: {what}", pytrace=False)
 
 
+@pytest.fixture(scope="module")
+def engine_with_tasks(tasks_image: str) -> Iterator[PrivateDockerd]:
+    """A private engine holding the task image, for this module's tests (loaded once)."""
+    engine = PrivateDockerd("restart")
+    try:
+        engine.start()
+        engine.load_image(tasks_image)
+    except EngineError as exc:
+        engine.cleanup()
+        pytest.fail(f"no private Docker engine: {exc}", pytrace=False)
+    try:
+        yield engine
+    finally:
+        engine.cleanup()
+
+
 @pytest.fixture
 def server_on_private_engine(
-    private_dockerd: PrivateDockerd, tasks_image: str, tmp_path: Path
-) -> Iterator[tuple[PrivateDockerd, httpx.Client, Path]]:
-    """A tarea server (SQLite) whose Docker engine is ``private_dockerd``; stopped after."""
-    private_dockerd.load_image(tasks_image)
+    engine_with_tasks: PrivateDockerd, tasks_image: str, tmp_path: Path
+) -> Iterator[Server]:
+    """A tarea server (SQLite) whose Docker engine is the private one; stopped after."""
+    private_dockerd = engine_with_tasks
+    if not private_dockerd.answers():  # a test that failed while it was down
+        private_dockerd.start()
     log = tmp_path / "server.log"
+    server_id = f"restart-{secrets.token_hex(4)}"
     proc, url = start_server(
         {
             "TAREA_DATABASE_URL": f"sqlite:///{tmp_path}/tarea.db",
@@ -53,18 +74,29 @@ def server_on_private_engine(
             "TAREA_CONCURRENCY": str(IN_FLIGHT + 2),
             "TAREA_PREWARM": f"{tasks_image}={PREWARMED}",
             "TAREA_ENGINE_WAIT_S": "120",
+            "TAREA_SERVER_ID": server_id,
         },
         log,
     )
     try:
         with httpx.Client(base_url=url, timeout=60) as client:
-            yield private_dockerd, client, log
+            yield Server(private_dockerd, client, log, f"io.tarea.server={server_id}")
     finally:
         proc.terminate()
         try:
             proc.wait(timeout=60)
         except Exception:
             proc.kill()
+
+
+@dataclass
+class Server:
+    """A server on the private engine: the engine, a client, its log, its containers' label."""
+
+    engine: PrivateDockerd
+    client: httpx.Client
+    log: Path
+    label: str
 
 
 def submit(client: httpx.Client, image: str, **fields: Any) -> str:
@@ -88,7 +120,7 @@ def stem_cells(client: httpx.Client) -> int:
 @pytest.mark.timeout(420)
 @pytest.mark.parametrize("how", ["restart", "crash"])
 def test_tasks_in_flight_end_engine_unavailable_or_run_again_when_dockerd_restarts(
-    server_on_private_engine: tuple[PrivateDockerd, httpx.Client, Path],
+    server_on_private_engine: Server,
     tasks_image: str,
     how: str,
 ) -> None:
@@ -97,7 +129,8 @@ def test_tasks_in_flight_end_engine_unavailable_or_run_again_when_dockerd_restar
     succeeds when its retry policy says so; /readyz is 503 while the engine is gone; a task
     submitted meanwhile runs once it is back; the pool rebuilds (prewarmed containers
     started again, dead ones removed); no task is left running."""
-    engine, client, log = server_on_private_engine
+    server = server_on_private_engine
+    engine, client = server.engine, server.client
     until("the prewarmed containers are ready", lambda: stem_cells(client) == PREWARMED)
     in_flight = [
         submit(
@@ -161,23 +194,23 @@ def test_tasks_in_flight_end_engine_unavailable_or_run_again_when_dockerd_restar
     until(
         "no stopped tarea container is left on the engine",
         lambda: (
-            engine.containers(f"label={MANAGED}", "status=exited") == []
-            and engine.containers(f"label={MANAGED}", "status=created") == []
+            engine.containers(f"label={server.label}", "status=exited") == []
+            and engine.containers(f"label={server.label}", "status=created") == []
         ),
     )
     pools = client.get("/v1/pools").json()
-    assert len(engine.containers(f"label={MANAGED}", "status=running")) == pools["total"]
-    assert "Traceback" not in log.read_text()
+    assert len(engine.containers(f"label={server.label}", "status=running")) == pools["total"]
+    assert "Traceback" not in server.log.read_text()
 
 
 @pytest.mark.timeout(300)
 def test_a_task_container_stopped_by_an_operator_while_the_engine_stays_up_crashed(
-    server_on_private_engine: tuple[PrivateDockerd, httpx.Client, Path], tasks_image: str
+    server_on_private_engine: Server, tasks_image: str
 ) -> None:
     """``docker stop`` of one task container (a SIGTERM tarea did not send) with the
     engine answering all along is the task's crash, not the engine's: it ends crashed,
     and the server stays ready."""
-    engine, client, _ = server_on_private_engine
+    engine, client = server_on_private_engine.engine, server_on_private_engine.client
     task_id = submit(
         client, tasks_image, function="esperar", params={"segundos": 60}, limits={"timeout_s": 90}
     )
