@@ -78,6 +78,13 @@ class Settings(BaseSettings):
     pull_timeout_s: float = Field(
         300.0, gt=0, description="Bound on one image pull (outside the task's timeout_s)."
     )
+    engine_wait_s: float = Field(
+        30.0,
+        ge=0,
+        description="How long a task waits for a Docker engine that went away (restarting) "
+        "to answer again before it ends engine_unavailable; at most the task's timeout_s. "
+        "Calls in flight when it went away end engine_unavailable (or run again per retry).",
+    )
 
     # Image disk (docs/operations.md#image-disk): the images tarea pulled, kept
     # under a cap by removing the least recently used ones.

@@ -58,6 +58,7 @@ def build_executor(settings: Settings) -> Executor:
         ),
         image_cache_s=settings.image_cache_s,
         pull_timeout_s=settings.pull_timeout_s,
+        engine_wait_s=settings.engine_wait_s,
         registry_logins={
             host: RegistryAuth(login.username, login.password.get_secret_value())
             for host, login in settings.registry_auth.items()
