@@ -12,7 +12,8 @@ from tarea import __version__
 from tarea.api import errors
 from tarea.api.deps import document_bearer_auth
 from tarea.api.middleware import BearerAuth, BodyLimit
-from tarea.api.routes import health, pools, seed, servers, tasks
+from tarea.api.routes import health, pools, seed, servers, tasks, ui
+from tarea.api.session import Sessions
 from tarea.metrics import build_registry
 from tarea.settings import Settings
 from tarea.wiring import assemble
@@ -52,6 +53,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.settings = settings
+    app.state.sessions = Sessions.of(keys, admins)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_kb * 1024)
     app.add_middleware(BearerAuth, keys=keys, admins=admins)  # outermost: no key, no body read
     errors.install(app)
@@ -61,5 +63,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(pools.router)
     app.include_router(servers.router)
     app.include_router(health.router)
+    app.include_router(ui.router)
     document_bearer_auth(app)
     return app

@@ -132,6 +132,7 @@ class TaskRunner:
             marking = self.store.advance(task_id, Status.RUNNING, attempt=record.attempt, **running)
             current = dataclasses.replace(current, status=Status.RUNNING, **running)
             self.notices.publish(task_id, "status", status=Status.RUNNING.value)
+            self.notices.status_changed(current)
             return True
 
         progress = self._coalescer(task_id)
@@ -251,6 +252,7 @@ class TaskRunner:
             error["code"],
         )
         self.notices.publish(again.id, "status", status=again.status.value, attempt=again.attempt)
+        self.notices.status_changed(again)
         return again
 
     def ending(self, task_id: str) -> bool:
@@ -348,6 +350,7 @@ class TaskRunner:
             self.notices.publish(
                 record.id, "status", status=record.status.value, task=self.render(record)
             )
+        self.notices.status_changed(record)
         self.notices.ended(record)
         if record.callback_url:
             self._spawn(self.call_back(record))
