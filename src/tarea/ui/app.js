@@ -465,7 +465,7 @@ async function overviewPage(main) {
         barChart(ended, { id: "chart-tasks", title: "Tasks ended per minute", label: (v) => `${v}/min` })),
       h("div", { class: "card wide" }, h("h2", {}, "Median latency (p50, submit to end)"),
         barChart(p50, { id: "chart-p50", title: "p50 latency per minute", label: ms, className: "bar bar-run" })),
-      h("div", { class: "card" }, h("h2", {}, "Failures by code"),
+      h("div", { class: "card wide" }, h("h2", {}, "Failures by code"),
         data.failures.length ? failures : h("p", { class: "hint" }, "No failures in the last hour."),
         h("p", { class: "hint" }, `${data.counted} tasks counted${data.sampled ? " (the latest only)" : ""}.`))),
   );
