@@ -16,9 +16,9 @@ from typing import Any
 import httpx
 import pytest
 from selenium import webdriver
+from selenium.webdriver import Chrome as WebDriver
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
-from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support import expected_conditions as ec
 from selenium.webdriver.support.ui import WebDriverWait
 
@@ -127,9 +127,7 @@ def test_login_then_submit_and_the_row_turns_succeeded_without_a_reload(
     params.clear()
     params.send_keys('{"a": 20, "b": 22}')
     form.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
-    link = wait(page).until(
-        ec.presence_of_element_located((By.CSS_SELECTOR, "#submit-result a"))
-    )
+    link = wait(page).until(ec.presence_of_element_located((By.CSS_SELECTOR, "#submit-result a")))
     task_id = link.text
     assert len(task_id) == 32
     row = f'#tasks tr[data-task-id="{task_id}"]'
@@ -265,7 +263,11 @@ def test_overview_and_pools_draw_charts(page: WebDriver, server: TenantServer) -
     with server.client("acme") as http:
         failed = http.post(
             "/v1/tasks?wait=true",
-            json={"image": "tasks_image:latest", "function": "division", "params": {"a": 1, "b": 0}},
+            json={
+                "image": "tasks_image:latest",
+                "function": "division",
+                "params": {"a": 1, "b": 0},
+            },
         ).json()
     assert failed["status"] == "failed"
     page.get(f"{server.url}/ui/overview")

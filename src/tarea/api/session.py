@@ -78,11 +78,13 @@ class Sessions:
         self._now = now or time.time
 
     @classmethod
-    def of(cls, keys: dict[str, str], admins: dict[str, str]) -> Sessions:
+    def of(
+        cls, keys: dict[str, str], admins: dict[str, str], now: Callable[[], float] | None = None
+    ) -> Sessions:
         """Sessions for tenants' ``keys`` and operators' ``admins`` (key: name)."""
         entries = [(key.encode(), tenant, False) for key, tenant in keys.items()]
         entries += [(key.encode(), name, True) for key, name in admins.items()]
-        return cls(entries)
+        return cls(entries, now)
 
     @property
     def enabled(self) -> bool:
