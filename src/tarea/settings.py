@@ -9,6 +9,7 @@ from __future__ import annotations
 import secrets
 import socket
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -286,6 +287,27 @@ class Settings(BaseSettings):
         default_factory=dict,
         description='JSON: {"registry.example.com": {"username": .., "password": ..}}; '
         "used to pull from that registry when a request brings no credentials.",
+    )
+
+    log_format: Literal["text", "json"] = Field(
+        "text",
+        description="'text', or 'json': one JSON object per line, with a line per task end "
+        "(id, tenant, image, function, status, code, attempt, timings) and request ids.",
+    )
+    log_task_ends: bool | None = Field(
+        None, description="Log a line per task end; default: in the json format only."
+    )
+    access_log: bool = Field(
+        False,
+        description="uvicorn's line per HTTP request. Off by default: at a thousand tasks "
+        "a second it is noise, and it costs the warm path CPU (see docs/benchmarks.md).",
+    )
+    metrics_images: int = Field(
+        20,
+        ge=1,
+        le=1000,
+        description="The task histograms label this many images by name (the first seen); "
+        "the rest as 'other'.",
     )
 
     def tenants_by_key(self) -> dict[str, str]:

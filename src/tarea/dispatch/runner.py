@@ -90,6 +90,8 @@ class TaskRunner:
         self.cancelled: set[str] = set()
         #: Terminal statuses reached, for the metrics.
         self.end_counts: Counter[str] = Counter()
+        #: Called with every task that ended here (metrics, the task-end log line).
+        self.on_end: list[Callable[[TaskRecord], None]] = []
         self._http = callbacks.new_client()
         self._background: set[asyncio.Future[Any]] = set()
         #: Tasks whose container is done, waiting for their end to be committed.
@@ -341,6 +343,11 @@ class TaskRunner:
     def _announce_end(self, record: TaskRecord | None) -> TaskRecord | None:
         if record is not None:
             self.end_counts[record.status.value] += 1
+            for hook in self.on_end:
+                try:
+                    hook(record)
+                except Exception:
+                    log.exception("an end hook failed for task %s", record.id)
             self.announce(record)
         return record
 
