@@ -13,7 +13,15 @@ from tarea.api.deps import ServiceDep, TenantDep, service_of, tenant_of
 from tarea.api.errors import problem_responses
 from tarea.api.lean import LeanRoute
 from tarea.api.responses import FastJSONResponse
-from tarea.api.schemas import BatchCreate, BatchOut, TaskCreate, TaskOut, TaskPage, render_task
+from tarea.api.schemas import (
+    BatchCreate,
+    BatchOut,
+    OverviewOut,
+    TaskCreate,
+    TaskOut,
+    TaskPage,
+    render_task,
+)
 from tarea.domain.records import TaskRecord
 from tarea.domain.status import TERMINAL, Status
 from tarea.domain.task import RegistryAuth
@@ -300,7 +308,11 @@ async def tenant_events(
                 )
 
 
-@router.get("/overview", summary="Tasks per minute, p50 latency and failures by code")
+@router.get(
+    "/overview",
+    response_model=OverviewOut,
+    summary="Tasks per minute, p50 latency and failures by code",
+)
 async def overview(
     service: ServiceDep,
     tenant: TenantDep,
