@@ -35,7 +35,7 @@ BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 
              60.0, 300.0)  # fmt: skip
 #: The histograms: name, help, and which of a task's timings each observes.
 HISTOGRAMS = {
-    "queue_wait": "Time from submit to the task's start (its container taken), seconds.",
+    "queue_wait": "Time from submit until a container was sought for the task, seconds.",
     "container_start": "Time to get the task a ready container (0 when warm), seconds.",
     "run": "Time the task's function ran, seconds.",
     "end_to_end": "Time from submit to the recorded end, seconds.",
@@ -94,8 +94,12 @@ class TaskMetrics:
         if record.finished_at is not None:
             total = (record.finished_at - record.created_at).total_seconds()
             self._add("end_to_end", status, image, total)
+        # queued_ms runs until the call goes out, the container's start included.
+        wait = None
+        if record.queued_ms is not None:
+            wait = max(0.0, record.queued_ms - (record.start_ms or 0.0))
         for name, value in (
-            ("queue_wait", record.queued_ms),
+            ("queue_wait", wait),
             ("container_start", record.start_ms),
             ("run", record.run_ms),
         ):

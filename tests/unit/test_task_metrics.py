@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from datetime import timedelta
 
@@ -76,3 +77,12 @@ def test_failures_are_counted_by_code() -> None:
     metrics.observe(ended("a:1", Status.FAILED, "task_error"))
     metrics.observe(ended("a:1"))
     assert dict(metrics.failures) == {"task_error": 2, "timed_out": 1}
+
+
+def test_queue_wait_leaves_out_the_containers_start() -> None:
+    """queued_ms runs until the call goes out; the queue wait is that minus the start."""
+    metrics = TaskMetrics()
+    metrics.observe(dataclasses.replace(ended("a:1"), queued_ms=100.0, start_ms=40.0))
+    text = scrape(metrics)
+    assert 'tarea_task_queue_wait_seconds_sum{image="a:1",status="succeeded"} 0.06' in text
+    assert 'tarea_task_container_start_seconds_sum{image="a:1",status="succeeded"} 0.04' in text

@@ -279,9 +279,14 @@ function tasksPage(main) {
 // -- a task's page ------------------------------------------------------------------
 
 function waterfall(timings) {
+  // queued_ms runs from submit to the call going out: the container's start
+  // (start_ms) is its last part. The bars show the wait alone, then the start.
+  const start = timings.start_ms;
+  const queued = timings.queued_ms === null || timings.queued_ms === undefined
+    ? null : Math.max(0, timings.queued_ms - (start || 0));
   const parts = [
-    ["queued", timings.queued_ms],
-    ["start", timings.start_ms],
+    ["queued", queued],
+    ["start", start],
     ["run", timings.run_ms],
   ];
   const total = parts.reduce((sum, [, v]) => sum + (v || 0), 0);
