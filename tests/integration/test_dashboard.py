@@ -139,7 +139,7 @@ def test_login_then_submit_and_the_row_turns_succeeded_without_a_reload(
     assert page.execute_script("return window.__sameDocument") == "yes"
     with server.client("acme") as http:
         assert http.get(f"/v1/tasks/{task_id}").json()["status"] == "succeeded"
-    shoot(page, "tasks")
+    assert "null" not in page.find_element(By.ID, "submit-result").text
 
 
 def test_the_table_shows_changes_of_tasks_submitted_elsewhere(
@@ -160,6 +160,7 @@ def test_the_table_shows_changes_of_tasks_submitted_elsewhere(
         )
     )
     assert not page.find_elements(By.CSS_SELECTOR, f'#tasks tr[data-task-id="{other}"]')
+    shoot(page, "tasks")
     streams = [url for url in requested_urls(page) if "/v1/events" in url]
     assert len(streams) == 1, streams
 
@@ -181,6 +182,8 @@ def test_task_page_shows_its_logs_timings_and_params(
     bars = page.find_elements(By.CSS_SELECTOR, "svg.waterfall rect")
     assert len(bars) == 3
     assert float(page.find_element(By.ID, "progress").get_attribute("value") or 0) == 1.0
+    assert not page.find_elements(By.ID, "error")
+    assert "null" not in page.find_element(By.ID, "main").text
     shoot(page, "task")
 
 

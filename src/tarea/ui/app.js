@@ -247,7 +247,8 @@ function tasksPage(main) {
     const task = await api(`/v1/tasks/${encodeURIComponent(id)}`);
     result.replaceChildren(
       h("p", {}, "Task ", taskLink(task.id), " ", statusBadge(task.status)),
-      task.error ? h("pre", { class: "error", id: "submit-error" }, json(task.error)) : null,
+      ...(task.error ? [h("h3", {}, "Error"), h("pre", { class: "error", id: "submit-error" }, json(task.error))] : []),
+      h("h3", {}, "Result"),
       h("pre", { id: "submit-output" }, json(task.result)),
     );
   }
@@ -343,7 +344,7 @@ function taskPage(main, id) {
       h("div", { class: "card" }, h("h3", {}, "Timings"), waterfall(task.timings || {})),
       h("div", { class: "card" }, h("h3", {}, "Params"), h("pre", { id: "params" }, json(task.params))),
       h("div", { class: "card" }, h("h3", {}, "Result"), h("pre", { id: "result" }, json(task.result))),
-      task.error ? h("div", { class: "card" }, h("h3", {}, "Error"), h("pre", { id: "error", class: "error" }, json(task.error))) : null,
+      ...(task.error ? [h("div", { class: "card" }, h("h3", {}, "Error"), h("pre", { id: "error", class: "error" }, json(task.error)))] : []),
       h("div", { class: "card" }, h("h3", {}, "Logs"), logs),
     );
   }
