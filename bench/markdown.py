@@ -64,7 +64,7 @@ def _split_rows(split: SplitLoad | None) -> list[tuple[str, ...]]:
 
 def _wrk_section(results: Results) -> list[str]:
     runs = _wrk_rows(results.floor) + _wrk_rows(results.durable_floor) + _wrk_rows(results.warm)
-    runs += _wrk_rows(results.warm_access_log)
+    runs += _wrk_rows(results.access_log_off) + _wrk_rows(results.warm_access_log)
     if results.memory:
         runs.append(_wrk_row(results.memory.run))
     runs += _wrk_rows(results.warm_pg) + _split_rows(results.two_pg)
@@ -331,9 +331,12 @@ _METHOD = """\
    reproduces that sleep (`BENCH_SEED_SLEEP_N` requests, 3 by default).
 5. **The access log**: tarea runs with uvicorn's per-request access log off
    unless `TAREA_ACCESS_LOG=true` (issue #13); every tarea row above is with it
-   off (the floor keeps its own on). A second SQLite server with
-   `TAREA_ACCESS_LOG=true` and otherwise the same settings is measured exactly
-   like tarea above, right after it: the "access log on" rows compare the two.
+   off (the floor keeps its own on). Two more SQLite servers with tarea's
+   settings, one with the access log off and one with it on, are each warmed
+   up, then measured in turn, three rounds (wrk at one connection for half
+   the run's time, then at 32 connections), so that a machine whose load
+   drifts weighs on both alike; for each, the round of median throughput and
+   the median CPU time per response are shown in the "access log on" rows.
 6. **Memory**: the RSS of the tarea process (`VmRSS` in `/proc/<pid>/status`)
    before and after 100,000 more warm tasks at 32 connections (wrk stops at
    that count), sampled every 5 s in between; the run is capped at 20 minutes,

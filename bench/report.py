@@ -231,8 +231,9 @@ def _two_pg_rows(r: Results) -> list[Row]:
 
 
 def _access_log_rows(r: Results) -> list[Row]:
-    """tarea with uvicorn's access log on against tarea as it runs by default (off)."""
-    on, off = r.warm_access_log, r.warm
+    """tarea with uvicorn's access log on against tarea as it runs by default (off),
+    two servers measured in turn."""
+    on, off = r.warm_access_log, r.access_log_off
     return [
         Row(
             "access log on (TAREA_ACCESS_LOG=true): warm p50 latency, 1 connection",
@@ -292,8 +293,9 @@ def tarea_failures(r: Results) -> int | None:
     parts: list[int] = []
     if r.warm:
         parts.append(r.warm.failures)
-    if r.warm_access_log:
-        parts.append(r.warm_access_log.failures)
+    for load in (r.access_log_off, r.warm_access_log):
+        if load:
+            parts.append(load.failures)
     if r.warm_pg:
         parts.append(r.warm_pg.failures)
     if r.two_pg:

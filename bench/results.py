@@ -152,7 +152,9 @@ class Results:
     #: The durable floor (bench.durable_floor_app): the same durable work, by hand.
     durable_floor: HttpLoad | None = None
     warm: HttpLoad | None = None
-    #: tarea as ``warm`` but with uvicorn's access log on (TAREA_ACCESS_LOG=true).
+    #: tarea as ``warm``, with uvicorn's access log off (the default) and on
+    #: (TAREA_ACCESS_LOG=true): two servers measured in turn, three rounds.
+    access_log_off: HttpLoad | None = None
     warm_access_log: HttpLoad | None = None
     #: tarea on PostgreSQL (a fresh schema), measured as ``warm``; its version.
     warm_pg: HttpLoad | None = None
