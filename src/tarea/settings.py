@@ -304,6 +304,27 @@ class Settings(BaseSettings):
         "used to pull from that registry when a request brings no credentials.",
     )
 
+    log_format: Literal["text", "json"] = Field(
+        "text",
+        description="'text', or 'json': one JSON object per line, with a line per task end "
+        "(id, tenant, image, function, status, code, attempt, timings) and request ids.",
+    )
+    log_task_ends: bool | None = Field(
+        None, description="Log a line per task end; default: in the json format only."
+    )
+    access_log: bool = Field(
+        False,
+        description="uvicorn's line per HTTP request. Off by default: at a thousand tasks "
+        "a second it is noise, and it costs the warm path CPU (see docs/benchmarks.md).",
+    )
+    metrics_images: int = Field(
+        20,
+        ge=1,
+        le=1000,
+        description="The task histograms label this many images by name (the first seen); "
+        "the rest as 'other'.",
+    )
+
     def tenants_by_key(self) -> dict[str, str]:
         """``api_keys`` parsed: {key: tenant}; empty when authentication is off.
 

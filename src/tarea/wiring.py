@@ -23,6 +23,8 @@ from tarea.execution.executor import Executor
 from tarea.execution.pool import PoolLimits
 from tarea.execution.sandbox import SERVER_LABEL, SandboxPolicy
 from tarea.leases import Membership
+from tarea.logs import log_task_end
+from tarea.metrics import TaskMetrics
 from tarea.notices import LocalNotices, PgNotices
 from tarea.retention import Retention
 from tarea.service import LIMIT_FIELDS, TaskService
@@ -104,6 +106,7 @@ class Server:
     service: TaskService
     membership: Membership
     retention: Retention
+    task_metrics: TaskMetrics
     _warming: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -151,6 +154,10 @@ def assemble(settings: Settings) -> Server:
         ),
         callback_allow=outbound.Allowlist.parse(settings.callback_allow),
     )
+    task_metrics = TaskMetrics(settings.metrics_images)
+    runner.on_end.append(task_metrics.observe)
+    if settings.log_task_ends or (settings.log_task_ends is None and settings.log_format == "json"):
+        runner.on_end.append(log_task_end)
     dispatcher = LocalDispatcher(
         runner,
         executor,
@@ -164,4 +171,6 @@ def assemble(settings: Settings) -> Server:
         store, server_id=settings.server_id, lease_s=settings.lease_s, on_silent=service.take_over
     )
     retention = Retention(store, retention_s=settings.retention_s)
-    return Server(settings, store, executor, notices, dispatcher, service, membership, retention)
+    return Server(
+        settings, store, executor, notices, dispatcher, service, membership, retention, task_metrics
+    )
