@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -180,6 +181,52 @@ def postgres_url() -> str:
             )
         url = result.stdout.strip().splitlines()[-1]
     return url
+
+
+@pytest.fixture(scope="session")
+def broker_url() -> str:
+    """The AMQP URL of a real RabbitMQ (scripts/ensure-rabbitmq.sh); fails if none."""
+    url = os.environ.get("TAREA_TEST_BROKER_URL", "")
+    if not url:
+        script = ROOT / "scripts" / "ensure-rabbitmq.sh"
+        result = subprocess.run(
+            [str(script)], capture_output=True, text=True, check=False, timeout=900
+        )
+        if result.returncode != 0 or not result.stdout.strip():
+            pytest.fail(
+                f"no RabbitMQ for the tests: {script} failed (exit {result.returncode}); "
+                f"set TAREA_TEST_BROKER_URL or run it as root.\n{result.stderr}",
+                pytrace=False,
+            )
+        url = result.stdout.strip().splitlines()[-1]
+    return url
+
+
+@contextlib.contextmanager
+def broker_vhost(url: str) -> Iterator[str]:
+    """A fresh RabbitMQ virtual host (its queues this test's alone); yields its URL; deleted after.
+
+    Made with ``rabbitmqctl`` (the broker of scripts/ensure-rabbitmq.sh, on this machine).
+    """
+    vhost = f"tarea-test-{secrets.token_hex(6)}"
+    parsed = urlsplit(url)
+    user = parsed.username or "guest"
+
+    def ctl(*args: str) -> None:
+        result = subprocess.run(
+            ["rabbitmqctl", "-q", *args], capture_output=True, text=True, check=False, timeout=120
+        )
+        if result.returncode != 0:
+            pytest.fail(f"rabbitmqctl {' '.join(args)} failed: {result.stderr}", pytrace=False)
+
+    ctl("add_vhost", vhost)
+    ctl("set_permissions", "-p", vhost, user, ".*", ".*", ".*")
+    try:
+        yield f"{parsed.scheme}://{parsed.netloc}/{vhost}"
+    finally:
+        subprocess.run(
+            ["rabbitmqctl", "-q", "delete_vhost", vhost], capture_output=True, check=False, timeout=120
+        )
 
 
 @pytest.fixture(scope="session")
