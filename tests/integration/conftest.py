@@ -35,6 +35,7 @@ from tarea.execution.executor import Executor
 from tarea.settings import Settings
 from tarea.store.sql import SqlStore
 from tarea.wiring import build_executor
+from tests.integration.engines import private_dockerd  # noqa: F401 - a fixture for every module
 
 ROOT = Path(__file__).resolve().parents[2]
 IMAGES = Path(__file__).resolve().parent / "images"
