@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import os
 import secrets
+import shutil
 import socket
 import subprocess
 import sys
@@ -226,7 +227,10 @@ def broker_vhost(url: str) -> Iterator[str]:
         yield f"{parsed.scheme}://{parsed.netloc}/{vhost}"
     finally:
         subprocess.run(
-            ["rabbitmqctl", "-q", "delete_vhost", vhost], capture_output=True, check=False, timeout=120
+            ["rabbitmqctl", "-q", "delete_vhost", vhost],
+            capture_output=True,
+            check=False,
+            timeout=120,
         )
 
 
@@ -498,3 +502,70 @@ def _session_server_id() -> Iterator[str]:
         ids = docker("ps", "-aq", "--filter", f"label={label}", check=False).stdout.split()
         if ids:
             docker("rm", "-f", *ids, check=False)
+
+
+def _registry_binary() -> str:
+    """Debian's docker-registry, installed (as root) when missing; fails loudly otherwise."""
+    found = shutil.which("docker-registry")
+    if found:
+        return found
+    if os.geteuid() != 0:
+        pytest.fail(
+            "docker-registry is missing: run `apt-get install -y docker-registry` as root",
+            pytrace=False,
+        )
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    install = ["apt-get", "install", "-y", "-qq", "docker-registry"]
+    if subprocess.run(install, capture_output=True, env=env, check=False).returncode != 0:
+        subprocess.run(["apt-get", "update", "-qq"], capture_output=True, env=env, check=False)
+        result = subprocess.run(install, capture_output=True, text=True, env=env, check=False)
+        if result.returncode != 0:
+            pytest.fail(f"cannot install docker-registry:\n{result.stderr}", pytrace=False)
+    found = shutil.which("docker-registry")
+    if not found:
+        pytest.fail("docker-registry installed, but not on PATH", pytrace=False)
+    return found
+
+
+@pytest.fixture(scope="module")
+def local_registry(docker_ready: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real registry on 127.0.0.1 with its own storage; its ``host:port``."""
+    binary = _registry_binary()
+    root = tmp_path_factory.mktemp("registry")
+    port = free_port()
+    config = root / "config.yml"
+    config.write_text(
+        "version: 0.1\n"
+        "log:\n  level: warn\n"
+        f"storage:\n  filesystem:\n    rootdirectory: {root / 'storage'}\n"
+        f"http:\n  addr: 127.0.0.1:{port}\n  secret: {secrets.token_hex(16)}\n"
+    )
+    log = root / "registry.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [binary, "serve", str(config)], stdout=out, stderr=subprocess.STDOUT
+        )
+    try:
+        _wait_for_registry(proc, f"http://127.0.0.1:{port}/v2/", log)
+        yield f"127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def _wait_for_registry(proc: subprocess.Popen[bytes], url: str, log: Path) -> None:
+    """Return once the registry answers ``url``; fail with its log if it does not."""
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"docker-registry exited:\n{log.read_text()}", pytrace=False)
+        try:
+            if httpx.get(url, timeout=1, trust_env=False).status_code == 200:
+                return
+        except httpx.TransportError:
+            time.sleep(0.1)
+    pytest.fail(f"docker-registry did not answer {url}:\n{log.read_text()}", pytrace=False)

@@ -11,7 +11,9 @@ when it returns; SIGTERM drains a worker.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -27,6 +29,7 @@ import pytest
 from sqlalchemy import Engine, create_engine, text
 
 from tests.integration.conftest import broker_vhost, docker, postgres_schema, start_server
+from tests.integration.engines import PrivateDockerd
 
 pytestmark = pytest.mark.docker
 
@@ -147,6 +150,50 @@ def labelled(server_id: str) -> list[str]:
     ).stdout.split()
 
 
+@contextlib.contextmanager
+def running_cluster(
+    tmp: Path, url: str, amqp: str, workers: dict[str, dict[str, str]], **env: str
+) -> Iterator[Cluster]:
+    """An API server and ``workers`` (id: their own settings) on the store ``url`` and the
+    broker ``amqp``; stopped (and their containers removed) after."""
+    base = os.environ["TAREA_SERVER_ID"]
+    shared = {
+        "TAREA_DATABASE_URL": url,
+        "TAREA_BROKER_URL": amqp,
+        "TAREA_LEASE_S": str(LEASE_S),
+        "TAREA_CONCURRENCY": "4",
+        "TAREA_DRAIN_TIMEOUT_S": "20",
+        "TAREA_PUBLISH_INTERVAL_S": "0.5",
+        **env,
+    }
+    api_proc, address = start_server({**shared, "TAREA_SERVER_ID": f"{base}-api"}, tmp / "api.log")
+    db = create_engine(url)
+    cluster = Cluster(tmp, shared, api_proc, httpx.Client(base_url=address, timeout=120), db)
+    try:
+        for name, own in workers.items():
+            cluster.start_worker(name, **own)
+        yield cluster
+    finally:
+        cluster.api.close()
+        for worker in cluster.workers.values():
+            if worker.proc.poll() is None:
+                worker.proc.terminate()
+        for worker in cluster.workers.values():
+            try:
+                worker.proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                worker.proc.kill()
+            ids = labelled(worker.server_id)
+            if ids:
+                docker("rm", "-f", *ids, check=False)
+        api_proc.terminate()
+        try:
+            api_proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            api_proc.kill()
+        db.dispose()
+
+
 @pytest.fixture(scope="module")
 def cluster(
     tasks_image: str,
@@ -158,43 +205,12 @@ def cluster(
     """One API server and workers w1, w2 on a fresh schema and virtual host."""
     tmp = tmp_path_factory.mktemp("workers")
     base = os.environ["TAREA_SERVER_ID"]
-    with postgres_schema(postgres_url, postgres_admin) as url, broker_vhost(broker_url) as amqp:
-        env = {
-            "TAREA_DATABASE_URL": url,
-            "TAREA_BROKER_URL": amqp,
-            "TAREA_LEASE_S": str(LEASE_S),
-            "TAREA_CONCURRENCY": "4",
-            "TAREA_DRAIN_TIMEOUT_S": "20",
-            "TAREA_PUBLISH_INTERVAL_S": "0.5",
-        }
-        api_proc, address = start_server(
-            {**env, "TAREA_SERVER_ID": f"{base}-api"}, tmp / "api.log"
-        )
-        db = create_engine(url)
-        cluster = Cluster(tmp, env, api_proc, httpx.Client(base_url=address, timeout=120), db)
-        try:
-            for name in ("w1", "w2"):
-                cluster.start_worker(f"{base}-{name}")
-            yield cluster
-        finally:
-            cluster.api.close()
-            for worker in cluster.workers.values():
-                if worker.proc.poll() is None:
-                    worker.proc.terminate()
-            for worker in cluster.workers.values():
-                try:
-                    worker.proc.wait(timeout=60)
-                except subprocess.TimeoutExpired:
-                    worker.proc.kill()
-                ids = labelled(worker.server_id)
-                if ids:
-                    docker("rm", "-f", *ids, check=False)
-            api_proc.terminate()
-            try:
-                api_proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                api_proc.kill()
-            db.dispose()
+    with (
+        postgres_schema(postgres_url, postgres_admin) as url,
+        broker_vhost(broker_url) as amqp,
+        running_cluster(tmp, url, amqp, {f"{base}-w1": {}, f"{base}-w2": {}}) as running,
+    ):
+        yield running
 
 
 def worker_ids(cluster: Cluster) -> set[str]:
@@ -278,7 +294,8 @@ def test_a_cancel_through_the_api_kills_the_workers_container_within_two_seconds
     task = cluster.submit(esperar(60))
     running = cluster.until(task["id"], lambda t: t["status"] == "running")
     container = running["container"]["id"]
-    assert container and running["worker"] in worker_ids(cluster)
+    assert container
+    assert running["worker"] in worker_ids(cluster)
 
     cancelled = cluster.api.post(f"/v1/tasks/{task['id']}/cancel")
     asked = time.monotonic()
@@ -389,5 +406,117 @@ def test_sigterm_drains_a_worker_its_running_task_finishes(cluster: Cluster) -> 
     assert done["status"] == "succeeded", done
     assert done["worker"] == victim
     after = cluster.submit(SUMA, wait="true")
-    assert after["status"] == "succeeded" and after["worker"] != victim
+    assert after["status"] == "succeeded"
+    assert after["worker"] != victim
     cluster.start_worker(victim)
+
+
+#: Four images with distinct ids (tasks_image plus a label): four warm pools per worker.
+ROUTE_IMAGES = [f"tarea-test-route-{n}:latest" for n in range(4)]
+
+
+@pytest.fixture(scope="module")
+def route_images(tasks_image: str) -> list[str]:
+    """The four images, built from tasks_image here (a label apart: each its own id)."""
+    for n, reference in enumerate(ROUTE_IMAGES):
+        built = subprocess.run(
+            ["docker", "build", "-q", "-t", reference, "-"],
+            input=f"FROM {tasks_image}\nLABEL io.tarea.test.route={n}\n",
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert built.returncode == 0, built.stderr
+    return ROUTE_IMAGES
+
+
+def pool_counters(cluster: Cluster) -> dict[str, int]:
+    """The workers' pool counters summed (GET /v1/pools), once their reports are fresh."""
+    time.sleep(2.5)  # a worker reports with every beat (at most 2 s apart)
+    counters: dict[str, int] = cluster.api.get("/v1/pools").json()["counters"]
+    return counters
+
+
+def test_tasks_go_where_a_warm_container_waits_over_ninety_percent_of_them(
+    cluster: Cluster, route_images: list[str]
+) -> None:
+    """Two workers, four images, a mixed load (four clients, a random image each call):
+    at least 90% of the tasks find a warm container, because the API routes each task to a
+    worker that reported one for its (tenant, image, limits)."""
+    before = pool_counters(cluster)
+    rng = random.Random(11)
+    plan = [[rng.choice(route_images) for _ in range(40)] for _ in range(4)]
+    failures: list[str] = []
+
+    def client(images: list[str]) -> None:
+        for image in images:
+            task = cluster.submit({**SUMA, "image": image}, wait="true")
+            if task["status"] != "succeeded":
+                failures.append(str(task))
+
+    threads = [threading.Thread(target=client, args=(images,)) for images in plan]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=300)
+    assert not failures, failures[:3]
+    after = pool_counters(cluster)
+    delta = {k: after.get(k, 0) - before.get(k, 0) for k in ("hits", "stem_hits", "misses")}
+    taken = sum(delta.values())
+    assert taken == 160, delta
+    ratio = delta["hits"] / taken
+    routing = cluster.api.get("/v1/pools").json().get("routing", {})
+    print(f"\nwarm hits: {delta['hits']}/{taken} = {ratio:.1%}; routing {routing}")
+    assert ratio >= 0.9, f"only {ratio:.1%} warm hits: {delta}"
+
+
+def test_a_worker_on_a_second_docker_engine_pulls_the_image_from_a_local_registry(
+    tasks_image: str,
+    postgres_url: str,
+    postgres_admin: Engine,
+    broker_url: str,
+    local_registry: str,
+    private_dockerd: PrivateDockerd,
+    tmp_path: Path,
+) -> None:
+    """Two hosts for real on one machine: worker A on the main engine, worker B on a second
+    dockerd (its own data root, exec root and socket). The task image is pushed to a local
+    registry and named by its registry reference; B's engine pulls it, and tasks run on both."""
+    reference = f"{local_registry}/tarea-workers/tasks:{os.getpid()}"
+    docker("tag", tasks_image, reference)
+    pushed = docker("push", "-q", reference, check=False)
+    assert pushed.returncode == 0, pushed.stderr
+    assert private_dockerd.docker("image", "inspect", reference, check=False).returncode != 0
+    base = os.environ["TAREA_SERVER_ID"]
+    a, b = f"{base}-main", f"{base}-second"
+    workers = {
+        a: {"TAREA_CONCURRENCY": "1"},
+        b: {"TAREA_CONCURRENCY": "1", "TAREA_DOCKER_HOST": private_dockerd.host},
+    }
+    try:
+        with (
+            postgres_schema(postgres_url, postgres_admin) as url,
+            broker_vhost(broker_url) as amqp,
+            running_cluster(tmp_path, url, amqp, workers) as two,
+        ):
+            engines = {w["id"]: w["engine"] for w in two.api.get("/v1/workers").json()["items"]}
+            assert set(engines) == {a, b}
+            results: list[dict[str, Any]] = []
+
+            def one() -> None:
+                body = esperar(1)
+                results.append(two.submit({**body, "image": reference}, wait="true"))
+
+            threads = [threading.Thread(target=one) for _ in range(6)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join(timeout=300)
+            assert [t["status"] for t in results] == ["succeeded"] * 6, results
+            assert {t["worker"] for t in results} == {a, b}
+            # B's engine pulled the image from the registry, and B's containers are there.
+            assert private_dockerd.docker("image", "inspect", reference).returncode == 0
+            assert private_dockerd.containers(f"label=io.tarea.server={b}")
+            assert not labelled(b), "B's containers are on the second engine only"
+    finally:
+        docker("rmi", reference, check=False)

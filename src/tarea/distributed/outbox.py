@@ -166,7 +166,7 @@ class Router:
 
 
 class Publisher:
-    """A thread that publishes tasks' attempts, each in one transaction with its row.
+    """Threads that publish tasks' attempts, each in one transaction with its row.
 
     Args:
         engine: the store's SQLAlchemy engine (PostgreSQL).
@@ -176,14 +176,27 @@ class Publisher:
     """
 
     def __init__(
-        self, engine: Engine, celery: Celery, router: Router, *, interval_s: float
+        self,
+        engine: Engine,
+        celery: Celery,
+        router: Router,
+        *,
+        interval_s: float,
+        threads: int = 4,
     ) -> None:
         self._engine = engine
         self._celery = celery
         self._router = router
         self._interval_s = interval_s
         self._queue: queue.SimpleQueue[tuple[str, int, str] | None] = queue.SimpleQueue()
-        self._thread = threading.Thread(target=self._serve, name="tarea-publisher", daemon=True)
+        # Several: a publish waits for RabbitMQ's confirm (a quorum queue's fsync), and
+        # the next task need not wait for it. The first one also sweeps.
+        self._threads = [
+            threading.Thread(
+                target=self._serve, args=(i == 0,), name=f"tarea-publisher-{i}", daemon=True
+            )
+            for i in range(threads)
+        ]
         self._stopping = False
         #: Attempts published by this thread, and publishes that failed.
         self.published = 0
@@ -192,28 +205,32 @@ class Publisher:
         self.broker_up = True
 
     def start(self) -> None:
-        """Start the thread."""
-        self._thread.start()
+        """Start the threads."""
+        for thread in self._threads:
+            thread.start()
 
     def stop(self) -> None:
-        """Publish what was offered, then stop the thread."""
+        """Publish what was offered, then stop the threads."""
         self._stopping = True
-        self._queue.put(None)
-        self._thread.join(timeout=10)
+        for _ in self._threads:
+            self._queue.put(None)
+        for thread in self._threads:
+            thread.join(timeout=10)
 
     def offer(self, task_id: str, attempt: int, queue_name: str) -> None:
         """Publish ``task_id``'s ``attempt`` to ``queue_name`` soon (unless it was)."""
         self._queue.put((task_id, attempt, queue_name))
 
-    def _serve(self) -> None:
-        next_sweep = time.monotonic() + self._interval_s
+    def _serve(self, sweeps: bool) -> None:
+        next_sweep = time.monotonic() + (self._interval_s if sweeps else float("inf"))
         while True:
             if time.monotonic() >= next_sweep:
                 next_sweep = time.monotonic() + self._interval_s
                 if not self._stopping:
                     self._sweep()
             try:
-                item = self._queue.get(timeout=max(next_sweep - time.monotonic(), 0.0))
+                wait = next_sweep - time.monotonic()
+                item = self._queue.get(timeout=max(wait, 0.0) if sweeps else None)
             except queue.Empty:
                 continue
             if item is None:
