@@ -188,7 +188,7 @@ def assemble_api(settings: Settings, sql: SqlStore, store: AsyncStore) -> Server
     events and cancels between it and the workers.
     """
     from tarea.distributed.broker import make_celery
-    from tarea.distributed.outbox import OutboxDispatcher, Publisher, Router
+    from tarea.distributed.outbox import OutboxDispatcher, Publisher, Router, celery_sender
 
     if sql.engine.dialect.name != "postgresql":
         raise ConfigurationError(
@@ -200,7 +200,7 @@ def assemble_api(settings: Settings, sql: SqlStore, store: AsyncStore) -> Server
     router = Router(store, lease_s=settings.lease_s)
     publisher = Publisher(
         sql.engine,
-        make_celery(settings.broker_url),
+        celery_sender(make_celery(settings.broker_url)),
         router,
         interval_s=settings.publish_interval_s,
     )

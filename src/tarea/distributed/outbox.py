@@ -32,9 +32,10 @@ import queue
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
+from typing import Any, Protocol
 
 from celery import Celery
 from sqlalchemy import Engine, text
@@ -50,6 +51,7 @@ from tarea.domain.records import TaskRecord, utcnow
 from tarea.domain.status import Status
 from tarea.domain.task import RegistryAuth
 from tarea.interfaces import Notices, TaskStore
+from tarea.store.cluster import ServerInfo
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +80,14 @@ class WorkerInfo:
     warm: dict[str, int]
 
 
+class Heartbeats(Protocol):
+    """Where the Router reads the workers' reports (:class:`~tarea.store.aio.AsyncStore`)."""
+
+    async def servers(self, lease_s: float) -> list[ServerInfo]:
+        """Every server recorded, with whether it is alive and what it reported."""
+        ...
+
+
 class Router:
     """Chooses each task's queue from the workers' reported pools.
 
@@ -87,7 +97,7 @@ class Router:
         refresh_s: how often the reports are read again.
     """
 
-    def __init__(self, store: TaskStore, *, lease_s: float, refresh_s: float = 0.5) -> None:
+    def __init__(self, store: Heartbeats, *, lease_s: float, refresh_s: float = 0.5) -> None:
         self._store = store
         self._lease_s = lease_s
         self._refresh_s = refresh_s
@@ -170,22 +180,24 @@ class Publisher:
 
     Args:
         engine: the store's SQLAlchemy engine (PostgreSQL).
-        celery: the Celery app (its broker connection).
+        send: publishes one message (:func:`celery_sender`); returns once the
+            broker has it, raises if it could not.
         router: chooses the queue of a task the sweep finds.
         interval_s: how often the sweep looks for unpublished attempts.
+        threads: how many publish at once.
     """
 
     def __init__(
         self,
         engine: Engine,
-        celery: Celery,
+        send: Send,
         router: Router,
         *,
         interval_s: float,
         threads: int = 4,
     ) -> None:
         self._engine = engine
-        self._celery = celery
+        self._send = send
         self._router = router
         self._interval_s = interval_s
         self._queue: queue.SimpleQueue[tuple[str, int, str] | None] = queue.SimpleQueue()
@@ -284,9 +296,17 @@ class Publisher:
         self.published += 1
         return True
 
-    def _send(self, task_id: str, attempt: int, queue_name: str) -> None:
-        with self._celery.producer_or_acquire() as producer:
-            self._celery.send_task(
+
+#: Publishes ``tarea.run(task_id, attempt)`` to a queue; returns once the broker has it.
+Send = Callable[[str, int, str], None]
+
+
+def celery_sender(celery: Celery) -> Send:
+    """A :data:`Send` through ``celery``'s producer pool (publisher confirms on)."""
+
+    def send(task_id: str, attempt: int, queue_name: str) -> None:
+        with celery.producer_or_acquire() as producer:
+            celery.send_task(
                 TASK_NAME,
                 args=[task_id, attempt],
                 exchange=EXCHANGE.name,
@@ -296,6 +316,8 @@ class Publisher:
                 producer=producer,
                 ignore_result=True,
             )
+
+    return send
 
 
 class OutboxDispatcher:
