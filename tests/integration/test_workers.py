@@ -164,6 +164,7 @@ def running_cluster(
         "TAREA_CONCURRENCY": "4",
         "TAREA_DRAIN_TIMEOUT_S": "20",
         "TAREA_PUBLISH_INTERVAL_S": "0.5",
+        "TAREA_WAIT_MAX_S": "15",
         **env,
     }
     api_proc, address = start_server({**shared, "TAREA_SERVER_ID": f"{base}-api"}, tmp / "api.log")
@@ -260,6 +261,7 @@ def test_get_workers_lists_both_with_their_engine_and_warm_containers(cluster: C
         assert item["engine"] == engine
         assert item["queue"] == f"tarea.worker.{worker_id}"
         assert item["concurrency"] == 4
+        assert item["consuming"] is True
     deadline = time.monotonic() + 20
     while True:
         warm = {
@@ -374,7 +376,11 @@ def test_tasks_accepted_while_rabbitmq_is_down_run_when_it_returns(cluster: Clus
     try:
         accepted = [cluster.submit({**SUMA, "params": {"a": i, "b": 1}}) for i in range(5)]
         assert {task["status"] for task in accepted} == {"queued"}
-        time.sleep(2)  # the sweep tries (and fails) meanwhile
+        waited = cluster.api.post("/v1/tasks", json=SUMA, params={"wait": "true"})
+        assert waited.status_code == 202, waited.text  # ?wait=true times out as usual
+        accepted.append(waited.json())
+        # The workers' heartbeats tell they stopped consuming (their processes live on).
+        _until_workers(cluster, lambda w: w["consuming"] is False and w["alive"])
         assert {cluster.get(t["id"])["status"] for t in accepted} == {"queued"}
     finally:
         subprocess.run(["service", "rabbitmq-server", "start"], capture_output=True, check=True)
@@ -382,7 +388,8 @@ def test_tasks_accepted_while_rabbitmq_is_down_run_when_it_returns(cluster: Clus
     for task in accepted:
         done = cluster.until(task["id"], lambda t: t["status"] in TERMINAL, timeout_s=120)
         assert done["status"] == "succeeded", done
-        assert done["result"] == task["params"]["a"] + 1
+        assert done["result"] == task["params"]["a"] + task["params"]["b"]
+    _until_workers(cluster, lambda w: w["consuming"] is True)
     with cluster.db.connect() as connection:
         published = connection.execute(
             text("SELECT task_id, count(*) FROM publications GROUP BY task_id")
@@ -391,6 +398,23 @@ def test_tasks_accepted_while_rabbitmq_is_down_run_when_it_returns(cluster: Clus
     assert all(counts.get(t["id"]) == 1 for t in accepted), counts
     # The workers consume again: a new task runs at once.
     assert cluster.submit(SUMA, wait="true")["status"] == "succeeded"
+
+
+def _until_workers(
+    cluster: Cluster, check: Callable[[dict[str, Any]], bool], timeout_s: float = 60
+) -> None:
+    """Poll GET /v1/workers until ``check`` holds for every running worker."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        items = [
+            w
+            for w in cluster.api.get("/v1/workers").json()["items"]
+            if w["id"] in worker_ids(cluster)
+        ]
+        if items and all(check(w) for w in items):
+            return
+        assert time.monotonic() < deadline, f"never held: {items}"
+        time.sleep(0.2)
 
 
 def test_sigterm_drains_a_worker_its_running_task_finishes(cluster: Cluster) -> None:

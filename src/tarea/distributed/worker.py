@@ -35,6 +35,7 @@ import logging
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import asdict
 from typing import Any
 
@@ -386,6 +387,8 @@ class WorkerRuntime:
         )
         self.queue = worker_queue_name(settings.server_id)
         self.engine_version = "unknown"
+        #: Whether Celery's consumer holds a broker connection (set by main()).
+        self.consuming: Callable[[], bool] = lambda: True
         self._beating: asyncio.Task[None] | None = None
         self._warming: asyncio.Task[None] | None = None
 
@@ -402,6 +405,7 @@ class WorkerRuntime:
             "images": self.dispatcher.images(),
             "pools": stats,
             "draining": self.dispatcher.draining,
+            "consuming": self.consuming(),
         }
 
     def _report_soon(self) -> None:
@@ -483,6 +487,12 @@ def build_app(settings: Settings, runtime: WorkerRuntime, loop: LoopThread) -> C
     return app
 
 
+def _consuming(worker: Any) -> bool:
+    """Whether Celery's consumer of ``worker`` is connected to the broker now."""
+    connection = getattr(getattr(worker, "consumer", None), "connection", None)
+    return bool(connection is not None and connection.connected)
+
+
 def main() -> None:
     """Run a worker in the foreground until SIGTERM (drain) or SIGINT."""
     settings = Settings()
@@ -521,6 +531,7 @@ def main() -> None:
         without_heartbeat=True,
         optimization="fair",
     )
+    runtime.consuming = lambda: _consuming(worker)
     try:
         worker.start()
     finally:

@@ -70,6 +70,10 @@ class WorkerOut(BaseModel):
         description="Containers it holds (idle or busy), by image reference."
     )
     draining: bool = Field(description="Shutting down: it takes no new task.")
+    consuming: bool = Field(
+        description="Connected to the broker when it last reported (false: it takes no task "
+        "until it reconnects)."
+    )
     started_at: datetime
     last_seen: datetime
     alive: bool = Field(description="Heard of within TAREA_LEASE_S.")
@@ -101,6 +105,7 @@ async def workers(service: ServiceDep, _admin: AdminDep) -> WorkersOut:
                     str(k): int(v) for k, v in dict(details.get("images", {})).items()
                 },
                 draining=bool(details.get("draining", False)),
+                consuming=bool(details.get("consuming", False)),
                 started_at=w.started_at,
                 last_seen=w.last_seen,
                 alive=w.alive,
