@@ -101,6 +101,7 @@ class WorkerDispatcher:
         self._jobs: dict[str, asyncio.Task[TaskRecord | None]] = {}
         #: Tasks queued here by recover/take-over, run in the background.
         self._local: set[asyncio.Task[None]] = set()
+        self._local_slots = asyncio.Semaphore(settings.concurrency)
         #: The handlers of messages whose task runs here.
         self._handling: set[asyncio.Task[Any]] = set()
         self.draining = False
@@ -134,9 +135,11 @@ class WorkerDispatcher:
         job.add_done_callback(self._local.discard)
 
     async def _run_local(self, record: TaskRecord) -> None:
+        # At most TAREA_CONCURRENCY of them at once, besides the messages' tasks.
         # Requeue: released (queued for no worker): the API servers publish it again.
-        with contextlib.suppress(Requeue):
-            await self._run_claimed(record)
+        async with self._local_slots:
+            with contextlib.suppress(Requeue):
+                await self._run_claimed(record)
 
     def cancel(self, task_id: str) -> bool:
         """Interrupt ``task_id`` if it runs here (its container is killed and removed)."""
@@ -381,7 +384,7 @@ class WorkerRuntime:
             self.store,
             server_id=settings.server_id,
             lease_s=settings.lease_s,
-            on_silent=self.service.take_over,
+            on_silent=self.take_over,
             kind="worker",
             report=self.report,
         )
@@ -391,6 +394,16 @@ class WorkerRuntime:
         self.consuming: Callable[[], bool] = lambda: True
         self._beating: asyncio.Task[None] | None = None
         self._warming: asyncio.Task[None] | None = None
+
+    async def take_over(self, dead: str) -> None:
+        """Settle a silent worker's tasks (this worker won it); an API server's need nothing.
+
+        A silent API server's tasks are in the broker already, or the sweep of
+        another API server publishes them: nothing is run here outside a message.
+        """
+        kinds = {s.id: s.kind for s in await self.store.servers(self.settings.lease_s)}
+        if kinds.get(dead, "server") == "worker":
+            await self.service.take_over(dead)
 
     def report(self) -> dict[str, Any]:
         """What each heartbeat reports: queue, engine, load, warm containers, pool stats."""
