@@ -569,3 +569,17 @@ def _wait_for_registry(proc: subprocess.Popen[bytes], url: str, log: Path) -> No
         except httpx.TransportError:
             time.sleep(0.1)
     pytest.fail(f"docker-registry did not answer {url}:\n{log.read_text()}", pytrace=False)
+
+
+def restart_postgres() -> None:
+    """Restart the local PostgreSQL cluster the tests use (fast shutdown), as root."""
+    line = subprocess.run(
+        ["pg_lsclusters", "--no-header"], capture_output=True, text=True, check=True
+    ).stdout.split()
+    version, cluster = line[0], line[1]
+    subprocess.run(
+        ["pg_ctlcluster", version, cluster, "restart", "-m", "fast"],
+        capture_output=True,
+        check=True,
+        timeout=60,
+    )

@@ -28,7 +28,13 @@ import httpx
 import pytest
 from sqlalchemy import Engine, create_engine, text
 
-from tests.integration.conftest import broker_vhost, docker, postgres_schema, start_server
+from tests.integration.conftest import (
+    broker_vhost,
+    docker,
+    postgres_schema,
+    restart_postgres,
+    start_server,
+)
 from tests.integration.engines import PrivateDockerd
 
 pytestmark = pytest.mark.docker
@@ -398,6 +404,62 @@ def test_tasks_accepted_while_rabbitmq_is_down_run_when_it_returns(cluster: Clus
     assert all(counts.get(t["id"]) == 1 for t in accepted), counts
     # The workers consume again: a new task runs at once.
     assert cluster.submit(SUMA, wait="true")["status"] == "succeeded"
+
+
+def test_postgresql_restarted_under_load_every_task_ends_once(cluster: Cluster) -> None:
+    """PostgreSQL restarted while the workers run tasks: every accepted task succeeds on
+    its first attempt with one terminal status, and no worker is taken over for the outage
+    (they reconnect by themselves)."""
+    accepted = [cluster.submit(esperar(1.5)) for _ in range(8)]
+    restart_postgres()
+    ends = []
+    for task in accepted:
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                response = cluster.api.get(f"/v1/tasks/{task['id']}")
+            except httpx.TransportError:
+                response = None
+            if response is not None and response.status_code == 200:
+                if response.json()["status"] in TERMINAL:
+                    ends.append(response.json())
+                    break
+            else:
+                assert response is None or response.status_code == 503, response.text
+            assert time.monotonic() < deadline, f"task {task['id']} never ended"
+            time.sleep(0.1)
+    assert [t["status"] for t in ends] == ["succeeded"] * len(accepted)
+    assert {t["attempt"] for t in ends} == {1}
+    for task in accepted:
+        assert cluster.terminal_events(task["id"]) == ["succeeded"]
+    servers = cluster.api.get("/v1/servers").json()["items"]
+    assert all(s["taken_over_by"] is None for s in servers if s["id"] in worker_ids(cluster))
+    assert cluster.submit(SUMA, wait="true")["status"] == "succeeded"
+
+
+def test_an_api_server_killed_loses_nothing_and_the_workers_go_on(cluster: Cluster) -> None:
+    """A second API server accepts tasks and is killed with SIGKILL while they run: every
+    one of them ends succeeded (read through the first API server), and the workers go on."""
+    base = os.environ["TAREA_SERVER_ID"]
+    proc, address = start_server(
+        {**cluster.env, "TAREA_SERVER_ID": f"{base}-api-2"}, cluster.tmp / "api-2.log"
+    )
+    try:
+        with httpx.Client(base_url=address, timeout=60) as second:
+            accepted = []
+            for _ in range(6):
+                response = second.post("/v1/tasks", json=esperar(1))
+                assert response.status_code == 202, response.text
+                accepted.append(response.json())
+        proc.kill()
+        proc.wait(timeout=10)
+        for task in accepted:
+            done = cluster.until(task["id"], lambda t: t["status"] in TERMINAL, timeout_s=60)
+            assert done["status"] == "succeeded", done
+        assert cluster.submit(SUMA, wait="true")["status"] == "succeeded"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
 
 
 def _until_workers(
