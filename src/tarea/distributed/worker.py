@@ -305,7 +305,13 @@ class WorkerDispatcher:
             Requeue: it had not started: it is released, and its message goes back.
         """
         record = await self._store.get(task_id)
-        if record is None or record.status.terminal or record.worker != self.server_id:
+        if record is None or record.worker != self.server_id:
+            return
+        if record.status is Status.CANCELLED:
+            # Cancelled through an API server, which recorded it: its callback goes from here.
+            self._runner.announce(record)
+            return
+        if record.status.terminal:
             return
         if record.status is Status.QUEUED:  # claimed, never started: another worker's now
             await self._store.reassign(task_id, was=self.server_id, to=None)
