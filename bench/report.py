@@ -313,6 +313,8 @@ def tarea_failures(r: Results) -> int | None:
         parts.append(r.two_pg.failures)
     if r.memory:
         parts.append(r.memory.run.failures)
+    if r.distributed:
+        parts.extend(load.failures for load in (r.distributed.one, r.distributed.two) if load)
     if r.fresh:
         parts.append(len(r.fresh.errors))
     return sum(parts) if parts else None
