@@ -406,6 +406,23 @@ def test_tasks_accepted_while_rabbitmq_is_down_run_when_it_returns(cluster: Clus
     assert cluster.submit(SUMA, wait="true")["status"] == "succeeded"
 
 
+def test_rabbitmq_restarted_under_load_every_task_ends_once(cluster: Cluster) -> None:
+    """RabbitMQ restarted while the workers run tasks (their messages unacknowledged):
+    every task succeeds on its first attempt with one terminal status, though RabbitMQ
+    hands the running tasks' messages out again (a live worker has them: no second run)."""
+    accepted = [cluster.submit(esperar(3)) for _ in range(6)]
+    cluster.until(accepted[0]["id"], lambda t: t["status"] == "running")
+    subprocess.run(["service", "rabbitmq-server", "restart"], capture_output=True, check=True)
+    subprocess.run(["rabbitmqctl", "-q", "await_startup"], capture_output=True, check=True)
+    for task in accepted:
+        done = cluster.until(task["id"], lambda t: t["status"] in TERMINAL, timeout_s=120)
+        assert done["status"] == "succeeded", done
+        assert done["attempt"] == 1
+        assert cluster.terminal_events(task["id"]) == ["succeeded"]
+    _until_workers(cluster, lambda w: w["consuming"] is True)
+    assert cluster.submit(SUMA, wait="true")["status"] == "succeeded"
+
+
 def test_postgresql_restarted_under_load_every_task_ends_once(cluster: Cluster) -> None:
     """PostgreSQL restarted while the workers run tasks: every accepted task succeeds on
     its first attempt with one terminal status, and no worker is taken over for the outage
