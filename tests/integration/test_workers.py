@@ -174,7 +174,7 @@ def running_cluster(
         **env,
     }
     api_proc, address = start_server({**shared, "TAREA_SERVER_ID": f"{base}-api"}, tmp / "api.log")
-    db = create_engine(url)
+    db = create_engine(url, pool_pre_ping=True)  # survives a PostgreSQL restart
     cluster = Cluster(tmp, shared, api_proc, httpx.Client(base_url=address, timeout=120), db)
     try:
         for name, own in workers.items():
