@@ -60,7 +60,7 @@ if [ ! -f "$conf" ] || [ "$(cat "$conf")" != "$wanted" ]; then
   printf '%s\n' "$wanted" >"$conf"
   restart=1
 fi
-# The Erlang distribution port (epmd) on loopback too.
+# Erlang's ports on loopback too: epmd (4369) and the distribution port (25672).
 env_file=/etc/rabbitmq/rabbitmq-env.conf
 if ! grep -q '^ERL_EPMD_ADDRESS=127.0.0.1' "$env_file" 2>/dev/null; then
   {
@@ -68,6 +68,10 @@ if ! grep -q '^ERL_EPMD_ADDRESS=127.0.0.1' "$env_file" 2>/dev/null; then
     echo "ERL_EPMD_ADDRESS=127.0.0.1"
     echo "NODENAME=rabbit@localhost"
   } >>"$env_file"
+  restart=1
+fi
+if ! grep -q 'inet_dist_use_interface' "$env_file" 2>/dev/null; then
+  echo 'SERVER_ADDITIONAL_ERL_ARGS="-kernel inet_dist_use_interface {127,0,0,1}"' >>"$env_file"
   restart=1
 fi
 

@@ -11,9 +11,12 @@ own:
   state, and the socket of the containerd it starts: ``<exec-root>/containerd/
   containerd.sock``, so the two engines never share a containerd),
   ``--pidfile`` and one API socket, ``-H unix://<dir>/docker.sock``;
-- ``--bridge=none``: no ``docker0`` of its own (that name is the main
-  engine's); containers run with ``network_mode="none"`` or on networks made
-  on this engine;
+- ``--bridge=<a bridge of its own>`` (``tdk`` and a hash, made by
+  :meth:`start` with an address in 10.232.0.0/16, deleted by :meth:`cleanup`).
+  NOT ``--bridge=none``: dockerd started with it DELETES the host's
+  ``docker0`` (libnetwork's removeDefaultBridgeInterface), and the machine's
+  main engine, which shares this network namespace, can then start no
+  container on its default bridge ("could not find bridge docker0");
 - ``--iptables=false --ip-masq=false --ip-forward=false``: the main engine
   owns the ``DOCKER*`` iptables chains; a second daemon writing them would
   break the main engine's networking;
@@ -44,6 +47,7 @@ Use the ``private_dockerd`` fixture (function scope) or the class directly::
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import shutil
 import signal
@@ -95,6 +99,23 @@ class PrivateDockerd:
         self.process: subprocess.Popen[bytes] | None = None
         #: How many times the daemon was started.
         self.starts = 0
+        digest = hashlib.sha1(str(self.root).encode()).digest()
+        #: Its default bridge (never docker0, the main engine's), and the bridge's address.
+        self.bridge = "tdk" + digest[:6].hex()
+        self.bridge_address = f"10.232.{digest[6] % 250}.1/24"
+
+    def _make_bridge(self) -> None:
+        """Make (or find) this engine's own default bridge, with its address, up."""
+        if not Path("/sys/class/net", self.bridge).exists():
+            subprocess.run(["ip", "link", "add", self.bridge, "type", "bridge"], check=True)
+            subprocess.run(
+                ["ip", "addr", "add", self.bridge_address, "dev", self.bridge], check=True
+            )
+        subprocess.run(["ip", "link", "set", self.bridge, "up"], check=True)
+
+    def _drop_bridge(self) -> None:
+        if Path("/sys/class/net", self.bridge).exists():
+            subprocess.run(["ip", "link", "del", self.bridge], check=False)
 
     # -- addresses --------------------------------------------------------------------
 
@@ -118,7 +139,7 @@ class PrivateDockerd:
             f"--exec-root={self.exec_root}",
             f"--pidfile={self.pidfile}",
             f"--host={self.host}",
-            "--bridge=none",
+            f"--bridge={self.bridge}",
             "--iptables=false",
             "--ip-masq=false",
             "--ip-forward=false",
@@ -140,6 +161,8 @@ class PrivateDockerd:
         if shutil.which("dockerd") is None and not Path("/usr/sbin/dockerd").exists():
             raise EngineError("no dockerd here: install Debian's docker.io")
         self.socket_path.unlink(missing_ok=True)
+        self._drop_stale_pidfiles()
+        self._make_bridge()
         log = self.log_path.open("ab")
         try:
             self.process = subprocess.Popen(
@@ -174,8 +197,8 @@ class PrivateDockerd:
         self._signal(signal.SIGTERM, timeout_s)
 
     def kill(self) -> None:
-        """Crash the daemon (SIGKILL). Its containerd and containers live on until
-        the next :meth:`start`, which stops them (no ``--live-restore``)."""
+        """Crash the daemon (SIGKILL). Its containers live on until the next
+        :meth:`start`, which stops them (no ``--live-restore``)."""
         self._signal(signal.SIGKILL, 30.0)
 
     def restart(self, timeout_s: float = 60.0) -> None:
@@ -220,6 +243,7 @@ class PrivateDockerd:
             time.sleep(0.5)
         for mount in sorted(self._mounts(), key=len, reverse=True):
             subprocess.run(["umount", "-l", mount], capture_output=True, check=False)
+        self._drop_bridge()
         shutil.rmtree(self.root, ignore_errors=True)
 
     def leftover_pids(self) -> list[int]:
@@ -308,6 +332,23 @@ class PrivateDockerd:
                 f"dockerd did not exit within {timeout_s:g} s of {sig.name}:\n{self.log_tail()}"
             ) from None
 
+    def _drop_stale_pidfiles(self) -> None:
+        """Remove pid files that name no live process.
+
+        A crashed dockerd's containerd dies with it (it is started with a
+        parent-death signal) and, reparented to a PID 1 that does not reap
+        orphans (as on these machines), stays a zombie: the next dockerd would
+        take it for a running containerd and wait for its socket until it gives
+        up ("timeout waiting for containerd to start").
+        """
+        for pidfile in (self.pidfile, self.exec_root / "containerd" / "containerd.pid"):
+            try:
+                pid = int(pidfile.read_text().strip())
+            except (OSError, ValueError):
+                continue
+            if not _alive(pid):
+                pidfile.unlink(missing_ok=True)
+
     def _mounts(self) -> list[str]:
         """Mount points under this engine's directory (left by a killed daemon)."""
         try:
@@ -336,6 +377,16 @@ class PrivateDockerd:
         tb: TracebackType | None,
     ) -> None:
         self.cleanup()
+
+
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` is a process that runs (not gone, not a zombie)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    state = stat.rsplit(")", 1)[-1].split()[0]  # the field after the command's name
+    return state not in ("Z", "X")
 
 
 @pytest.fixture
