@@ -293,7 +293,9 @@ def _measure_distributed(
     from bench import distributed
 
     broker = _phase(results, "a RabbitMQ for the workers", distributed.broker_url)
-    schema = _phase(results, "a PostgreSQL schema for the workers", session.postgres_schema)
+    schema = _phase(
+        results, "a PostgreSQL schema for the workers", lambda: session.postgres_schema("dist")
+    )
     if broker is None or schema is None:
         return
     server_id = session.new_server_id("dist")
