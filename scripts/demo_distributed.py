@@ -19,9 +19,12 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
+from sqlalchemy import Engine, create_engine, text
+from sqlalchemy.engine import make_url
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -62,9 +65,16 @@ def wait_http(url: str, proc: subprocess.Popen[bytes], log: Path, timeout_s: flo
     sys.exit(f"demo: {url} did not answer; see {log}")
 
 
+def _drop_schema(admin: Engine, schema: str) -> None:
+    with admin.begin() as connection:
+        connection.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
+    admin.dispose()
+
+
 def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="tarea-demo-"))
     procs: list[subprocess.Popen[bytes]] = []
+    cleanups: list[Callable[[], None]] = []
     engine: PrivateDockerd | None = None
 
     def start(argv: list[str], env: dict[str, str], name: str) -> subprocess.Popen[bytes]:
@@ -102,7 +112,18 @@ def main() -> None:
         engine = PrivateDockerd("demo")
         engine.start()
 
-        common = {"TAREA_DATABASE_URL": database, "TAREA_BROKER_URL": broker}
+        # A schema of the demo's own (dropped at the end), in the database the script gave.
+        admin = create_engine(make_url(database))
+        schema = f"tarea_demo_{secrets.token_hex(4)}"
+        with admin.begin() as connection:
+            connection.execute(text(f'CREATE SCHEMA "{schema}"'))
+        cleanups.append(lambda: _drop_schema(admin, schema))
+        store_url = (
+            make_url(database)
+            .update_query_dict({"options": f"-csearch_path={schema}"})
+            .render_as_string(hide_password=False)
+        )
+        common = {"TAREA_DATABASE_URL": store_url, "TAREA_BROKER_URL": broker}
         api_port = int(os.environ.get("TAREA_PORT", "8000"))
         say(f"the API server on 127.0.0.1:{api_port} and two workers...")
         api = start(
@@ -160,6 +181,8 @@ Ctrl-C stops everything.
                 proc.kill()
         if engine is not None:
             engine.cleanup()
+        for cleanup in cleanups:
+            cleanup()
         shutil.rmtree(work, ignore_errors=True)
 
 
