@@ -20,7 +20,7 @@ UV_FLAGS    = --universal --generate-hashes --quiet --custom-compile-command 'ma
 SERVER_URL ?= http://127.0.0.1:8000
 
 .DEFAULT_GOAL := help
-.PHONY: help run test check bench venv lock engine base_image compose wheels \
+.PHONY: help run test check bench venv lock engine base_image compose wheels demo_distributed \
         build_server_image build_server_tasks_image up_server down_server \
         restart_server test_docker clean
 
@@ -78,6 +78,9 @@ build_server_image: engine venv  ## the server image, from requirements/lock.txt
 run: venv build_server_tasks_image  ## serve tarea on TAREA_HOST:TAREA_PORT (127.0.0.1:8000)
 	@mkdir -p var
 	$(BIN)/tarea serve
+
+demo_distributed: venv build_server_tasks_image  ## RabbitMQ, PostgreSQL, an API server and two workers (the second on a second Docker engine); prints how to try it
+	$(BIN)/python scripts/demo_distributed.py
 
 test: venv build_server_tasks_image  ## the whole test suite, on the real Docker engine
 	$(BIN)/pytest

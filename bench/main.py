@@ -324,6 +324,31 @@ def _measure_postgres(
         _stop_pg(results, first)
 
 
+def _measure_distributed(
+    session: Session, config: BenchConfig, log_dir: Path, results: Results
+) -> None:
+    """An API server with a broker and its workers, against a bare Celery round trip."""
+    from bench import distributed
+
+    broker = _phase(results, "a RabbitMQ for the workers", distributed.broker_url)
+    schema = _phase(
+        results, "a PostgreSQL schema for the workers", lambda: session.postgres_schema("dist")
+    )
+    if broker is None or schema is None:
+        return
+    server_id = session.new_server_id("dist")
+    with distributed.Vhost(broker, f"bench-{server_id}") as vhost:
+        api = _tarea_server(
+            config, log_dir, name="tarea-api", database_url=schema.url, server_id=server_id
+        )
+        api.env["TAREA_BROKER_URL"] = vhost.url
+        results.distributed = _phase(
+            results,
+            "workers on many hosts",
+            lambda: distributed.measure(api, config, log_dir, vhost.url, server_id),
+        )
+
+
 def _measure_seed(session: Session, config: BenchConfig, results: Results) -> None:
     network = _phase(results, "a bridge network for the seed's way", session.network)
     if network is None:
@@ -350,7 +375,7 @@ def _measure_seed(session: Session, config: BenchConfig, results: Results) -> No
         )
 
 
-def _finish(results: Results, config: BenchConfig, log_dir: Path) -> None:
+def _finish(results: Results, config: BenchConfig, log_dir: Path, *, partial: bool = False) -> None:
     """Print the table and what went wrong; keep results.json; rewrite the doc if all ran."""
     table = rows(results)
     print("\n" + text_table(table) + "\n")
@@ -373,6 +398,9 @@ def _finish(results: Results, config: BenchConfig, log_dir: Path) -> None:
             file=sys.stderr,
         )
         return
+    if partial:
+        print(f"bench: {config.output} left as it was: only some phases ran (BENCH_ONLY)")
+        return
     config.output.parent.mkdir(parents=True, exist_ok=True)
     config.output.write_text(render(results, config))
     print(f"bench: wrote {config.output}")
@@ -385,6 +413,8 @@ def main() -> int:
     log_dir = config.log_root / f"{datetime.now():%Y%m%d-%H%M%S}-{run_id}"
     log_dir.mkdir(parents=True, exist_ok=True)
     results = Results(quick=config.quick, log_dir=str(log_dir))
+    # BENCH_ONLY=distributed,postgres: those phases only (the doc is then left as it is).
+    only = {name.strip() for name in os.environ.get("BENCH_ONLY", "").split(",") if name.strip()}
     started = time.monotonic()
     signal.signal(signal.SIGTERM, _interrupt)
     print(f"bench: {'quick' if config.quick else 'full'} run {run_id}, logs in {log_dir}")
@@ -399,12 +429,18 @@ def main() -> int:
                 flush=True,
             )
         with Session(run_id) as session:
-            _measure_floor(session, config, log_dir, results)
-            _measure_durable_floor(session, config, log_dir, results)
-            _measure_tarea(session, config, log_dir, results)
-            _measure_access_log(session, config, log_dir, results)
-            _measure_postgres(session, config, log_dir, results)
-            _measure_seed(session, config, results)
+            phases: dict[str, Callable[[], None]] = {
+                "floor": lambda: _measure_floor(session, config, log_dir, results),
+                "durable_floor": lambda: _measure_durable_floor(session, config, log_dir, results),
+                "tarea": lambda: _measure_tarea(session, config, log_dir, results),
+                "access_log": lambda: _measure_access_log(session, config, log_dir, results),
+                "postgres": lambda: _measure_postgres(session, config, log_dir, results),
+                "distributed": lambda: _measure_distributed(session, config, log_dir, results),
+                "seed": lambda: _measure_seed(session, config, results),
+            }
+            for name, phase in phases.items():
+                if not only or name in only:
+                    phase()
             print("\nbench: cleaning up...", flush=True)
     except KeyboardInterrupt:
         print("\nbench: interrupted; everything it started is stopped and removed", file=sys.stderr)
@@ -414,5 +450,5 @@ def main() -> int:
         return 1
     results.elapsed_s = time.monotonic() - started
     results.load_at_end = load_average()
-    _finish(results, config, log_dir)
+    _finish(results, config, log_dir, partial=bool(only))
     return 1 if results.phase_errors else 0

@@ -68,6 +68,8 @@ def _wrk_section(results: Results) -> list[str]:
     if results.memory:
         runs.append(_wrk_row(results.memory.run))
     runs += _wrk_rows(results.warm_pg) + _split_rows(results.two_pg)
+    if results.distributed:
+        runs += _wrk_rows(results.distributed.one) + _wrk_rows(results.distributed.two)
     header = (
         "run",
         "duration",

@@ -17,6 +17,9 @@ MAX_MEMORY_GROWTH_MB = 50.0
 #: Target (issue "Many API servers on one PostgreSQL"): tarea's warm p50 on
 #: PostgreSQL against its own on SQLite, measured in the same run.
 MAX_PG_LATENCY_RATIO = 1.3
+#: Target (issue "Workers on many hosts"): the distributed warm p50 against a bare
+#: Celery round trip (no-op task, RabbitMQ, rpc:// results), measured in the same run.
+MAX_DISTRIBUTED_RATIO = 1.5
 
 
 def ms(seconds: float | None) -> str:
@@ -256,6 +259,43 @@ def _access_log_rows(r: Results) -> list[Row]:
     ]
 
 
+def _distributed_rows(r: Results) -> list[Row]:
+    """tarea with workers (API → RabbitMQ → worker → container → PostgreSQL → API)."""
+    d = r.distributed
+    if d is None:
+        return []
+    celery = _p50(d.celery)
+    p50 = _p(d.one, "latency", "p50")
+    latency = ratio(p50, celery)
+    return [
+        Row(
+            "workers: warm suma, p50 latency, 1 connection, 1 worker",
+            f"bare Celery round trip {ms(celery)}",
+            ms(p50),
+            times(latency),
+            f"≤ {MAX_DISTRIBUTED_RATIO:g}× (bare Celery)",
+            verdict(_at_most(latency, MAX_DISTRIBUTED_RATIO)),
+        ),
+        Row(
+            "workers: warm suma, throughput, 32 connections, 1 worker",
+            f"one server on PostgreSQL {_req_s(_rps(r.warm_pg))}",
+            _req_s(_rps(d.one)),
+            times(ratio(_rps(d.one), _rps(r.warm_pg))),
+        ),
+        Row(
+            "workers: warm suma, throughput, 32 connections, 2 workers",
+            f"1 worker {_req_s(_rps(d.one))}",
+            _req_s(_rps(d.two)),
+            times(ratio(_rps(d.two), _rps(d.one))),
+        ),
+        Row(
+            "workers: warm suma, p50 / p99 latency, 32 connections, 2 workers",
+            f"1 worker {_pair(_p(d.one, 'throughput', 'p50'), _p(d.one, 'throughput', 'p99'))}",
+            _pair(_p(d.two, "throughput", "p50"), _p(d.two, "throughput", "p99")),
+        ),
+    ]
+
+
 def _oneshot_rows(r: Results) -> list[Row]:
     p50 = ratio(_p50(r.fresh), _p50(r.bare))
     return [
@@ -302,6 +342,8 @@ def tarea_failures(r: Results) -> int | None:
         parts.append(r.two_pg.failures)
     if r.memory:
         parts.append(r.memory.run.failures)
+    if r.distributed:
+        parts.extend(load.failures for load in (r.distributed.one, r.distributed.two) if load)
     if r.fresh:
         parts.append(len(r.fresh.errors))
     return sum(parts) if parts else None
@@ -346,6 +388,7 @@ def rows(results: Results) -> list[Row]:
         + _access_log_rows(results)
         + _postgres_rows(results)
         + _two_pg_rows(results)
+        + _distributed_rows(results)
         + _oneshot_rows(results)
         + _health_rows(results)
     )

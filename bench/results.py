@@ -142,6 +142,15 @@ class Memory:
 
 
 @dataclass
+class Distributed:
+    """Workers on many hosts: bare Celery's round trip, then tarea with one and two workers."""
+
+    celery: Series
+    one: HttpLoad | None = None
+    two: HttpLoad | None = None
+
+
+@dataclass
 class Results:
     """Everything one run measured; a phase that did not run is None."""
 
@@ -161,6 +170,8 @@ class Results:
     postgres_version: str = ""
     #: Two tarea servers on one PostgreSQL schema, loaded at once.
     two_pg: SplitLoad | None = None
+    #: An API server with a broker and its workers (bench.distributed).
+    distributed: Distributed | None = None
     fresh: Series | None = None
     bare: Series | None = None
     memory: Memory | None = None

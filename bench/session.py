@@ -61,15 +61,16 @@ class Session:
         self.server_ids.append(server_id)
         return server_id
 
-    def postgres_schema(self) -> Schema:
-        """A fresh schema ``bench_<run id>`` in the benchmark's PostgreSQL (dropped on exit).
+    def postgres_schema(self, suffix: str = "") -> Schema:
+        """A fresh schema ``bench_<run id>[_<suffix>]`` in the benchmark's PostgreSQL
+        (dropped on exit).
 
         Raises:
             BenchError: no PostgreSQL could be had, or the schema not be made.
         """
         postgres = Postgres(postgres_url())
         self._stack.callback(postgres.close)
-        schema = postgres.create_schema(f"bench_{self.run_id}")
+        schema = postgres.create_schema(f"bench_{self.run_id}" + (f"_{suffix}" if suffix else ""))
         self._stack.callback(self._drop_schema, postgres, schema.name)
         return schema
 

@@ -59,6 +59,12 @@ CODES: tuple[Code, ...] = (
     Code("callback_url_not_allowed", "the callback URL is an address not allowed", 422),
     Code("idempotency_key_reused", "the Idempotency-Key came before with another body", 422),
     Code(
+        "registry_auth_not_supported",
+        "per-request registry credentials with workers (TAREA_BROKER_URL): they are never put "
+        "on the broker; set TAREA_REGISTRY_AUTH on the workers",
+        422,
+    ),
+    Code(
         "image_not_allowed",
         "the image matches none of TAREA_IMAGE_ALLOW, or its registry host is not public",
         403,

@@ -62,6 +62,12 @@ class InvalidRequest(TareaError):
         self.field = field
 
 
+class RegistryAuthNotSupported(InvalidRequest):
+    """Per-request registry credentials, refused with workers (TAREA_BROKER_URL)."""
+
+    code = "registry_auth_not_supported"
+
+
 class InvalidImageReference(InvalidRequest):
     """The image name is not a valid distribution reference."""
 

@@ -70,7 +70,7 @@ class TaskStore(Protocol):
         """How many unfinished tasks each other worker has."""
         ...
 
-    async def reassign(self, task_id: str, *, was: str, to: str) -> bool:
+    async def reassign(self, task_id: str, *, was: str, to: str | None) -> bool:
         """Give the queued task of worker ``was`` to worker ``to``; whether it moved."""
         ...
 
@@ -86,8 +86,17 @@ class TaskStore(Protocol):
         """Queue the stored task ``record`` again as its next attempt (guarded); or None."""
         ...
 
-    async def beat(self, server_id: str, *, host: str, version: str, started_at: datetime) -> None:
-        """Record that ``server_id`` is alive now."""
+    async def beat(
+        self,
+        server_id: str,
+        *,
+        host: str,
+        version: str,
+        started_at: datetime,
+        kind: str = "server",
+        details: dict[str, Any] | None = None,
+    ) -> None:
+        """Record that ``server_id`` is alive now (and what it reports: ``details``)."""
         ...
 
     async def servers(self, lease_s: float) -> builtins.list[ServerInfo]:

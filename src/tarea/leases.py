@@ -19,6 +19,7 @@ import logging
 import socket
 import time
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from tarea import __version__
 from tarea.domain.records import utcnow
@@ -35,6 +36,8 @@ class Membership:
         server_id: this server's id (``TAREA_SERVER_ID``).
         lease_s: how long a server may stay silent before it counts as dead.
         on_silent: settles the tasks of a server this one took over.
+        kind: ``server`` (an API server) or ``worker`` (``tarea worker``).
+        report: what each beat reports besides (a worker's warm pools), if anything.
     """
 
     def __init__(
@@ -44,14 +47,20 @@ class Membership:
         server_id: str,
         lease_s: float,
         on_silent: Callable[[str], Awaitable[None]],
+        kind: str = "server",
+        report: Callable[[], dict[str, Any]] | None = None,
     ) -> None:
         self._store = store
+        self._kind = kind
+        self._report = report
         self.server_id = server_id
         self.lease_s = lease_s
         self._on_silent = on_silent
         self._host = socket.gethostname()
         self._started_at = utcnow()
         self._loop: asyncio.Task[None] | None = None
+        #: How often it beats: a third of the lease (a worker may beat more often).
+        self.interval_s = lease_s / 3
         #: Since when (monotonic) every beat succeeded; None after a missed one.
         self._steady_since: float | None = None
 
@@ -88,7 +97,12 @@ class Membership:
     async def _beat(self) -> None:
         try:
             await self._store.beat(
-                self.server_id, host=self._host, version=__version__, started_at=self._started_at
+                self.server_id,
+                host=self._host,
+                version=__version__,
+                started_at=self._started_at,
+                kind=self._kind,
+                details=None if self._report is None else self._report(),
             )
         except BaseException:
             self._steady_since = None
@@ -96,9 +110,16 @@ class Membership:
         if self._steady_since is None:
             self._steady_since = time.monotonic()
 
+    async def beat_now(self) -> None:
+        """Beat at once (a worker whose warm pools just changed), besides the regular beats."""
+        try:
+            await self._beat()
+        except Exception as exc:
+            log.warning("heartbeat failed: %s", exc)
+
     async def _beat_forever(self) -> None:
         while True:
-            await asyncio.sleep(self.lease_s / 3)
+            await asyncio.sleep(self.interval_s)
             try:
                 await self._beat()
                 if self.steady:

@@ -33,6 +33,7 @@ from tarea.errors import (
     InvalidRequest,
     NotCancellable,
     Refused,
+    RegistryAuthNotSupported,
     TareaError,
     TaskNotFound,
     TooDeep,
@@ -310,6 +311,8 @@ class TaskService:
         """
         if self.draining:
             raise Draining("the server is shutting down; submit again shortly")
+        if auth is not None:
+            self._check_auth("registry_auth")
         record = self._record(new, tenant, idempotency_key)
         created = await self.store.create(record, self._admission)
         if isinstance(created, Refused):
@@ -353,6 +356,9 @@ class TaskService:
         """
         if self.draining:
             raise Draining("the server is shutting down; submit again shortly")
+        for index, auth in enumerate(auths):
+            if auth is not None:
+                self._check_auth(f"tasks[{index}].registry_auth")
         records = [self._record(new, tenant) for new in news]
         created = await self.store.create_many(records, self._admission)
         if isinstance(created, Refused):
@@ -362,6 +368,21 @@ class TaskService:
             self.notices.publish(record.id, "status", status=Status.QUEUED.value)
             self.notices.status_changed(record)
         return created
+
+    def _check_auth(self, field: str) -> None:
+        """Refuse per-request registry credentials when workers run the tasks.
+
+        They would have to travel to a worker: they are never put on the
+        broker nor stored in clear (issue #11), so workers pull with their own
+        TAREA_REGISTRY_AUTH instead.
+        """
+        if self.settings.broker_url:
+            raise RegistryAuthNotSupported(
+                "per-request registry credentials are not accepted by servers with workers "
+                "(TAREA_BROKER_URL): they are never put on the broker. Set TAREA_REGISTRY_AUTH "
+                "on the workers instead, and send the task without them",
+                field=field,
+            )
 
     def _record(self, new: NewTask, tenant: str, idempotency_key: str | None = None) -> TaskRecord:
         """The record of a new task (validated: see :meth:`validate`), queued on this server."""
@@ -484,6 +505,10 @@ class TaskService:
     async def servers(self) -> builtins.list[ServerInfo]:
         """Every server sharing the store, with whether it is alive."""
         return await self.store.servers(self.settings.lease_s)
+
+    async def workers(self) -> builtins.list[ServerInfo]:
+        """Every worker (``tarea worker``) sharing the store, with what it last reported."""
+        return [s for s in await self.servers() if s.kind == "worker"]
 
 
 __all__ = ["NewTask", "TaskService", "effective_limits", "image_allowed"]

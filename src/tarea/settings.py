@@ -199,6 +199,26 @@ class Settings(BaseSettings):
             return max(1, self.concurrency - 1) if several else 0
         return self.tenant_max_running
 
+    # Workers on many hosts (docs/operations.md, "Running on many hosts").
+    broker_url: str | None = Field(
+        None,
+        description="AMQP URL of a RabbitMQ broker (amqp://user:pass@host:5672//). Set on an "
+        "API server, it runs no tasks itself: it records them and hands them to the broker "
+        "for `tarea worker` processes (which need it too). Unset: the embedded default.",
+    )
+    route_ttl_s: float = Field(
+        3.0,
+        gt=0,
+        description="How long a task routed to a worker's own queue (it has a warm container "
+        "for it) waits there before it goes to the shared queue (any worker).",
+    )
+    publish_interval_s: float = Field(
+        1.0,
+        gt=0,
+        description="How often an API server with a broker publishes the queued tasks not "
+        "yet handed to it (accepted while the broker was away, say).",
+    )
+
     max_queued: int = Field(1000, ge=1, description="Tasks that may wait; more get 503.")
     wait_max_s: float = Field(
         60.0, gt=0, description="Longest ?wait=true blocks before answering 202."

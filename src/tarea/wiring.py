@@ -10,18 +10,20 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from tarea.api.schemas import render_task
 from tarea.dispatch import callbacks, outbound
 from tarea.dispatch.local import LocalDispatcher
 from tarea.dispatch.runner import TaskRunner
 from tarea.domain.task import Limits, RegistryAuth
-from tarea.errors import TareaError
+from tarea.errors import ConfigurationError, TareaError
 from tarea.execution.channels import ChannelDir
 from tarea.execution.docker import DockerEngine
 from tarea.execution.executor import Executor
 from tarea.execution.pool import PoolLimits
 from tarea.execution.sandbox import SERVER_LABEL, SandboxPolicy
+from tarea.interfaces import Dispatcher
 from tarea.leases import Membership
 from tarea.logs import log_task_end
 from tarea.metrics import TaskMetrics
@@ -31,6 +33,9 @@ from tarea.service import LIMIT_FIELDS, TaskService
 from tarea.settings import Settings
 from tarea.store.aio import AsyncStore
 from tarea.store.sql import SqlStore
+
+if TYPE_CHECKING:
+    from tarea.distributed.outbox import Router
 
 log = logging.getLogger(__name__)
 
@@ -100,23 +105,30 @@ class Server:
 
     settings: Settings
     store: AsyncStore
-    executor: Executor
+    #: None on an API server with workers (TAREA_BROKER_URL): it runs no task.
+    executor: Executor | None
     notices: LocalNotices
-    dispatcher: LocalDispatcher
+    dispatcher: Dispatcher
     service: TaskService
     membership: Membership
     retention: Retention
     task_metrics: TaskMetrics
+    #: Where tasks go, on an API server with workers.
+    router: Router | None = None
     _warming: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         """Hear notices, recover, run tasks, heartbeat, purge; prewarm in the background."""
-        self.executor.start()
+        if self.executor is not None:
+            self.executor.start()
         await self.notices.start()
+        if self.router is not None:
+            await self.router.start()
         await self.service.start()
         await self.membership.start()
         await self.retention.start()
-        self._warming = asyncio.create_task(prewarm(self.executor, self.settings))
+        if self.executor is not None:
+            self._warming = asyncio.create_task(prewarm(self.executor, self.settings))
 
     async def aclose(self) -> None:
         """Drain, then stop everything and release connections."""
@@ -126,8 +138,9 @@ class Server:
         await self.membership.aclose()
         await self.service.drain()
         await self.notices.aclose()
-        await self.executor.aclose()
-        self.executor.docker.close()
+        if self.executor is not None:
+            await self.executor.aclose()
+            self.executor.docker.close()
         self.store.close()
 
 
@@ -136,6 +149,8 @@ def assemble(settings: Settings) -> Server:
     sql = SqlStore(settings.database_url, settings.durability)
     sql.migrate()
     store = AsyncStore(sql)
+    if settings.broker_url:
+        return assemble_api(settings, sql, store)
     executor = build_executor(settings)
     notices: LocalNotices = (
         PgNotices(settings.database_url, store)
@@ -173,4 +188,50 @@ def assemble(settings: Settings) -> Server:
     retention = Retention(store, retention_s=settings.retention_s)
     return Server(
         settings, store, executor, notices, dispatcher, service, membership, retention, task_metrics
+    )
+
+
+def assemble_api(settings: Settings, sql: SqlStore, store: AsyncStore) -> Server:
+    """An API server with workers (TAREA_BROKER_URL): it records tasks and publishes them.
+
+    It runs no task and needs no Docker engine; PostgreSQL carries ends,
+    events and cancels between it and the workers.
+    """
+    from tarea.distributed.broker import make_celery
+    from tarea.distributed.outbox import OutboxDispatcher, Publisher, Router, celery_sender
+
+    if sql.engine.dialect.name != "postgresql":
+        raise ConfigurationError(
+            "TAREA_BROKER_URL (workers on many hosts) needs a PostgreSQL store: "
+            "set TAREA_DATABASE_URL to postgresql+psycopg://..."
+        )
+    assert settings.broker_url is not None
+    notices = PgNotices(settings.database_url, store)
+    router = Router(store, lease_s=settings.lease_s)
+    publisher = Publisher(
+        sql.engine,
+        celery_sender(make_celery(settings.broker_url)),
+        router,
+        interval_s=settings.publish_interval_s,
+    )
+    dispatcher = OutboxDispatcher(store, notices, publisher, router)
+    service = TaskService(settings, store, dispatcher, notices)
+    membership = Membership(
+        store, server_id=settings.server_id, lease_s=settings.lease_s, on_silent=service.take_over
+    )
+    retention = Retention(store, retention_s=settings.retention_s)
+    # Tasks end on the workers, which serve no /metrics yet: this server's task
+    # histograms stay empty.
+    task_metrics = TaskMetrics(settings.metrics_images)
+    return Server(
+        settings,
+        store,
+        None,
+        notices,
+        dispatcher,
+        service,
+        membership,
+        retention,
+        task_metrics,
+        router,
     )

@@ -11,6 +11,7 @@ import contextlib
 import json
 import os
 import secrets
+import shutil
 import socket
 import subprocess
 import sys
@@ -21,6 +22,7 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -182,6 +184,55 @@ def postgres_url() -> str:
             )
         url = result.stdout.strip().splitlines()[-1]
     return url
+
+
+@pytest.fixture(scope="session")
+def broker_url() -> str:
+    """The AMQP URL of a real RabbitMQ (scripts/ensure-rabbitmq.sh); fails if none."""
+    url = os.environ.get("TAREA_TEST_BROKER_URL", "")
+    if not url:
+        script = ROOT / "scripts" / "ensure-rabbitmq.sh"
+        result = subprocess.run(
+            [str(script)], capture_output=True, text=True, check=False, timeout=900
+        )
+        if result.returncode != 0 or not result.stdout.strip():
+            pytest.fail(
+                f"no RabbitMQ for the tests: {script} failed (exit {result.returncode}); "
+                f"set TAREA_TEST_BROKER_URL or run it as root.\n{result.stderr}",
+                pytrace=False,
+            )
+        url = result.stdout.strip().splitlines()[-1]
+    return url
+
+
+@contextlib.contextmanager
+def broker_vhost(url: str) -> Iterator[str]:
+    """A fresh RabbitMQ virtual host (its queues this test's alone); yields its URL; deleted after.
+
+    Made with ``rabbitmqctl`` (the broker of scripts/ensure-rabbitmq.sh, on this machine).
+    """
+    vhost = f"tarea-test-{secrets.token_hex(6)}"
+    parsed = urlsplit(url)
+    user = parsed.username or "guest"
+
+    def ctl(*args: str) -> None:
+        result = subprocess.run(
+            ["rabbitmqctl", "-q", *args], capture_output=True, text=True, check=False, timeout=120
+        )
+        if result.returncode != 0:
+            pytest.fail(f"rabbitmqctl {' '.join(args)} failed: {result.stderr}", pytrace=False)
+
+    ctl("add_vhost", vhost)
+    ctl("set_permissions", "-p", vhost, user, ".*", ".*", ".*")
+    try:
+        yield f"{parsed.scheme}://{parsed.netloc}/{vhost}"
+    finally:
+        subprocess.run(
+            ["rabbitmqctl", "-q", "delete_vhost", vhost],
+            capture_output=True,
+            check=False,
+            timeout=120,
+        )
 
 
 @pytest.fixture(scope="session")
@@ -496,3 +547,84 @@ def read_events(
                     return events
             assert time.monotonic() < deadline, f"the events never came: {events}"
     pytest.fail(f"the stream ended before the events came: {events}")
+
+
+def _registry_binary() -> str:
+    """Debian's docker-registry, installed (as root) when missing; fails loudly otherwise."""
+    found = shutil.which("docker-registry")
+    if found:
+        return found
+    if os.geteuid() != 0:
+        pytest.fail(
+            "docker-registry is missing: run `apt-get install -y docker-registry` as root",
+            pytrace=False,
+        )
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    install = ["apt-get", "install", "-y", "-qq", "docker-registry"]
+    if subprocess.run(install, capture_output=True, env=env, check=False).returncode != 0:
+        subprocess.run(["apt-get", "update", "-qq"], capture_output=True, env=env, check=False)
+        result = subprocess.run(install, capture_output=True, text=True, env=env, check=False)
+        if result.returncode != 0:
+            pytest.fail(f"cannot install docker-registry:\n{result.stderr}", pytrace=False)
+    found = shutil.which("docker-registry")
+    if not found:
+        pytest.fail("docker-registry installed, but not on PATH", pytrace=False)
+    return found
+
+
+@pytest.fixture(scope="module")
+def local_registry(docker_ready: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real registry on 127.0.0.1 with its own storage; its ``host:port``."""
+    binary = _registry_binary()
+    root = tmp_path_factory.mktemp("registry")
+    port = free_port()
+    config = root / "config.yml"
+    config.write_text(
+        "version: 0.1\n"
+        "log:\n  level: warn\n"
+        f"storage:\n  filesystem:\n    rootdirectory: {root / 'storage'}\n"
+        f"http:\n  addr: 127.0.0.1:{port}\n  secret: {secrets.token_hex(16)}\n"
+    )
+    log = root / "registry.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [binary, "serve", str(config)], stdout=out, stderr=subprocess.STDOUT
+        )
+    try:
+        _wait_for_registry(proc, f"http://127.0.0.1:{port}/v2/", log)
+        yield f"127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def _wait_for_registry(proc: subprocess.Popen[bytes], url: str, log: Path) -> None:
+    """Return once the registry answers ``url``; fail with its log if it does not."""
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"docker-registry exited:\n{log.read_text()}", pytrace=False)
+        try:
+            if httpx.get(url, timeout=1, trust_env=False).status_code == 200:
+                return
+        except httpx.TransportError:
+            time.sleep(0.1)
+    pytest.fail(f"docker-registry did not answer {url}:\n{log.read_text()}", pytrace=False)
+
+
+def restart_postgres() -> None:
+    """Restart the local PostgreSQL cluster the tests use (fast shutdown), as root."""
+    line = subprocess.run(
+        ["pg_lsclusters", "--no-header"], capture_output=True, text=True, check=True
+    ).stdout.split()
+    version, cluster = line[0], line[1]
+    subprocess.run(
+        ["pg_ctlcluster", version, cluster, "restart", "-m", "fast"],
+        capture_output=True,
+        check=True,
+        timeout=60,
+    )

@@ -14,20 +14,16 @@ import asyncio
 import math
 import os
 import secrets
-import shutil
-import subprocess
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
 from tarea.domain.task import Limits, Outcome, TaskSpec
 from tarea.execution.executor import Executor
-from tests.integration.conftest import IMAGES, docker, free_port, with_executor
+from tests.integration.conftest import IMAGES, docker, with_executor
 
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(300)]
 
@@ -44,73 +40,6 @@ class PushedImage:
     ref: str
     id: str
     size: int
-
-
-def _registry_binary() -> str:
-    """Debian's docker-registry, installed (as root) when missing; fails loudly otherwise."""
-    found = shutil.which("docker-registry")
-    if found:
-        return found
-    if os.geteuid() != 0:
-        pytest.fail(
-            "docker-registry is missing: run `apt-get install -y docker-registry` as root",
-            pytrace=False,
-        )
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    install = ["apt-get", "install", "-y", "-qq", "docker-registry"]
-    if subprocess.run(install, capture_output=True, env=env, check=False).returncode != 0:
-        subprocess.run(["apt-get", "update", "-qq"], capture_output=True, env=env, check=False)
-        result = subprocess.run(install, capture_output=True, text=True, env=env, check=False)
-        if result.returncode != 0:
-            pytest.fail(f"cannot install docker-registry:\n{result.stderr}", pytrace=False)
-    found = shutil.which("docker-registry")
-    if not found:
-        pytest.fail("docker-registry installed, but not on PATH", pytrace=False)
-    return found
-
-
-@pytest.fixture(scope="module")
-def local_registry(docker_ready: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A real registry on 127.0.0.1 with its own storage; its ``host:port``."""
-    binary = _registry_binary()
-    root = tmp_path_factory.mktemp("registry")
-    port = free_port()
-    config = root / "config.yml"
-    config.write_text(
-        "version: 0.1\n"
-        "log:\n  level: warn\n"
-        f"storage:\n  filesystem:\n    rootdirectory: {root / 'storage'}\n"
-        f"http:\n  addr: 127.0.0.1:{port}\n  secret: {secrets.token_hex(16)}\n"
-    )
-    log = root / "registry.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [binary, "serve", str(config)], stdout=out, stderr=subprocess.STDOUT
-        )
-    try:
-        _wait_for_registry(proc, f"http://127.0.0.1:{port}/v2/", log)
-        yield f"127.0.0.1:{port}"
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
-def _wait_for_registry(proc: subprocess.Popen[bytes], url: str, log: Path) -> None:
-    """Return once the registry answers ``url``; fail with its log if it does not."""
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"docker-registry exited:\n{log.read_text()}", pytrace=False)
-        try:
-            if httpx.get(url, timeout=1, trust_env=False).status_code == 200:
-                return
-        except httpx.TransportError:
-            time.sleep(0.1)
-    pytest.fail(f"docker-registry did not answer {url}:\n{log.read_text()}", pytrace=False)
 
 
 @pytest.fixture(scope="module")

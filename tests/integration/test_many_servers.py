@@ -22,7 +22,13 @@ import httpx
 import pytest
 from sqlalchemy import Engine
 
-from tests.integration.conftest import docker, postgres_schema, read_events, start_server
+from tests.integration.conftest import (
+    docker,
+    postgres_schema,
+    read_events,
+    restart_postgres,
+    start_server,
+)
 
 pytestmark = pytest.mark.docker
 
@@ -335,20 +341,6 @@ def test_a_server_killed_mid_task_is_taken_over_by_the_other(
             assert servers[pair.a.server_id]["taken_over_by"] == pair.b.server_id
         finally:
             stop_pair(pair)
-
-
-def restart_postgres() -> None:
-    """Restart the local PostgreSQL cluster the tests use (fast shutdown), as root."""
-    line = subprocess.run(
-        ["pg_lsclusters", "--no-header"], capture_output=True, text=True, check=True
-    ).stdout.split()
-    version, cluster = line[0], line[1]
-    subprocess.run(
-        ["pg_ctlcluster", version, cluster, "restart", "-m", "fast"],
-        capture_output=True,
-        check=True,
-        timeout=60,
-    )
 
 
 def settled(node: Node, task_id: str, timeout_s: float) -> dict[str, Any]:

@@ -33,6 +33,14 @@ def serve() -> None:
     serve_main()
 
 
+@app.command()
+def worker() -> None:
+    """Run tasks for API servers with a broker (TAREA_BROKER_URL): one Docker engine's worker."""
+    from tarea.distributed.worker import main as worker_main
+
+    worker_main()
+
+
 # run, submit, tasks, show, logs, cancel, pools, health; the global --url and --api-key.
 tasks.register(app)
 

@@ -255,6 +255,19 @@ class DockerEngine:
             with contextlib.suppress(Exception):
                 stream.close()
 
+    async def version(self) -> str:
+        """The engine's version (``20.10.24``, say).
+
+        Raises:
+            EngineUnavailable: it does not answer.
+        """
+
+        def version() -> str:
+            with _engine_errors():
+                return str(self._api().version().get("Version", "unknown"))
+
+        return await self._call(version)
+
     # -- images ---------------------------------------------------------------
 
     async def inspect_image(self, ref: str) -> ImageInfo | None:

@@ -177,6 +177,19 @@ class WarmPool:
 
     # -- what the pool holds ----------------------------------------------------------------
 
+    def held(self) -> dict[PoolKey, int]:
+        """How many containers (idle or busy) the pool holds for each key.
+
+        What a worker reports with its heartbeats, so that the API sends a
+        task where a container for it is (``tarea worker``).
+        """
+        counts: Counter[PoolKey] = Counter()
+        for key, containers in self._idle.items():
+            counts[key] += len(containers)
+        for key, _, _ in self._busy.values():
+            counts[key] += 1
+        return dict(counts)
+
     def stats(self) -> dict[str, Any]:
         """Sizes and counters, for ``GET /v1/pools`` and the metrics."""
         pools: dict[tuple[str, str], dict[str, Any]] = {}

@@ -133,6 +133,12 @@ class AsyncStore:
         """Move the task to ``new`` if allowed (and on ``attempt``); whether it moved."""
         return self._writer.submit(self.sync.advance_write(task_id, new, fields, attempt=attempt))
 
+    def claim(
+        self, task_id: str, *, worker: str, was: str | None
+    ) -> asyncio.Future[TaskRecord | None]:
+        """Make ``worker`` the queued task's runner if its runner is still ``was``; or None."""
+        return self._writer.submit(self.sync.claim_write(task_id, worker=worker, was=was))
+
     def retry(
         self, record: TaskRecord, error: dict[str, Any], *, worker: str
     ) -> asyncio.Future[TaskRecord | None]:
@@ -178,7 +184,7 @@ class AsyncStore:
         """
         return await self._read(self.sync.claim_unowned, worker)
 
-    async def reassign(self, task_id: str, *, was: str, to: str) -> bool:
+    async def reassign(self, task_id: str, *, was: str, to: str | None) -> bool:
         """Give the queued task of worker ``was`` to worker ``to``; whether it moved."""
         return await self._read(self.sync.reassign, task_id, was=was, to=to)
 
@@ -188,10 +194,25 @@ class AsyncStore:
 
     # -- servers and events (tarea.store.cluster) ---------------------------------------
 
-    async def beat(self, server_id: str, *, host: str, version: str, started_at: datetime) -> None:
-        """Record that ``server_id`` is alive now."""
+    async def beat(
+        self,
+        server_id: str,
+        *,
+        host: str,
+        version: str,
+        started_at: datetime,
+        kind: str = "server",
+        details: dict[str, Any] | None = None,
+    ) -> None:
+        """Record that ``server_id`` is alive now (and what it reports)."""
         await self._read(
-            self.cluster.beat, server_id, host=host, version=version, started_at=started_at
+            self.cluster.beat,
+            server_id,
+            host=host,
+            version=version,
+            started_at=started_at,
+            kind=kind,
+            details=details,
         )
 
     async def servers(self, lease_s: float) -> builtins.list[ServerInfo]:

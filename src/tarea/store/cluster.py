@@ -40,6 +40,10 @@ class ServerInfo:
     taken_over_by: str | None
     #: Whether it was heard of within the lease.
     alive: bool
+    #: ``server`` (an API server) or ``worker``.
+    kind: str = "server"
+    #: What its last beat reported (a worker: queue, engine, running, warm pools).
+    details: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,11 +89,21 @@ class Cluster:
 
     # -- servers --------------------------------------------------------------------------
 
-    def beat(self, server_id: str, *, host: str, version: str, started_at: datetime) -> None:
+    def beat(
+        self,
+        server_id: str,
+        *,
+        host: str,
+        version: str,
+        started_at: datetime,
+        kind: str = "server",
+        details: dict[str, Any] | None = None,
+    ) -> None:
         """Record that ``server_id`` is alive now (its row made on the first beat).
 
         A server that comes back after it was taken over is alive again: its
-        ``taken_over_by`` is cleared.
+        ``taken_over_by`` is cleared. ``details`` is what it reports (a
+        worker's warm pools, say), kept until its next beat.
         """
         values: dict[str, Any] = {
             "host": host,
@@ -97,6 +111,8 @@ class Cluster:
             "started_at": started_at,
             "last_seen": self._now(),
             "taken_over_by": None,
+            "kind": kind,
+            "details": details,
         }
         upsert = (pg_insert if self._postgres else sqlite_insert)(ServerRow)
         statement = upsert.values(id=server_id, **values).on_conflict_do_update(
@@ -122,6 +138,8 @@ class Cluster:
                 last_seen=row.last_seen,
                 taken_over_by=row.taken_over_by,
                 alive=bool(row.alive),
+                kind=row.kind,
+                details=row.details,
             )
             for row in rows
         ]

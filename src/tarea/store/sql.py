@@ -526,6 +526,36 @@ class SqlStore:
 
         return Statement(write)
 
+    def claim_write(
+        self, task_id: str, *, worker: str, was: str | None
+    ) -> Write[TaskRecord | None]:
+        """Make ``worker`` the runner of the queued task, if its runner is still ``was``.
+
+        ``was`` None: if no worker runs it yet (its ``worker`` is none, or an
+        API server's, which records tasks but runs none: ``servers.kind``).
+        One guarded UPDATE: of two workers handed the same task (a message
+        delivered twice), exactly one gets it. The result is the task as
+        claimed (read back in the same transaction, params and all), or None
+        when it was not queued for ``was`` any more.
+        """
+        ph = self._placeholder
+        owner = (
+            "(worker IS NULL OR worker IN (SELECT id FROM servers WHERE kind = 'server'))"
+            if was is None
+            else f"worker = {ph.format('_was')}"
+        )
+        condition = f"status = '{Status.QUEUED.value}' AND {owner}"
+        sql = self._update_sql(("worker",), status=False, condition=condition)
+        params: dict[str, Any] = {"worker": worker, "_id": task_id, "_was": was}
+
+        def write(tx: Tx) -> TaskRecord | None:
+            tx.cursor.execute(sql, params)
+            if tx.cursor.rowcount != 1:
+                return None
+            return self._read(tx, f"id = {ph.format('id')}", {"id": task_id})
+
+        return write
+
     def retry_write(
         self, record: TaskRecord, error: dict[str, Any], *, worker: str
     ) -> Write[TaskRecord | None]:
@@ -771,7 +801,7 @@ class SqlStore:
         with self._engine.begin() as connection:
             return connection.execute(statement).rowcount
 
-    def reassign(self, task_id: str, *, was: str, to: str) -> bool:
+    def reassign(self, task_id: str, *, was: str, to: str | None) -> bool:
         """Give the queued task ``task_id`` of worker ``was`` to worker ``to``; whether it moved.
 
         Guarded: a task that started, ended or moved meanwhile is left as it is.

@@ -17,6 +17,7 @@ from sqlalchemy import (
     DateTime,
     Dialect,
     Float,
+    ForeignKey,
     Index,
     Integer,
     MetaData,
@@ -39,6 +40,7 @@ NAMING_CONVENTION = {
     "uq": "uq_%(table_name)s_%(column_0_N_name)s",
     "ck": "ck_%(table_name)s_%(constraint_name)s",
     "pk": "pk_%(table_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
 }
 
 
@@ -147,6 +149,27 @@ class ServerRow(Base):
     last_seen: Mapped[datetime] = mapped_column(UTCDateTime)
     #: The live server that settled this one's tasks once it fell silent.
     taken_over_by: Mapped[str | None] = mapped_column(Text)
+    #: ``server`` (an API server) or ``worker`` (``tarea worker``).
+    kind: Mapped[str] = mapped_column(Text, server_default="server")
+    #: What its last beat reported (a worker: queue, engine, running, warm pools).
+    details: Mapped[dict[str, Any] | None] = mapped_column(json_type(nullable=True))
+
+
+class PublicationRow(Base):
+    """One attempt of a task handed to the broker (the outbox; migration 0005).
+
+    A queued task whose current attempt has no row is still to be published.
+    """
+
+    __tablename__ = "publications"
+
+    task_id: Mapped[str] = mapped_column(
+        Text, ForeignKey("tasks.id", ondelete="CASCADE"), primary_key=True
+    )
+    attempt: Mapped[int] = mapped_column(Integer, primary_key=True)
+    #: The queue it went to: a worker's own, or the shared one.
+    queue: Mapped[str] = mapped_column(Text)
+    published_at: Mapped[datetime] = mapped_column(UTCDateTime, server_default=func.now())
 
 
 class TaskEventRow(Base):

@@ -1,4 +1,4 @@
-"""``GET /v1/servers``: the servers sharing this server's store, and whether they live.
+"""``GET /v1/servers`` and ``GET /v1/workers``: who shares this server's store, and lives.
 
 The operator's view (hosts, versions, takeovers): an operator key
 (TAREA_ADMIN_KEYS) is needed when keys are on.
@@ -54,3 +54,61 @@ async def servers(service: ServiceDep, _admin: AdminDep) -> ServersOut:
             for s in await service.servers()
         ]
     )
+
+
+class WorkerOut(BaseModel):
+    """One worker (``tarea worker``), as its heartbeats tell."""
+
+    id: str = Field(description="Its TAREA_SERVER_ID.")
+    host: str
+    version: str = Field(description="tarea's version on it.")
+    engine: str = Field(description="Its Docker engine's version.")
+    queue: str = Field(description="Its own queue on the broker.")
+    concurrency: int = Field(description="Tasks it runs at once.")
+    running: int = Field(description="Tasks it ran when it last reported.")
+    warm_containers: dict[str, int] = Field(
+        description="Containers it holds (idle or busy), by image reference."
+    )
+    draining: bool = Field(description="Shutting down: it takes no new task.")
+    consuming: bool = Field(
+        description="Connected to the broker when it last reported (false: it takes no task "
+        "until it reconnects)."
+    )
+    started_at: datetime
+    last_seen: datetime
+    alive: bool = Field(description="Heard of within TAREA_LEASE_S.")
+
+
+class WorkersOut(BaseModel):
+    """Every worker recorded, the most recently seen first."""
+
+    items: list[WorkerOut]
+
+
+@router.get("/v1/workers", response_model=WorkersOut, summary="Workers sharing the store")
+async def workers(service: ServiceDep, _admin: AdminDep) -> WorkersOut:
+    """Each worker's id, host, engine version, running tasks, warm containers per image and
+    last heartbeat (none in the embedded default, where the server runs tasks itself)."""
+    items = []
+    for w in await service.workers():
+        details = w.details or {}
+        items.append(
+            WorkerOut(
+                id=w.id,
+                host=w.host,
+                version=w.version,
+                engine=str(details.get("engine", "unknown")),
+                queue=str(details.get("queue", "")),
+                concurrency=int(details.get("concurrency", 0)),
+                running=int(details.get("running", 0)),
+                warm_containers={
+                    str(k): int(v) for k, v in dict(details.get("images", {})).items()
+                },
+                draining=bool(details.get("draining", False)),
+                consuming=bool(details.get("consuming", False)),
+                started_at=w.started_at,
+                last_seen=w.last_seen,
+                alive=w.alive,
+            )
+        )
+    return WorkersOut(items=items)

@@ -1,0 +1,215 @@
+"""Workers on many hosts, measured: tarea's distributed warm path against bare Celery.
+
+One run's own RabbitMQ virtual host and PostgreSQL schema; a bare Celery round
+trip first (:mod:`bench.celery_noop`: a no-op task, ``rpc://`` results,
+``delay().get()`` one after another), then one API server with
+``TAREA_BROKER_URL`` and one ``tarea worker`` under wrk (warm suma: p50 at one
+connection, throughput at many), then the same with a second worker.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+from urllib.parse import urlsplit
+
+import httpx
+
+from bench.config import ROOT, BenchConfig
+from bench.http_load import measure as measure_http
+from bench.procs import BenchError, Server
+from bench.results import Distributed, Series
+
+#: Round trips of the bare Celery baseline (after as many warm-up calls as a tenth of it).
+CELERY_CALLS = 1000
+
+
+def broker_url() -> str:
+    """A RabbitMQ the benchmark may make a virtual host on (scripts/ensure-rabbitmq.sh).
+
+    Raises:
+        BenchError: none is set, and the script could not provide one.
+    """
+    for name in ("BENCH_BROKER_URL", "TAREA_TEST_BROKER_URL"):
+        if os.environ.get(name):
+            return os.environ[name]
+    script = ROOT / "scripts" / "ensure-rabbitmq.sh"
+    done = subprocess.run(
+        [str(script)], cwd=ROOT, capture_output=True, text=True, check=False, timeout=900
+    )
+    lines = done.stdout.strip().splitlines()
+    if done.returncode != 0 or not lines:
+        raise BenchError(f"no RabbitMQ: {script.name} exited with {done.returncode}")
+    return lines[-1]
+
+
+class Vhost:
+    """A RabbitMQ virtual host of this run's own (``rabbitmqctl``), deleted after."""
+
+    def __init__(self, url: str, name: str) -> None:
+        self.name = name
+        parts = urlsplit(url)
+        self._user = parts.username or "guest"
+        self.url = f"{parts.scheme}://{parts.netloc}/{name}"
+
+    def __enter__(self) -> Vhost:
+        self._ctl("add_vhost", self.name)
+        self._ctl("set_permissions", "-p", self.name, self._user, ".*", ".*", ".*")
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        subprocess.run(["rabbitmqctl", "-q", "delete_vhost", self.name], capture_output=True)
+
+    @staticmethod
+    def _ctl(*args: str) -> None:
+        done = subprocess.run(["rabbitmqctl", "-q", *args], capture_output=True, text=True)
+        if done.returncode != 0:
+            raise BenchError(f"rabbitmqctl {' '.join(args)} failed: {done.stderr.strip()}")
+
+
+@dataclass
+class Proc:
+    """A background process of the benchmark (a worker), its output in a log file."""
+
+    name: str
+    argv: list[str]
+    env: dict[str, str]
+    log_path: Path
+    _process: subprocess.Popen[bytes] | None = None
+    _log: IO[bytes] | None = None
+
+    def start(self) -> None:
+        self._log = self.log_path.open("wb")
+        self._process = subprocess.Popen(
+            self.argv,
+            env=self.env,
+            cwd=ROOT,
+            stdin=subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    def alive(self) -> bool:
+        return self._process is not None and self._process.poll() is None
+
+    def stop(self, grace_s: float = 30.0) -> None:
+        process, self._process = self._process, None
+        if process is not None and process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(grace_s)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+    def log_tail(self, lines: int = 20) -> str:
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+
+def celery_round_trips(broker: str, log_dir: Path, calls: int = CELERY_CALLS) -> Series:
+    """Time ``noop.delay().get()`` ``calls`` times against a worker of bench.celery_noop."""
+    env = {**os.environ, "BENCH_CELERY_BROKER": broker}
+    worker = Proc(
+        "celery-noop",
+        [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "bench.celery_noop",
+            "worker",
+            "--pool=threads",
+            "--concurrency=4",
+            "--loglevel=WARNING",
+            "--without-gossip",
+            "--without-mingle",
+            "--without-heartbeat",
+        ],
+        env,
+        log_dir / "celery-noop.log",
+    )
+    os.environ["BENCH_CELERY_BROKER"] = broker
+    from bench.celery_noop import noop
+
+    series = Series("bare Celery round trip")
+    worker.start()
+    try:
+        deadline = time.monotonic() + 60
+        while True:  # the first call waits for the worker to consume
+            try:
+                noop.delay().get(timeout=5)
+                break
+            except Exception as exc:
+                if time.monotonic() > deadline or not worker.alive():
+                    raise BenchError(
+                        f"the Celery worker never answered ({exc}):\n{worker.log_tail()}"
+                    ) from exc
+        print(f"bench: bare Celery round trips ({calls})...", flush=True)
+        for _ in range(calls // 10):
+            noop.delay().get(timeout=10)
+        for _ in range(calls):
+            started = time.perf_counter()
+            try:
+                noop.delay().get(timeout=10)
+            except Exception as exc:
+                series.errors.append(str(exc)[:200])
+                continue
+            series.seconds.append(time.perf_counter() - started)
+    finally:
+        worker.stop()
+    return series
+
+
+def start_worker(api: Server, env: dict[str, str], server_id: str, log_dir: Path) -> Proc:
+    """Start ``tarea worker`` ``server_id``; return once the API lists it alive."""
+    worker = Proc(
+        server_id,
+        [sys.executable, "-c", "from tarea.cli import main; main()", "worker"],
+        {**env, "TAREA_SERVER_ID": server_id},
+        log_dir / f"{server_id}.log",
+    )
+    worker.start()
+    deadline = time.monotonic() + 120
+    with httpx.Client(base_url=api.url, timeout=5) as client:
+        while time.monotonic() < deadline:
+            if not worker.alive():
+                raise BenchError(f"worker {server_id} exited:\n{worker.log_tail()}")
+            items = client.get("/v1/workers").json()["items"]
+            if any(w["id"] == server_id and w["alive"] for w in items) and " ready." in (
+                worker.log_path.read_text(errors="replace")
+            ):
+                return worker
+            time.sleep(0.2)
+    worker.stop()
+    raise BenchError(f"worker {server_id} was not ready in 120 s:\n{worker.log_tail()}")
+
+
+def measure(
+    api: Server, config: BenchConfig, log_dir: Path, broker: str, server_id: str
+) -> Distributed:
+    """Bare Celery, then tarea's API with one worker, then with two, under wrk."""
+    result = Distributed(celery=celery_round_trips(broker, log_dir))
+    env = {k: v for k, v in api.env.items() if k not in ("TAREA_PORT",)}
+    workers: list[Proc] = []
+    try:
+        print("bench: starting an API server with a broker, and one worker...", flush=True)
+        api.start(ready_timeout_s=120)
+        workers.append(start_worker(api, env, f"{server_id}-w1", log_dir))
+        result.one = measure_http("distributed, 1 worker", api, config, log_dir / "wrk.log")
+        workers.append(start_worker(api, env, f"{server_id}-w2", log_dir))
+        result.two = measure_http("distributed, 2 workers", api, config, log_dir / "wrk.log")
+    finally:
+        for worker in workers:
+            worker.stop()
+        api.stop()
+    return result

@@ -1,0 +1,420 @@
+"""The API server's side with a broker: tasks recorded first, published from the table.
+
+With ``TAREA_BROKER_URL`` set, ``tarea serve`` runs no task. Submitting
+records the task (as always: accepting never depends on the broker), and the
+:class:`OutboxDispatcher` hands it to the broker:
+
+- at once, by its :class:`Publisher` thread, right after the record is
+  committed (the warm path);
+- and every ``TAREA_PUBLISH_INTERVAL_S``, for every queued task whose current
+  attempt was never published (accepted while RabbitMQ was away, queued again
+  for a retry, or left by an API server that died before publishing).
+
+An attempt is published once: the publisher inserts its ``publications`` row
+and publishes (with a publisher confirm) in one transaction, committed after
+RabbitMQ has the message. Two publishers of the same attempt (this fast path
+and another server's sweep) are serialised by the row's primary key: the
+second finds it and publishes nothing. Only a crash between RabbitMQ's confirm
+and the commit can publish an attempt twice, and a worker's claim (a guarded
+UPDATE) makes the second message a no-op.
+
+Where a task goes (:class:`Router`): to the own queue of a worker that reports a
+container for its (tenant, image, limits) in its heartbeat, the least busy
+first; else to the shared queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import queue
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any, Protocol
+
+from celery import Celery
+from sqlalchemy import Engine, text
+
+from tarea.distributed.broker import (
+    EXCHANGE,
+    SHARED_QUEUE,
+    TASK_NAME,
+    shared_queue,
+    warm_key,
+)
+from tarea.domain.records import TaskRecord, utcnow
+from tarea.domain.status import Status
+from tarea.domain.task import RegistryAuth
+from tarea.interfaces import Notices, TaskStore
+from tarea.store.cluster import ServerInfo
+
+log = logging.getLogger(__name__)
+
+#: Queued tasks whose current attempt has no publication, oldest first (the sweep).
+_UNPUBLISHED = text(
+    "SELECT t.id, t.attempt, t.tenant, t.image, t.limits, t.worker FROM tasks t "
+    "WHERE t.status = 'queued' AND t.created_at < :before AND NOT EXISTS "
+    "(SELECT 1 FROM publications p WHERE p.task_id = t.id AND p.attempt = t.attempt) "
+    "ORDER BY t.created_at LIMIT :limit"
+)
+_CLAIM_PUBLICATION = text(
+    "INSERT INTO publications (task_id, attempt, queue) "
+    "SELECT id, attempt, :queue FROM tasks WHERE id = :id AND attempt = :attempt "
+    "AND status = 'queued' ON CONFLICT DO NOTHING"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerInfo:
+    """One live worker as its last heartbeat reported it."""
+
+    id: str
+    queue: str
+    concurrency: int
+    running: int
+    warm: dict[str, int]
+
+
+class Heartbeats(Protocol):
+    """Where the Router reads the workers' reports (:class:`~tarea.store.aio.AsyncStore`)."""
+
+    async def servers(self, lease_s: float) -> list[ServerInfo]:
+        """Every server recorded, with whether it is alive and what it reported."""
+        ...
+
+
+class Router:
+    """Chooses each task's queue from the workers' reported pools.
+
+    Args:
+        store: where the workers' heartbeats are read.
+        lease_s: a worker not heard of for this long is not routed to.
+        refresh_s: how often the reports are read again.
+    """
+
+    def __init__(self, store: Heartbeats, *, lease_s: float, refresh_s: float = 0.5) -> None:
+        self._store = store
+        self._lease_s = lease_s
+        self._refresh_s = refresh_s
+        self.workers: dict[str, WorkerInfo] = {}
+        #: Each live worker's pool statistics, as it reported them.
+        self.pools: dict[str, dict[str, Any]] = {}
+        #: Tasks sent to each worker's queue since its report was read.
+        self._sent: Counter[str] = Counter()
+        self._loop: asyncio.Task[None] | None = None
+        #: Counters: routed to a warm worker, or to the shared queue.
+        self.counts: Counter[str] = Counter()
+
+    async def start(self) -> None:
+        """Read the reports now, then every ``refresh_s``."""
+        await self.refresh()
+        self._loop = asyncio.create_task(self._refresh_forever(), name="tarea-router")
+
+    async def aclose(self) -> None:
+        """Stop reading the reports."""
+        if self._loop is not None:
+            self._loop.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._loop
+
+    async def refresh(self) -> None:
+        """Read the live workers' latest reports."""
+        try:
+            servers = await self._store.servers(self._lease_s)
+        except Exception as exc:
+            log.warning("cannot read the workers' reports: %s", exc)
+            return
+        workers: dict[str, WorkerInfo] = {}
+        pools: dict[str, dict[str, Any]] = {}
+        for server in servers:
+            details = server.details or {}
+            if server.kind != "worker" or not server.alive or not details.get("queue"):
+                continue
+            workers[server.id] = WorkerInfo(
+                id=server.id,
+                queue=str(details["queue"]),
+                concurrency=int(details.get("concurrency", 1)),
+                running=int(details.get("running", 0)),
+                warm={str(k): int(v) for k, v in dict(details.get("warm", {})).items()},
+            )
+            pools[server.id] = dict(details.get("pools", {}))
+        self.workers = workers
+        self.pools = pools
+        self._sent.clear()
+
+    async def _refresh_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self._refresh_s)
+            await self.refresh()
+
+    def route(self, tenant: str, image: str, limits: dict[str, Any]) -> str:
+        """The queue of a task: a worker with a container for it (the least busy), else shared."""
+        key = warm_key(tenant, image, limits)
+        best: WorkerInfo | None = None
+        best_load = 0.0
+        for worker in self.workers.values():
+            if worker.warm.get(key, 0) <= 0:
+                continue
+            load = (worker.running + self._sent[worker.id]) / max(worker.concurrency, 1)
+            if best is None or load < best_load:
+                best, best_load = worker, load
+        if best is None:
+            self.counts["shared"] += 1
+            return SHARED_QUEUE
+        self._sent[best.id] += 1
+        self.counts["warm"] += 1
+        return best.queue
+
+    def live_workers(self) -> frozenset[str]:
+        """The ids of the workers heard of within the lease."""
+        return frozenset(self.workers)
+
+
+class Publisher:
+    """Threads that publish tasks' attempts, each in one transaction with its row.
+
+    Args:
+        engine: the store's SQLAlchemy engine (PostgreSQL).
+        send: publishes one message (:func:`celery_sender`); returns once the
+            broker has it, raises if it could not.
+        router: chooses the queue of a task the sweep finds.
+        interval_s: how often the sweep looks for unpublished attempts.
+        threads: how many publish at once.
+    """
+
+    def __init__(
+        self,
+        engine: Engine,
+        send: Send,
+        router: Router,
+        *,
+        interval_s: float,
+        threads: int = 4,
+    ) -> None:
+        self._engine = engine
+        self._send = send
+        self._router = router
+        self._interval_s = interval_s
+        self._queue: queue.SimpleQueue[tuple[str, int, str] | None] = queue.SimpleQueue()
+        # Several: a publish waits for RabbitMQ's confirm (a quorum queue's fsync), and
+        # the next task need not wait for it. The first one also sweeps.
+        self._threads = [
+            threading.Thread(
+                target=self._serve, args=(i == 0,), name=f"tarea-publisher-{i}", daemon=True
+            )
+            for i in range(threads)
+        ]
+        self._stopping = False
+        #: Attempts published by this thread, and publishes that failed.
+        self.published = 0
+        self.failures = 0
+        #: Whether the last publish reached the broker.
+        self.broker_up = True
+
+    def start(self) -> None:
+        """Start the threads."""
+        for thread in self._threads:
+            thread.start()
+
+    def stop(self) -> None:
+        """Publish what was offered, then stop the threads."""
+        self._stopping = True
+        for _ in self._threads:
+            self._queue.put(None)
+        for thread in self._threads:
+            thread.join(timeout=10)
+
+    def offer(self, task_id: str, attempt: int, queue_name: str) -> None:
+        """Publish ``task_id``'s ``attempt`` to ``queue_name`` soon (unless it was)."""
+        self._queue.put((task_id, attempt, queue_name))
+
+    def _serve(self, sweeps: bool) -> None:
+        next_sweep = time.monotonic() + (self._interval_s if sweeps else float("inf"))
+        while True:
+            if time.monotonic() >= next_sweep:
+                next_sweep = time.monotonic() + self._interval_s
+                if not self._stopping:
+                    self._sweep()
+            try:
+                wait = next_sweep - time.monotonic()
+                item = self._queue.get(timeout=max(wait, 0.0) if sweeps else None)
+            except queue.Empty:
+                continue
+            if item is None:
+                return
+            self._publish_guarded(*item)
+
+    def _sweep(self) -> None:
+        """Publish every queued attempt that was never published (oldest first)."""
+        before = utcnow() - timedelta(seconds=1)  # the fast path's own, under way, left to it
+        try:
+            with self._engine.connect() as connection:
+                rows = connection.execute(
+                    _UNPUBLISHED,
+                    {"before": before, "limit": 500},
+                ).all()
+        except Exception as exc:
+            log.warning("outbox: cannot read the unpublished tasks: %s", exc)
+            return
+        live = self._router.live_workers()
+        for task_id, attempt, tenant, image, limits, worker in rows:
+            if worker in live:  # a worker runs it (its own retry): nothing to hand out
+                continue
+            queue_name = self._router.route(tenant, image, dict(limits))
+            if not self._publish_guarded(task_id, attempt, queue_name):
+                return  # the broker (or the store) is away: the next sweep tries again
+
+    def _publish_guarded(self, task_id: str, attempt: int, queue_name: str) -> bool:
+        """Record and publish one attempt in one transaction; whether nothing failed."""
+        try:
+            with self._engine.connect() as connection, connection.begin():
+                inserted = connection.execute(
+                    _CLAIM_PUBLICATION, {"id": task_id, "attempt": attempt, "queue": queue_name}
+                ).rowcount
+                if inserted != 1:
+                    return True  # published already (or not queued any more)
+                self._send(task_id, attempt, queue_name)
+        except Exception as exc:
+            self.failures += 1
+            if self.broker_up:
+                log.warning(
+                    "outbox: task %s not published yet (%s); it will be when the broker "
+                    "and the store answer",
+                    task_id,
+                    exc,
+                )
+            self.broker_up = False
+            return False
+        if not self.broker_up:
+            log.info("outbox: the broker answers again")
+        self.broker_up = True
+        self.published += 1
+        return True
+
+
+#: Publishes ``tarea.run(task_id, attempt)`` to a queue; returns once the broker has it.
+Send = Callable[[str, int, str], None]
+
+
+def celery_sender(celery: Celery) -> Send:
+    """A :data:`Send` through ``celery``'s producer pool (publisher confirms on)."""
+
+    def send(task_id: str, attempt: int, queue_name: str) -> None:
+        with celery.producer_or_acquire() as producer:
+            celery.send_task(
+                TASK_NAME,
+                args=[task_id, attempt],
+                exchange=EXCHANGE.name,
+                routing_key=queue_name,
+                declare=[shared_queue()],
+                retry=False,
+                producer=producer,
+                ignore_result=True,
+            )
+
+    return send
+
+
+class OutboxDispatcher:
+    """The :class:`~tarea.interfaces.Dispatcher` of an API server with workers.
+
+    It runs nothing: it hands recorded tasks to the broker (see the module
+    docstring), records ends decided here (a cancel), and reports the
+    workers' pools. Cancels reach the worker running the task through
+    PostgreSQL's notices.
+    """
+
+    def __init__(
+        self,
+        store: TaskStore,
+        notices: Notices,
+        publisher: Publisher,
+        router: Router,
+    ) -> None:
+        self._store = store
+        self._notices = notices
+        self._publisher = publisher
+        self.router = router
+        self._counts: Counter[str] = Counter()
+
+    @property
+    def queued(self) -> int:
+        """Tasks waiting here: none (they wait in the store and the broker)."""
+        return 0
+
+    @property
+    def running(self) -> int:
+        """Tasks running here: none (workers run them)."""
+        return 0
+
+    def start(self) -> None:
+        """Start publishing."""
+        self._publisher.start()
+
+    def enqueue(self, record: TaskRecord, auth: RegistryAuth | None = None) -> None:
+        """Hand the recorded task to the broker (``auth`` is refused before: never sent)."""
+        if auth is not None:  # the service refuses them first; never put on the broker
+            raise ValueError("registry credentials are never put on the broker")
+        queue_name = self.router.route(record.tenant, record.image, record.limits)
+        self._publisher.offer(record.id, record.attempt, queue_name)
+
+    def cancel(self, task_id: str) -> bool:
+        """Nothing runs here: the worker running it hears the cancel's notice."""
+        return False
+
+    async def record_end(self, task_id: str, status: Status, **fields: Any) -> TaskRecord | None:
+        """Record a terminal status (guarded) and tell this server's waiters."""
+        record = await self._store.transition(task_id, status, finished_at=utcnow(), **fields)
+        if record is not None:
+            self._counts[record.status.value] += 1
+            self._notices.ended(record)
+        return record
+
+    async def remove_containers(self, server_id: str) -> int:
+        """No containers here (a worker removes its own when it starts again)."""
+        return 0
+
+    async def drain(self, timeout_s: float) -> list[str]:
+        """Nothing runs here."""
+        return []
+
+    async def ends_recorded(self, timeout_s: float) -> bool:
+        """Nothing ran here."""
+        return True
+
+    async def stop(self) -> None:
+        """Stop publishing (offered attempts are published first) and reading reports."""
+        await self.router.aclose()
+        await asyncio.get_running_loop().run_in_executor(None, self._publisher.stop)
+
+    def pools(self) -> dict[str, Any]:
+        """Every live worker's pool, as its last heartbeat reported it, summed."""
+        counters: Counter[str] = Counter()
+        pools: list[dict[str, Any]] = []
+        total = max_total = 0
+        for worker_id in sorted(self.router.workers):
+            info = self.router.pools.get(worker_id) or {}
+            counters.update(info.get("counters", {}))
+            total += int(info.get("total", 0))
+            max_total += int(info.get("max_total", 0))
+            pools.extend({**pool, "worker": worker_id} for pool in info.get("pools", []))
+        return {
+            "total": total,
+            "max_total": max_total,
+            "max_per_image": 0,
+            "counters": dict(counters),
+            "pools": pools,
+            "routing": dict(self.router.counts),
+        }
+
+    def end_counts(self) -> dict[str, int]:
+        """Terminal statuses recorded here (cancels)."""
+        return dict(self._counts)
+
+    async def ping(self) -> None:
+        """Nothing to check here: accepting never depends on the broker or an engine."""

@@ -1,0 +1,167 @@
+"""The outbox and the claim, on a real PostgreSQL: each attempt published once, and a
+task claimed by one worker however many messages name it."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Callable, Iterator
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import Engine, text
+
+from tarea.distributed.outbox import Publisher, Router
+from tarea.domain.records import utcnow
+from tarea.domain.status import Status
+from tarea.store.aio import AsyncStore
+from tarea.store.cluster import Cluster
+from tarea.store.sql import SqlStore
+from tests.integration.conftest import postgres_schema, task_record
+
+
+@pytest.fixture
+def pg(postgres_url: str, postgres_admin: Engine) -> Iterator[SqlStore]:
+    """A migrated store on a fresh PostgreSQL schema."""
+    with postgres_schema(postgres_url, postgres_admin) as url:
+        store = SqlStore(url)
+        store.migrate()
+        yield store
+        store.close()
+
+
+class Sent:
+    """A send that records what it was asked to publish (thread-safe), or fails."""
+
+    def __init__(self, fail: bool = False) -> None:
+        self.messages: list[tuple[str, int, str]] = []
+        self.fail = fail
+        self._lock = threading.Lock()
+
+    def __call__(self, task_id: str, attempt: int, queue_name: str) -> None:
+        if self.fail:
+            raise ConnectionError("the broker is away")
+        with self._lock:
+            self.messages.append((task_id, attempt, queue_name))
+
+
+def publisher(store: SqlStore, send: Sent, interval_s: float = 3600) -> Publisher:
+    router = Router(AsyncStore(store), lease_s=15)
+    return Publisher(store.engine, send, router, interval_s=interval_s, threads=4)
+
+
+def publications(store: SqlStore, task_id: str) -> list[tuple[int, str]]:
+    with store.engine.connect() as connection:
+        rows = connection.execute(
+            text("SELECT attempt, queue FROM publications WHERE task_id = :id ORDER BY attempt"),
+            {"id": task_id},
+        ).all()
+    return [(int(a), str(q)) for a, q in rows]
+
+
+def test_racing_publishers_publish_an_attempt_once(pg: SqlStore) -> None:
+    """Two API servers' publishers (four threads each), offered the same attempt many
+    times: one message, one publication row."""
+    record = task_record()
+    pg.create(record)
+    sent = Sent()
+    publishers = [publisher(pg, sent), publisher(pg, sent)]
+    for p in publishers:
+        p.start()
+    for _ in range(10):
+        for p in publishers:
+            p.offer(record.id, 1, "tarea.tasks")
+    for p in publishers:
+        p.stop()
+    assert sent.messages == [(record.id, 1, "tarea.tasks")]
+    assert publications(pg, record.id) == [(1, "tarea.tasks")]
+
+
+def test_an_attempt_the_broker_refused_is_published_by_the_sweep(pg: SqlStore) -> None:
+    """The broker away: nothing is recorded as published. Later, the sweep finds the
+    queued task and publishes it; then its next attempt (a retry) too, once each."""
+    record = task_record(created_at=utcnow() - timedelta(seconds=30))
+    pg.create(record)
+    down = Sent(fail=True)
+    first = publisher(pg, down)
+    first.start()
+    first.offer(record.id, 1, "tarea.tasks")
+    first.stop()
+    assert publications(pg, record.id) == []
+    assert first.failures == 1
+
+    up = Sent()
+    sweeping = publisher(pg, up, interval_s=0.2)
+    sweeping.start()
+    try:
+        _until(lambda: len(up.messages) == 1)
+        assert up.messages == [(record.id, 1, "tarea.tasks")]
+        again = asyncio.run(_retry(pg, record.id))
+        assert again == 2
+        _until(lambda: len(up.messages) == 2)
+    finally:
+        sweeping.stop()
+    assert up.messages[1] == (record.id, 2, "tarea.tasks")
+    assert publications(pg, record.id) == [(1, "tarea.tasks"), (2, "tarea.tasks")]
+
+
+async def _retry(store: SqlStore, task_id: str) -> int:
+    """Run the task's first attempt (claimed, running) and queue its second; its attempt."""
+    aio = AsyncStore(store)
+    try:
+        claimed = await aio.claim(task_id, worker="w1", was=record_worker(store, task_id))
+        assert claimed is not None
+        assert await aio.advance(task_id, Status.RUNNING, attempt=1)
+        running = await aio.get(task_id)
+        assert running is not None
+        again = await aio.retry(running, {"code": "worker_lost"}, worker="api")
+        assert again is not None
+        return again.attempt
+    finally:
+        aio.close()
+
+
+def record_worker(store: SqlStore, task_id: str) -> str | None:
+    record = store.get(task_id)
+    assert record is not None
+    return record.worker
+
+
+def _until(check: Callable[[], bool], timeout_s: float = 20) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not check():
+        assert time.monotonic() < deadline, "never happened"
+        time.sleep(0.05)
+
+
+def test_a_task_queued_by_an_api_server_is_claimed_by_one_worker(pg: SqlStore) -> None:
+    """Recorded by an API server (its id in servers, kind server): the first worker's
+    claim takes it (params read back), a second one's gets nothing; a task claimed by a
+    worker can be taken from it only by naming it (its process found gone)."""
+    Cluster(pg.engine).beat("api-1", host="h", version="v", started_at=utcnow())
+    Cluster(pg.engine).beat("w1", host="h", version="v", started_at=utcnow(), kind="worker")
+    record = task_record(worker="api-1", params={"a": 4, "b": 5})
+    pg.create(record)
+
+    async def claims() -> None:
+        aio = AsyncStore(pg)
+        try:
+            first, second = await asyncio.gather(
+                aio.claim(record.id, worker="w1", was=None),
+                aio.claim(record.id, worker="w2", was=None),
+            )
+            won = [c for c in (first, second) if c is not None]
+            assert len(won) == 1
+            assert won[0].params == {"a": 4, "b": 5}
+            owner = won[0].worker
+            assert owner in ("w1", "w2")
+            # Another worker's: not claimable as unowned, only by naming its runner.
+            assert await aio.claim(record.id, worker="w3", was=None) is None
+            taken = await aio.claim(record.id, worker="w3", was=owner)
+            assert taken is not None
+            assert taken.worker == "w3"
+        finally:
+            aio.close()
+
+    asyncio.run(claims())
