@@ -69,6 +69,15 @@ class IdempotencyKeyReusedError(APIError):
     code_name = "idempotency_key_reused"
 
 
+class RegistryAuthNotSupportedError(APIError):
+    """422 ``registry_auth_not_supported``: per-request registry credentials with workers
+    (TAREA_BROKER_URL): they are never put on the broker; set TAREA_REGISTRY_AUTH on the
+    workers.
+    """
+
+    code_name = "registry_auth_not_supported"
+
+
 class ImageNotAllowedError(APIError):
     """403 ``image_not_allowed``: the image matches none of TAREA_IMAGE_ALLOW, or its registry host
     is not public.
@@ -181,6 +190,7 @@ PROBLEM_CLASSES: dict[str, type[APIError]] = {
     "too_deep": TooDeepError,
     "callback_url_not_allowed": CallbackUrlNotAllowedError,
     "idempotency_key_reused": IdempotencyKeyReusedError,
+    "registry_auth_not_supported": RegistryAuthNotSupportedError,
     "image_not_allowed": ImageNotAllowedError,
     "unauthorized": UnauthorizedError,
     "forbidden": ForbiddenError,
