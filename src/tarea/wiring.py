@@ -17,6 +17,7 @@ from tarea.dispatch.local import LocalDispatcher
 from tarea.dispatch.runner import TaskRunner
 from tarea.domain.task import Limits, RegistryAuth
 from tarea.errors import TareaError
+from tarea.execution.catalog import FunctionCatalog
 from tarea.execution.channels import ChannelDir
 from tarea.execution.docker import DockerEngine
 from tarea.execution.executor import Executor
@@ -158,7 +159,8 @@ def assemble(settings: Settings) -> Server:
     )
     if isinstance(notices, PgNotices):
         notices.runs_here = dispatcher.runs
-    service = TaskService(settings, store, dispatcher, notices)
+    functions = FunctionCatalog(executor, name_cache_s=settings.image_cache_s)
+    service = TaskService(settings, store, dispatcher, notices, functions)
     membership = Membership(
         store, server_id=settings.server_id, lease_s=settings.lease_s, on_silent=service.take_over
     )

@@ -39,6 +39,9 @@ def test_hints_become_json_schema(hint: Any, schema: dict[str, Any]) -> None:
     assert schema_of(hint) == schema
 
 
+_NOT_JSON = object()
+
+
 def _registry() -> Registry:
     reg = Registry()
 
@@ -57,7 +60,7 @@ def _registry() -> Registry:
         return sum(values.values())
 
     @reg.task
-    def untyped(x, y=object()):  # type: ignore[no-untyped-def]
+    def untyped(x, y=_NOT_JSON):  # type: ignore[no-untyped-def]
         return x
 
     return reg
@@ -90,7 +93,7 @@ def test_the_document_describes_each_task_by_name() -> None:
 
 
 def test_kwargs_and_missing_hints() -> None:
-    """**kwargs is x-tarea-additional-params; no hint is any value; a non-JSON default is left out."""
+    """**kwargs is x-tarea-additional-params; no hint: any value; a non-JSON default: left out."""
     methods = {m["name"]: m for m in document(_registry())["methods"]}
     assert methods["suma"]["params"] == []
     assert methods["suma"][ADDITIONAL_PARAMS] == {"type": "number"}

@@ -164,10 +164,10 @@ def violation(value: Any, schema: Any, depth: int = 0) -> tuple[list[str], str] 
         types = [expected] if isinstance(expected, str) else expected
         if isinstance(types, list) and not any(_is_type(value, t) for t in types):
             return [], f"expected {' or '.join(str(t) for t in types)}, got {json_type(value)}"
-    if "enum" in schema and isinstance(schema["enum"], list):
-        if not any(_same(value, option) for option in schema["enum"]):
-            options = ", ".join(_short(o) for o in schema["enum"][:10])
-            return [], f"expected one of {options}, got {_short(value)}"
+    enum = schema.get("enum")
+    if isinstance(enum, list) and not any(_same(value, option) for option in enum):
+        listed = ", ".join(_short(o) for o in enum[:10])
+        return [], f"expected one of {listed}, got {_short(value)}"
     if "const" in schema and not _same(value, schema["const"]):
         return [], f"expected {_short(schema['const'])}, got {_short(value)}"
     for keyword in ("anyOf", "oneOf"):
@@ -190,14 +190,17 @@ def violation(value: Any, schema: Any, depth: int = 0) -> tuple[list[str], str] 
 
 def _bounds(value: Any, schema: dict[str, Any]) -> tuple[list[str], str] | None:
     if _is_type(value, "number"):
-        for keyword, fails in (
-            ("minimum", lambda v, b: v < b),
-            ("maximum", lambda v, b: v > b),
-            ("exclusiveMinimum", lambda v, b: v <= b),
-            ("exclusiveMaximum", lambda v, b: v >= b),
+        for keyword, sign in (
+            ("minimum", -1),
+            ("maximum", 1),
+            ("exclusiveMinimum", -1),
+            ("exclusiveMaximum", 1),
         ):
             bound = schema.get(keyword)
-            if _is_type(bound, "number") and fails(value, bound):
+            if not _is_type(bound, "number"):
+                continue
+            past = value < bound if sign < 0 else value > bound
+            if past or (keyword.startswith("exclusive") and value == bound):
                 return [], f"{value!r} breaks {keyword} {bound!r}"
     for keyword, kind, size in (
         ("minLength", "string", min),

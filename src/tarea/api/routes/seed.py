@@ -114,7 +114,7 @@ async def get_remote_task(
     )
     bound = settings.pull_timeout_s + settings.start_timeout_s + settings.max_timeout_s + 5
     record, _ = await service.submit(
-        new, tenant=tenant, auth=_auth(body.credenciales), wait_s=bound
+        new, tenant=tenant, auth=_auth(body.credenciales), wait_s=bound, check_params=False
     )
     if record.status is Status.SUCCEEDED:
         return {"resultado": record.result}
