@@ -35,3 +35,8 @@ def serve() -> None:
 def main() -> None:
     """The ``tarea`` console script."""
     app()
+
+
+from tarea.cli import authoring  # noqa: E402  (new, build, check-image)
+
+authoring.register(app)
