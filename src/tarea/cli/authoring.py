@@ -52,7 +52,7 @@ def build(
         str | None,
         typer.Option(
             "--base",
-            help="The base image (BASE_IMAGE); default: tarea's own (scripts/ensure-base-image.sh).",
+            help="The base image (BASE_IMAGE); default: python:3.12-slim or tarea-base:bookworm.",
         ),
     ] = None,
 ) -> None:
@@ -81,7 +81,7 @@ def check_image(
     ] = 10.0,
     as_json: Annotated[bool, typer.Option("--json", help="Print the results as JSON.")] = False,
 ) -> None:
-    """Check that IMAGE speaks tarea's protocol (or the seed's HTTP contract); exit 1 on a failure."""
+    """Check that IMAGE speaks tarea's protocol (or the seed's HTTP contract); 1 on a failure."""
     from tarea.execution.conformance import SampleCall
 
     sample = None
