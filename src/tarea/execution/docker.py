@@ -316,7 +316,9 @@ class DockerEngine:
                         if text and on_line is not None:
                             on_line(text)
                 except docker.errors.APIError as exc:
-                    raise TaskFailure(f"the engine refused the build: {exc.explanation or exc}")
+                    raise TaskFailure(
+                        f"the engine refused the build: {exc.explanation or exc}"
+                    ) from exc
                 return str(self._api().inspect_image(tag)["Id"])
 
         return await self._call(build)
