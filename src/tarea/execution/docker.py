@@ -319,7 +319,7 @@ class DockerEngine:
                     raise TaskFailure(
                         f"the engine refused the build: {exc.explanation or exc}"
                     ) from exc
-                return str(self._api().inspect_image(tag)["Id"])
+                return str(self._api().inspect_image(tag)["Id"])  # type: ignore[no-untyped-call]
 
         return await self._call(build)
 
