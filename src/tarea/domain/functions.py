@@ -25,6 +25,26 @@ from tarea.errors import BadParams, UnknownFunction
 ADDITIONAL_PARAMS = "x-tarea-additional-params"
 #: How deep the check follows nested schemas (deeper values are not checked).
 _MAX_DEPTH = 64
+#: Keywords that constrain nothing but the type (checked first): a schema of
+#: only these needs no further look.
+_ANNOTATIONS = frozenset(
+    {"type", "default", "title", "description", "examples", "format", "$comment"}
+)
+_PYTHON_TYPES: dict[str, type] = {"string": str, "array": list, "object": dict, "boolean": bool}
+_BOUNDS = frozenset(
+    {
+        "minimum",
+        "maximum",
+        "exclusiveMinimum",
+        "exclusiveMaximum",
+        "minLength",
+        "maxLength",
+        "minItems",
+        "maxItems",
+        "minProperties",
+        "maxProperties",
+    }
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,10 +180,13 @@ def violation(value: Any, schema: Any, depth: int = 0) -> tuple[list[str], str] 
     if not isinstance(schema, dict):
         return None
     expected = schema.get("type")
-    if expected is not None:
-        types = [expected] if isinstance(expected, str) else expected
-        if isinstance(types, list) and not any(_is_type(value, t) for t in types):
-            return [], f"expected {' or '.join(str(t) for t in types)}, got {json_type(value)}"
+    if isinstance(expected, str):
+        if not _is_type(value, expected):
+            return [], f"expected {expected}, got {json_type(value)}"
+    elif isinstance(expected, list) and not any(_is_type(value, t) for t in expected):
+        return [], f"expected {' or '.join(str(t) for t in expected)}, got {json_type(value)}"
+    if schema.keys() <= _ANNOTATIONS:  # the common case: a type and nothing to check inside
+        return None
     enum = schema.get("enum")
     if isinstance(enum, list) and not any(_same(value, option) for option in enum):
         listed = ", ".join(_short(o) for o in enum[:10])
@@ -189,6 +212,8 @@ def violation(value: Any, schema: Any, depth: int = 0) -> tuple[list[str], str] 
 
 
 def _bounds(value: Any, schema: dict[str, Any]) -> tuple[list[str], str] | None:
+    if not schema.keys() & _BOUNDS:
+        return None
     if _is_type(value, "number"):
         for keyword, sign in (
             ("minimum", -1),
@@ -246,6 +271,9 @@ def _children(value: Any, schema: dict[str, Any], depth: int) -> tuple[list[str]
 
 
 def _is_type(value: Any, name: Any) -> bool:
+    simple = _PYTHON_TYPES.get(name)
+    if simple is not None:
+        return isinstance(value, simple)
     if name == "null":
         return value is None
     if name == "boolean":
