@@ -18,10 +18,10 @@ import asyncio
 import logging
 import time
 from typing import Any
+from typing import Protocol as Interface
 
 from tarea.domain.functions import ImageFunctions, parse_openrpc
-from tarea.domain.task import Limits, Protocol, RegistryAuth, TaskSpec
-from tarea.execution.executor import Executor
+from tarea.domain.task import Limits, Outcome, Protocol, RegistryAuth, TaskSpec
 from tarea.execution.images import ResolvedImage
 
 log = logging.getLogger(__name__)
@@ -33,6 +33,22 @@ DISCOVER = "rpc.discover"
 RETRY_FAILED_S = 60.0
 
 
+class Runner(Interface):
+    """What the catalog needs of an :class:`~tarea.execution.executor.Executor`."""
+
+    async def resolve(self, reference: str, spec: TaskSpec | None = None) -> ResolvedImage:
+        """The image, pulled if needed."""
+        ...
+
+    async def resolve_local(self, reference: str) -> ResolvedImage | None:
+        """The image if it is local, else None."""
+        ...
+
+    async def run(self, spec: TaskSpec) -> Outcome:
+        """Run one call in a pooled container; its outcome."""
+        ...
+
+
 class FunctionCatalog:
     """The functions of each image, by image id, from its own ``rpc.discover``.
 
@@ -41,7 +57,7 @@ class FunctionCatalog:
         name_cache_s: how long a name's image id is trusted without asking Docker.
     """
 
-    def __init__(self, executor: Executor, *, name_cache_s: float = 10.0) -> None:
+    def __init__(self, executor: Runner, *, name_cache_s: float = 10.0) -> None:
         self._executor = executor
         self._name_cache_s = name_cache_s
         #: image id -> (until when, loop time; inf: for good) and the answer.
