@@ -60,6 +60,8 @@ LIMITS = Limits(timeout_s=30.0, memory_mb=512, cpus=1.0, pids=256, output_kb=64 
 #: How long one answer may take, besides ``ready``.
 ANSWER_S = 10.0
 _LARGE = 1024 * 1024
+#: The longest stdout line read (a 1 MiB answer fits many times over).
+_MAX_LINE = 16 * 1024 * 1024
 _NO_SUCH = "tarea.check/no_such_function"
 
 
@@ -130,6 +132,8 @@ class _Session:
         self.writer = writer
         self.stderr = LogBuffer(64 * 1024)
         self._lines: asyncio.Queue[bytes | None] = asyncio.Queue()
+        #: Whether stdout sent a line longer than _MAX_LINE (the session then ends).
+        self.overflow = False
         self._pump_task = asyncio.create_task(self._pump())
 
     async def _pump(self) -> None:
@@ -141,6 +145,10 @@ class _Session:
                     self.stderr.write(payload)
                     continue
                 pending += payload
+                if len(pending) > _MAX_LINE and b"\n" not in pending:
+                    self.overflow = True
+                    pending.clear()
+                    return
                 while (end := pending.find(b"\n")) >= 0:
                     line = bytes(pending[:end])
                     del pending[: end + 1]
@@ -164,6 +172,8 @@ class _Session:
             line = await asyncio.wait_for(self._lines.get(), timeout_s)
         except TimeoutError:
             raise _Broken(f"no {waiting_for} within {timeout_s:g} s") from None
+        if line is None and self.overflow:
+            raise _Broken(f"a stdout line is longer than {_MAX_LINE // 2**20} MiB")
         if line is None:
             tail = self.stderr.take()[-300:].strip()
             raise _Broken(
@@ -223,15 +233,21 @@ async def _check_jsonrpc(
         limits=limits,
         policy=policy,
     )
-    cid = await docker.create(config)  # stdin_open: docker-py sets StdinOnce too
+    try:
+        cid = await docker.create(config)  # stdin_open: docker-py sets StdinOnce too
+    except TareaError as exc:
+        return [CheckResult("ready", Status.FAIL, getattr(exc, "message", str(exc)))]
     session: _Session | None = None
     results: list[CheckResult] = []
     try:
-        attached = await docker.attach_stdio(cid)
-        attached.sock.setblocking(False)
-        reader, writer = await asyncio.open_connection(sock=attached.sock, limit=2**16)
-        session = _Session(reader, writer)
-        await docker.start(cid)
+        try:
+            attached = await docker.attach_stdio(cid)
+            attached.sock.setblocking(False)
+            reader, writer = await asyncio.open_connection(sock=attached.sock, limit=2**16)
+            session = _Session(reader, writer)
+            await docker.start(cid)
+        except TareaError as exc:
+            return [CheckResult("ready", Status.FAIL, getattr(exc, "message", str(exc)))]
         checks = _Checks(session, ready_s, call)
         for name, check in checks.steps():
             if checks.broken is not None:
