@@ -41,13 +41,13 @@ $(VENV)/.installed: pyproject.toml $(DEV_LOCK)
 
 # The locks: every dependency pinned, with its hashes, for every platform and
 # Python >= 3.11 (uv's universal resolution). dev-lock.txt (the virtualenv:
-# tarea, its dev tools, PostgreSQL) is resolved first; lock.txt (the server
-# image: tarea with PostgreSQL) takes the same versions. Pins already there
+# tarea with its server, its dev tools, PostgreSQL) is resolved first; lock.txt
+# (the server image: tarea[server] with PostgreSQL) takes the same versions. Pins already there
 # are kept; LOCK_UPGRADE=1 moves everything to the newest releases.
 lock:  ## pin every dependency (with hashes) in requirements/; LOCK_UPGRADE=1: newest versions
 	@$(PYTHON) -m venv $(LOCK_TOOLS) && $(LOCK_TOOLS)/bin/pip install -q uv==$(UV_VERSION)
-	$(UV) pip compile pyproject.toml --extra dev --extra postgres $(UV_FLAGS) -o $(DEV_LOCK)
-	$(UV) pip compile pyproject.toml --extra postgres -c $(DEV_LOCK) $(UV_FLAGS) -o $(LOCK)
+	$(UV) pip compile pyproject.toml --extra server --extra dev --extra postgres $(UV_FLAGS) -o $(DEV_LOCK)
+	$(UV) pip compile pyproject.toml --extra server --extra postgres -c $(DEV_LOCK) $(UV_FLAGS) -o $(LOCK)
 
 engine:  ## a Docker engine that answers (installs and starts one if root on Debian)
 	@scripts/ensure-docker.sh

@@ -9,11 +9,12 @@ each one's medians:
 
 - SQLite, as tarea uses it;
 - PostgreSQL as tarea uses it (a fresh schema, its trigger, the admission
-  counted under a lock per tenant);
+  counted under a lock per tenant, ``TAREA_DURABILITY=process``);
 - the same without the admission (no lock, no counts);
 - the same without the trigger on ``tasks`` (no ``task_events`` row, no
   ``pg_notify``);
-- the same with ``synchronous_commit=off`` (no WAL flush waited for at commit);
+- SQLite and PostgreSQL with ``TAREA_DURABILITY=disk`` (every commit waits
+  for its flush);
 
 and a bare round trip to PostgreSQL (``SELECT 1``). Not part of ``make bench``:
 a probe for reasoning about PostgreSQL's share of a warm task. The schemas it
@@ -36,21 +37,25 @@ from sqlalchemy import text
 from bench.postgres import Postgres, postgres_url
 from tarea.domain.records import TaskRecord, new_task_id, utcnow
 from tarea.domain.status import Status
-from tarea.store.sql import Admission, SqlStore, Write
+from tarea.store.sql import Admission, Durability, SqlStore, Write
 
 #: tarea's defaults (TAREA_TENANT_MAX_ACTIVE, TAREA_MAX_QUEUED).
 ADMISSION = Admission(max_active=100, max_queued=1000)
-#: Added to a PostgreSQL URL's ``options``: no WAL flush waited for at commit.
-NO_SYNC = "%20-csynchronous_commit%3Doff"
 
 
 class Variant:
     """One store, its writer session, and the times of its three transactions."""
 
-    def __init__(self, label: str, url: str, admission: Admission | None = ADMISSION) -> None:
+    def __init__(
+        self,
+        label: str,
+        url: str,
+        admission: Admission | None = ADMISSION,
+        durability: Durability = "process",
+    ) -> None:
         self.label = label
         self.admission = admission
-        self.store = SqlStore(url)
+        self.store = SqlStore(url, durability)
         self.store.migrate()
         self.session = self.store.writer()
         self.times: dict[str, list[float]] = {"create": [], "running": [], "end": []}
@@ -126,7 +131,8 @@ def _variants(postgres: Postgres, run_id: str, tmp: Path) -> list[Variant]:
         Variant("PostgreSQL, as tarea", tarea),
         Variant("PostgreSQL, no admission (lock, counts)", tarea, admission=None),
         Variant("PostgreSQL, no trigger", untriggered),
-        Variant("PostgreSQL, synchronous_commit=off", tarea + NO_SYNC),
+        Variant("SQLite, durability=disk", f"sqlite:///{tmp / 'disk.db'}", durability="disk"),
+        Variant("PostgreSQL, durability=disk", tarea, durability="disk"),
     ]
     with variants[3].store.engine.begin() as connection:
         connection.execute(text("DROP TRIGGER tarea_task_changed ON tasks"))

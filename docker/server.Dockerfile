@@ -17,7 +17,7 @@ COPY pyproject.toml README.md /src/
 COPY src/ /src/src/
 RUN python3 -m venv /opt/tarea \
  && if [ "$PIP_OFFLINE" = 1 ]; then \
-      /opt/tarea/bin/pip install --no-cache-dir --no-index --find-links /wheels 'tarea[postgres]'; \
+      /opt/tarea/bin/pip install --no-cache-dir --no-index --find-links /wheels 'tarea[server,postgres]'; \
     else \
       /opt/tarea/bin/pip install --no-cache-dir --require-hashes -r /src/requirements/lock.txt \
       && /opt/tarea/bin/pip install --no-cache-dir --no-deps /src; \

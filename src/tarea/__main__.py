@@ -4,7 +4,17 @@ The ``tarea`` command (:mod:`tarea.cli`) is the command line; ``tarea serve``
 and ``python -m tarea`` run the same server (:mod:`tarea.serve`).
 """
 
-from tarea.serve import main
+import sys
 
 if __name__ == "__main__":
+    try:
+        from tarea.serve import main
+    except ModuleNotFoundError as exc:  # a client-only install: say so, exit 3
+        from tarea.cli.common import server_missing
+
+        message = server_missing(exc)
+        if message is None:
+            raise
+        print(f"error: {message}", file=sys.stderr)
+        sys.exit(3)
     main()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import secrets
 import socket
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -34,6 +35,14 @@ class Settings(BaseSettings):
     port: int = Field(8000, ge=1, le=65535, description="Port the HTTP server binds to.")
     database_url: str = Field(
         "sqlite:///./var/tarea.db", description="SQLAlchemy URL of the task store."
+    )
+    durability: Literal["process", "disk"] = Field(
+        "process",
+        description="What a task's record survives once written. 'process': the crash of "
+        "any tarea process (SQLite: WAL, synchronous=NORMAL; PostgreSQL: "
+        "synchronous_commit=off for tarea's writes), while the database host losing power, "
+        "or PostgreSQL crashing, may lose the last fraction of a second. 'disk': power loss "
+        "too; every commit waits for its flush (synchronous=FULL; synchronous_commit=on).",
     )
     docker_host: str | None = Field(
         None, description="Docker engine URL; default: DOCKER_HOST or the local socket."

@@ -130,7 +130,7 @@ class Server:
 
 def assemble(settings: Settings) -> Server:
     """Build a server from ``settings`` (its store migrated; nothing started yet)."""
-    sql = SqlStore(settings.database_url)
+    sql = SqlStore(settings.database_url, settings.durability)
     sql.migrate()
     store = AsyncStore(sql)
     executor = build_executor(settings)

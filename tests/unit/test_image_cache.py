@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import cast
 
@@ -114,12 +115,16 @@ class FakeDocker:
         self.listed = {image.id: image for image in images}
         self.used = used or set()
         self.removed: list[str] = []
+        #: Called right after the containers are listed (a container created then).
+        self.after_listing: Callable[[], None] = lambda: None
 
     async def images(self) -> list[ImageSummary]:
         return list(self.listed.values())
 
     async def container_images(self) -> set[str]:
-        return set(self.used)
+        seen = set(self.used)
+        self.after_listing()
+        return seen
 
     async def remove_image(self, reference: str) -> bool:
         for image in list(self.listed.values()):
@@ -140,17 +145,18 @@ def _summary(image_id: str, *tags: str, size_mb: int = 100) -> ImageSummary:
 
 
 def _cache(
-    docker: FakeDocker, cap_mb: int, path: Path, *pulled: str, **kwargs: object
+    docker: FakeDocker,
+    cap_mb: int,
+    path: Path,
+    *pulled: str,
+    keep: Iterable[str] = (),
+    forget: Callable[[str], None] = lambda image_id: None,
 ) -> ImageCache:
     """A cache that finds ``pulled`` (image ids, each as ``r/<id>:1``) in its state file,
     used in that order (no collection runs by itself: the records are not new pulls)."""
     save_state(path, {i: PulledImage({f"r/{i}:1"}, n) for n, i in enumerate(pulled, 1)})
     return ImageCache(
-        cast(DockerEngine, docker),
-        cap_mb=cap_mb,
-        interval_s=60,
-        state_path=path,
-        **kwargs,  # type: ignore[arg-type]
+        docker, cap_mb=cap_mb, interval_s=60, state_path=path, keep=keep, forget=forget
     )
 
 
@@ -212,14 +218,7 @@ def test_engine_refusal_keeps_the_record(tmp_path: Path) -> None:
     """A container that appeared after the listing makes the engine refuse: the image stays."""
     docker = FakeDocker([_summary("a", "r/a:1"), _summary("b", "r/b:1")])
     cache = _cache(docker, 150, tmp_path / "s.json", "a", "b")
-    original = docker.container_images
-
-    async def listed_then_used() -> set[str]:
-        seen = await original()
-        docker.used.add("a")  # created right after the collection looked
-        return seen
-
-    docker.container_images = listed_then_used  # type: ignore[method-assign]
+    docker.after_listing = lambda: docker.used.add("a")  # created right after the look
     assert asyncio.run(cache.collect()) == []
     assert cache.pulled_ids() == {"a", "b"}
 
@@ -237,7 +236,7 @@ def test_records_are_saved_and_read_back(tmp_path: Path) -> None:
     """Pulls and last uses reach the state file, and a new cache knows them."""
     path = tmp_path / "pulled.json"
     docker = FakeDocker([_summary("a", "r/a:1")])
-    cache = ImageCache(cast(DockerEngine, docker), cap_mb=0, interval_s=60, state_path=path)
+    cache = ImageCache(docker, cap_mb=0, interval_s=60, state_path=path)
 
     async def body() -> float:
         await _pulled(cache, "a", "r/a:1")
@@ -251,7 +250,7 @@ def test_records_are_saved_and_read_back(tmp_path: Path) -> None:
 
     first = asyncio.run(body())
     assert load_state(path)["a"].last_used > first
-    again = ImageCache(cast(DockerEngine, docker), cap_mb=0, interval_s=60, state_path=path)
+    again = ImageCache(docker, cap_mb=0, interval_s=60, state_path=path)
     assert again.pulled_ids() == {"a"}
 
 

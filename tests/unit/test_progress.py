@@ -12,7 +12,9 @@ from tarea.dispatch.progress import ProgressCoalescer
 from tarea.dispatch.runner import TaskRunner
 from tarea.domain.records import TaskRecord
 from tarea.domain.status import Status
-from tarea.domain.task import Outcome
+from tarea.domain.task import Outcome, TaskSpec
+from tarea.execution.executor import StartCallback
+from tarea.execution.protocols.jsonrpc import LogCallback, ProgressCallback
 from tarea.notices import Event, LocalNotices
 from tarea.store.aio import Shed
 from tests.unit.aio import in_loop
@@ -38,19 +40,33 @@ class Writes:
             future.set_exception(error)
         return future
 
-    def advance(self, task_id: str, new: Status, **fields: Any) -> asyncio.Future[Any]:
+    def advance(
+        self, task_id: str, new: Status, *, attempt: int | None = None, **fields: Any
+    ) -> asyncio.Future[bool]:
         self.log.append(("running", None))
         return self._done(True)
 
+    def transition(
+        self, task_id: str, new: Status, **fields: Any
+    ) -> asyncio.Future[TaskRecord | None]:
+        raise AssertionError("the flood's task ends through finish()")
+
+    def retry(
+        self, record: TaskRecord, error: dict[str, Any], *, worker: str
+    ) -> asyncio.Future[TaskRecord | None]:
+        raise AssertionError("the flood's task runs once")
+
     def update(
         self, task_id: str, *, droppable: bool = False, **fields: Any
-    ) -> asyncio.Future[Any]:
+    ) -> asyncio.Future[None]:
         if droppable and self.shed:
             return self._done(error=Shed("overloaded"))
         self.log.append(("progress", (fields["progress"], fields["progress_message"], droppable)))
         return self._done()
 
-    def finish(self, record: TaskRecord, new: Status, **fields: Any) -> asyncio.Future[Any]:
+    def finish(
+        self, record: TaskRecord, new: Status, **fields: Any
+    ) -> asyncio.Future[TaskRecord | None]:
         ended = dataclasses.replace(record, status=new, **fields)
         self.log.append(("end", ended))
         return self._done(ended)
@@ -67,7 +83,16 @@ class Flood:
         self.bursts = bursts
         self.seconds = 0.0
 
-    async def run(self, spec: Any, *, on_start: Any, on_progress: Any, on_log: Any) -> Outcome:
+    async def run(
+        self,
+        spec: TaskSpec,
+        *,
+        on_start: StartCallback | None = None,
+        on_progress: ProgressCallback | None = None,
+        on_log: LogCallback | None = None,
+    ) -> Outcome:
+        assert on_start is not None
+        assert on_progress is not None
         assert await on_start("c" * 64)
         began = time.monotonic()
         per_burst = FLOOD // self.bursts
@@ -81,8 +106,8 @@ class Flood:
 
 def runner(store: Writes, executor: Flood, notices: LocalNotices | None = None) -> TaskRunner:
     return TaskRunner(
-        store=store,  # type: ignore[arg-type]
-        executor=executor,  # type: ignore[arg-type]
+        store=store,
+        executor=executor,
         notices=notices or LocalNotices(),
         render=lambda record: {},
         worker="here",

@@ -11,7 +11,9 @@ from tarea.dispatch.callbacks import RetryPolicy
 from tarea.dispatch.runner import TaskRunner
 from tarea.domain.records import TaskRecord, new_task_id
 from tarea.domain.status import Status
-from tarea.domain.task import Outcome
+from tarea.domain.task import Outcome, TaskSpec
+from tarea.execution.executor import StartCallback
+from tarea.execution.protocols.jsonrpc import LogCallback, ProgressCallback
 from tarea.notices import LocalNotices
 from tests.unit.aio import in_loop
 
@@ -31,14 +33,30 @@ class Store:
             future.set_result(value)
         return future
 
-    def advance(self, task_id: str, new: Status, **fields: Any) -> asyncio.Future[Any]:
+    def advance(
+        self, task_id: str, new: Status, *, attempt: int | None = None, **fields: Any
+    ) -> asyncio.Future[bool]:
         return self._done(self.running)
 
-    def transition(self, task_id: str, new: Status, **fields: Any) -> asyncio.Future[Any]:
+    def transition(
+        self, task_id: str, new: Status, **fields: Any
+    ) -> asyncio.Future[TaskRecord | None]:
         # As if the task had ended otherwise meanwhile: nothing moves.
         return self._done(None)
 
-    def finish(self, record: TaskRecord, new: Status, **fields: Any) -> asyncio.Future[Any]:
+    def retry(
+        self, record: TaskRecord, error: dict[str, Any], *, worker: str
+    ) -> asyncio.Future[TaskRecord | None]:
+        raise AssertionError("no retry policy here: nothing runs again")
+
+    def update(
+        self, task_id: str, *, droppable: bool = False, **fields: Any
+    ) -> asyncio.Future[None]:
+        return self._done(None)
+
+    def finish(
+        self, record: TaskRecord, new: Status, **fields: Any
+    ) -> asyncio.Future[TaskRecord | None]:
         self.ends.append((record, new))
         # As the real guard: only a task whose running write landed can end.
         moved = self.running is True
@@ -48,15 +66,23 @@ class Store:
 class FakeExecutor:
     """Starts the task (its running write goes out) and answers 35."""
 
-    async def run(self, spec: Any, *, on_start: Any, on_progress: Any, on_log: Any) -> Outcome:
+    async def run(
+        self,
+        spec: TaskSpec,
+        *,
+        on_start: StartCallback | None = None,
+        on_progress: ProgressCallback | None = None,
+        on_log: LogCallback | None = None,
+    ) -> Outcome:
+        assert on_start is not None
         assert await on_start("c" * 64)
         return Outcome(result=35, container_id="c" * 64)
 
 
 def runner(store: Store) -> TaskRunner:
     return TaskRunner(
-        store=store,  # type: ignore[arg-type]
-        executor=FakeExecutor(),  # type: ignore[arg-type]
+        store=store,
+        executor=FakeExecutor(),
         notices=LocalNotices(),
         render=lambda record: {},
         worker="here",

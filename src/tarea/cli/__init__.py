@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import typer
 
+from tarea.cli import authoring, common, tasks
+
 app = typer.Typer(
     name="tarea",
     help="Run remote tasks in containers: name an image, a function and its parameters.",
@@ -18,25 +20,25 @@ app = typer.Typer(
 )
 
 
-@app.callback()
-def _root() -> None:
-    """Run remote tasks in containers: name an image, a function and its parameters."""
-    # A callback keeps ``tarea`` a group of commands even while it has only one.
-
-
 @app.command()
 def serve() -> None:
     """Serve the API (settings from TAREA_* environment variables; see docs/operations.md)."""
-    from tarea.serve import main as serve_main
-
+    try:
+        from tarea.serve import main as serve_main
+    except ModuleNotFoundError as exc:  # a client-only install: say so, exit 3
+        message = common.server_missing(exc)
+        if message is None:
+            raise
+        common.fail(message, common.EXIT_SERVER)
     serve_main()
+
+
+# run, submit, tasks, show, logs, cancel, pools, health; the global --url and --api-key.
+tasks.register(app)
+# new, build, check-image: writing task images, on the local Docker engine.
+authoring.register(app)
 
 
 def main() -> None:
     """The ``tarea`` console script."""
     app()
-
-
-from tarea.cli import authoring  # noqa: E402  (new, build, check-image)
-
-authoring.register(app)

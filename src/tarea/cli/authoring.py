@@ -9,11 +9,15 @@ checks); this module only parses arguments and prints.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+
+from tarea.cli import common
 
 app = typer.Typer()
 
@@ -57,7 +61,8 @@ def build(
     ] = None,
 ) -> None:
     """Build an image directory, offline (no network in the build), FROM tarea's base."""
-    from tarea.authoring import building
+    with _server_needed():
+        from tarea.authoring import building
 
     try:
         built = building.build(
@@ -82,7 +87,8 @@ def check_image(
     as_json: Annotated[bool, typer.Option("--json", help="Print the results as JSON.")] = False,
 ) -> None:
     """Check that IMAGE speaks tarea's protocol (or the seed's HTTP contract); 1 on a failure."""
-    from tarea.execution.conformance import SampleCall
+    with _server_needed():
+        from tarea.execution.conformance import SampleCall
 
     sample = None
     if call is not None:
@@ -114,9 +120,10 @@ def check_image(
 
 
 async def _check(image: str, ready_s: float, call: Any) -> list[dict[str, str]]:
-    from tarea.execution.conformance import check_image as run_checks
-    from tarea.settings import Settings
-    from tarea.wiring import build_executor
+    with _server_needed():
+        from tarea.execution.conformance import check_image as run_checks
+        from tarea.settings import Settings
+        from tarea.wiring import build_executor
 
     executor = build_executor(Settings(direct_channels=False, start_timeout_s=ready_s))
     try:
@@ -125,6 +132,18 @@ async def _check(image: str, ready_s: float, call: Any) -> list[dict[str, str]]:
         await executor.aclose()
         executor.docker.close()
     return [{"name": r.name, "status": r.status.value, "reason": r.reason} for r in results]
+
+
+@contextlib.contextmanager
+def _server_needed() -> Iterator[None]:
+    """Imports of what talks to the Docker engine: a client-only install says so, exit 3."""
+    try:
+        yield
+    except ModuleNotFoundError as exc:
+        message = common.server_missing(exc)
+        if message is None:
+            raise
+        common.fail(message, common.EXIT_SERVER)
 
 
 def register(root: typer.Typer) -> None:

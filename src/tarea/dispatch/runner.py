@@ -25,12 +25,45 @@ from tarea.errors import EngineUnavailable
 from tarea.execution.executor import StartCallback
 from tarea.execution.protocols.jsonrpc import LogCallback, ProgressCallback
 from tarea.interfaces import Notices
-from tarea.store.aio import AsyncStore
 
 log = logging.getLogger(__name__)
 
 #: Renders a record as the API shows it (so callbacks carry the same JSON).
 Render = Callable[[TaskRecord], dict[str, Any]]
+
+
+class RunnerStore(Protocol):
+    """The store writes the runner makes (:class:`~tarea.store.aio.AsyncStore`'s)."""
+
+    def advance(
+        self, task_id: str, new: Status, *, attempt: int | None = None, **fields: Any
+    ) -> asyncio.Future[bool]:
+        """Move the task to ``new`` if allowed (and on ``attempt``); whether it moved."""
+        ...
+
+    def transition(
+        self, task_id: str, new: Status, **fields: Any
+    ) -> asyncio.Future[TaskRecord | None]:
+        """Move the task to ``new`` if allowed; the updated record or None."""
+        ...
+
+    def finish(
+        self, record: TaskRecord, new: Status, **fields: Any
+    ) -> asyncio.Future[TaskRecord | None]:
+        """Move the stored task ``record`` to ``new`` if allowed; as updated, or None."""
+        ...
+
+    def retry(
+        self, record: TaskRecord, error: dict[str, Any], *, worker: str
+    ) -> asyncio.Future[TaskRecord | None]:
+        """Queue ``record`` again as its next attempt; as queued, or None."""
+        ...
+
+    def update(
+        self, task_id: str, *, droppable: bool = False, **fields: Any
+    ) -> asyncio.Future[None]:
+        """Set non-status fields (a ``droppable`` write may be shed)."""
+        ...
 
 
 class RunsTasks(Protocol):
@@ -64,7 +97,7 @@ class TaskRunner:
     def __init__(
         self,
         *,
-        store: AsyncStore,
+        store: RunnerStore,
         executor: RunsTasks,
         notices: Notices,
         render: Render,

@@ -40,11 +40,11 @@ import time
 from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from tarea.domain.images import parse_reference
 from tarea.errors import InvalidRequest, TareaError
-from tarea.execution.docker import DockerEngine, ImageSummary
+from tarea.execution.docker import ImageSummary
 from tarea.execution.images import ResolvedImage
 
 log = logging.getLogger(__name__)
@@ -165,6 +165,22 @@ def _snapshot(images: dict[str, PulledImage]) -> dict[str, PulledImage]:
     return {k: PulledImage(set(v.refs), v.last_used) for k, v in images.items()}
 
 
+class ImageHost(Protocol):
+    """What the cache asks of the Docker engine (:class:`~tarea.execution.docker.DockerEngine`)."""
+
+    async def images(self) -> list[ImageSummary]:
+        """Every local image with its names and size."""
+        ...
+
+    async def container_images(self) -> set[str]:
+        """The image IDs of every container on the engine, running or not."""
+        ...
+
+    async def remove_image(self, reference: str) -> bool:
+        """Remove the name ``reference`` (never forced); whether it went."""
+        ...
+
+
 class ImageCache:
     """Keeps the images tarea pulled under a cap (see the module docstring).
 
@@ -180,7 +196,7 @@ class ImageCache:
 
     def __init__(
         self,
-        docker: DockerEngine,
+        docker: ImageHost,
         *,
         cap_mb: int,
         interval_s: float,

@@ -21,6 +21,7 @@ import base64
 import binascii
 import builtins
 import dataclasses
+import functools
 import json
 import sqlite3
 import threading
@@ -29,7 +30,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, TypeAlias, TypeVar, cast
+from typing import Any, Generic, Literal, TypeAlias, TypeVar, cast
 
 import pydantic_core
 from alembic import command
@@ -88,6 +89,19 @@ _TERMINAL_SQL = "status IN ({})".format(", ".join(f"'{s.value}'" for s in Status
 _SQLITE_DRIVERS = frozenset({"sqlite", "sqlite+pysqlite"})
 
 
+#: What a commit of the writer survives (``TAREA_DURABILITY``, docs/operations.md):
+#:
+#: - ``"process"``: the crash of any tarea process. The database's host losing
+#:   power (or, with PostgreSQL, PostgreSQL itself crashing) may lose the
+#:   commits of its last fraction of a second: SQLite in WAL mode with
+#:   ``synchronous=NORMAL``; PostgreSQL with ``synchronous_commit=off`` on the
+#:   writer's connection (the WAL writer flushes within 3 x ``wal_writer_delay``,
+#:   0.6 s by default).
+#: - ``"disk"``: power loss too. Every commit waits until it is on disk:
+#:   SQLite ``synchronous=FULL``; PostgreSQL ``synchronous_commit=on``.
+Durability: TypeAlias = Literal["process", "disk"]
+
+
 @dataclass(frozen=True, slots=True)
 class Admission:
     """How many tasks may be unfinished: per tenant (queued+running), and queued in all.
@@ -100,6 +114,36 @@ class Admission:
 
 
 _POSTGRES_DRIVERS = frozenset({"postgresql", "postgres", "postgresql+psycopg"})
+#: SQLSTATEs of a PostgreSQL session the server ended (admin_shutdown,
+#: crash_shutdown, cannot_connect_now): whatever was sent after did not run.
+_SESSION_ENDED = frozenset({"57P01", "57P02", "57P03"})
+#: A new task admitted and inserted in one statement (PostgreSQL; migration 0005).
+_ADMIT_SQL = (
+    "SELECT active, queued, inserted FROM "
+    "tarea_admit(%(task)s::jsonb, 1, %(max_active)s, %(max_queued)s)"
+)
+
+
+def _refusal(admission: Admission, count: int, active: int, queued: int | None) -> Refused | None:
+    """Why ``count`` more tasks do not fit, given the tenant's ``active`` and all ``queued``."""
+    if admission.max_active and active + count > admission.max_active:
+        return QuotaExceeded(
+            f"{active} tasks of this tenant are queued or running, of "
+            f"{admission.max_active} allowed: no room for {count} more"
+        )
+    if admission.max_queued and queued is not None and queued + count > admission.max_queued:
+        return QueueFull(
+            f"{queued} tasks are queued, of {admission.max_queued} allowed: "
+            f"no room for {count} more"
+        )
+    return None
+
+
+def _json_default(value: Any) -> Any:
+    """Column values JSON has no type for: timestamps (ISO 8601, with their zone)."""
+    if isinstance(value, datetime):
+        return value.isoformat()
+    raise TypeError(f"{type(value).__name__} is not a column value")
 
 
 class SqlStore:
@@ -108,17 +152,21 @@ class SqlStore:
     Args:
         url: ``sqlite:///path/to/file.db`` (its directory is created) or
             ``postgresql://...`` / ``postgresql+psycopg://...`` (psycopg 3).
+        durability: what a commit survives (``TAREA_DURABILITY``, see
+            :data:`Durability`): ``"process"`` or ``"disk"``.
 
     Raises:
         ConfigurationError: the URL is malformed, names another database, or
             the PostgreSQL driver (``tarea[postgres]``) is not installed.
     """
 
-    def __init__(self, url: str) -> None:
-        self._engine = _create_engine(url)
+    def __init__(self, url: str, durability: Durability = "process") -> None:
+        self._engine = _create_engine(url, durability)
+        self.durability: Durability = durability
         self._sessions = sessionmaker(self._engine, expire_on_commit=False)
         table = cast(Table, TaskRow.__table__)
         dialect = self._engine.dialect
+        self._postgres = dialect.name == "postgresql"
         # Hot writes run on the driver's cursor: its own placeholder style, and
         # each column's value converted by the bind processor Core would use.
         self._placeholder = "%({})s" if dialect.name == "postgresql" else ":{}"
@@ -231,6 +279,9 @@ class SqlStore:
         by_key = f"tenant = {ph.format('tenant')} AND idempotency_key = {ph.format('key')}"
         key_params = {"tenant": record.tenant, "key": record.idempotency_key}
 
+        if self._postgres and record.idempotency_key is None:
+            return self._admit_statement(values, admission)
+
         def write(tx: Tx) -> tuple[TaskRecord, bool] | Refused:
             if admission is not None:
                 if record.idempotency_key is not None:
@@ -282,6 +333,26 @@ class SqlStore:
 
         return write
 
+    def _admit_statement(
+        self, values: dict[str, Any], admission: Admission | None
+    ) -> Statement[tuple[TaskRecord, bool] | Refused]:
+        """PostgreSQL: a new task without an idempotency key, admitted and inserted in one
+        statement (``tarea_admit``, migration 0005): one round trip, its own transaction."""
+        task = json.dumps(values, default=_json_default, allow_nan=False, separators=(",", ":"))
+        bounds = (admission.max_active, admission.max_queued) if admission else (0, 0)
+        params = {"task": task, "max_active": bounds[0], "max_queued": bounds[1]}
+
+        def write(tx: Tx) -> tuple[TaskRecord, bool] | Refused:
+            tx.cursor.execute(_ADMIT_SQL, params)
+            active, queued, inserted = tx.cursor.fetchone()
+            if inserted:
+                return from_columns(values), True
+            if admission is not None and (refused := _refusal(admission, 1, active, queued)):
+                return refused
+            raise ValueError(f"task {values['id']!r} cannot be stored: its id is taken")
+
+        return Statement(write)
+
     def _admit(
         self, tx: Tx, tenant: str, admission: Admission, *, count: int = 1
     ) -> Refused | None:
@@ -294,6 +365,7 @@ class SqlStore:
             )
         # Both counts are this module's constant SQL; the tenant is a bound value.
         # Counted in one statement (one round trip) when both bounds are set.
+        active: int = 0
         queued: int | None = None
         if admission.max_active and admission.max_queued:
             tx.cursor.execute(self._count_both_sql, {"tenant": tenant})
@@ -302,19 +374,13 @@ class SqlStore:
             tx.cursor.execute(self._count_active_sql, {"tenant": tenant})
             active = tx.cursor.fetchone()[0]
         if admission.max_active and active + count > admission.max_active:
-            return QuotaExceeded(
-                f"{active} tasks of this tenant are queued or running, of "
-                f"{admission.max_active} allowed: no room for {count} more"
-            )
+            return _refusal(admission, count, active, queued)
         if admission.max_queued:
             if queued is None:
                 tx.cursor.execute(_COUNT_QUEUED_SQL)
                 queued = tx.cursor.fetchone()[0]
             if queued + count > admission.max_queued:
-                return QueueFull(
-                    f"{queued} tasks are queued, of {admission.max_queued} allowed: "
-                    f"no room for {count} more"
-                )
+                return _refusal(admission, count, active, queued)
         return None
 
     def get(self, task_id: str, tenant: str | None = None) -> TaskRecord | None:
@@ -431,7 +497,7 @@ class SqlStore:
             tx.cursor.execute(sql, params)
             return bool(tx.cursor.rowcount == 1)
 
-        return write
+        return Statement(write)
 
     def finish_write(
         self, record: TaskRecord, new: Status, fields: dict[str, Any]
@@ -458,7 +524,7 @@ class SqlStore:
             tx.cursor.execute(sql, params)
             return updated if tx.cursor.rowcount == 1 else None
 
-        return write
+        return Statement(write)
 
     def retry_write(
         self, record: TaskRecord, error: dict[str, Any], *, worker: str
@@ -497,7 +563,7 @@ class SqlStore:
             tx.cursor.execute(sql, params)
             return queued if tx.cursor.rowcount == 1 else None
 
-        return write
+        return Statement(write)
 
     @property
     def _as_carried(self) -> str:
@@ -538,7 +604,7 @@ class SqlStore:
         def write(tx: Tx) -> None:
             tx.cursor.execute(sql, params)
 
-        return write
+        return Statement(write)
 
     # -- retention (tarea.retention) ------------------------------------------------------
 
@@ -768,6 +834,11 @@ class WriteSession:
         self._engine = store.engine
         dialect = self._engine.dialect
         self._explicit_begin = dialect.name == "sqlite"
+        # PostgreSQL: the connection is in autocommit mode, and transactions are
+        # begun by hand, so that a lone Statement needs neither BEGIN nor COMMIT.
+        self._postgres = dialect.name == "postgresql"
+        #: PostgreSQL: its writer's commits wait for no WAL flush ("process").
+        self._no_flush_wait = self._postgres and store.durability == "process"
         dbapi = dialect.loaded_dbapi
         self._per_write: tuple[type[Exception], ...] = (
             ValueError,
@@ -795,17 +866,53 @@ class WriteSession:
         return [(None, error)] * len(writes)
 
     def close(self) -> None:
-        """Give the connection back to the pool."""
+        """Give the connection back to the pool (as the pool lent it)."""
         if self._connection is not None:
+            if self._postgres:
+                self._reset(self._connection)
             self._connection.close()
             self._connection = None
+
+    def _connect(self) -> PoolProxiedConnection:
+        connection = self._engine.raw_connection()
+        if self._postgres:
+            driver = connection.driver_connection
+            assert driver is not None
+            driver.autocommit = True
+            if self._no_flush_wait:
+                driver.execute("SET synchronous_commit TO off")
+        return connection
+
+    def _reset(self, connection: PoolProxiedConnection) -> None:
+        """Undo :meth:`_connect`'s settings, for whoever takes the connection next."""
+        driver = connection.driver_connection
+        try:
+            if self._no_flush_wait and driver is not None:
+                driver.execute("RESET synchronous_commit")
+            if driver is not None:
+                driver.autocommit = False
+        except Exception:
+            connection.invalidate()
 
     def _transaction(self, writes: Sequence[Write[Any]]) -> list[Done]:
         self._committing = False
         if self._connection is None:
-            self._connection = self._engine.raw_connection()
+            self._connection = self._connect()
         cursor = self._connection.cursor()
         try:
+            if self._postgres and len(writes) == 1 and isinstance(writes[0], Statement):
+                # Its own transaction: once sent, it may have committed...
+                self._committing = True
+                try:
+                    return [(writes[0](Tx(cursor)), None)]
+                except self._driver_error as exc:
+                    # ...unless the server had ended the session before it came
+                    # (a restart): then it never ran, and may run again.
+                    if getattr(exc, "sqlstate", None) in _SESSION_ENDED:
+                        self._committing = False
+                    raise
+            if self._postgres:
+                cursor.execute("BEGIN")
             if self._explicit_begin:  # the sqlite3 module is left in autocommit mode
                 # IMMEDIATE: the write lock first. A batch may read before it
                 # writes (a new task's admission counts); a deferred transaction
@@ -851,6 +958,22 @@ class WriteSession:
 Write: TypeAlias = Callable[[Tx], T]
 
 
+@dataclass(frozen=True, slots=True)
+class Statement(Generic[T]):
+    """A write that sends exactly one SQL statement (and reads only its result).
+
+    On PostgreSQL, a batch of one such write runs without BEGIN and COMMIT:
+    the statement is its own transaction, one round trip instead of three.
+    A write that sends more than one statement must not be one of these: its
+    statements would each commit alone.
+    """
+
+    write: Callable[[Tx], T]
+
+    def __call__(self, tx: Tx) -> T:
+        return self.write(tx)
+
+
 def _nothing_moved(_tx: Tx) -> bool:
     return False
 
@@ -887,13 +1010,13 @@ def decode_cursor(cursor: str) -> tuple[datetime, str]:
     return created_at, task_id
 
 
-def _create_engine(url: str) -> Engine:
+def _create_engine(url: str, durability: Durability = "process") -> Engine:
     try:
         parsed = make_url(url)
     except ArgumentError as exc:
         raise ConfigurationError(f"not a database URL: {exc}") from None
     if parsed.drivername in _SQLITE_DRIVERS:
-        return _sqlite_engine(parsed)
+        return _sqlite_engine(parsed, durability)
     if parsed.drivername in _POSTGRES_DRIVERS:
         try:
             return create_engine(
@@ -925,7 +1048,7 @@ def _json_text(value: Any) -> str:
         return json.dumps(value)
 
 
-def _sqlite_engine(url: URL) -> Engine:
+def _sqlite_engine(url: URL, durability: Durability) -> Engine:
     database = url.database or ""
     if database in ("", ":memory:") or database.startswith("file:"):
         raise ConfigurationError(
@@ -940,12 +1063,15 @@ def _sqlite_engine(url: URL) -> Engine:
         connect_args={"check_same_thread": False, "timeout": _SQLITE_BUSY_S},
         json_serializer=_json_text,
     )
-    event.listen(engine, "connect", _sqlite_on_connect)
+    synchronous = "FULL" if durability == "disk" else "NORMAL"
+    event.listen(engine, "connect", functools.partial(_sqlite_on_connect, synchronous))
     event.listen(engine, "begin", _sqlite_on_begin)
     return engine
 
 
-def _sqlite_on_connect(dbapi_connection: Any, _record: ConnectionPoolEntry) -> None:
+def _sqlite_on_connect(
+    synchronous: str, dbapi_connection: Any, _record: ConnectionPoolEntry
+) -> None:
     # Let SQLAlchemy, not the sqlite3 module, say when transactions begin
     # (see _sqlite_on_begin): the module's own rules would leave DDL outside them.
     dbapi_connection.isolation_level = None
@@ -953,7 +1079,7 @@ def _sqlite_on_connect(dbapi_connection: Any, _record: ConnectionPoolEntry) -> N
     try:
         cursor.execute(f"PRAGMA busy_timeout={int(_SQLITE_BUSY_S * 1000)}")
         _use_wal(cursor)
-        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute(f"PRAGMA synchronous={synchronous}")
     finally:
         cursor.close()
 

@@ -1,0 +1,136 @@
+"""The writer's transactions on a real SQLite and a real PostgreSQL: admission in one
+statement, lone statements without BEGIN/COMMIT, and what TAREA_DURABILITY sets."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from sqlalchemy import text
+
+from tarea.domain.status import Status
+from tarea.errors import QueueFull, QuotaExceeded
+from tarea.store.sql import Admission, SqlStore, Statement, Write, WriteSession
+from tests.integration.conftest import task_record
+
+
+@pytest.fixture
+def writer(sql: SqlStore) -> Iterator[WriteSession]:
+    session = sql.writer()
+    yield session
+    session.close()
+
+
+def run(session: WriteSession, write: Write[Any]) -> Any:
+    [(result, error)] = session.run_batch([write])
+    if error is not None:
+        raise error
+    return result
+
+
+def test_admission_refuses_past_the_tenants_quota_and_the_queue_bound(
+    sql: SqlStore, writer: WriteSession
+) -> None:
+    quota = Admission(max_active=2, max_queued=0)
+    for _ in range(2):
+        stored, created = run(writer, sql.create_write(task_record(tenant="a"), quota))
+        assert created
+        assert stored.status is Status.QUEUED
+    refused = run(writer, sql.create_write(task_record(tenant="a"), quota))
+    assert isinstance(refused, QuotaExceeded)
+    assert "2 tasks of this tenant are queued or running, of 2 allowed" in refused.message
+    # Another tenant has room of its own...
+    assert run(writer, sql.create_write(task_record(tenant="b"), quota))[1]
+    # ...but not in a queue that holds three tasks of three allowed.
+    full = run(writer, sql.create_write(task_record(tenant="c"), Admission(0, 3)))
+    assert isinstance(full, QueueFull)
+    assert "3 tasks are queued, of 3 allowed" in full.message
+    # Nothing refused was recorded.
+    assert {t.tenant for t in sql.list(tenant=None, limit=10)[0]} == {"a", "b"}
+
+
+def test_an_ended_task_frees_its_place(sql: SqlStore, writer: WriteSession) -> None:
+    quota = Admission(max_active=1, max_queued=0)
+    first, _ = run(writer, sql.create_write(task_record(tenant="a"), quota))
+    assert isinstance(run(writer, sql.create_write(task_record(tenant="a"), quota)), QuotaExceeded)
+    assert run(writer, sql.advance_write(first.id, Status.CANCELLED, {}))
+    assert run(writer, sql.create_write(task_record(tenant="a"), quota))[1]
+
+
+def test_a_new_task_is_stored_as_given(sql: SqlStore, writer: WriteSession) -> None:
+    record = task_record(
+        params={"texto": "ñandú", "n": [1, 2.5, None, {"deep": True}]},
+        metadata={"k": "v"},
+        retry={"max_attempts": 2, "on": ["crashed"]},
+    )
+    stored, created = run(writer, sql.create_write(record, Admission(10, 10)))
+    assert created
+    assert sql.get(record.id) == stored == record
+
+
+def test_a_taken_id_is_an_error_not_a_second_row(sql: SqlStore, writer: WriteSession) -> None:
+    record = task_record()
+    run(writer, sql.create_write(record, Admission(10, 10)))
+    with pytest.raises(ValueError, match="its id is taken"):
+        run(writer, sql.create_write(dataclasses.replace(record, tenant="x"), Admission(10, 10)))
+    assert sql.get(record.id) == record
+
+
+def test_single_statement_writes_are_marked_so(sql: SqlStore) -> None:
+    record = task_record()
+    assert isinstance(sql.advance_write(record.id, Status.RUNNING, {"worker": "w"}), Statement)
+    assert isinstance(sql.finish_write(record, Status.CANCELLED, {}), Statement)
+    assert isinstance(sql.update_write(record.id, {"progress": 0.5}), Statement)
+
+
+def test_a_lone_statement_on_postgresql_is_its_own_transaction(
+    sql: SqlStore, writer: WriteSession
+) -> None:
+    """On PostgreSQL no BEGIN and COMMIT go around a lone statement (the session is idle
+    when it is sent); any other write runs in a transaction, as every write on SQLite."""
+    seen: list[str] = []
+
+    def probe(tx: Any) -> None:
+        connection = tx.cursor.connection
+        if sql.engine.dialect.name == "postgresql":
+            seen.append(connection.info.transaction_status.name)
+        else:
+            seen.append("INTRANS" if connection.in_transaction else "IDLE")
+        tx.cursor.execute("SELECT 1")
+
+    run(writer, Statement(probe))
+    run(writer, lambda tx: probe(tx))  # may send several statements: BEGIN ... COMMIT
+    lone = "IDLE" if sql.engine.dialect.name == "postgresql" else "INTRANS"
+    assert seen == [lone, "INTRANS"]
+
+
+@pytest.mark.parametrize(
+    ("durability", "sqlite", "postgresql"), [("process", "1", "off"), ("disk", "2", "on")]
+)
+def test_durability_sets_how_commits_wait(
+    store_url: str, durability: Any, sqlite: str, postgresql: str
+) -> None:
+    store = SqlStore(store_url, durability)
+    store.migrate()
+    session = store.writer()
+    try:
+        if store.engine.dialect.name == "postgresql":
+            query, expected = "SHOW synchronous_commit", postgresql
+        else:
+            query, expected = "PRAGMA synchronous", sqlite
+
+        def read(tx: Any) -> str:
+            tx.cursor.execute(query)
+            return str(tx.cursor.fetchone()[0])
+
+        assert run(session, read) == expected
+        # Other connections keep the database's own default.
+        if store.engine.dialect.name == "postgresql":
+            session.close()
+            with store.engine.connect() as connection:
+                assert connection.execute(text(query)).scalar_one() == "on"
+    finally:
+        session.close()
+        store.close()
