@@ -228,6 +228,8 @@ class FunctionCatalog(Protocol):
         limits: dict[str, Any],
         pull: bool = False,
         auth: RegistryAuth | None = None,
+        wait_s: float | None = None,
     ) -> ImageFunctions | None:
-        """What ``image`` offers, asking it if needed; None if not local and not ``pull``."""
+        """What ``image`` offers, asking it if needed; None if not local and not ``pull``,
+        or if its answer takes longer than ``wait_s``."""
         ...

@@ -48,6 +48,9 @@ from tarea.store.sql import Admission
 log = logging.getLogger(__name__)
 
 LIMIT_FIELDS = ("timeout_s", "memory_mb", "cpus", "pids", "output_kb")
+#: How long the first task of an image waits for the image to describe itself
+#: (its container's start) before it goes on unchecked.
+DISCOVER_WAIT_S = 2.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -390,7 +393,8 @@ class TaskService:
 
         Only images that answer ``rpc.discover`` are checked; the first task of
         an image (per image id, on this server) asks it, in the container that
-        then runs the task. An image not local yet, or an engine that does not
+        then runs the task, and waits at most ``DISCOVER_WAIT_S`` for the answer.
+        An image not local yet, one slower to answer, or an engine that does not
         answer, leaves the call unchecked: the task goes on as it would have.
 
         Raises:
@@ -400,7 +404,9 @@ class TaskService:
         described = self.functions.lookup(new.image)  # the warm path: no await
         if described is None:
             try:
-                described = await self.functions.describe(new.image, tenant=tenant, limits=limits)
+                described = await self.functions.describe(
+                    new.image, tenant=tenant, limits=limits, wait_s=DISCOVER_WAIT_S
+                )
             except TareaError as exc:
                 log.debug("%s is not described (%s): the call goes unchecked", new.image, exc)
                 return

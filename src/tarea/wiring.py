@@ -104,6 +104,7 @@ class Server:
     service: TaskService
     membership: Membership
     retention: Retention
+    functions: FunctionCatalog
     _warming: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -123,6 +124,7 @@ class Server:
         await self.membership.aclose()
         await self.service.drain()
         await self.notices.aclose()
+        await self.functions.aclose()
         await self.executor.aclose()
         self.executor.docker.close()
         self.store.close()
@@ -165,4 +167,6 @@ def assemble(settings: Settings) -> Server:
         store, server_id=settings.server_id, lease_s=settings.lease_s, on_silent=service.take_over
     )
     retention = Retention(store, retention_s=settings.retention_s)
-    return Server(settings, store, executor, notices, dispatcher, service, membership, retention)
+    return Server(
+        settings, store, executor, notices, dispatcher, service, membership, retention, functions
+    )

@@ -133,3 +133,25 @@ def test_seed_images_are_never_asked_and_absent_ones_not_pulled() -> None:
 
     asyncio.run(body())
     assert fake.calls == []
+
+
+def test_a_slow_answer_leaves_the_call_unchecked_and_is_kept_for_the_next() -> None:
+    """Past wait_s the first call goes on unchecked (None); the question goes on, and
+    its answer is there for the next call without asking again."""
+    fake = FakeExecutor(
+        {"a:1": ("sha256:1", Protocol.JSONRPC_STDIO)}, {"sha256:1": Outcome(result=DOC)}
+    )
+    fake.gate.clear()
+    catalog = FunctionCatalog(fake)
+
+    async def body() -> None:
+        assert await describe(catalog, "a:1", wait_s=0.01) is None
+        fake.gate.set()
+        await asyncio.sleep(0.01)
+        later = await describe(catalog, "a:1", wait_s=0.01)
+        assert later is not None
+        assert later.described
+        await catalog.aclose()
+
+    asyncio.run(body())
+    assert len(fake.calls) == 1

@@ -63,7 +63,7 @@ class FunctionCatalog:
         #: image id -> (until when, loop time; inf: for good) and the answer.
         self._by_id: dict[str, tuple[float, ImageFunctions]] = {}
         self._by_name: dict[str, tuple[float, ImageFunctions]] = {}
-        self._asking: dict[str, asyncio.Future[ImageFunctions]] = {}
+        self._asking: dict[str, asyncio.Task[ImageFunctions]] = {}
 
     def lookup(self, image: str) -> ImageFunctions | None:
         """What ``image`` offers if known now, else None (then :meth:`describe`)."""
@@ -80,9 +80,11 @@ class FunctionCatalog:
         limits: dict[str, Any],
         pull: bool = False,
         auth: RegistryAuth | None = None,
+        wait_s: float | None = None,
     ) -> ImageFunctions | None:
         """What ``image`` offers, asking it once per image id; None if it is not local
-        and ``pull`` is False.
+        and ``pull`` is False, or if its answer takes longer than ``wait_s`` (the
+        question goes on, and its answer is kept for the next call).
 
         Raises:
             InvalidImageReference, ImageNotFound, ImagePullFailed, UnsupportedImage,
@@ -96,36 +98,48 @@ class FunctionCatalog:
             resolved = await self._executor.resolve_local(image)
         if resolved is None:
             return None
-        now = time.monotonic()
         entry = self._by_id.get(resolved.info.id)
-        if entry is not None and entry[0] >= now:
+        if entry is not None and entry[0] >= time.monotonic():
             functions = entry[1]
         else:
-            functions = await self._ask_once(resolved, tenant, limits)
+            asking = self._asking_for(resolved, tenant, limits)
+            try:
+                functions = await asyncio.wait_for(asyncio.shield(asking), wait_s)
+            except TimeoutError:
+                return None
         self._by_name[image] = (time.monotonic() + self._name_cache_s, functions)
         return functions
 
-    async def _ask_once(
+    async def aclose(self) -> None:
+        """Stop the questions still under way."""
+        for asking in list(self._asking.values()):
+            asking.cancel()
+        await asyncio.gather(*self._asking.values(), return_exceptions=True)
+
+    def _asking_for(
         self, resolved: ResolvedImage, tenant: str, limits: dict[str, Any]
-    ) -> ImageFunctions:
-        """:meth:`_ask`, once at a time per image id (others wait for its answer)."""
+    ) -> asyncio.Task[ImageFunctions]:
+        """The question to ``resolved``'s image id: the one under way, or a new one."""
         image_id = resolved.info.id
         asking = self._asking.get(image_id)
-        if asking is not None:
-            return await asyncio.shield(asking)
-        future: asyncio.Future[ImageFunctions] = asyncio.get_running_loop().create_future()
-        self._asking[image_id] = future
-        try:
-            functions, until = await self._ask(resolved, tenant, limits)
-            self._by_id[image_id] = (until, functions)
-            future.set_result(functions)
-            return functions
-        except BaseException as exc:
-            future.set_exception(exc)
-            future.exception()  # retrieved: no warning when nobody else waited
-            raise
-        finally:
+        if asking is None:
+            asking = asyncio.create_task(self._ask_and_keep(resolved, tenant, limits))
+            self._asking[image_id] = asking
+            asking.add_done_callback(lambda done: self._settled(image_id, done))
+        return asking
+
+    def _settled(self, image_id: str, done: asyncio.Task[ImageFunctions]) -> None:
+        if self._asking.get(image_id) is done:
             del self._asking[image_id]
+        if not done.cancelled() and done.exception() is not None:  # retrieved: logged here
+            log.warning("could not ask image %s for its functions: %s", image_id, done.exception())
+
+    async def _ask_and_keep(
+        self, resolved: ResolvedImage, tenant: str, limits: dict[str, Any]
+    ) -> ImageFunctions:
+        functions, until = await self._ask(resolved, tenant, limits)
+        self._by_id[resolved.info.id] = (until, functions)
+        return functions
 
     async def _ask(
         self, resolved: ResolvedImage, tenant: str, limits: dict[str, Any]
