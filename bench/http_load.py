@@ -115,6 +115,72 @@ def measure(label: str, server: Server, config: BenchConfig, log_path: Path) -> 
     )
 
 
+def _wrk(label: str, server: Server, config: BenchConfig, connections: int, seconds: int,
+         log_path: Path) -> tuple[WrkResult, float]:  # fmt: skip
+    """One wrk run against ``server``: its result and the server's CPU seconds meanwhile."""
+    run = WrkRun(
+        label=f"{label}, {connections} conn",
+        url=server.url + SUBMIT_PATH,
+        body=task_body(),
+        connections=connections,
+        duration_s=seconds,
+        timeout_s=config.wrk_timeout_s,
+    )
+    print(f"bench: {run.label} ({seconds} s)...", flush=True)
+    cpu_before = server.cpu_seconds()
+    result = run_wrk(run, log_path)
+    cpu_s = server.cpu_seconds() - cpu_before
+    _say(result)
+    return result, cpu_s
+
+
+def measure_interleaved(
+    labels: list[str], servers: list[Server], config: BenchConfig, log_path: Path, rounds: int
+) -> list[HttpLoad]:
+    """Servers measured in turn, ``rounds`` times over, so that a machine whose load
+    drifts weighs on each alike.
+
+    Each server is warmed up (sequential calls, then a wrk warm-up at one
+    connection and at many); then each round runs wrk on every server in turn,
+    at one connection and at many. Per server: the round with its median
+    throughput, and its median CPU time per response over the rounds.
+    """
+    warmups: list[tuple[WrkResult, WrkResult]] = []
+    errors: list[list[str]] = []
+    for label, server in zip(labels, servers, strict=True):
+        errors.append(warm_up(server.url, config.warmup_tasks))
+        first = _wrk(f"{label}, warm-up", server, config, config.latency_connections,
+                     config.warmup_seconds, log_path)[0]  # fmt: skip
+        many = _wrk(f"{label}, warm-up", server, config, config.load_connections,
+                    config.warmup_seconds, log_path)[0]  # fmt: skip
+        warmups.append((first, many))
+    runs: list[list[tuple[WrkResult, WrkResult, float]]] = [[] for _ in servers]
+    for round_no in range(1, rounds + 1):
+        for index, (label, server) in enumerate(zip(labels, servers, strict=True)):
+            name = f"{label}, round {round_no}"
+            one, _ = _wrk(name, server, config, config.latency_connections,
+                          max(1, config.wrk_seconds // 2), log_path)  # fmt: skip
+            many, cpu_s = _wrk(name, server, config, config.load_connections,
+                               config.wrk_seconds, log_path)  # fmt: skip
+            runs[index].append((one, many, cpu_s * 1000 / max(1, many.responses)))
+    loads = []
+    for index, label in enumerate(labels):
+        ordered = sorted(runs[index], key=lambda run: run[1].rps)
+        one, many, _ = ordered[len(ordered) // 2]
+        cpus = sorted(cpu for _, _, cpu in runs[index])
+        loads.append(
+            HttpLoad(
+                label=label,
+                latency=one,
+                throughput=many,
+                warmups=warmups[index],
+                warmup_errors=tuple(errors[index]),
+                cpu_ms_per_request=cpus[len(cpus) // 2],
+            )
+        )
+    return loads
+
+
 def split(total: int, parts: int) -> list[int]:
     """``total`` connections shared by ``parts`` servers, as evenly as can be.
 

@@ -5,6 +5,8 @@ Phases, in order, each on its own so that one failing does not lose the others:
 1. the floor (``bench.floor_app``) under wrk, then the durable floor
    (``bench.durable_floor_app``);
 2. tarea (``python -m tarea``, warm pool asked for, SQLite) under wrk, after a warm-up;
+   then two more such servers, uvicorn's access log off (the default) and on
+   (``TAREA_ACCESS_LOG=true``), measured in turn;
 3. tarea's ``isolation: "fresh"`` against a bare ``docker run``, alternating;
 4. tarea's memory over a long run of warm tasks;
 5. tarea on PostgreSQL (a fresh schema) under wrk as in 2, then a second server
@@ -37,7 +39,7 @@ from bench.machine import Machine, load_average
 from bench.markdown import render
 from bench.procs import BenchError, Server, free_port, scan_log
 from bench.report import rows, tarea_failures, text_table
-from bench.results import Results, ServerLog, SplitLoad
+from bench.results import HttpLoad, Results, ServerLog, SplitLoad
 from bench.session import Session
 from bench.setup import base_image, build_seed_image, ensure_wrk
 
@@ -215,6 +217,42 @@ def _measure_tarea(session: Session, config: BenchConfig, log_dir: Path, results
     results.server_notable_total = scan.notable_total
 
 
+def _measure_access_log(
+    session: Session, config: BenchConfig, log_dir: Path, results: Results
+) -> None:
+    """Two tarea servers on SQLite, as in _measure_tarea, the access log off (the
+    default) and on (TAREA_ACCESS_LOG=true), measured in turn, three rounds."""
+    servers = []
+    for name, on in (("tarea-access-log-off", False), ("tarea-access-log-on", True)):
+        server = _tarea_server(
+            config,
+            log_dir,
+            name=name,
+            database_url=f"sqlite:///{session.tmp / (name + '.db')}",
+            server_id=session.new_server_id(name.removeprefix("tarea-")),
+        )
+        server.env["TAREA_ACCESS_LOG"] = "true" if on else "false"
+        servers.append(server)
+
+    def run() -> list[HttpLoad]:
+        for server in servers:
+            print(f"bench: starting {server.name}...", flush=True)
+            session.start(server, ready_timeout_s=120)
+        return http_load.measure_interleaved(
+            ["access log off", "access log on"], servers, config, log_dir / "wrk.log", rounds=3
+        )
+
+    try:
+        loads = _phase(results, "tarea with the access log off and on, in turn", run)
+        if loads is not None:
+            results.access_log_off, results.warm_access_log = loads
+    finally:
+        for server in servers:
+            print(f"bench: stopping {server.name}...", flush=True)
+            server.stop()
+    results.access_log_statuses = scan_log(servers[1].log_path).statuses
+
+
 def _stop_pg(results: Results, server: Server) -> None:
     """Stop a tarea server on PostgreSQL (if it started) and keep what its log says."""
     print(f"bench: stopping {server.name}...", flush=True)
@@ -364,6 +402,7 @@ def main() -> int:
             _measure_floor(session, config, log_dir, results)
             _measure_durable_floor(session, config, log_dir, results)
             _measure_tarea(session, config, log_dir, results)
+            _measure_access_log(session, config, log_dir, results)
             _measure_postgres(session, config, log_dir, results)
             _measure_seed(session, config, results)
             print("\nbench: cleaning up...", flush=True)

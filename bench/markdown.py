@@ -64,6 +64,7 @@ def _split_rows(split: SplitLoad | None) -> list[tuple[str, ...]]:
 
 def _wrk_section(results: Results) -> list[str]:
     runs = _wrk_rows(results.floor) + _wrk_rows(results.durable_floor) + _wrk_rows(results.warm)
+    runs += _wrk_rows(results.access_log_off) + _wrk_rows(results.warm_access_log)
     if results.memory:
         runs.append(_wrk_row(results.memory.run))
     runs += _wrk_rows(results.warm_pg) + _split_rows(results.two_pg)
@@ -185,11 +186,15 @@ def _memory_section(memory: Memory | None) -> list[str]:
 
 
 def _log_section(results: Results) -> list[str]:
-    codes = ", ".join(f"{code}: {n:,}" for code, n in results.server_statuses.items()) or "none"
+    codes = ", ".join(f"{code}: {n:,}" for code, n in results.server_statuses.items()) or (
+        "none (the access log is off by default)"
+    )
+    on = ", ".join(f"{code}: {n:,}" for code, n in results.access_log_statuses.items()) or "none"
     lines = [
         "### tarea's log",
         "",
-        f"Access-log status codes: {codes}. Warning and error lines: "
+        f"Access-log status codes: {codes}; of the server with `TAREA_ACCESS_LOG=true`: {on}. "
+        "Warning and error lines: "
         f"{results.server_notable_total}. Stopped at the end: {results.server_stop or 'n/a'}.",
     ]
     if results.pools is not None:
@@ -324,11 +329,19 @@ _METHOD = """\
    to listen. **The original seed also slept a fixed 5 s** before polling, so
    one of its requests took about 6 s: the row "the seed as written"
    reproduces that sleep (`BENCH_SEED_SLEEP_N` requests, 3 by default).
-5. **Memory**: the RSS of the tarea process (`VmRSS` in `/proc/<pid>/status`)
+5. **The access log**: tarea runs with uvicorn's per-request access log off
+   unless `TAREA_ACCESS_LOG=true` (issue #13); every tarea row above is with it
+   off (the floor keeps its own on). Two more SQLite servers with tarea's
+   settings, one with the access log off and one with it on, are each warmed
+   up, then measured in turn, three rounds (wrk at one connection for half
+   the run's time, then at 32 connections), so that a machine whose load
+   drifts weighs on both alike; for each, the round of median throughput and
+   the median CPU time per response are shown in the "access log on" rows.
+6. **Memory**: the RSS of the tarea process (`VmRSS` in `/proc/<pid>/status`)
    before and after 100,000 more warm tasks at 32 connections (wrk stops at
    that count), sampled every 5 s in between; the run is capped at 20 minutes,
    and if the server is slower than that the table says how many tasks ran.
-6. **tarea on PostgreSQL**: once the SQLite server has stopped, a tarea
+7. **tarea on PostgreSQL**: once the SQLite server has stopped, a tarea
    server with the same settings but `TAREA_DATABASE_URL` on PostgreSQL (a
    schema made for the run, `?options=-csearch_path=<schema>`; notices by
    LISTEN/NOTIFY, quotas counted in the insert's transaction) is measured
@@ -340,7 +353,7 @@ _METHOD = """\
    latency the worse server's p50 and p99 are shown. All of it shares the
    machine's cores with PostgreSQL, Docker and wrk, so on a small machine two
    servers measure contention more than scale-out.
-7. **Targets** (issue #4): warm p50 at 1 connection ≤ 2× the floor's; warm
+8. **Targets** (issue #4): warm p50 at 1 connection ≤ 2× the floor's; warm
    throughput at 32 connections ≥ 0.5× the floor's; fresh p50 ≤ 0.5× the bare
    `docker run`'s; no failed responses (on SQLite and PostgreSQL); memory
    growth ≤ 50 MB over 100,000 tasks. The two warm ratios are also checked

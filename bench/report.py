@@ -230,6 +230,32 @@ def _two_pg_rows(r: Results) -> list[Row]:
     ]
 
 
+def _access_log_rows(r: Results) -> list[Row]:
+    """tarea with uvicorn's access log on against tarea as it runs by default (off),
+    two servers measured in turn."""
+    on, off = r.warm_access_log, r.access_log_off
+    return [
+        Row(
+            "access log on (TAREA_ACCESS_LOG=true): warm p50 latency, 1 connection",
+            f"off (default) {ms(_p(off, 'latency', 'p50'))}",
+            ms(_p(on, "latency", "p50")),
+            times(ratio(_p(on, "latency", "p50"), _p(off, "latency", "p50"))),
+        ),
+        Row(
+            "access log on: warm throughput, 32 connections",
+            f"off (default) {_req_s(_rps(off))}",
+            _req_s(_rps(on)),
+            times(ratio(_rps(on), _rps(off))),
+        ),
+        Row(
+            "access log on: server CPU per request, 32 connections",
+            f"off (default) {_cpu(off)}",
+            _cpu(on),
+            times(ratio(_cpu_ms(on), _cpu_ms(off))),
+        ),
+    ]
+
+
 def _oneshot_rows(r: Results) -> list[Row]:
     p50 = ratio(_p50(r.fresh), _p50(r.bare))
     return [
@@ -267,6 +293,9 @@ def tarea_failures(r: Results) -> int | None:
     parts: list[int] = []
     if r.warm:
         parts.append(r.warm.failures)
+    for load in (r.access_log_off, r.warm_access_log):
+        if load:
+            parts.append(load.failures)
     if r.warm_pg:
         parts.append(r.warm_pg.failures)
     if r.two_pg:
@@ -314,6 +343,7 @@ def rows(results: Results) -> list[Row]:
     """The summary table of ``results``: every target with its verdict, and context rows."""
     return (
         _latency_rows(results)
+        + _access_log_rows(results)
         + _postgres_rows(results)
         + _two_pg_rows(results)
         + _oneshot_rows(results)

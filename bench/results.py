@@ -152,6 +152,10 @@ class Results:
     #: The durable floor (bench.durable_floor_app): the same durable work, by hand.
     durable_floor: HttpLoad | None = None
     warm: HttpLoad | None = None
+    #: tarea as ``warm``, with uvicorn's access log off (the default) and on
+    #: (TAREA_ACCESS_LOG=true): two servers measured in turn, three rounds.
+    access_log_off: HttpLoad | None = None
+    warm_access_log: HttpLoad | None = None
     #: tarea on PostgreSQL (a fresh schema), measured as ``warm``; its version.
     warm_pg: HttpLoad | None = None
     postgres_version: str = ""
@@ -164,7 +168,10 @@ class Results:
     seed_sleep: Series | None = None
     #: Phase name to the error that stopped it.
     phase_errors: dict[str, str] = field(default_factory=dict)
-    #: Access-log status counts and notable lines of tarea's log.
+    #: Access-log status counts of the server with its access log on.
+    access_log_statuses: dict[str, int] = field(default_factory=dict)
+    #: Access-log status counts (empty: the access log is off by default) and notable
+    #: lines of tarea's log.
     server_statuses: dict[str, int] = field(default_factory=dict)
     server_notable: list[str] = field(default_factory=list)
     server_notable_total: int = 0

@@ -76,6 +76,11 @@ CODES: tuple[Code, ...] = (
     ),
     Code("unauthorized", "no valid API key", 401),
     Code("forbidden", "the route is the operator's: it needs a TAREA_ADMIN_KEYS key", 403),
+    Code(
+        "csrf_failed",
+        "a dashboard call that changes state lacks its X-CSRF-Token or comes from another site",
+        403,
+    ),
     Code("not_found", "no such route", 404),
     Code("task_not_found", "no such task for this tenant", 404),
     Code("not_cancellable", "the task already ended", 409),

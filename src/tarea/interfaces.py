@@ -23,6 +23,7 @@ from tarea.domain.status import Status
 from tarea.domain.task import RegistryAuth
 from tarea.errors import Refused
 from tarea.notices import Subscription
+from tarea.overview import Ended
 from tarea.store.cluster import ServerInfo
 from tarea.store.sql import Admission
 
@@ -92,6 +93,10 @@ class TaskStore(Protocol):
 
     async def servers(self, lease_s: float) -> builtins.list[ServerInfo]:
         """Every server recorded, the most recently seen first."""
+        ...
+
+    async def ends_since(self, tenant: str, since: datetime, limit: int) -> builtins.list[Ended]:
+        """``tenant``'s tasks created and ended since ``since`` (the latest ``limit``)."""
         ...
 
     async def silent(self, lease_s: float, *, besides: str) -> builtins.list[str]:
@@ -210,6 +215,16 @@ class Notices(Protocol):
 
     def cancelled(self, task_id: str) -> None:
         """``task_id`` was cancelled: whoever runs it stops it."""
+        ...
+
+    def status_changed(self, record: TaskRecord) -> None:
+        """``record`` moved to ``record.status`` here: tell its tenant's readers."""
+        ...
+
+    def subscribe_tenant(
+        self, tenant: str, after: int | None = None
+    ) -> AbstractAsyncContextManager[Subscription]:
+        """Stream the status changes of ``tenant``'s tasks (after the event ``after``)."""
         ...
 
 

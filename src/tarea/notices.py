@@ -15,6 +15,11 @@ carry ids only; whoever hears one reads the record from the store.
   ``Last-Event-ID`` misses nothing), and the server running a cancelled task
   kills its container. A LISTEN connection that drops is made again, and
   everyone listening re-reads the table: no end is missed.
+
+Besides one task's events, a reader may follow the status changes of all of a
+tenant's tasks (``GET /v1/events``, the dashboard): in one process from
+:class:`TenantFeed` (the latest changes kept in memory, for readers that
+reconnect with ``Last-Event-ID``), between servers from ``task_events``.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import time
 from collections import defaultdict, deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -31,16 +37,21 @@ from typing import Any, Protocol
 from sqlalchemy.engine import make_url
 
 from tarea.domain.records import TaskRecord
-from tarea.domain.status import TERMINAL
-from tarea.store.cluster import StoredEvent
+from tarea.domain.status import TERMINAL, Status
+from tarea.store.cluster import StatusChange, StoredEvent
 
 log = logging.getLogger(__name__)
 
 #: The channel of PostgreSQL notices; the payload is ``"<what> <task id>"``.
 CHANNEL = "tarea"
 _TERMINAL = frozenset(status.value for status in TERMINAL)
+_STATUSES = frozenset(status.value for status in Status)
+#: How many status changes of a tenant one process keeps for readers that reconnect.
+FEED_KEEP = 1000
 #: How many bytes of events one reader may have waiting (their JSON's length).
 BUDGET_BYTES = 1024 * 1024
+#: A tenant's stream reads stored changes at most this often (PostgreSQL).
+TENANT_READ_EVERY_S = 0.05
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,6 +131,47 @@ class Subscription:
         return event
 
 
+def change_event(
+    seq: int, task_id: str, status: str, image: str, function: str, attempt: int
+) -> Event:
+    """The event a tenant's stream sends for one status change."""
+    data = {"id": task_id, "status": status, "image": image, "function": function}
+    return Event("status", {**data, "attempt": attempt}, seq)
+
+
+#: An event telling a tenant's reader that changes were lost: read the list again.
+RESET = Event("reset", {"reason": "the events after Last-Event-ID are no longer kept"})
+
+
+class TenantFeed:
+    """Status changes of one tenant's tasks in this process, and who reads them.
+
+    Created when the tenant's first reader comes, it keeps the latest
+    ``keep`` changes from then on, so that a reader reconnecting with the id
+    of the last one it got misses none of them (or is told it did: ``reset``).
+    """
+
+    def __init__(self, first_seq: int, keep: int = FEED_KEEP) -> None:
+        self.recent: deque[Event] = deque(maxlen=keep)
+        self.readers: set[Subscription] = set()
+        #: Readers resuming after this seq (or later) miss nothing.
+        self.floor = first_seq - 1
+
+    def put(self, event: Event) -> None:
+        """Keep ``event`` and hand it to every reader."""
+        if len(self.recent) == self.recent.maxlen:
+            self.floor = self.recent[0].id or self.floor
+        self.recent.append(event)
+        for reader in self.readers:
+            reader.put(event)
+
+    def since(self, after: int, last_seq: int) -> list[Event] | None:
+        """The changes after ``after``; None if some of them are no longer kept."""
+        if not self.floor <= after <= last_seq:
+            return None
+        return [event for event in self.recent if event.id is not None and event.id > after]
+
+
 class LocalNotices:
     """Notices within one process (see the module docstring).
 
@@ -135,6 +187,12 @@ class LocalNotices:
         self._subscriptions: defaultdict[str, set[Subscription]] = defaultdict(set)
         #: Called with the id of a task cancelled anywhere (the dispatcher stops it).
         self.on_cancel: Callable[[str], None] | None = None
+        self._feeds: dict[str, TenantFeed] = {}
+        # Event ids: microseconds since the epoch at start, then one by one, so
+        # that ids stay increasing across restarts (at under a million changes
+        # a second) and a reader's id from an earlier process is not taken for
+        # a recent one.
+        self._last_seq = time.time_ns() // 1000
 
     async def start(self) -> None:
         """Start hearing notices (nothing to do in one process)."""
@@ -217,6 +275,51 @@ class LocalNotices:
             if not subscriptions:
                 del self._subscriptions[subscription.task_id]
 
+    # -- every task of a tenant -------------------------------------------------------
+
+    def status_changed(self, record: TaskRecord) -> None:
+        """``record`` moved to ``record.status`` here: tell its tenant's readers.
+
+        Nothing is built unless the tenant has (or had) a reader in this process.
+        """
+        feed = self._feeds.get(record.tenant)
+        if feed is None:
+            return
+        self._last_seq += 1
+        feed.put(
+            change_event(
+                self._last_seq,
+                record.id,
+                record.status.value,
+                record.image,
+                record.function,
+                record.attempt,
+            )
+        )
+
+    @contextlib.asynccontextmanager
+    async def subscribe_tenant(
+        self, tenant: str, after: int | None = None
+    ) -> AsyncIterator[Subscription]:
+        """Stream the status changes of ``tenant``'s tasks: those after ``after``, else from now.
+
+        When changes after ``after`` are no longer kept, the first event is
+        ``reset``: the reader should read the tasks again.
+        """
+        feed = self._feeds.get(tenant)
+        if feed is None:
+            feed = self._feeds[tenant] = TenantFeed(self._last_seq + 1)
+        subscription = Subscription(tenant, self._queue_size, self._budget_bytes)
+        if after is not None:
+            replay = feed.since(after, self._last_seq)
+            for event in [RESET] if replay is None else replay:
+                subscription.put(event)
+        feed.readers.add(subscription)
+        try:
+            yield subscription
+        finally:
+            feed.readers.discard(subscription)
+
     # -- cancels ----------------------------------------------------------------------
 
     def cancelled(self, task_id: str) -> None:
@@ -242,6 +345,14 @@ class NoticeStore(Protocol):
 
     async def last_event(self, task_id: str) -> int:
         """The seq of the task's latest event; 0 if none."""
+        ...
+
+    async def status_changes(self, tenant: str, seq: int) -> list[StatusChange]:
+        """The status events of ``tenant``'s tasks after ``seq``, oldest first."""
+        ...
+
+    async def last_seq(self) -> int:
+        """The seq of the latest event of any task; 0 if none."""
         ...
 
 
@@ -276,6 +387,7 @@ class PgNotices(LocalNotices):
         self._background: set[asyncio.Task[Any]] = set()
         #: Set while the LISTEN connection is up.
         self.listening = asyncio.Event()
+        self._tenant_readers: set[Subscription] = set()
         #: Whether a task runs on this server: then its end reaches its waiters
         #: here in memory, and its notice needs no read of the store.
         self.runs_here: Callable[[str], bool] = lambda task_id: False
@@ -348,6 +460,63 @@ class PgNotices(LocalNotices):
                 pump.cancel()
             self._unsubscribe(subscription)
 
+    def status_changed(self, record: TaskRecord) -> None:
+        """Nothing to do: the trigger on ``tasks`` stores and announces every change."""
+
+    @contextlib.asynccontextmanager
+    async def subscribe_tenant(
+        self, tenant: str, after: int | None = None
+    ) -> AsyncIterator[Subscription]:
+        """Stream the stored status changes of ``tenant``'s tasks after ``after``, else from now."""
+        subscription = Subscription(tenant, self._queue_size, self._budget_bytes)
+        self._tenant_readers.add(subscription)
+        pump: asyncio.Task[None] | None = None
+        try:
+            if after is None:
+                subscription.seq = await self._store.last_seq()
+            else:
+                subscription.seq = after
+                subscription.dirty.set()
+            pump = asyncio.create_task(self._pump_tenant(subscription))
+            yield subscription
+        finally:
+            if pump is not None:
+                pump.cancel()
+            self._tenant_readers.discard(subscription)
+
+    async def _pump_tenant(self, subscription: Subscription) -> None:
+        """Hand the reader the tenant's stored changes after its last, whenever some came.
+
+        Notices that come close together are read together (one query per
+        ``TENANT_READ_EVERY_S`` at most), not one query each.
+        """
+        while True:
+            await subscription.dirty.wait()
+            await asyncio.sleep(TENANT_READ_EVERY_S)
+            subscription.dirty.clear()
+            tenant = subscription.task_id
+            try:
+                changes = await self._store.status_changes(tenant, subscription.seq)
+            except Exception as exc:
+                log.warning("could not read the status changes of tenant %s: %s", tenant, exc)
+                await asyncio.sleep(1)
+                subscription.dirty.set()
+                continue
+            for change in changes:
+                subscription.put(
+                    change_event(
+                        change.seq,
+                        change.task_id,
+                        change.status,
+                        change.image,
+                        change.function,
+                        change.attempt,
+                    )
+                )
+                subscription.seq = change.seq
+            if len(changes) >= 500:  # a page: there may be more
+                subscription.dirty.set()
+
     async def _pump(self, subscription: Subscription) -> None:
         """Hand the subscription every stored event after its last, each time some came."""
         while True:
@@ -398,6 +567,9 @@ class PgNotices(LocalNotices):
             self._spawn(self._resolve(task_id))
         for subscription in self._subscriptions.get(task_id, ()):
             subscription.dirty.set()
+        if what in _STATUSES:
+            for subscription in self._tenant_readers:
+                subscription.dirty.set()
 
     def _missed_while_away(self) -> None:
         """After (re)connecting: re-read what notices may have been missed meanwhile."""
@@ -406,6 +578,8 @@ class PgNotices(LocalNotices):
         for subscriptions in self._subscriptions.values():
             for subscription in subscriptions:
                 subscription.dirty.set()
+        for subscription in self._tenant_readers:
+            subscription.dirty.set()
 
     async def _resolve(self, task_id: str) -> None:
         """Hand ``task_id``'s record to its waiters here, if it ended."""

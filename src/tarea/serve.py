@@ -22,6 +22,7 @@ from fastapi import FastAPI
 
 from tarea.api.app import create_app
 from tarea.api.connections import ConnectionLimits, guarded_protocol
+from tarea.logs import configure
 from tarea.settings import Settings
 
 log = logging.getLogger("tarea")
@@ -74,9 +75,7 @@ def raise_open_files_limit() -> tuple[int, int]:
 def main() -> None:
     """Read settings from the environment and serve in the foreground."""
     settings = Settings()
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    configure(settings.log_format, task_ends_on=settings.log_task_ends)
     soft, _ = raise_open_files_limit()
     limits = ConnectionLimits.of(settings)
     log.info(
@@ -92,6 +91,10 @@ def main() -> None:
         host=settings.host,
         port=settings.port,
         log_level="info",
+        log_config=None,  # tarea.logs.configure's handlers, text or JSON
+        # Off by default: a line per request is noise at a thousand tasks a second,
+        # and costs the warm path CPU (docs/benchmarks.md measures it).
+        access_log=settings.access_log,
         # Deadlines for requests under way and a cap per client (api/connections.py).
         http=guarded_protocol(limits),
     )

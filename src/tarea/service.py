@@ -17,13 +17,14 @@ import json
 import logging
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
 
 from tarea.dispatch import outbound
 from tarea.domain import nesting
 from tarea.domain.functions import ImageFunctions
 from tarea.domain.images import ImageReference, matches_any, parse_reference
-from tarea.domain.records import TaskRecord, new_task_id
+from tarea.domain.records import TaskRecord, new_task_id, utcnow
 from tarea.domain.status import RETRYABLE, Status, runs_again
 from tarea.domain.task import RegistryAuth
 from tarea.errors import (
@@ -41,6 +42,7 @@ from tarea.errors import (
 from tarea.image_hosts import check_registry
 from tarea.interfaces import Dispatcher, FunctionCatalog, Notices, TaskStore
 from tarea.notices import Subscription
+from tarea.overview import OVERVIEW_MAX_TASKS, summarize
 from tarea.settings import Settings
 from tarea.store.cluster import ServerInfo
 from tarea.store.sql import Admission
@@ -346,6 +348,7 @@ class TaskService:
         waiter = self.notices.waiter(stored.id) if wait_s is not None else None
         self.dispatcher.enqueue(stored, auth)
         self.notices.publish(stored.id, "status", status=Status.QUEUED.value)
+        self.notices.status_changed(stored)
         if waiter is not None and wait_s is not None:
             stored = await self._await(stored.id, waiter, wait_s)
         return stored, True
@@ -386,6 +389,7 @@ class TaskService:
         for record, auth in zip(created, auths, strict=True):
             self.dispatcher.enqueue(record, auth)
             self.notices.publish(record.id, "status", status=Status.QUEUED.value)
+            self.notices.status_changed(record)
         return created
 
     async def check_call(self, new: NewTask, tenant: str, limits: dict[str, Any]) -> None:
@@ -500,6 +504,19 @@ class TaskService:
     ) -> AbstractAsyncContextManager[Subscription]:
         """Stream the task's events (after the stored event ``after``: a Last-Event-ID)."""
         return self.notices.subscribe(task_id, after)
+
+    def watch_tenant(
+        self, tenant: str, after: int | None = None
+    ) -> AbstractAsyncContextManager[Subscription]:
+        """Stream the status changes of all of ``tenant``'s tasks (after the event ``after``)."""
+        return self.notices.subscribe_tenant(tenant, after)
+
+    async def overview(self, tenant: str, minutes: int) -> dict[str, Any]:
+        """Tasks per minute, p50 latency and failures by code, over the last ``minutes``."""
+        now = utcnow()
+        since = now - timedelta(minutes=minutes)
+        ends = await self.store.ends_since(tenant, since, OVERVIEW_MAX_TASKS)
+        return summarize(ends, now=now, minutes=minutes)
 
     async def cancel(self, task_id: str, tenant: str | None) -> TaskRecord:
         """Cancel a queued or running task, whichever server runs it; its container is killed.

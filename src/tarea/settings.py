@@ -78,6 +78,13 @@ class Settings(BaseSettings):
     pull_timeout_s: float = Field(
         300.0, gt=0, description="Bound on one image pull (outside the task's timeout_s)."
     )
+    engine_wait_s: float = Field(
+        30.0,
+        ge=0,
+        description="How long a task waits for a Docker engine that went away (restarting) "
+        "to answer again before it ends engine_unavailable; at most the task's timeout_s. "
+        "Calls in flight when it went away end engine_unavailable (or run again per retry).",
+    )
 
     # Image disk (docs/operations.md#image-disk): the images tarea pulled, kept
     # under a cap by removing the least recently used ones.
@@ -295,6 +302,27 @@ class Settings(BaseSettings):
         default_factory=dict,
         description='JSON: {"registry.example.com": {"username": .., "password": ..}}; '
         "used to pull from that registry when a request brings no credentials.",
+    )
+
+    log_format: Literal["text", "json"] = Field(
+        "text",
+        description="'text', or 'json': one JSON object per line, with a line per task end "
+        "(id, tenant, image, function, status, code, attempt, timings) and request ids.",
+    )
+    log_task_ends: bool | None = Field(
+        None, description="Log a line per task end; default: in the json format only."
+    )
+    access_log: bool = Field(
+        False,
+        description="uvicorn's line per HTTP request. Off by default: at a thousand tasks "
+        "a second it is noise, and it costs the warm path CPU (see docs/benchmarks.md).",
+    )
+    metrics_images: int = Field(
+        20,
+        ge=1,
+        le=1000,
+        description="The task histograms label this many images by name (the first seen); "
+        "the rest as 'other'.",
     )
 
     def tenants_by_key(self) -> dict[str, str]:

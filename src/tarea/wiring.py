@@ -24,6 +24,8 @@ from tarea.execution.executor import Executor
 from tarea.execution.pool import PoolLimits
 from tarea.execution.sandbox import SERVER_LABEL, SandboxPolicy
 from tarea.leases import Membership
+from tarea.logs import log_task_end
+from tarea.metrics import TaskMetrics
 from tarea.notices import LocalNotices, PgNotices
 from tarea.retention import Retention
 from tarea.service import LIMIT_FIELDS, TaskService
@@ -59,6 +61,7 @@ def build_executor(settings: Settings) -> Executor:
         ),
         image_cache_s=settings.image_cache_s,
         pull_timeout_s=settings.pull_timeout_s,
+        engine_wait_s=settings.engine_wait_s,
         registry_logins={
             host: RegistryAuth(login.username, login.password.get_secret_value())
             for host, login in settings.registry_auth.items()
@@ -104,6 +107,7 @@ class Server:
     service: TaskService
     membership: Membership
     retention: Retention
+    task_metrics: TaskMetrics
     functions: FunctionCatalog
     _warming: asyncio.Task[None] | None = None
 
@@ -153,6 +157,10 @@ def assemble(settings: Settings) -> Server:
         ),
         callback_allow=outbound.Allowlist.parse(settings.callback_allow),
     )
+    task_metrics = TaskMetrics(settings.metrics_images)
+    runner.on_end.append(task_metrics.observe)
+    if settings.log_task_ends or (settings.log_task_ends is None and settings.log_format == "json"):
+        runner.on_end.append(log_task_end)
     dispatcher = LocalDispatcher(
         runner,
         executor,
@@ -168,5 +176,14 @@ def assemble(settings: Settings) -> Server:
     )
     retention = Retention(store, retention_s=settings.retention_s)
     return Server(
-        settings, store, executor, notices, dispatcher, service, membership, retention, functions
+        settings,
+        store,
+        executor,
+        notices,
+        dispatcher,
+        service,
+        membership,
+        retention,
+        task_metrics,
+        functions,
     )

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import secrets
 import socket
@@ -34,6 +35,7 @@ from tarea.execution.executor import Executor
 from tarea.settings import Settings
 from tarea.store.sql import SqlStore
 from tarea.wiring import build_executor
+from tests.integration.engines import private_dockerd  # noqa: F401 - a fixture for every module
 
 ROOT = Path(__file__).resolve().parents[2]
 IMAGES = Path(__file__).resolve().parent / "images"
@@ -450,3 +452,47 @@ def _session_server_id() -> Iterator[str]:
         ids = docker("ps", "-aq", "--filter", f"label={label}", check=False).stdout.split()
         if ids:
             docker("rm", "-f", *ids, check=False)
+
+
+#: Events read from a stream: (id, kind, data) for each.
+Events = list[tuple[str | None, str, dict[str, Any]]]
+
+
+def read_events(
+    http: httpx.Client,
+    path: str,
+    done: Callable[[Events], bool],
+    *,
+    last_event_id: str | None = None,
+    timeout_s: float = 60,
+    started: Callable[[], None] | None = None,
+) -> Events:
+    """Read the server-sent events of ``path`` until ``done(events)``; fails after ``timeout_s``.
+
+    ``started`` is called once the stream is open (its first comment came:
+    the server listens), for a test to cause the events it then waits for.
+    """
+    headers = {"Last-Event-ID": last_event_id} if last_event_id is not None else {}
+    events: Events = []
+    deadline = time.monotonic() + timeout_s
+    with http.stream("GET", path, headers=headers, timeout=timeout_s) as response:
+        assert response.status_code == 200, response.read()
+        assert response.headers["content-type"].startswith("text/event-stream")
+        event_id, kind, data = None, "message", ""
+        for line in response.iter_lines():
+            if line.startswith(":") and started is not None:
+                started()
+                started = None
+            elif line.startswith("id:"):
+                event_id = line[3:].strip()
+            elif line.startswith("event:"):
+                kind = line[6:].strip()
+            elif line.startswith("data:"):
+                data += line[5:].strip()
+            elif line == "" and data:
+                events.append((event_id, kind, json.loads(data)))
+                event_id, kind, data = None, "message", ""
+                if done(events):
+                    return events
+            assert time.monotonic() < deadline, f"the events never came: {events}"
+    pytest.fail(f"the stream ended before the events came: {events}")

@@ -33,8 +33,11 @@ would mean the fuzzing never got past authentication.
 
 ``GET /v1/tasks/{task_id}/events`` is fuzzed like the rest: the ids generated
 are random strings that name no task, so it answers 404 (or 422) at once and no
-stream is ever opened. Every request is also bounded by ``REQUEST_TIMEOUT_S`` so
-that a hang is reported as a failure instead of stalling the suite.
+stream is ever opened. ``GET /v1/events`` is not fuzzed: any valid call opens
+the tenant's stream, which never ends by design (tests/integration/test_events.py
+covers it, its 422 on a malformed Last-Event-ID included). Every request is
+also bounded by ``REQUEST_TIMEOUT_S`` so that a hang is reported as a failure
+instead of stalling the suite.
 
 On a failure, the server's log lines written while the failing request was
 served are attached to the report.
@@ -106,7 +109,7 @@ def _openapi_document() -> dict[str, Any]:
 #: load it from the live server, crashes on pytest 9.2: schemathesis 4.32.5
 #: reads Node._nodeid, which pytest 9.2 removed.)
 OPENAPI = _openapi_document()
-schema = schemathesis.openapi.from_dict(OPENAPI)
+schema = schemathesis.openapi.from_dict(OPENAPI).exclude(path="/v1/events", method="GET")
 
 
 @pytest.fixture(scope="module")

@@ -22,7 +22,7 @@ import httpx
 import pytest
 from sqlalchemy import Engine
 
-from tests.integration.conftest import docker, postgres_schema, start_server
+from tests.integration.conftest import docker, postgres_schema, read_events, start_server
 
 pytestmark = pytest.mark.docker
 
@@ -212,6 +212,37 @@ def test_a_stream_resumed_on_b_with_last_event_id_misses_nothing(pair: Pair) -> 
     assert rest[-1][1] == "status"
     assert rest[-1][2]["status"] == "succeeded"
     assert sum(1 for _, kind, _ in first + rest if kind == "progress") >= 2
+
+
+def test_bs_tenant_stream_carries_as_tasks_and_resumes_on_a(pair: Pair) -> None:
+    """GET /v1/events on B brings every status change of a task A runs; a reader
+    resuming on A with the id of its queued event gets running and succeeded."""
+    ids: dict[str, str] = {}
+
+    def cause() -> None:
+        ids["t"] = submit(pair.a, esperar(1))["id"]
+
+    def status_of(events: Any, task_id: str) -> list[str]:
+        return [d["status"] for _, kind, d in events if kind == "status" and d["id"] == task_id]
+
+    events = read_events(
+        pair.b.http,
+        "/v1/events",
+        lambda e: "succeeded" in status_of(e, ids.get("t", "")),
+        started=cause,
+    )
+    assert status_of(events, ids["t"]) == ["queued", "running", "succeeded"]
+    queued = next(i for i, _, d in events if d.get("id") == ids["t"])
+    assert queued is not None
+
+    again = read_events(
+        pair.a.http,
+        "/v1/events",
+        lambda e: "succeeded" in status_of(e, ids["t"]),
+        last_event_id=queued,
+    )
+    assert status_of(again, ids["t"]) == ["running", "succeeded"]
+    assert all(int(i or 0) > int(queued) for i, _, _ in again)
 
 
 def test_a_cancel_on_b_stops_as_container_within_two_seconds(pair: Pair) -> None:

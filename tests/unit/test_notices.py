@@ -8,7 +8,7 @@ from typing import Any
 from tarea.domain.records import TaskRecord
 from tarea.domain.status import Status
 from tarea.notices import LocalNotices, PgNotices
-from tarea.store.cluster import StoredEvent
+from tarea.store.cluster import StatusChange, StoredEvent
 
 
 def test_subscribers_get_their_tasks_events_in_order() -> None:
@@ -102,6 +102,8 @@ class Store:
     def __init__(self, record: TaskRecord) -> None:
         self.record = record
         self.reads = 0
+        #: Stored status changes of tenant "a".
+        self.changes: list[StatusChange] = []
 
     async def get(self, task_id: str, tenant: str | None = None) -> TaskRecord | None:
         self.reads += 1
@@ -115,6 +117,12 @@ class Store:
 
     async def last_event(self, task_id: str) -> int:
         return 0
+
+    async def status_changes(self, tenant: str, seq: int) -> list[StatusChange]:
+        return [c for c in self.changes if c.seq > seq and tenant == "a"]
+
+    async def last_seq(self) -> int:
+        return max((c.seq for c in self.changes), default=0)
 
 
 def ended_task() -> TaskRecord:
@@ -169,3 +177,22 @@ def test_a_notice_of_a_cancel_stops_the_task_here() -> None:
 
     asyncio.run(scenario())
     assert cancelled == ["t9"]
+
+
+def test_a_status_notice_has_a_tenants_reader_read_the_stored_changes() -> None:
+    """On PostgreSQL a tenant's reader starts after the latest stored change, and a status
+    notice (from any server) has it read and hand over the changes after its last."""
+
+    async def scenario() -> list[tuple[int | None, str]]:
+        store = Store(ended_task())
+        store.changes.append(StatusChange(7, "t0", "succeeded", "i", "f", 1))
+        hub = PgNotices("postgresql+psycopg://u@127.0.0.1/db", store)
+        async with hub.subscribe_tenant("a") as reader:
+            await asyncio.sleep(0)
+            store.changes.append(StatusChange(8, "t1", "queued", "i", "f", 1))
+            store.changes.append(StatusChange(9, "t1", "running", "i", "f", 1))
+            hub.heard("running t1")
+            got = [await reader.get(1), await reader.get(1), await reader.get(0.1)]
+        return [(e.id, e.data["status"]) for e in got if e is not None]
+
+    assert asyncio.run(scenario()) == [(8, "queued"), (9, "running")]

@@ -12,7 +12,9 @@ from tarea import __version__
 from tarea.api import errors
 from tarea.api.deps import document_bearer_auth
 from tarea.api.middleware import BearerAuth, BodyLimit
-from tarea.api.routes import health, images, pools, seed, servers, tasks
+from tarea.api.routes import health, images, pools, seed, servers, tasks, ui
+from tarea.api.session import Sessions
+from tarea.logs import RequestId
 from tarea.metrics import build_registry
 from tarea.settings import Settings
 from tarea.wiring import assemble
@@ -31,7 +33,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         server = assemble(settings)
         app.state.service = server.service
-        app.state.registry = build_registry(server.service)
+        app.state.registry = build_registry(server.service, server.task_metrics)
         await server.start()
         try:
             yield
@@ -52,8 +54,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.settings = settings
+    app.state.sessions = Sessions.of(keys, admins)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_kb * 1024)
-    app.add_middleware(BearerAuth, keys=keys, admins=admins)  # outermost: no key, no body read
+    app.add_middleware(BearerAuth, keys=keys, admins=admins)  # no key, no body read
+    app.add_middleware(RequestId)  # outermost: a 401 carries its request id too
     errors.install(app)
     tasks.add_submit_route(app)
     app.include_router(tasks.router)
@@ -62,5 +66,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(pools.router)
     app.include_router(servers.router)
     app.include_router(health.router)
+    app.include_router(ui.router)
     document_bearer_auth(app)
     return app

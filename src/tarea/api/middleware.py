@@ -14,6 +14,11 @@ request's tenant is ``admin:<name>`` and ``request.state.admin`` is true; the
 operator routes (``/metrics``, ``/v1/servers``, every tenant's pools) need it.
 With no key configured at all, every request is the operator's, as it always was.
 
+**Dashboard sessions.** A request without a bearer key may carry the
+dashboard's session cookie instead (:mod:`tarea.api.session`); one that
+changes state must then carry its CSRF token too (403 ``csrf_failed``
+otherwise). ``/ui`` itself is open: its routes ask for a login.
+
 **Body cap.** A request body over ``TAREA_MAX_BODY_KB`` is refused with 413
 before it is buffered: at once when its Content-Length says so, else as soon
 as the bytes read pass the cap.
@@ -23,11 +28,13 @@ from __future__ import annotations
 
 import hmac
 import json
+from collections.abc import Awaitable, Callable
 
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tarea.api.errors import PROBLEM_JSON
+from tarea.api.session import CSRF_HEADER, SAFE_METHODS, Sessions, cookie_of, header, same_origin
 
 #: The tenant of every request while authentication is off.
 DEFAULT_TENANT = "default"
@@ -43,6 +50,7 @@ class BearerAuth:
         self.app = app
         self._keys = [(key.encode(), tenant, False) for key, tenant in keys.items()]
         self._keys += [(key.encode(), name, True) for key, name in (admins or {}).items()]
+        self.sessions = Sessions(list(self._keys))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -56,10 +64,30 @@ class BearerAuth:
             return
         found = self._tenant(scope)
         if found is None:
-            await _unauthorized(send)
-            return
+            # Off the hot path: only requests without a valid bearer key get here.
+            if scope["path"] == "/ui" or scope["path"].startswith("/ui/"):
+                await self.app(scope, receive, send)  # the dashboard's routes ask for a login
+                return
+            refusal, found = self._session(scope)
+            if found is None:
+                await refusal(send)
+                return
         state["tenant"], state["admin"] = found
         await self.app(scope, receive, send)
+
+    def _session(self, scope: Scope) -> tuple[_Refusal, tuple[str, bool] | None]:
+        """The tenant of the request's dashboard session, or how to refuse it."""
+        headers = scope["headers"]
+        cookie = cookie_of(headers)
+        session = self.sessions.check(cookie) if cookie else None
+        if session is None:
+            return _unauthorized, None
+        if scope["method"] not in SAFE_METHODS and not (
+            same_origin(headers)
+            and self.sessions.csrf_ok(session, header(headers, CSRF_HEADER.encode()) or "")
+        ):
+            return _csrf_failed, None
+        return _unauthorized, (session.tenant, session.admin)
 
     def _tenant(self, scope: Scope) -> tuple[str, bool] | None:
         """The tenant the request's key names, and whether it is an operator key."""
@@ -74,24 +102,53 @@ class BearerAuth:
         return found
 
 
+_Refusal = Callable[[Send], Awaitable[None]]
+
+
 async def _unauthorized(send: Send) -> None:
+    await _refuse(
+        send,
+        401,
+        "unauthorized",
+        "a valid API key is required: Authorization: Bearer <key>",
+        [(b"www-authenticate", b'Bearer realm="tarea"')],
+    )
+
+
+async def _csrf_failed(send: Send) -> None:
+    await _refuse(
+        send,
+        403,
+        "csrf_failed",
+        "a call from the dashboard that changes state needs its X-CSRF-Token "
+        "(from GET /ui/session) and must come from this server's own pages",
+    )
+
+
+async def _refuse(
+    send: Send,
+    status: int,
+    code: str,
+    detail: str,
+    extra: list[tuple[bytes, bytes]] | None = None,
+) -> None:
     body = json.dumps(
         {
-            "type": "urn:tarea:problem:unauthorized",
-            "title": "Unauthorized",
-            "status": 401,
-            "detail": "a valid API key is required: Authorization: Bearer <key>",
-            "code": "unauthorized",
+            "type": f"urn:tarea:problem:{code}",
+            "title": code.replace("_", " ").capitalize(),
+            "status": status,
+            "detail": detail,
+            "code": code,
         }
     ).encode()
     await send(
         {
             "type": "http.response.start",
-            "status": 401,
+            "status": status,
             "headers": [
                 (b"content-type", PROBLEM_JSON.encode()),
                 (b"content-length", str(len(body)).encode()),
-                (b"www-authenticate", b'Bearer realm="tarea"'),
+                *(extra or []),
             ],
         }
     )

@@ -226,6 +226,51 @@ def _iso(value: datetime | None) -> str | None:
     return None if value is None else value.isoformat().replace("+00:00", "Z")
 
 
+class OverviewMinute(BaseModel):
+    """One minute of the overview."""
+
+    minute: str = Field(description="The minute's start (ISO 8601, UTC).")
+    ended: int = Field(description="Tasks that ended in it.")
+    failed: int = Field(description="Of them, those that did not succeed.")
+    p50_ms: float | None = Field(description="Their median latency, submit to end; null: none.")
+
+
+class OverviewFailure(BaseModel):
+    """Tasks that did not succeed with one error code."""
+
+    code: str
+    count: int
+
+
+class OverviewOut(BaseModel):
+    """The tenant's last minutes: tasks ended, failed and p50 latency per minute, failures."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "minutes": [
+                        {
+                            "minute": "2026-12-04T12:30:00+00:00",
+                            "ended": 42,
+                            "failed": 1,
+                            "p50_ms": 3.1,
+                        }
+                    ],
+                    "failures": [{"code": "task_error", "count": 1}],
+                    "counted": 42,
+                    "sampled": False,
+                }
+            ]
+        }
+    )
+
+    minutes: list[OverviewMinute] = Field(description="Oldest first, the current one last.")
+    failures: list[OverviewFailure] = Field(description="Most frequent first.")
+    counted: int = Field(description="Tasks counted.")
+    sampled: bool = Field(description="Whether only the latest 5,000 tasks were counted.")
+
+
 def render_task(record: TaskRecord) -> dict[str, Any]:
     """A record as the JSON of :class:`TaskOut` (built directly: no re-validation)."""
     callback = None

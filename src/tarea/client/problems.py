@@ -105,6 +105,14 @@ class ForbiddenError(APIError):
     code_name = "forbidden"
 
 
+class CsrfFailedError(APIError):
+    """403 ``csrf_failed``: a dashboard call that changes state lacks its X-CSRF-Token or comes
+    from another site.
+    """
+
+    code_name = "csrf_failed"
+
+
 class NotFoundError(APIError):
     """404 ``not_found``: no such route."""
 
@@ -194,6 +202,7 @@ PROBLEM_CLASSES: dict[str, type[APIError]] = {
     "image_not_allowed": ImageNotAllowedError,
     "unauthorized": UnauthorizedError,
     "forbidden": ForbiddenError,
+    "csrf_failed": CsrfFailedError,
     "not_found": NotFoundError,
     "task_not_found": TaskNotFoundError,
     "not_cancellable": NotCancellableError,

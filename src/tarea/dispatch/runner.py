@@ -123,6 +123,8 @@ class TaskRunner:
         self.cancelled: set[str] = set()
         #: Terminal statuses reached, for the metrics.
         self.end_counts: Counter[str] = Counter()
+        #: Called with every task that ended here (metrics, the task-end log line).
+        self.on_end: list[Callable[[TaskRecord], None]] = []
         self._http = callbacks.new_client()
         self._background: set[asyncio.Future[Any]] = set()
         #: Tasks whose container is done, waiting for their end to be committed.
@@ -165,6 +167,7 @@ class TaskRunner:
             marking = self.store.advance(task_id, Status.RUNNING, attempt=record.attempt, **running)
             current = dataclasses.replace(current, status=Status.RUNNING, **running)
             self.notices.publish(task_id, "status", status=Status.RUNNING.value)
+            self.notices.status_changed(current)
             return True
 
         progress = self._coalescer(task_id)
@@ -284,6 +287,7 @@ class TaskRunner:
             error["code"],
         )
         self.notices.publish(again.id, "status", status=again.status.value, attempt=again.attempt)
+        self.notices.status_changed(again)
         return again
 
     def ending(self, task_id: str) -> bool:
@@ -372,6 +376,11 @@ class TaskRunner:
     def _announce_end(self, record: TaskRecord | None) -> TaskRecord | None:
         if record is not None:
             self.end_counts[record.status.value] += 1
+            for hook in self.on_end:
+                try:
+                    hook(record)
+                except Exception:
+                    log.exception("an end hook failed for task %s", record.id)
             self.announce(record)
         return record
 
@@ -381,6 +390,7 @@ class TaskRunner:
             self.notices.publish(
                 record.id, "status", status=record.status.value, task=self.render(record)
             )
+        self.notices.status_changed(record)
         self.notices.ended(record)
         if record.callback_url:
             self._spawn(self.call_back(record))

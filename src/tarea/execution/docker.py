@@ -84,6 +84,17 @@ class ContainerState:
     running: bool
 
 
+@dataclass(frozen=True, slots=True)
+class ContainerEvent:
+    """A container's kill, die or oom event, as the engine announced it."""
+
+    container_id: str
+    #: ``kill``, ``die`` or ``oom``.
+    action: str
+    #: The signal a ``kill`` sent (None for the others).
+    signal: int | None = None
+
+
 @dataclass(slots=True)
 class AttachedStdio:
     """A hijacked connection to a container's stdin, stdout and stderr.
@@ -131,6 +142,9 @@ class DockerEngine:
         self._client: docker.APIClient | None = None
         self._lock = threading.Lock()
         self._pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="docker")
+        #: The event stream :meth:`follow_events` reads, and the request to end it.
+        self._events: Any = None
+        self._events_stop = threading.Event()
 
     # -- plumbing -------------------------------------------------------------
 
@@ -153,6 +167,7 @@ class DockerEngine:
 
     def close(self) -> None:
         """Release the thread pool and HTTP connections."""
+        self.stop_events()
         self._pool.shutdown(wait=False, cancel_futures=True)
         if self._client is not None:
             self._client.close()
@@ -171,6 +186,74 @@ class DockerEngine:
                 self._api().ping()
 
         await self._call(ping)
+
+    async def follow_events(
+        self, labels: dict[str, str], on_event: Callable[[ContainerEvent], None]
+    ) -> None:
+        """Hand ``on_event`` (on the event loop) every kill, die and oom event of the
+        containers carrying all ``labels``, until the stream ends.
+
+        The stream ends when the engine goes away (its API closes, or it dies),
+        or on :meth:`stop_events`. It is read on a daemon thread of its own (not
+        one of the calls' threads, and never one that holds up the process's exit).
+
+        Raises:
+            EngineUnavailable: the engine did not answer the request.
+        """
+        loop = asyncio.get_running_loop()
+        filters = {
+            "type": "container",
+            "event": ["kill", "die", "oom"],
+            "label": [f"{k}={v}" for k, v in labels.items()],
+        }
+
+        ended: asyncio.Future[None] = loop.create_future()
+        self._events_stop.clear()
+
+        def finish(error: BaseException | None) -> None:
+            if ended.done():
+                return
+            if error is None:
+                ended.set_result(None)
+            else:
+                ended.set_exception(error)
+
+        def follow() -> None:
+            try:
+                with _engine_errors():
+                    stream = self._api().events(filters=filters, decode=True)
+            except BaseException as exc:
+                with contextlib.suppress(RuntimeError):  # the loop may be closed by now
+                    loop.call_soon_threadsafe(finish, exc)
+                return
+            self._events = stream
+            try:
+                if self._events_stop.is_set():  # stopped while it was being opened
+                    return
+                with _engine_errors():
+                    for raw in stream:
+                        event = _container_event(raw)
+                        if event is not None:
+                            loop.call_soon_threadsafe(on_event, event)
+            except Exception:  # noqa: S110 - the engine went away mid-stream: it ended
+                pass
+            finally:
+                self._events = None
+                with contextlib.suppress(Exception):
+                    stream.close()
+                with contextlib.suppress(RuntimeError):  # the loop may be closed by now
+                    loop.call_soon_threadsafe(finish, None)
+
+        threading.Thread(target=follow, name="docker-events", daemon=True).start()
+        await ended
+
+    def stop_events(self) -> None:
+        """End the event stream :meth:`follow_events` follows, if any (thread-safe)."""
+        self._events_stop.set()
+        stream = self._events
+        if stream is not None:
+            with contextlib.suppress(Exception):
+                stream.close()
 
     # -- images ---------------------------------------------------------------
 
@@ -572,6 +655,23 @@ class DockerEngine:
                         raise TareaError(f"cannot create network {name!r}: {exc}") from exc
 
         await self._call(ensure)
+
+
+def _container_event(raw: Any) -> ContainerEvent | None:
+    """A container event from the engine's JSON, or None when it is not one of ours."""
+    if not isinstance(raw, dict):
+        return None
+    actor = raw.get("Actor") or {}
+    container_id = actor.get("ID") or raw.get("id")
+    action = raw.get("Action") or raw.get("status")
+    if not isinstance(container_id, str) or action not in ("kill", "die", "oom"):
+        return None
+    signal = (actor.get("Attributes") or {}).get("signal")
+    try:
+        number = int(signal) if signal is not None else None
+    except ValueError:
+        number = None
+    return ContainerEvent(container_id, str(action), number)
 
 
 def _names(names: list[str] | None) -> frozenset[str]:

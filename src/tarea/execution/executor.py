@@ -25,9 +25,11 @@ from tarea.domain.task import (
 )
 from tarea.errors import (
     ContainerCrashed,
+    EngineUnavailable,
     ImageNotFound,
     InvalidRequest,
     OomKilled,
+    TareaError,
     TaskFailure,
     TaskTimeout,
 )
@@ -55,6 +57,7 @@ from tarea.execution.sandbox import (
     choose_profile,
     container_config,
 )
+from tarea.execution.watch import EngineWatch
 from tarea.execution.writable import WritableWatch
 
 log = logging.getLogger(__name__)
@@ -102,6 +105,9 @@ class Executor:
         image_state: the file that records them across restarts (None: in
             memory only).
         keep_images: references whose images are never removed (prewarmed).
+        engine_wait_s: how long a task waits for a Docker engine that went
+            away to answer again before it ends ``engine_unavailable`` (at
+            most its ``timeout_s``); see :mod:`tarea.execution.watch`.
     """
 
     def __init__(
@@ -124,6 +130,7 @@ class Executor:
         image_gc_interval_s: float = 300.0,
         image_state: Path | None = None,
         keep_images: Iterable[str] = (),
+        engine_wait_s: float = 30.0,
     ) -> None:
         self.docker = docker
         self.policy = policy
@@ -150,15 +157,26 @@ class Executor:
         self._seed_network_ready = False
         #: Removals of containers whose creation was abandoned (see :meth:`_create`).
         self._orphans: set[asyncio.Task[None]] = set()
+        self.engine_wait_s = engine_wait_s
+        #: The engine's ups and downs, and the containers its shutdown stopped.
+        self.watch = EngineWatch(
+            docker, {MANAGED_LABEL: "true", **policy.extra_labels}, self._engine_back
+        )
+        #: Containers whose removal failed because the engine did not answer:
+        #: removed when it is back (:meth:`_engine_back`).
+        self._unremoved: set[str] = set()
 
     def start(self) -> None:
-        """Start the pool's housekeeping, the writable layers' watch and the image cache's."""
+        """Start the pool's housekeeping, the writable layers' watch, the image cache's
+        and the engine's watch."""
+        self.watch.start()
         self.pool.start()
         self.writable.start()
         self.image_cache.start()
 
     async def aclose(self) -> None:
         """Remove every pooled container and release connections."""
+        await self.watch.aclose()
         await self.image_cache.aclose()
         await self.writable.aclose()
         await self.pool.aclose()
@@ -257,8 +275,30 @@ class Executor:
 
         Never raises for a task's failure: the outcome carries it. Raises
         InvalidImageReference for a malformed name and EngineUnavailable when
-        Docker does not answer.
+        Docker does not answer. While an engine that answered before is away
+        (restarting, say), the task first waits up to ``engine_wait_s`` (and
+        its ``timeout_s``) for it to answer again.
         """
+        if not self.watch.up and self.watch.was_up:
+            wait_s = min(self.engine_wait_s, spec.limits.timeout_s)
+            if not await self.watch.wait_up(wait_s):
+                raise EngineUnavailable(
+                    f"the Docker engine went away and did not answer again within {wait_s:g} s"
+                )
+        try:
+            return await self._run(spec, on_start, on_progress, on_log)
+        except EngineUnavailable:
+            self.watch.suspect()
+            raise
+
+    async def _run(
+        self,
+        spec: TaskSpec,
+        on_start: StartCallback | None,
+        on_progress: ProgressCallback | None,
+        on_log: LogCallback | None,
+    ) -> Outcome:
+        """:meth:`run`, the engine known to answer."""
         t0 = time.perf_counter()
         try:
             resolved = await self.resolve(spec.image, spec)
@@ -307,7 +347,11 @@ class Executor:
             reusable = not fresh and failure.code in _REUSABLE_AFTER and not container.broken
             if not isinstance(failure, ContainerCrashed):  # a crash's stream already ended
                 await container.flush_logs(failed=True)
-            error, exit_code = await self._explain(container, failure)
+            try:
+                error, exit_code = await self._explain(container, failure)
+            except EngineUnavailable as exc:  # the engine went with the container
+                self.watch.suspect()
+                error, exit_code = ErrorInfo(exc.code, exc.message, {}), None
             if error.code == "timed_out" and budget < spec.limits.timeout_s:
                 error = self._shortened_timeout(error, spec.limits, budget)
             return Outcome(
@@ -434,6 +478,10 @@ class Executor:
                 "the task ran out of memory and was killed", data={"exit_code": exit_code}
             )
             return _error_info(oom), exit_code
+        stop_signal = self.watch.stopped_from_outside(container.id)
+        if stop_signal is not None and await self.watch.stopped_by_shutdown(container.id):
+            exit_code = exit_code if exit_code is not None else state.exit_code
+            return _engine_stopped(exit_code, stop_signal, "mid-call"), exit_code
         if exit_code is None:  # still running: it was the protocol, not a crash
             return _error_info(failure), None
         tail = container.take_logs()[-_TAIL_CHARS:]
@@ -511,10 +559,13 @@ class Executor:
             if output is not None:
                 output.close()
             if isinstance(exc, ContainerCrashed):
-                crash = await self._start_crash(cid, logs[-_TAIL_CHARS:])
-                await self.docker.remove(cid)
+                try:
+                    crash: TareaError = await self._start_crash(cid, logs[-_TAIL_CHARS:])
+                except EngineUnavailable as unavailable:
+                    crash = unavailable
+                await self._discard(cid)
                 raise crash from exc
-            await self.docker.remove(cid)
+            await self._discard(cid)
             raise
         finally:
             if listener is not None:
@@ -539,7 +590,7 @@ class Executor:
         except Exception:  # nothing was created
             return
         try:
-            await self.docker.remove(container_id)
+            await self._discard(container_id)
         except Exception:
             log.warning("could not remove container %s", container_id[:12], exc_info=True)
 
@@ -595,6 +646,10 @@ class Executor:
         data = {"exit_code": exit_code, "stderr_tail": tail, "phase": "start"}
         if state.oom_killed:
             return OomKilled("the task ran out of memory while starting and was killed", data=data)
+        stop_signal = self.watch.stopped_from_outside(container_id)
+        if stop_signal is not None and await self.watch.stopped_by_shutdown(container_id):
+            error = _engine_stopped(exit_code, stop_signal, "while it started")
+            raise EngineUnavailable(error.message)
         cause = _last_line(tail)
         return ContainerCrashed(
             f"the task container exited with code {exit_code} before it was ready"
@@ -641,7 +696,52 @@ class Executor:
     async def _remove(self, container: TaskContainer) -> None:
         self.writable.forget(container)
         container.close()
-        await self.docker.remove(container.id)
+        await self._discard(container.id)
+
+    async def _discard(self, container_id: str) -> None:
+        """Remove a container; if the engine does not answer, remove it once it is back."""
+        try:
+            await self.docker.remove(container_id)
+        except EngineUnavailable:
+            self._unremoved.add(container_id)
+            self.watch.suspect()
+            log.info("container %s is removed once the engine answers", container_id[:12])
+
+    async def _engine_back(self) -> None:
+        """The engine answers again after it went away: rebuild the pool.
+
+        Every container the pool held is dead or unreachable (a restarted engine
+        stops them, and the attach streams went with the old engine): they are
+        removed, as are those whose removal failed meanwhile, and the stem cells
+        and prewarmed containers are started again.
+        """
+        dropped = self.pool.drop_broken()
+        removed = 0
+        for container_id in list(self._unremoved):
+            try:
+                await self.docker.remove(container_id)
+            except EngineUnavailable:
+                return  # gone again: the next time it is back
+            except TareaError as exc:
+                log.warning("could not remove container %s: %s", container_id[:12], exc)
+            self._unremoved.discard(container_id)
+            removed += 1
+        self.pool.replenish_all()
+        log.warning(
+            "the Docker engine is back: %d pooled containers dropped, %d left-over removed",
+            dropped,
+            removed,
+        )
+
+
+def _engine_stopped(exit_code: int | None, stop_signal: int, when: str) -> ErrorInfo:
+    """The failure of a task whose container the engine's shutdown stopped."""
+    return ErrorInfo(
+        "engine_unavailable",
+        f"the Docker engine shut down (or restarted) and stopped the task's container {when} "
+        f"(signal {stop_signal})",
+        {"exit_code": exit_code, "signal": stop_signal},
+    )
 
 
 def _last_line(text: str) -> str:

@@ -407,6 +407,31 @@ class WarmPool:
                     self.counters["evictions_idle"] += 1
                     self._spawn(self._destroy(c))
 
+    def drop_broken(self) -> int:
+        """Remove every idle container and stem cell that is broken (their engine
+        restarted, say); how many. Busy ones go when they are released."""
+        dropped = 0
+        for key in list(self._idle):
+            for c in [c for c in self._idle[key] if c.broken]:
+                self._idle[key].remove(c)
+                dropped += 1
+                self.counters["evictions_broken"] += 1
+                self._forget(c)
+                self._spawn(self._destroy(c))
+        for stem in list(self._stems):
+            for c in [c for c in self._stems[stem] if c.broken]:
+                self._stems[stem].remove(c)
+                dropped += 1
+                self.counters["evictions_broken"] += 1
+                self._forget(c)
+                self._spawn(self._destroy(c))
+        return dropped
+
+    def replenish_all(self) -> None:
+        """Start the stem cells (prewarmed containers included) every key lacks."""
+        for stem in list(self._stem_targets):
+            self._replenish(stem)
+
     async def join_background(self) -> None:
         """Wait until every removal and start scheduled so far has finished."""
         while self._background:

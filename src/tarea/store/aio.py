@@ -34,7 +34,8 @@ import sqlalchemy.exc
 from tarea.domain.records import TaskRecord
 from tarea.domain.status import Status
 from tarea.errors import Refused, StoreUnavailable
-from tarea.store.cluster import Cluster, ServerInfo, StoredEvent
+from tarea.overview import Ended
+from tarea.store.cluster import Cluster, ServerInfo, StatusChange, StoredEvent
 from tarea.store.sql import Admission, Done, SqlStore, Write
 
 T = TypeVar("T")
@@ -212,6 +213,18 @@ class AsyncStore:
     async def events_after(self, task_id: str, seq: int) -> builtins.list[StoredEvent]:
         """``task_id``'s events after ``seq``, oldest first."""
         return await self._read(self.cluster.events_after, task_id, seq)
+
+    async def status_changes(self, tenant: str, seq: int) -> builtins.list[StatusChange]:
+        """The status events of ``tenant``'s tasks after ``seq``, oldest first."""
+        return await self._read(self.cluster.status_changes, tenant, seq)
+
+    async def ends_since(self, tenant: str, since: datetime, limit: int) -> builtins.list[Ended]:
+        """``tenant``'s tasks created and ended since ``since`` (the latest ``limit``)."""
+        return await self._read(self.cluster.ends_since, tenant, since, limit=limit)
+
+    async def last_seq(self) -> int:
+        """The seq of the latest event of any task; 0 if none."""
+        return await self._read(self.cluster.last_seq)
 
     async def last_event(self, task_id: str) -> int:
         """The seq of ``task_id``'s latest event; 0 if none."""

@@ -24,7 +24,8 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from tarea.domain.records import utcnow
-from tarea.store.tables import ServerRow, TaskEventRow
+from tarea.overview import Ended
+from tarea.store.tables import ServerRow, TaskEventRow, TaskRow
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +49,18 @@ class StoredEvent:
     seq: int
     kind: str
     data: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class StatusChange:
+    """A status event of one of a tenant's tasks, with what a list of tasks shows of it."""
+
+    seq: int
+    task_id: str
+    status: str
+    image: str
+    function: str
+    attempt: int
 
 
 class Cluster:
@@ -172,6 +185,58 @@ class Cluster:
                 StoredEvent(int(s), str(k), d if isinstance(d, dict) else json.loads(d))
                 for s, k, d in connection.execute(query)
             ]
+
+    def status_changes(
+        self, tenant: str, seq: int, *, limit: int = 500
+    ) -> builtins.list[StatusChange]:
+        """The status events of ``tenant``'s tasks after ``seq``, oldest first (PostgreSQL)."""
+        query = (
+            select(
+                TaskEventRow.seq,
+                TaskEventRow.task_id,
+                TaskEventRow.data,
+                TaskRow.image,
+                TaskRow.function,
+                TaskRow.attempt,
+            )
+            .join(TaskRow, TaskRow.id == TaskEventRow.task_id)
+            .where(TaskEventRow.seq > seq, TaskEventRow.kind == "status", TaskRow.tenant == tenant)
+            .order_by(TaskEventRow.seq)
+            .limit(limit)
+        )
+        with self._engine.connect() as connection:
+            changes = []
+            for s, task_id, data, image, function, attempt in connection.execute(query):
+                data = data if isinstance(data, dict) else json.loads(data)
+                changes.append(
+                    StatusChange(int(s), task_id, str(data.get("status")), image, function, attempt)
+                )
+            return changes
+
+    def ends_since(self, tenant: str, since: datetime, *, limit: int) -> builtins.list[Ended]:
+        """``tenant``'s tasks created and ended since ``since``, the latest ``limit`` of them."""
+        query = (
+            select(TaskRow.created_at, TaskRow.finished_at, TaskRow.status, TaskRow.error)
+            .where(
+                TaskRow.tenant == tenant,
+                TaskRow.created_at >= since,
+                TaskRow.finished_at.is_not(None),
+            )
+            .order_by(TaskRow.created_at.desc())
+            .limit(limit)
+        )
+        with self._engine.connect() as connection:
+            ends = []
+            for created, finished, status, error in connection.execute(query):
+                code = error.get("code") if isinstance(error, dict) else None
+                latency = (finished - created).total_seconds() * 1000
+                ends.append(Ended(finished, latency, status, code))
+            return ends
+
+    def last_seq(self) -> int:
+        """The ``seq`` of the latest event of any task; 0 when there is none."""
+        with self._engine.connect() as connection:
+            return int(connection.execute(select(func.max(TaskEventRow.seq))).scalar() or 0)
 
     def last_event(self, task_id: str) -> int:
         """The ``seq`` of ``task_id``'s latest event; 0 when it has none."""

@@ -13,7 +13,15 @@ from tarea.api.deps import ServiceDep, TenantDep, service_of, tenant_of
 from tarea.api.errors import problem_responses
 from tarea.api.lean import LeanRoute
 from tarea.api.responses import FastJSONResponse
-from tarea.api.schemas import BatchCreate, BatchOut, TaskCreate, TaskOut, TaskPage, render_task
+from tarea.api.schemas import (
+    BatchCreate,
+    BatchOut,
+    OverviewOut,
+    TaskCreate,
+    TaskOut,
+    TaskPage,
+    render_task,
+)
 from tarea.domain.records import TaskRecord
 from tarea.domain.status import TERMINAL, Status
 from tarea.domain.task import RegistryAuth
@@ -253,6 +261,67 @@ async def _stream(
             )
             if ended:
                 return
+
+
+@router.get(
+    "/events",
+    response_class=EventSourceResponse,
+    summary="Server-sent events of every task of the tenant",
+    responses={
+        200: {
+            "description": "event: status, one per status change of any of the tenant's "
+            'tasks (`{"id", "status", "image", "function", "attempt"}`), each with an id to '
+            "resume after (Last-Event-ID). `reset`: changes after the Last-Event-ID given "
+            'are no longer kept; read the tasks again. `dropped` ({"dropped": n}): the '
+            "reader fell behind and lost its n oldest events. The stream does not end.",
+            "content": {
+                "text/event-stream": {
+                    "example": 'id: 17\nevent: status\ndata: {"id":"t_1","status":"running",'
+                    '"image":"tasks_image:latest","function":"suma","attempt":1}\n\n'
+                }
+            },
+        },
+    },
+)
+async def tenant_events(
+    service: ServiceDep,
+    tenant: TenantDep,
+    last_event_id: Annotated[
+        int | None,
+        Header(
+            alias="Last-Event-ID",
+            ge=0,
+            description="Resume after this event. Without it the stream starts from now.",
+        ),
+    ] = None,
+) -> AsyncIterator[ServerSentEvent]:
+    """Status changes of the tenant's tasks as they happen, from whichever server runs them."""
+    async with service.watch_tenant(tenant, last_event_id) as subscription:
+        yield ServerSentEvent(comment="listening")  # the stream is open: nothing is missed now
+        while True:
+            event = await subscription.get(timeout_s=3600)
+            if event is not None:
+                yield ServerSentEvent(
+                    event=event.kind,
+                    data=event.data,
+                    id=None if event.id is None else str(event.id),
+                )
+
+
+@router.get(
+    "/overview",
+    response_model=OverviewOut,
+    summary="Tasks per minute, p50 latency and failures by code",
+)
+async def overview(
+    service: ServiceDep,
+    tenant: TenantDep,
+    minutes: Annotated[int, Query(ge=1, le=1440, description="How far back.")] = 60,
+) -> FastJSONResponse:
+    """Per minute: tasks ended, failed and their median latency (created to ended);
+    failures by error code. Counts the tenant's tasks created in the window, at most
+    the latest 5,000 (``sampled`` says when there were more)."""
+    return FastJSONResponse(await service.overview(tenant, minutes))
 
 
 @router.post(

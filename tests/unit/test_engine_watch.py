@@ -1,0 +1,151 @@
+"""EngineWatch (execution/watch.py): down windows, the engine's return, stops from outside."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import Awaitable, Callable
+from typing import cast
+
+from tarea.errors import EngineUnavailable
+from tarea.execution.docker import ContainerEvent, DockerEngine
+from tarea.execution.watch import EngineWatch
+
+
+class FakeDocker:
+    """An engine that answers or not, and whose event stream the test feeds and ends."""
+
+    def __init__(self) -> None:
+        self.answers = True
+        self.on_event: Callable[[ContainerEvent], None] | None = None
+        self._end: asyncio.Event | None = None
+        self.follows = 0
+
+    async def ping(self) -> None:
+        if not self.answers:
+            raise EngineUnavailable()
+
+    async def follow_events(
+        self, labels: dict[str, str], on_event: Callable[[ContainerEvent], None]
+    ) -> None:
+        if not self.answers:
+            raise EngineUnavailable()
+        self.follows += 1
+        self.on_event = on_event
+        self._end = asyncio.Event()
+        await self._end.wait()
+        self.on_event = None
+
+    def stop_events(self) -> None:
+        if self._end is not None:
+            self._end.set()
+
+    def go_down(self) -> None:
+        self.answers = False
+        self.stop_events()
+
+    def kill_event(self, container_id: str, sig: int) -> None:
+        assert self.on_event is not None, "nobody follows the events"
+        self.on_event(ContainerEvent(container_id, "kill", sig))
+
+
+async def until(check: Callable[[], bool]) -> None:
+    """Yield to the loop until ``check`` holds (bounded)."""
+    async with asyncio.timeout(10):
+        while not check():  # noqa: ASYNC110 - a condition on someone else's state
+            await asyncio.sleep(0.005)
+
+
+def run(body: Callable[[FakeDocker, EngineWatch, list[int]], Awaitable[None]], **kw: float) -> None:
+    """Run ``body`` with a started watch on a fake engine; ``backs`` counts on_back calls."""
+
+    async def main() -> None:
+        docker = FakeDocker()
+        backs: list[int] = []
+
+        async def on_back() -> None:
+            backs.append(watch.downs)
+
+        watch = EngineWatch(cast(DockerEngine, docker), {"l": "v"}, on_back, ping_s=0.01, **kw)
+        watch.start()
+        try:
+            await until(lambda: docker.on_event is not None)
+            await body(docker, watch, backs)
+        finally:
+            await watch.aclose()
+
+    asyncio.run(main())
+
+
+def test_a_stop_from_outside_then_the_engine_gone_is_the_engines_shutdown() -> None:
+    """A SIGTERM that tarea did not send, then the engine's API gone: its shutdown stopped
+    the container (the answer waits for the engine to go)."""
+
+    async def body(docker: FakeDocker, watch: EngineWatch, _: list[int]) -> None:
+        docker.kill_event("c1", signal.SIGTERM)
+        assert watch.stopped_from_outside("c1") == signal.SIGTERM
+        asking = asyncio.ensure_future(watch.stopped_by_shutdown("c1"))
+        await asyncio.sleep(0.02)
+        assert not asking.done()  # the engine still answers: it waits
+        docker.go_down()
+        assert await asking
+        assert not watch.up
+
+    run(body)
+
+
+def test_a_stop_from_outside_with_the_engine_staying_up_is_not_the_engines() -> None:
+    """An operator's docker stop (the engine answers all along) is not a shutdown."""
+
+    async def body(docker: FakeDocker, watch: EngineWatch, _: list[int]) -> None:
+        docker.kill_event("c1", signal.SIGTERM)
+        assert not await watch.stopped_by_shutdown("c1")
+        assert watch.up
+
+    run(body, shutdown_window_s=0.05)
+
+
+def test_tarea_own_sigkill_is_no_stop_from_outside() -> None:
+    """tarea kills with SIGKILL only: such a kill, or none, is answered at once, not waited on."""
+
+    async def body(docker: FakeDocker, watch: EngineWatch, _: list[int]) -> None:
+        docker.kill_event("c1", signal.SIGKILL)
+        assert watch.stopped_from_outside("c1") is None
+        assert watch.stopped_from_outside("c2") is None
+        async with asyncio.timeout(5):  # far below the default 20 s window
+            assert not await watch.stopped_by_shutdown("c1")
+            assert not await watch.stopped_by_shutdown("c2")
+
+    run(body)
+
+
+def test_an_engine_back_after_a_down_window_rebuilds_once_and_releases_waiters() -> None:
+    """Down: up is False and waiters wait; back: on_back runs once, waiters go on, events
+    are followed again."""
+
+    async def body(docker: FakeDocker, watch: EngineWatch, backs: list[int]) -> None:
+        assert watch.was_up
+        docker.go_down()
+        await until(lambda: not watch.up)
+        assert not await watch.wait_up(0.02)
+        waiting = asyncio.ensure_future(watch.wait_up(10))
+        docker.answers = True
+        assert await waiting
+        await until(lambda: docker.follows == 2)
+        assert backs == [1]
+        assert watch.downs == 1
+
+    run(body)
+
+
+def test_a_suspicion_counts_the_engine_down_until_a_ping_answers() -> None:
+    """A call that found the engine silent marks it down at once; the watch's ping finds it
+    answering and calls it back."""
+
+    async def body(docker: FakeDocker, watch: EngineWatch, backs: list[int]) -> None:
+        watch.suspect()
+        assert not watch.up
+        assert await watch.wait_up(10)
+        assert backs == [1]
+
+    run(body)
