@@ -60,7 +60,7 @@ base_image: engine  ## the base image, or a local one built from Debian packages
 
 build_server_tasks_image: engine  ## the standard task image, as tasks_image and task_service
 	@base=$$(scripts/ensure-base-image.sh "$(BASE_IMAGE)") && \
-	docker build -q -f images/tasks/Dockerfile --build-arg BASE_IMAGE="$$base" \
+	docker build -q --network none -f images/tasks/Dockerfile --build-arg BASE_IMAGE="$$base" \
 	  -t tasks_image:latest -t task_service:latest . >/dev/null && \
 	echo "tarea: built tasks_image:latest = task_service:latest (FROM $$base)"
 

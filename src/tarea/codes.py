@@ -32,8 +32,19 @@ class Code:
 
 CODES: tuple[Code, ...] = (
     # -- how a task fails -------------------------------------------------------------
-    Code("unknown_function", "the image has no such function", task=True),
-    Code("bad_params", "the function refused its parameters", task=True),
+    Code(
+        "unknown_function",
+        "the image has no such function (refused at submit when the image describes itself)",
+        422,
+        task=True,
+    ),
+    Code(
+        "bad_params",
+        "the function refused its parameters (refused at submit, naming the field, when "
+        "the image describes itself)",
+        422,
+        task=True,
+    ),
     Code("task_error", "the function raised an error of its own", task=True),
     Code("timed_out", "the task passed its timeout_s; its container was killed", task=True),
     Code("crashed", "the task's process exited before answering (or while starting)", task=True),

@@ -7,6 +7,8 @@ The tree::
     ├── InvalidRequest              a client asked for something malformed (422)
     │   ├── InvalidImageReference   not a valid distribution reference
     │   ├── TooDeep                 too_deep: params or metadata nested past 64 levels
+    │   ├── UnknownFunction         unknown_function: the image describes itself without it
+    │   ├── BadParams               bad_params: params break the function's described schema
     │   └── CallbackUrlNotAllowed   callback_url_not_allowed: an address the
     │                               outbound policy refuses (TAREA_CALLBACK_ALLOW)
     ├── EngineUnavailable           the Docker engine does not answer (503)
@@ -78,6 +80,26 @@ class TooDeep(InvalidRequest):
     """Params or metadata nest deeper than tarea keeps (:data:`tarea.domain.nesting.MAX_DEPTH`)."""
 
     code: str = "too_deep"
+
+
+class UnknownFunction(InvalidRequest):
+    """The image describes its functions (``rpc.discover``) and this is none of them."""
+
+    code: str = "unknown_function"
+
+
+class BadParams(InvalidRequest):
+    """The params break the schema the image describes for the function.
+
+    ``field`` names the parameter (``params.width``, ``params.xs.2``),
+    ``reason`` says why ("missing required parameter", "expected integer, got string").
+    """
+
+    code: str = "bad_params"
+
+    def __init__(self, message: str, *, field: str, reason: str) -> None:
+        super().__init__(message, field=field)
+        self.reason = reason
 
 
 class CallbackUrlNotAllowed(InvalidRequest):

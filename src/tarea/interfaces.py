@@ -4,8 +4,8 @@
 cancel, recover, take over, drain) and reaches the rest of tarea only
 through these: where tasks are kept (:class:`TaskStore`), who runs them
 (:class:`Dispatcher`) and how their ends, events and cancels are heard
-(:class:`Notices`). :mod:`tarea.wiring` assembles the real ones; unit tests
-hand it fakes.
+(:class:`Notices`), and what images offer (:class:`FunctionCatalog`).
+:mod:`tarea.wiring` assembles the real ones; unit tests hand it fakes.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from contextlib import AbstractAsyncContextManager
 from datetime import datetime
 from typing import Any, Protocol
 
+from tarea.domain.functions import ImageFunctions
 from tarea.domain.records import TaskRecord
 from tarea.domain.status import Status
 from tarea.domain.task import RegistryAuth
@@ -233,4 +234,26 @@ class Notices(Protocol):
         self, tenant: str, after: int | None = None
     ) -> AbstractAsyncContextManager[Subscription]:
         """Stream the status changes of ``tenant``'s tasks (after the event ``after``)."""
+        ...
+
+
+class FunctionCatalog(Protocol):
+    """What each image offers, as it describes itself (``rpc.discover``)."""
+
+    def lookup(self, image: str) -> ImageFunctions | None:
+        """What ``image`` offers if known now (no I/O), else None."""
+        ...
+
+    async def describe(
+        self,
+        image: str,
+        *,
+        tenant: str,
+        limits: dict[str, Any],
+        pull: bool = False,
+        auth: RegistryAuth | None = None,
+        wait_s: float | None = None,
+    ) -> ImageFunctions | None:
+        """What ``image`` offers, asking it if needed; None if not local and not ``pull``,
+        or if its answer takes longer than ``wait_s``."""
         ...

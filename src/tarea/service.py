@@ -22,12 +22,14 @@ from typing import Any
 
 from tarea.dispatch import outbound
 from tarea.domain import nesting
+from tarea.domain.functions import ImageFunctions
 from tarea.domain.images import ImageReference, matches_any, parse_reference
 from tarea.domain.records import TaskRecord, new_task_id, utcnow
 from tarea.domain.status import RETRYABLE, Status, runs_again
 from tarea.domain.task import RegistryAuth
 from tarea.errors import (
     Draining,
+    EngineUnavailable,
     IdempotencyKeyReused,
     ImageNotAllowed,
     InvalidRequest,
@@ -39,7 +41,7 @@ from tarea.errors import (
     TooDeep,
 )
 from tarea.image_hosts import check_registry
-from tarea.interfaces import Dispatcher, Notices, TaskStore
+from tarea.interfaces import Dispatcher, FunctionCatalog, Notices, TaskStore
 from tarea.notices import Subscription
 from tarea.overview import OVERVIEW_MAX_TASKS, summarize
 from tarea.settings import Settings
@@ -49,6 +51,9 @@ from tarea.store.sql import Admission
 log = logging.getLogger(__name__)
 
 LIMIT_FIELDS = ("timeout_s", "memory_mb", "cpus", "pids", "output_kb")
+#: How long the first task of an image waits for the image to describe itself
+#: (its container's start) before it goes on unchecked.
+DISCOVER_WAIT_S = 2.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,15 +150,23 @@ class TaskService:
         store: where tasks are recorded.
         dispatcher: who runs them here.
         notices: how their ends, events and cancels are heard.
+        functions: what images offer, to refuse calls that cannot fit before they
+            are recorded (None: every call goes to its image).
     """
 
     def __init__(
-        self, settings: Settings, store: TaskStore, dispatcher: Dispatcher, notices: Notices
+        self,
+        settings: Settings,
+        store: TaskStore,
+        dispatcher: Dispatcher,
+        notices: Notices,
+        functions: FunctionCatalog | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
         self.dispatcher = dispatcher
         self.notices = notices
+        self.functions = functions
         self.server_id = settings.server_id
         self.draining = False
         self._image_patterns = settings.image_patterns()
@@ -294,12 +307,16 @@ class TaskService:
         idempotency_key: str | None = None,
         auth: RegistryAuth | None = None,
         wait_s: float | None = None,
+        check_params: bool = True,
     ) -> tuple[TaskRecord, bool]:
         """Record and queue a task; the record and whether it was created now.
 
         ``auth`` (registry credentials) is handed to the task's pull and never
         written anywhere. With ``wait_s``, the record returned is the task as it
-        is once it ended, or after ``wait_s`` seconds.
+        is once it ended, or after ``wait_s`` seconds. With ``check_params``, a
+        call that cannot fit what its image describes is refused (see
+        :meth:`check_call`); the seed's route, whose contract answers such calls
+        200 ``{"error": ..}``, leaves it off.
 
         Raises:
             Draining: the server is shutting down.
@@ -308,12 +325,16 @@ class TaskService:
             InvalidImageReference, InvalidRequest: the request is malformed.
             CallbackUrlNotAllowed: the callback URL is an address not allowed.
             IdempotencyKeyReused: the key came before with another body.
+            UnknownFunction, BadParams: the image describes itself, and the call
+                does not fit.
         """
         if self.draining:
             raise Draining("the server is shutting down; submit again shortly")
         if auth is not None:
             self._check_auth("registry_auth")
         record = self._record(new, tenant, idempotency_key)
+        if check_params and self.functions is not None:
+            await self.check_call(new, tenant, record.limits)
         created = await self.store.create(record, self._admission)
         if isinstance(created, Refused):
             raise created
@@ -360,6 +381,14 @@ class TaskService:
             if auth is not None:
                 self._check_auth(f"tasks[{index}].registry_auth")
         records = [self._record(new, tenant) for new in news]
+        if self.functions is not None:
+            for index, (new, record) in enumerate(zip(news, records, strict=True)):
+                try:
+                    await self.check_call(new, tenant, record.limits)
+                except InvalidRequest as exc:
+                    exc.message = f"tasks[{index}]: {exc.message}"
+                    exc.field = f"tasks.{index}.{exc.field}"
+                    raise
         created = await self.store.create_many(records, self._admission)
         if isinstance(created, Refused):
             raise created
@@ -383,6 +412,47 @@ class TaskService:
                 "on the workers instead, and send the task without them",
                 field=field,
             )
+
+    async def check_call(self, new: NewTask, tenant: str, limits: dict[str, Any]) -> None:
+        """Refuse a call its image's own description says cannot work.
+
+        Only images that answer ``rpc.discover`` are checked; the first task of
+        an image (per image id, on this server) asks it, in the container that
+        then runs the task, and waits at most ``DISCOVER_WAIT_S`` for the answer.
+        An image not local yet, one slower to answer, or an engine that does not
+        answer, leaves the call unchecked: the task goes on as it would have.
+
+        Raises:
+            UnknownFunction, BadParams: see :meth:`ImageFunctions.check`.
+        """
+        assert self.functions is not None
+        described = self.functions.lookup(new.image)  # the warm path: no await
+        if described is None:
+            try:
+                described = await self.functions.describe(
+                    new.image, tenant=tenant, limits=limits, wait_s=DISCOVER_WAIT_S
+                )
+            except TareaError as exc:
+                log.debug("%s is not described (%s): the call goes unchecked", new.image, exc)
+                return
+            if described is None:
+                return
+        described.check(new.function, new.params)
+
+    async def image_functions(self, image: str, tenant: str) -> ImageFunctions:
+        """What ``image`` offers (pulled if it is not local), as it describes itself.
+
+        Raises:
+            InvalidImageReference, ImageNotAllowed: as for a task of that image.
+            ImageNotFound, ImagePullFailed, UnsupportedImage, EngineUnavailable:
+                the image cannot be had or run.
+        """
+        limits = self.validate(NewTask(image=image, function=""))
+        if self.functions is None:
+            raise EngineUnavailable("this server runs no tasks: it cannot ask images")
+        described = await self.functions.describe(image, tenant=tenant, limits=limits, pull=True)
+        assert described is not None  # pulled
+        return described
 
     def _record(self, new: NewTask, tenant: str, idempotency_key: str | None = None) -> TaskRecord:
         """The record of a new task (validated: see :meth:`validate`), queued on this server."""

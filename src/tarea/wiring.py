@@ -18,6 +18,7 @@ from tarea.dispatch.local import LocalDispatcher
 from tarea.dispatch.runner import TaskRunner
 from tarea.domain.task import Limits, RegistryAuth
 from tarea.errors import ConfigurationError, TareaError
+from tarea.execution.catalog import FunctionCatalog
 from tarea.execution.channels import ChannelDir
 from tarea.execution.docker import DockerEngine
 from tarea.execution.executor import Executor
@@ -113,6 +114,8 @@ class Server:
     membership: Membership
     retention: Retention
     task_metrics: TaskMetrics
+    #: What images offer (None on an API server with workers: no engine to ask).
+    functions: FunctionCatalog | None
     #: Where tasks go, on an API server with workers.
     router: Router | None = None
     _warming: asyncio.Task[None] | None = None
@@ -138,6 +141,8 @@ class Server:
         await self.membership.aclose()
         await self.service.drain()
         await self.notices.aclose()
+        if self.functions is not None:
+            await self.functions.aclose()
         if self.executor is not None:
             await self.executor.aclose()
             self.executor.docker.close()
@@ -181,13 +186,23 @@ def assemble(settings: Settings) -> Server:
     )
     if isinstance(notices, PgNotices):
         notices.runs_here = dispatcher.runs
-    service = TaskService(settings, store, dispatcher, notices)
+    functions = FunctionCatalog(executor, name_cache_s=settings.image_cache_s)
+    service = TaskService(settings, store, dispatcher, notices, functions)
     membership = Membership(
         store, server_id=settings.server_id, lease_s=settings.lease_s, on_silent=service.take_over
     )
     retention = Retention(store, retention_s=settings.retention_s)
     return Server(
-        settings, store, executor, notices, dispatcher, service, membership, retention, task_metrics
+        settings,
+        store,
+        executor,
+        notices,
+        dispatcher,
+        service,
+        membership,
+        retention,
+        task_metrics,
+        functions,
     )
 
 
@@ -233,5 +248,6 @@ def assemble_api(settings: Settings, sql: SqlStore, store: AsyncStore) -> Server
         membership,
         retention,
         task_metrics,
+        None,
         router,
     )

@@ -94,8 +94,6 @@ def test_wait_true_answers_200_with_the_finished_task(api: httpx.Client) -> None
 @pytest.mark.parametrize(
     ("body", "status", "code"),
     [
-        ({"function": "raiz", "params": {}}, "failed", "unknown_function"),
-        ({"function": "resta", "params": {"a": "x", "b": 1}}, "failed", "bad_params"),
         ({"function": "division", "params": {"a": 1, "b": 0}}, "failed", "task_error"),
         (
             {"image": absent_image("tarea-test/absent:1"), "function": "suma"},
@@ -108,7 +106,7 @@ def test_wait_true_answers_200_with_the_finished_task(api: httpx.Client) -> None
             "timed_out",
         ),
     ],
-    ids=["unknown_function", "bad_params", "task_error", "image", "timed_out"],
+    ids=["task_error", "image", "timed_out"],
 )
 def test_failures_carry_their_error_code(
     api: httpx.Client, body: dict[str, Any], status: str, code: str
@@ -123,6 +121,30 @@ def test_failures_carry_their_error_code(
     )
     assert task["error"]["message"]
     assert task["result"] is None
+
+
+@pytest.mark.parametrize(
+    ("body", "code", "field"),
+    [
+        ({"function": "raiz", "params": {}}, "unknown_function", "function"),
+        ({"function": "resta", "params": {"a": "x", "b": 1}}, "bad_params", "params.a"),
+        ({"function": "resta", "params": {"a": 1}}, "bad_params", "params.b"),
+    ],
+    ids=["unknown_function", "bad_type", "missing"],
+)
+def test_calls_the_image_describes_as_wrong_are_refused_before_dispatch(
+    api: httpx.Client, body: dict[str, Any], code: str, field: str
+) -> None:
+    """tasks_image describes itself: a call that cannot fit is 422 with the code and field,
+    and no task is recorded."""
+    before = api.get("/v1/tasks", params={"limit": 200}).json()["items"]
+    response = api.post("/v1/tasks?wait=true", json={"image": "tasks_image:latest", **body})
+    assert response.status_code == 422, response.text
+    problem = response.json()
+    assert problem["code"] == code
+    assert problem["field"] == field
+    assert field.split(".")[-1] in problem["detail"]
+    assert api.get("/v1/tasks", params={"limit": 200}).json()["items"] == before
 
 
 def test_list_is_newest_first_filtered_and_paginated(api: httpx.Client) -> None:

@@ -12,7 +12,7 @@ from tarea import __version__
 from tarea.api import errors
 from tarea.api.deps import document_bearer_auth
 from tarea.api.middleware import BearerAuth, BodyLimit
-from tarea.api.routes import health, pools, seed, servers, tasks, ui
+from tarea.api.routes import health, images, pools, seed, servers, tasks, ui
 from tarea.api.session import Sessions
 from tarea.logs import RequestId
 from tarea.metrics import build_registry
@@ -61,6 +61,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     errors.install(app)
     tasks.add_submit_route(app)
     app.include_router(tasks.router)
+    app.include_router(images.router)
     app.include_router(seed.router)
     app.include_router(pools.router)
     app.include_router(servers.router)

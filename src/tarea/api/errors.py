@@ -129,6 +129,9 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(InvalidRequest)
     async def _invalid(_: Request, exc: InvalidRequest) -> JSONResponse:
         extra = {"field": exc.field} if exc.field else {}
+        reason = getattr(exc, "reason", None)  # BadParams: why the field does not fit
+        if reason is not None:
+            extra["reason"] = reason
         return problem(422, exc.code, exc.message, **extra)
 
     @app.exception_handler(EngineUnavailable)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import typer
 
-from tarea.cli import common, tasks
+from tarea.cli import authoring, common, tasks
 
 app = typer.Typer(
     name="tarea",
@@ -43,6 +43,8 @@ def worker() -> None:
 
 # run, submit, tasks, show, logs, cancel, pools, health; the global --url and --api-key.
 tasks.register(app)
+# new, build, check-image: writing task images, on the local Docker engine.
+authoring.register(app)
 
 
 def main() -> None:

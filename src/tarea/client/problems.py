@@ -9,6 +9,22 @@ from __future__ import annotations
 from tarea.client.errors import APIError, AuthenticationError
 
 
+class UnknownFunctionError(APIError):
+    """422 ``unknown_function``: the image has no such function (refused at submit when the image
+    describes itself).
+    """
+
+    code_name = "unknown_function"
+
+
+class BadParamsError(APIError):
+    """422 ``bad_params``: the function refused its parameters (refused at submit, naming the
+    field, when the image describes itself).
+    """
+
+    code_name = "bad_params"
+
+
 class ImageNotFoundError(APIError):
     """404 ``image_not_found``: the image is not local and no registry has it."""
 
@@ -180,6 +196,8 @@ class InternalError(APIError):
 
 #: The class of each problem code.
 PROBLEM_CLASSES: dict[str, type[APIError]] = {
+    "unknown_function": UnknownFunctionError,
+    "bad_params": BadParamsError,
     "image_not_found": ImageNotFoundError,
     "image_pull_failed": ImagePullFailedError,
     "unsupported_image": UnsupportedImageError,

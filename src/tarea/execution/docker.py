@@ -376,6 +376,49 @@ class DockerEngine:
 
         return await self._call(remove)
 
+    async def build(
+        self,
+        context: str,
+        tag: str,
+        build_args: dict[str, str],
+        on_line: Callable[[str], None] | None = None,
+    ) -> str:
+        """Build the Dockerfile in ``context`` as ``tag`` with no network; the image id.
+
+        The classic builder (no BuildKit here), intermediate containers
+        removed, every ``RUN`` without a network: a build that needs one fails
+        instead of reaching out. ``on_line`` gets each line of the build's output.
+
+        Raises:
+            TaskFailure: the build failed (its message is the engine's, or the step's).
+        """
+
+        def build() -> str:
+            with _engine_errors():
+                try:
+                    stream = self._api().build(
+                        path=context,
+                        tag=tag,
+                        buildargs=build_args,
+                        network_mode="none",
+                        rm=True,
+                        forcerm=True,
+                        decode=True,
+                    )
+                    for chunk in stream:
+                        if "error" in chunk:
+                            raise TaskFailure(str(chunk["error"]).strip())
+                        text = str(chunk.get("stream", "")).rstrip()
+                        if text and on_line is not None:
+                            on_line(text)
+                except docker.errors.APIError as exc:
+                    raise TaskFailure(
+                        f"the engine refused the build: {exc.explanation or exc}"
+                    ) from exc
+                return str(self._api().inspect_image(tag)["Id"])  # type: ignore[no-untyped-call]
+
+        return await self._call(build)
+
     # -- containers -----------------------------------------------------------
 
     async def container_images(self) -> set[str]:

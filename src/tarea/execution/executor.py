@@ -231,6 +231,17 @@ class Executor:
             self.image_cache.touch(resolved.info.id)
         return resolved
 
+    async def resolve_local(self, reference: str) -> images.ResolvedImage | None:
+        """The image if it is local (cached like :meth:`resolve`), else None: never pulls."""
+        now = time.monotonic()
+        cached = self._images.get(reference)
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        resolved = await images.inspect_local(self.docker, reference)
+        if resolved is not None:
+            self._images[reference] = (now + self._image_cache_s, resolved)
+        return resolved
+
     def _forget_image(self, image_id: str) -> None:
         """Drop the resolved images cached for ``image_id`` (it is being removed)."""
         for reference, (_, resolved) in list(self._images.items()):

@@ -80,3 +80,16 @@ async def resolve(
     return ResolvedImage(
         reference=str(ref), info=info, protocol=detect_protocol(text, info), pulled=pulled
     )
+
+
+async def inspect_local(docker: DockerEngine, text: str) -> ResolvedImage | None:
+    """The image ``text`` names if it is local, with its protocol; None if it is not.
+
+    Never pulls. Raises InvalidImageReference, UnsupportedImage (see
+    :func:`detect_protocol`) and EngineUnavailable like :func:`resolve`.
+    """
+    ref = parse_reference(text)
+    info = await docker.inspect_image(str(ref))
+    if info is None:
+        return None
+    return ResolvedImage(reference=str(ref), info=info, protocol=detect_protocol(text, info))

@@ -15,11 +15,14 @@ import traceback
 from collections.abc import Iterator
 from typing import IO, Any
 
+from . import describe
 from .errors import ParamError, describe_failure, log_failure
 from .progress import reporting
 from .registry import Registry
 
 PROTOCOL = "tarea/1"
+#: OpenRPC's method for a service's description (never a task's name: "rpc." is reserved).
+DISCOVER = "rpc.discover"
 
 PARSE_ERROR = -32700
 INVALID_REQUEST = -32600
@@ -172,6 +175,8 @@ def handle_line(line: bytes, registry: Registry, channel: Channel) -> Message | 
             request_id, INVALID_REQUEST, "Invalid Request: params must be an object"
         )
     if task is None:
+        if method == DISCOVER:
+            return {"jsonrpc": "2.0", "id": request_id, "result": describe.document(registry)}
         return error_response(
             request_id, METHOD_NOT_FOUND, f"Unknown function {method!r}", {"function": method}
         )

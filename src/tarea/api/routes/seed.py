@@ -25,6 +25,9 @@ router = APIRouter(tags=["seed"])
 
 #: The seed's answer for an operation the image does not offer (exact text).
 UNSUPPORTED = "Operación no soportada"
+#: Failures that are the task's own answer: the seed answers them 200 {"error": ..},
+#: though /v1/tasks may refuse them before dispatch (an image that describes itself).
+_THE_TASKS_ANSWER = frozenset({"unknown_function", "bad_params", "task_error"})
 
 
 class SeedCredentials(BaseModel):
@@ -111,13 +114,14 @@ async def get_remote_task(
     )
     bound = settings.pull_timeout_s + settings.start_timeout_s + settings.max_timeout_s + 5
     record, _ = await service.submit(
-        new, tenant=tenant, auth=_auth(body.credenciales), wait_s=bound
+        new, tenant=tenant, auth=_auth(body.credenciales), wait_s=bound, check_params=False
     )
     if record.status is Status.SUCCEEDED:
         return {"resultado": record.result}
     error = record.error or {"code": "task_error", "message": f"the task is {record.status}"}
-    if error["code"] in STATUS_OF_CODE:  # the image or the engine is at fault, not the task
-        raise ProblemError(error["code"], error["message"], image=body.imagen_docker)
     if error["code"] == "unknown_function":
         return {"error": UNSUPPORTED}
+    if error["code"] in STATUS_OF_CODE and error["code"] not in _THE_TASKS_ANSWER:
+        # the image or the engine is at fault, not the task
+        raise ProblemError(error["code"], error["message"], image=body.imagen_docker)
     return {"error": str(error["message"])}
