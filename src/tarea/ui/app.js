@@ -135,9 +135,11 @@ function tasksPage(main) {
           params: parsed,
         },
       });
-      watching = task.id;
       upsert({ ...task, when: task.created_at });
       result.append(h("p", {}, "Submitted ", taskLink(task.id), " ", statusBadge(task.status)));
+      // A warm task can end, and its change reach the stream, before this answer did.
+      if (TERMINAL.has(rows.get(task.id).status)) ended(task.id).catch((error) => say(error.message));
+      else watching = task.id;
     } catch (error) {
       result.append(h("p", { class: "error" }, error.message));
     }
@@ -210,7 +212,9 @@ function tasksPage(main) {
     const old = rows.get(task.id) || {};
     rows.set(task.id, {
       id: task.id,
-      status: task.status,
+      // Changes may arrive out of order (a POST's answer after the stream's end):
+      // a status never goes back to an earlier one.
+      status: old.status && rank(old.status) > rank(task.status) ? old.status : task.status,
       image: task.image || old.image,
       function: task.function || old.function,
       attempt: task.attempt || old.attempt,
