@@ -22,7 +22,7 @@ SERVER_URL ?= http://127.0.0.1:8000
 .DEFAULT_GOAL := help
 .PHONY: help run test check bench venv lock engine base_image compose wheels demo_distributed \
         build_server_image build_server_tasks_image up_server down_server \
-        restart_server test_docker clean
+        restart_server test_docker test_tools clean
 
 help:  ## list the targets
 	@grep -E '^[a-z_]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-26s %s\n", $$1, $$2}'
@@ -82,7 +82,10 @@ run: venv build_server_tasks_image  ## serve tarea on TAREA_HOST:TAREA_PORT (127
 demo_distributed: venv build_server_tasks_image  ## RabbitMQ, PostgreSQL, an API server and two workers (the second on a second Docker engine); prints how to try it
 	$(BIN)/python scripts/demo_distributed.py
 
-test: venv build_server_tasks_image  ## the whole test suite, on the real Docker engine
+test_tools:  ## what the tests drive besides Docker (chromium, chromium-driver, tmux, nodejs, docker-registry); installs what is missing if root on Debian
+	@scripts/ensure-test-tools.sh
+
+test: venv build_server_tasks_image test_tools  ## the whole test suite, on the real Docker engine
 	$(BIN)/pytest
 
 check: venv  ## ruff and mypy --strict

@@ -82,7 +82,7 @@ def test_the_node_template_tests_itself(tmp_path: Path) -> None:
     """The Node.js template's test passes under node --test (Debian's nodejs)."""
     node = shutil.which("node")
     if node is None:
-        pytest.fail("node is missing: apt-get install nodejs (.ci/run installs it)", pytrace=False)
+        pytest.fail("node is missing: make test_tools (or apt-get install nodejs)", pytrace=False)
     assert tarea("new", "hola-node", "--lang", "node", "--dir", str(tmp_path)).returncode == 0
     directory = tmp_path / "hola-node"
     assert '"hola-node"' in (directory / "tasks.js").read_text()
