@@ -65,6 +65,32 @@ import pytest
 DEFAULT_POOL = "base=10.231.0.0/16,size=24"
 
 
+def _addresses(interface: str) -> list[str] | None:
+    """The IPv4 addresses (CIDR) of ``interface``; None if there is no such interface."""
+    shown = subprocess.run(
+        ["ip", "-o", "addr", "show", "dev", interface], capture_output=True, text=True
+    )
+    if shown.returncode != 0:
+        return None
+    return [f.split()[3] for f in shown.stdout.splitlines() if f.split()[2] == "inet"]
+
+
+def _restore_bridge(interface: str, addresses: list[str] | None) -> None:
+    """Put the main engine's bridge back if a private engine's start deleted it.
+
+    dockerd 20.10, started again on a data root that holds a default
+    ``bridge`` network and with ``--default-address-pool`` set, deletes the
+    interface ``docker0`` (the default bridge's name) while it clears that
+    network: the host's, the main engine's, in this shared network namespace.
+    """
+    if addresses is None or _addresses(interface) is not None:
+        return
+    subprocess.run(["ip", "link", "add", interface, "type", "bridge"], check=True)
+    for address in addresses:
+        subprocess.run(["ip", "addr", "add", address, "dev", interface], check=False)
+    subprocess.run(["ip", "link", "set", interface, "up"], check=True)
+
+
 class EngineError(RuntimeError):
     """A private engine would not start, stop or load an image."""
 
@@ -163,6 +189,7 @@ class PrivateDockerd:
         self.socket_path.unlink(missing_ok=True)
         self._drop_stale_pidfiles()
         self._make_bridge()
+        docker0 = _addresses("docker0")
         log = self.log_path.open("ab")
         try:
             self.process = subprocess.Popen(
@@ -182,6 +209,7 @@ class PrivateDockerd:
                     f"dockerd exited with code {self.process.returncode}:\n{self.log_tail()}"
                 )
             if self.answers():
+                _restore_bridge("docker0", docker0)
                 return
             time.sleep(0.2)
         raise EngineError(
