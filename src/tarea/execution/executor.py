@@ -478,9 +478,10 @@ class Executor:
                 "the task ran out of memory and was killed", data={"exit_code": exit_code}
             )
             return _error_info(oom), exit_code
-        stop_signal = self.watch.stopped_from_outside(container.id)
+        ended_with = exit_code if exit_code is not None else state.exit_code
+        stop_signal = await self.watch.outside_stop(container.id, ended_with)
         if stop_signal is not None and await self.watch.stopped_by_shutdown(container.id):
-            exit_code = exit_code if exit_code is not None else state.exit_code
+            exit_code = ended_with
             return _engine_stopped(exit_code, stop_signal, "mid-call"), exit_code
         if exit_code is None:  # still running: it was the protocol, not a crash
             return _error_info(failure), None
@@ -646,7 +647,7 @@ class Executor:
         data = {"exit_code": exit_code, "stderr_tail": tail, "phase": "start"}
         if state.oom_killed:
             return OomKilled("the task ran out of memory while starting and was killed", data=data)
-        stop_signal = self.watch.stopped_from_outside(container_id)
+        stop_signal = await self.watch.outside_stop(container_id, exit_code)
         if stop_signal is not None and await self.watch.stopped_by_shutdown(container_id):
             error = _engine_stopped(exit_code, stop_signal, "while it started")
             raise EngineUnavailable(error.message)

@@ -39,6 +39,8 @@ log = logging.getLogger(__name__)
 #: it shuts down: its default ``--shutdown-timeout`` (15 s, the longest wait
 #: for its containers' stops) and some room.
 SHUTDOWN_WINDOW_S = 20.0
+#: How long a container ended by a signal waits for the stream's kill event.
+EVENT_LAG_S = 1.0
 #: Containers stopped from outside, remembered (the oldest forgotten first).
 _REMEMBERED = 1024
 
@@ -118,6 +120,19 @@ class EngineWatch:
         """The signal that stopped ``container_id`` from outside tarea, or None."""
         seen = self._stopped.get(container_id)
         return None if seen is None else seen[0]
+
+    async def outside_stop(self, container_id: str, exit_code: int | None) -> int | None:
+        """:meth:`stopped_from_outside`, giving the event stream up to
+        ``EVENT_LAG_S`` to bring the kill when ``exit_code`` says a signal ended
+        the process (128 + n) and no stop was seen yet: the stream runs on a
+        thread of its own, and under load the container's end can overtake it."""
+        deadline = asyncio.get_running_loop().time() + EVENT_LAG_S
+        signalled = exit_code is not None and exit_code > 128
+        while (seen := self.stopped_from_outside(container_id)) is None and signalled:
+            if asyncio.get_running_loop().time() >= deadline:
+                break
+            await asyncio.sleep(0.05)
+        return seen
 
     async def stopped_by_shutdown(self, container_id: str) -> bool:
         """Whether the engine's own shutdown stopped ``container_id``.
