@@ -415,7 +415,7 @@ def test_rabbitmq_restarted_under_load_every_task_ends_once(cluster: Cluster) ->
     subprocess.run(["service", "rabbitmq-server", "restart"], capture_output=True, check=True)
     subprocess.run(["rabbitmqctl", "-q", "await_startup"], capture_output=True, check=True)
     for task in accepted:
-        done = cluster.until(task["id"], lambda t: t["status"] in TERMINAL, timeout_s=120)
+        done = cluster.until(task["id"], lambda t: t["status"] in TERMINAL, timeout_s=60)
         assert done["status"] == "succeeded", done
         assert done["attempt"] == 1
         assert cluster.terminal_events(task["id"]) == ["succeeded"]

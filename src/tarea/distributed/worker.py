@@ -32,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import sys
 import threading
 import time
 from collections import Counter
@@ -48,6 +49,7 @@ from tarea.dispatch import callbacks, outbound
 from tarea.dispatch.runner import TaskRunner
 from tarea.distributed.broker import (
     TASK_NAME,
+    declare_worker_queue,
     make_celery,
     shared_queue,
     warm_key,
@@ -396,8 +398,8 @@ class WorkerRuntime:
         )
         self.queue = worker_queue_name(settings.server_id)
         self.engine_version = "unknown"
-        #: Whether Celery's consumer holds a broker connection (set by main()).
-        self.consuming: Callable[[], bool] = lambda: True
+        #: Whether Celery's consumer holds a broker connection (set by main(); not yet).
+        self.consuming: Callable[[], bool] = lambda: False
         self._beating: asyncio.Task[None] | None = None
         self._warming: asyncio.Task[None] | None = None
 
@@ -522,6 +524,12 @@ def main() -> None:
     loop = LoopThread()
     loop.call(runtime.start(), timeout=300)
     app = build_app(settings, runtime, loop)
+    with app.connection_for_write() as connection:
+        # Waits for the broker as Celery's consumer would (retried without end).
+        connection.ensure_connection(max_retries=sys.maxsize, interval_max=5)
+        declare_worker_queue(
+            connection, worker_queue(settings.server_id, settings.route_ttl_s), settings.route_ttl_s
+        )
     draining: list[bool] = []
 
     def on_shutting_down(**_: Any) -> None:
