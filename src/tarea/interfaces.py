@@ -117,6 +117,18 @@ class TaskStore(Protocol):
         ...
 
 
+class Reservation(Protocol):
+    """A slot held for a task that starts as soon as it is recorded (see ``reserve``)."""
+
+    def start(self, record: TaskRecord, auth: RegistryAuth | None = None) -> None:
+        """Start the task, recorded ``running``."""
+        ...
+
+    def release(self) -> None:
+        """Give the slot back (the task was not recorded); no-op once started."""
+        ...
+
+
 class Dispatcher(Protocol):
     """Runs recorded tasks: queues them, executes them, records and announces their ends."""
 
@@ -136,6 +148,14 @@ class Dispatcher(Protocol):
 
     def enqueue(self, record: TaskRecord, auth: RegistryAuth | None = None) -> None:
         """Run the recorded task ``record`` (``auth``: for its pull only, never stored)."""
+        ...
+
+    def reserve(self, record: TaskRecord) -> Reservation | None:
+        """A slot held for the new task ``record`` if it would start here at once, else None.
+
+        With one, the task is recorded ``running`` (not ``queued``) and handed
+        to :meth:`Reservation.start`; not recorded, :meth:`Reservation.release`.
+        """
         ...
 
     def cancel(self, task_id: str) -> bool:

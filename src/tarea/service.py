@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import dataclasses
 import hashlib
 import json
 import logging
@@ -335,7 +336,20 @@ class TaskService:
         record = self._record(new, tenant, idempotency_key)
         if check_params and self.functions is not None:
             await self.check_call(new, tenant, record.limits)
-        created = await self.store.create(record, self._admission)
+        # A task that starts here at once is recorded running: one write, not two.
+        reservation = self.dispatcher.reserve(record)
+        if reservation is not None:
+            record = dataclasses.replace(
+                record, status=Status.RUNNING, started_at=utcnow(), queued_ms=0.0
+            )
+        try:
+            created = await self.store.create(record, self._admission)
+        except BaseException:
+            if reservation is not None:
+                reservation.release()
+            raise
+        if reservation is not None and (isinstance(created, Refused) or not created[1]):
+            reservation.release()  # refused, or the task was recorded before (idempotency)
         if isinstance(created, Refused):
             raise created
         stored, fresh = created
@@ -349,12 +363,30 @@ class TaskService:
             return stored, False
         # The waiter exists before the task can end: its end cannot be missed.
         waiter = self.notices.waiter(stored.id) if wait_s is not None else None
-        self.dispatcher.enqueue(stored, auth)
-        self.notices.publish(stored.id, "status", status=Status.QUEUED.value)
-        self.notices.status_changed(stored)
+        if reservation is not None:
+            reservation.start(stored, auth)
+        else:
+            self.dispatcher.enqueue(stored, auth)
+        self._announce_new(stored)
         if waiter is not None and wait_s is not None:
             stored = await self._await(stored.id, waiter, wait_s)
         return stored, True
+
+    def _announce_new(self, stored: TaskRecord) -> None:
+        """Tell readers of a new task: queued, then running if it was recorded running.
+
+        A task that started at once was never stored as queued, but every
+        task's events begin with ``queued`` (PostgreSQL's trigger does the
+        same, migration 0007).
+        """
+        queued = stored if stored.status is Status.QUEUED else None
+        if queued is None:
+            queued = dataclasses.replace(stored, status=Status.QUEUED, started_at=None)
+        self.notices.publish(stored.id, "status", status=Status.QUEUED.value)
+        self.notices.status_changed(queued)
+        if stored.status is not Status.QUEUED:
+            self.notices.publish(stored.id, "status", status=stored.status.value)
+            self.notices.status_changed(stored)
 
     async def submit_batch(
         self,

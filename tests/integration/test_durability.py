@@ -64,6 +64,11 @@ def test_sigkill_mid_task_then_restart_settles_every_task(tmp_path: Path, tasks_
             json={"image": tasks_image, "function": "esperar", "params": {"segundos": 120}},
         ).json()
         started = poll(url, running["id"], {"running"})
+        deadline = time.monotonic() + 30
+        while not (started["container"] or {}).get("id"):  # written a moment after running
+            assert time.monotonic() < deadline, started
+            time.sleep(0.05)
+            started = httpx.get(f"{url}/v1/tasks/{running['id']}").json()
         assert started["status"] == "running"
         container = started["container"]["id"]
         queued = httpx.post(
@@ -187,7 +192,7 @@ def test_a_server_starting_on_a_shared_database_leaves_another_servers_tasks_alo
         try:
             running = httpx.post(  # long enough to outlast the second server's start
                 f"{first_url}/v1/tasks",
-                json={"image": tasks_image, "function": "esperar", "params": {"segundos": 12}},
+                json={"image": tasks_image, "function": "esperar", "params": {"segundos": 25}},
             ).json()
             assert poll(first_url, running["id"], {"running"})["status"] == "running"
             queued = httpx.post(

@@ -215,8 +215,8 @@ def test_a_task_container_stopped_by_an_operator_while_the_engine_stays_up_crash
         client, tasks_image, function="esperar", params={"segundos": 60}, limits={"timeout_s": 90}
     )
     running = until(
-        "the task is running",
-        lambda: (t := task(client, task_id))["status"] == "running" and t,
+        "the task is running in a known container",
+        lambda: (t := task(client, task_id))["status"] == "running" and t["container"] and t,
     )
     engine.docker("stop", "--time", "1", running["container"]["id"])
     ended = until(

@@ -56,6 +56,25 @@ def test_the_tenant_stream_carries_every_change_of_its_tasks_only(server: Tenant
     assert all(d["id"] != ids["other"] for _, _, d in events)
 
 
+def test_a_task_that_started_at_once_still_begins_with_queued(server: TenantServer) -> None:
+    """A warm container of acme idle (a first task ran): the next task is recorded running
+    by the write that accepts it (queued 0 ms), and its events are still queued, running,
+    succeeded, in order."""
+    ids: dict[str, str] = {}
+    with server.client("acme") as acme:
+        assert acme.post("/v1/tasks?wait=true", json=suma(4)).json()["status"] == "succeeded"
+
+        def cause() -> None:
+            ids["t"] = acme.post("/v1/tasks", json=suma(5)).json()["id"]
+
+        events = read_events(acme, "/v1/events", lambda e: ended(ids.get("t", ""))(e),
+                             started=cause)  # fmt: skip
+        task = acme.get(f"/v1/tasks/{ids['t']}").json()
+    assert task["timings"]["queued_ms"] == 0
+    mine = [d["status"] for _, kind, d in events if kind == "status" and d["id"] == ids["t"]]
+    assert mine == ["queued", "running", "succeeded"]
+
+
 def test_a_reader_resuming_with_last_event_id_gets_what_it_missed(server: TenantServer) -> None:
     """Reconnecting with the id of the task's queued event replays its running and succeeded."""
     ids: dict[str, str] = {}

@@ -255,7 +255,7 @@ def test_a_cancel_on_b_stops_as_container_within_two_seconds(pair: Pair) -> None
     """B cancels a task A runs: answered cancelled at once, and A kills its container
     within 2 s."""
     task = submit(pair.a, esperar(60))
-    running = until(pair.a, task["id"], lambda t: t["status"] == "running")
+    running = until(pair.a, task["id"], lambda t: t["status"] == "running" and t["container"])
     container = running["container"]["id"]
     assert container
 
@@ -313,7 +313,7 @@ def test_a_server_killed_mid_task_is_taken_over_by_the_other(
             )
             queued = submit(pair.a, esperar(0.5))  # behind them: A runs two at a time
             for task in (running, retried):
-                until(pair.a, task["id"], lambda t: t["status"] == "running")
+                until(pair.a, task["id"], lambda t: t["status"] == "running" and t["container"])
             container = pair.a.http.get(f"/v1/tasks/{running['id']}").json()["container"]["id"]
 
             pair.a.proc.send_signal(signal.SIGKILL)

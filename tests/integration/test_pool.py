@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from dataclasses import asdict
 from typing import Any, TypeVar
 
 import httpx
@@ -58,13 +59,48 @@ def test_tenants_and_limits_never_share_a_container(tasks_image: str) -> None:
     assert len({a1.container_id, b1.container_id, c1.container_id}) == 3
 
 
+def test_ready_now_tells_whether_a_task_would_get_a_container_at_once(tasks_image: str) -> None:
+    """Before any run: no (the image is not resolved yet). After a warm run: yes for that
+    tenant and limits, no for another tenant or a fresh task; with a never-used container
+    of the image and limits, yes for both. It takes no container."""
+    limits = asdict(LIMITS)
+
+    async def body(executor: Executor) -> list[bool]:
+        seen = [executor.ready_now(tasks_image, "a", limits, fresh=False)]
+        await executor.run(spec(tasks_image, tenant="a"))
+        seen += [
+            executor.ready_now(tasks_image, "a", limits, fresh=False),
+            executor.ready_now(tasks_image, "b", limits, fresh=False),
+            executor.ready_now(tasks_image, "a", limits, fresh=True),
+        ]
+        await executor.prewarm(tasks_image, 1, LIMITS)
+        deadline = asyncio.get_running_loop().time() + 30
+        while not executor.ready_now(tasks_image, "b", limits, fresh=True):
+            assert asyncio.get_running_loop().time() < deadline, "no stem cell came"
+            await asyncio.sleep(0.1)
+        seen += [
+            executor.ready_now(tasks_image, "b", limits, fresh=False),
+            executor.ready_now(tasks_image, "a", limits, fresh=False),
+        ]
+        held = executor.pool.held()
+        assert sum(held.values()) == 1, held  # the idle warm container: none was taken
+        return seen
+
+    assert with_executor(body) == [False, True, False, False, True, True]
+
+
 def test_fresh_tasks_never_reuse_a_container(tasks_image: str) -> None:
     """isolation=fresh gets a container nobody used, and it is not reused after."""
 
     async def body(executor: Executor) -> tuple[list[Outcome], dict[str, Any]]:
         warm = await executor.run(spec(tasks_image))
         fresh = [await executor.run(spec(tasks_image, isolation="fresh")) for _ in range(3)]
-        await asyncio.sleep(1.5)  # stem cells replenish in the background
+        # Stem cells replenish in the background: wait (bounded) until both are back.
+        deadline = asyncio.get_running_loop().time() + 30
+        while asyncio.get_running_loop().time() < deadline:
+            if sum(p["stem_cells"] for p in executor.pool.stats()["pools"]) >= 2:
+                break
+            await asyncio.sleep(0.1)
         return [warm, *fresh], executor.pool.stats()
 
     outcomes, stats = with_executor(body)

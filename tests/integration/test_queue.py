@@ -40,12 +40,14 @@ def esperar(seconds: float) -> dict[str, Any]:
 def test_long_wait_falls_back_to_202_after_the_bound(api: httpx.Client) -> None:
     """?wait=true on a task longer than TAREA_WAIT_MAX_S answers 202 with Location after it."""
     started = time.monotonic()
-    response = api.post("/v1/tasks?wait=true", json=esperar(2.5))
+    response = api.post("/v1/tasks?wait=true", json=esperar(10))
     elapsed = time.monotonic() - started
     assert response.status_code == 202
     assert response.headers["location"].endswith(response.json()["id"])
-    assert response.json()["status"] == "running"
-    assert 0.9 < elapsed < 2.4
+    # Running, or still queued on a machine slow to start its container: not ended.
+    assert response.json()["status"] in ("queued", "running")
+    # It answered after the 1 s bound, long before the task's 10 s.
+    assert 0.9 < elapsed < 8
     api.post(f"/v1/tasks/{response.json()['id']}/cancel")
 
 
@@ -69,7 +71,7 @@ def test_cancel_of_a_queued_task_means_it_never_runs(api: httpx.Client) -> None:
 def test_full_queue_answers_503_and_records_nothing(api: httpx.Client) -> None:
     """Past TAREA_MAX_QUEUED waiting tasks, a submit is refused with 503 queue_full."""
     running = api.post("/v1/tasks", json=esperar(30)).json()
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 60
     while api.get(f"/v1/tasks/{running['id']}").json()["status"] != "running":
         assert time.monotonic() < deadline
         time.sleep(0.05)

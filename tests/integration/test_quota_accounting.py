@@ -9,7 +9,7 @@ what frees a place, and that a refused or failed insert leaves nothing behind.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -42,6 +42,8 @@ class Executor:
     def __init__(self) -> None:
         self.gates: dict[str, asyncio.Event] = {}
         self.called: set[str] = set()
+        #: Whether an idle warm container waits (then a task may start at once).
+        self.warm = False
 
     async def run(
         self, spec: TaskSpec, *, on_start: Any = None, on_progress: Any = None, on_log: Any = None
@@ -57,6 +59,11 @@ class Executor:
 
     async def join_background(self) -> None:
         pass
+
+    def ready_now(
+        self, reference: str, tenant: str, limits: Mapping[str, Any], *, fresh: bool
+    ) -> bool:
+        return self.warm
 
     async def ping(self) -> None:
         pass
@@ -202,5 +209,96 @@ def test_a_task_whose_insert_fails_is_not_run(tmp_path: Path) -> None:
             # The tenant's places are all there: two tasks of a quota of two are taken.
             await svc.submit(TASK, tenant="acme")
             await svc.submit(TASK, tenant="acme")
+
+    asyncio.run(scenario())
+
+
+# --- a task that starts at once ----------------------------------------------------
+
+
+def test_a_task_that_starts_at_once_is_recorded_running_by_the_write_that_accepts_it(
+    tmp_path: Path,
+) -> None:
+    """A worker free and a warm container idle: the task is stored running (started_at
+    set, queued 0 ms) by its insert, no separate running write is made (its container id
+    is written once it runs longer than CONTAINER_NOTE_S), and its end is recorded on
+    that row as for any task."""
+
+    async def scenario() -> None:
+        async with service(tmp_path) as (svc, store, executor):
+            executor.warm = True
+            svc.dispatcher.start()
+            await asyncio.sleep(0)  # the workers wait for work
+            advances: list[str] = []
+            advance = store.advance
+
+            def counted(task_id: str, new: Status, **kwargs: Any) -> Any:
+                advances.append(task_id)
+                return advance(task_id, new, **kwargs)
+
+            store.advance = counted  # type: ignore[method-assign]
+            accepted, _ = await svc.submit(TASK, tenant="acme")
+            assert accepted.status is Status.RUNNING
+            assert accepted.started_at is not None
+            assert accepted.queued_ms == 0.0
+            row = store.sync.get(accepted.id)
+            assert row is not None
+            assert row.status is Status.RUNNING
+            assert row.worker == "me"
+            for _ in range(100):
+                if accepted.id in executor.called:
+                    break
+                await asyncio.sleep(0.01)
+            # Running longer than CONTAINER_NOTE_S: its container is written meanwhile.
+            for _ in range(200):
+                row = store.sync.get(accepted.id)
+                if row is not None and row.container_id is not None:
+                    break
+                await asyncio.sleep(0.01)
+            assert row is not None
+            assert (row.status, row.container_id) == (Status.RUNNING, "c" * 64)
+            executor.end(accepted.id)
+            ended = await svc.wait(accepted.id, 5)
+            assert ended.status is Status.SUCCEEDED
+            assert ended.container_id == "c" * 64
+            assert advances == []
+            # Not warm: recorded queued, then running by a write of its own.
+            executor.warm = False
+            queued, _ = await svc.submit(TASK, tenant="acme")
+            assert queued.status is Status.QUEUED
+            for _ in range(100):
+                if queued.id in advances:
+                    break
+                await asyncio.sleep(0.01)
+            assert advances == [queued.id]
+            executor.end(queued.id)
+            assert (await svc.wait(queued.id, 5)).status is Status.SUCCEEDED
+
+    asyncio.run(scenario())
+
+
+def test_refused_tasks_give_back_the_workers_held_for_them(tmp_path: Path) -> None:
+    """A worker is held for a task that would start at once while its insert runs; when
+    the quota refuses it, the worker is free again (four workers, six refusals: the
+    next task still starts at once, and the four tasks then run at once)."""
+
+    async def scenario() -> None:
+        async with service(tmp_path, max_active=1) as (svc, _, executor):
+            executor.warm = True
+            svc.dispatcher.start()
+            await asyncio.sleep(0)
+            first, _ = await svc.submit(TASK, tenant="acme")
+            assert first.status is Status.RUNNING
+            for _ in range(6):
+                with pytest.raises(QuotaExceeded):
+                    await svc.submit(TASK, tenant="acme")
+            others = [(await svc.submit(TASK, tenant=t))[0] for t in ("b", "c", "d")]
+            # Under half the workers busy: started at once; then queued (half busy).
+            assert [o.status for o in others] == [Status.RUNNING, Status.QUEUED, Status.QUEUED]
+            for _ in range(100):
+                if executor.called >= {first.id, *(o.id for o in others)}:
+                    break
+                await asyncio.sleep(0.01)
+            assert executor.called >= {first.id, *(o.id for o in others)}
 
     asyncio.run(scenario())

@@ -30,6 +30,7 @@ from tarea.domain.records import CallbackState, TaskRecord, new_task_id
 from tarea.domain.status import TERMINAL, Status
 from tarea.errors import ConfigurationError, InvalidRequest
 from tarea.store import SqlStore
+from tarea.store.cluster import Cluster
 from tarea.store.convert import to_columns
 from tarea.store.sql import Tx, Write, encode_cursor
 from tarea.store.tables import Base
@@ -139,8 +140,38 @@ def test_migrate_twice_is_a_no_op(store: SqlStore) -> None:
     store.migrate()
     with store.engine.connect() as connection:
         revision = MigrationContext.configure(connection).get_current_revision()
-    assert revision == "0006"
+    assert revision == "0007"
     assert store.get(stored.id) == stored
+
+
+def test_postgresql_events_of_a_task_recorded_running_begin_with_queued(
+    postgres_url: str, postgres_admin: Engine
+) -> None:
+    """A task inserted running (it started at once where it was accepted) still has a
+    queued status event, then running, then its end; one queued only for a queued one.
+    (PostgreSQL's trigger stores them; SQLite's events live in memory, tarea.notices.)"""
+    with postgres_schema(postgres_url, postgres_admin) as url:
+        store = SqlStore(url)
+        store.migrate()
+        try:
+            _events_begin_with_queued(store)
+        finally:
+            store.close()
+
+
+def _events_begin_with_queued(store: SqlStore) -> None:
+    cluster = Cluster(store.engine)
+    started, _ = store.create(task(status=Status.RUNNING, started_at=BASE, worker="me"))
+    waiting, _ = store.create(task())
+    store.transition(started.id, Status.SUCCEEDED)
+
+    def statuses(task_id: str) -> list[str]:
+        return [e.data["status"] for e in cluster.events_after(task_id, 0) if e.kind == "status"]
+
+    assert statuses(started.id) == ["queued", "running", "succeeded"]
+    assert statuses(waiting.id) == ["queued"]
+    changes = [c.status for c in cluster.status_changes("acme", 0) if c.task_id == started.id]
+    assert changes == ["queued", "running", "succeeded"]
 
 
 MIGRATE_AT = """

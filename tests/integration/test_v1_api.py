@@ -194,7 +194,12 @@ def test_cancel_kills_a_running_task_within_2_s(api: httpx.Client) -> None:
         "/v1/tasks",
         json={"image": "tasks_image:latest", "function": "esperar", "params": {"segundos": 60}},
     ).json()
-    running = poll(api, task["id"], {"running"})
+    # Running, its container known (a task that started at once is recorded running by
+    # its insert; its container id is written a moment later: docs/architecture.md).
+    deadline = time.monotonic() + 30
+    while not ((running := api.get(f"/v1/tasks/{task['id']}").json())["container"] or {}).get("id"):
+        assert time.monotonic() < deadline, running
+        time.sleep(0.05)
     assert running["status"] == "running"
     container = running["container"]["id"]
     assert docker("ps", "-q", "--filter", f"id={container}").stdout.strip()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
+from collections.abc import Mapping
 from typing import Any
 
 from tarea.dispatch.local import LocalDispatcher
@@ -56,7 +57,17 @@ class Tasks:
 
 
 class Containers:
-    """A fake executor: nothing to remove or wait for."""
+    """A fake executor: nothing to remove or wait for. Its pool holds an idle container of
+    every key if ``warm``, a never-used one if ``stem``."""
+
+    def __init__(self, warm: bool = False, stem: bool = False) -> None:
+        self.warm = warm
+        self.stem = stem
+
+    def ready_now(
+        self, reference: str, tenant: str, limits: Mapping[str, Any], *, fresh: bool
+    ) -> bool:
+        return (self.warm and not fresh) or self.stem
 
     async def join_background(self) -> None:
         pass
@@ -71,9 +82,19 @@ class Containers:
         return 0
 
 
-def dispatcher_of(tasks: Tasks, concurrency: int, tenant_max_running: int = 0) -> LocalDispatcher:
+def dispatcher_of(
+    tasks: Tasks,
+    concurrency: int,
+    tenant_max_running: int = 0,
+    *,
+    warm: bool = False,
+    stem: bool = False,
+) -> LocalDispatcher:
     return LocalDispatcher(
-        tasks, Containers(), concurrency=concurrency, tenant_max_running=tenant_max_running
+        tasks,
+        Containers(warm, stem),
+        concurrency=concurrency,
+        tenant_max_running=tenant_max_running,
     )
 
 
@@ -292,3 +313,136 @@ async def test_drain_with_several_tenants_queued_starts_none_of_them() -> None:
     assert dispatcher.queued == 2
     await dispatcher.stop()
     assert dispatcher.running == 0
+
+
+async def started(tasks: Tasks, concurrency: int, **options: Any) -> LocalDispatcher:
+    """A started dispatcher whose workers wait for work (warm unless told otherwise)."""
+    dispatcher = dispatcher_of(tasks, concurrency, **{"warm": True, **options})
+    dispatcher.start()
+    await settle()
+    return dispatcher
+
+
+def running(name: str, tenant: str = "t") -> TaskRecord:
+    """``record(name)`` as a reservation's task is recorded: running at once."""
+    return TaskRecord(
+        id=name, tenant=tenant, status=Status.RUNNING, image="i", function="f", params={}
+    )
+
+
+@in_loop
+async def test_a_reservation_hands_the_recorded_task_to_an_idle_worker() -> None:
+    """A worker idle, nothing queued, a warm container: the held worker runs that task."""
+    tasks = Tasks()
+    dispatcher = await started(tasks, 2)
+    reservation = dispatcher.reserve(record("a"))
+    assert reservation is not None
+    reservation.start(running("a"))
+    await settle()
+    assert tasks.started == ["a"]
+    assert dispatcher.running == 1
+    tasks.end("a")
+    await settle()
+    assert dispatcher.running == 0
+    await dispatcher.stop()
+
+
+@in_loop
+async def test_no_reservation_when_the_task_would_not_start_at_once() -> None:
+    """No ready container, a task queued before it, half the workers busy, its tenant at
+    its cap, or a fresh task with only warm containers: None (the task is recorded
+    queued)."""
+    tasks = Tasks()
+    cold = await started(tasks, 2, warm=False)
+    assert cold.reserve(record("a")) is None
+    await cold.stop()
+
+    tasks = Tasks()
+    dispatcher = await started(tasks, 4, tenant_max_running=1)
+    fresh = TaskRecord(
+        id="f", tenant="t", status=Status.QUEUED, image="i", function="f", params={},
+        isolation="fresh",
+    )  # fmt: skip
+    assert dispatcher.reserve(fresh) is None  # an idle warm container is no fresh one
+    held = dispatcher.reserve(record("a", tenant="t"))
+    assert held is not None
+    # The tenant's cap (1) counts the held worker: its next task is not reserved.
+    assert dispatcher.reserve(record("b", tenant="t")) is None
+    other = dispatcher.reserve(record("c", tenant="u"))
+    assert other is not None
+    # Two of the four workers are held: half are busy, nothing more.
+    assert dispatcher.reserve(record("d", tenant="v")) is None
+    held.release()
+    other.release()
+    await settle()
+    dispatcher.enqueue(record("q1", tenant="t"))
+    dispatcher.enqueue(record("q2", tenant="t"))  # over the cap: waits in the queue
+    await settle()
+    assert tasks.started == ["q1"]
+    # A task is queued: a new one must not pass it over.
+    assert dispatcher.reserve(record("e", tenant="u")) is None
+    tasks.end("q1")
+    tasks.end("q2")
+    await settle()
+    await dispatcher.stop()
+
+
+@in_loop
+async def test_a_released_reservation_gives_the_worker_back() -> None:
+    """Released (the task was refused): the worker runs the next queued task."""
+    tasks = Tasks()
+    dispatcher = await started(tasks, 1)
+    reservation = dispatcher.reserve(record("refused"))
+    assert reservation is not None
+    reservation.release()
+    reservation.release()  # once only
+    dispatcher.enqueue(record("next"))
+    await settle()
+    assert tasks.started == ["next"]
+    tasks.end("next")
+    await settle()
+    await dispatcher.stop()
+
+
+@in_loop
+async def test_a_task_handed_over_and_cancelled_before_it_starts_never_runs() -> None:
+    """Cancelled between its hand-over and its worker waking: it is skipped."""
+    tasks = Tasks()
+    dispatcher = await started(tasks, 1)
+    reservation = dispatcher.reserve(record("a"))
+    assert reservation is not None
+    reservation.start(running("a"))
+    assert dispatcher.cancel("a")
+    await settle()
+    assert tasks.started == []
+    assert dispatcher.running == 0
+    await dispatcher.stop()
+
+
+@in_loop
+async def test_a_reservation_started_after_the_stop_leaves_the_task_queued() -> None:
+    """The worker was stopped while held: the task waits in the queue (it is not lost)."""
+    tasks = Tasks()
+    dispatcher = await started(tasks, 1)
+    reservation = dispatcher.reserve(record("a"))
+    assert reservation is not None
+    await dispatcher.stop()
+    reservation.start(running("a"))
+    assert dispatcher.queued == 1
+    assert tasks.started == []
+
+
+@in_loop
+async def test_a_never_used_container_ready_is_enough_for_a_reservation() -> None:
+    """A stem cell waits: a warm or a fresh task starts at once."""
+    tasks = Tasks()
+    dispatcher = await started(tasks, 2, warm=False, stem=True)
+    fresh = TaskRecord(
+        id="f", tenant="t", status=Status.QUEUED, image="i", function="f", params={},
+        isolation="fresh",
+    )  # fmt: skip
+    for task in (fresh, record("w")):
+        reservation = dispatcher.reserve(task)
+        assert reservation is not None
+        reservation.release()
+    await dispatcher.stop()

@@ -90,6 +90,10 @@ def _retrieve(future: asyncio.Future[Any]) -> None:
 #: How long an end that could not be recorded waits before it is tried again (doubling).
 _END_RETRY_S = (0.5, 30.0)
 
+#: A task recorded running when it was accepted has its container id written once it
+#: has run this long (a shorter one's comes with its end: no write for it alone).
+CONTAINER_NOTE_S = 0.05
+
 
 class TaskRunner:
     """Runs recorded tasks on the engine and records how they ended."""
@@ -149,12 +153,27 @@ class TaskRunner:
             return None
         marking: asyncio.Future[bool] | None = None
         current = record
+        #: A task recorded running at once: its container id, written if it runs long.
+        noting: asyncio.TimerHandle | None = None
+        if record.status is Status.RUNNING:
+            # Recorded running when it was accepted (it started here at once):
+            # its end applies to that row, and no running write is made.
+            marking = asyncio.get_running_loop().create_future()
+            marking.set_result(True)
 
         async def on_start(container_id: str) -> bool:
-            nonlocal marking, current
+            nonlocal marking, current, noting
             if task_id in self.cancelled:  # cancelled while it waited for its container
                 self.cancelled.discard(task_id)
                 return False
+            if record.status is Status.RUNNING:
+                current = dataclasses.replace(current, container_id=container_id)
+                # Its end writes the container id; one that runs longer has it
+                # written now, for whoever looks at the task meanwhile.
+                noting = asyncio.get_running_loop().call_later(
+                    CONTAINER_NOTE_S, self._note_container, task_id, container_id
+                )
+                return True
             started = utcnow()
             running: dict[str, Any] = {
                 "started_at": started,
@@ -196,6 +215,9 @@ class TaskRunner:
             if marking is not None:  # not awaited now: a failure of it is logged
                 self._watch(marking)
             raise
+        finally:
+            if noting is not None:  # before the end is queued: it cannot come after
+                noting.cancel()
         current = self._last_progress(current, progress)
         fields: dict[str, Any] = {
             "logs": outcome.logs,
@@ -237,6 +259,10 @@ class TaskRunner:
         settle.add_done_callback(lambda _: self._ending.discard(task_id))
         self._watch(settle)
         return None
+
+    def _note_container(self, task_id: str, container_id: str) -> None:
+        """Record the container of a task that was recorded running at once (still runs)."""
+        self._watch(self.store.update(task_id, container_id=container_id))
 
     def _coalescer(self, task_id: str) -> ProgressCoalescer:
         """Where ``task_id``'s progress notifications go: kept, written a few times a second."""

@@ -363,6 +363,10 @@ class OutboxDispatcher:
         queue_name = self.router.route(record.tenant, record.image, record.limits)
         self._publisher.offer(record.id, record.attempt, queue_name)
 
+    def reserve(self, record: TaskRecord) -> None:
+        """None: a task recorded here starts on a worker, later (it is recorded queued)."""
+        return None
+
     def cancel(self, task_id: str) -> bool:
         """Nothing runs here: the worker running it hears the cancel's notice."""
         return False

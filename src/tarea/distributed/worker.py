@@ -136,6 +136,10 @@ class WorkerDispatcher:
         self._local.add(job)
         job.add_done_callback(self._local.discard)
 
+    def reserve(self, record: TaskRecord) -> None:
+        """None: a task recorded here starts on a worker, later (it is recorded queued)."""
+        return None
+
     async def _run_local(self, record: TaskRecord) -> None:
         # At most TAREA_CONCURRENCY of them at once, besides the messages' tasks.
         # Requeue: released (queued for no worker): the API servers publish it again.

@@ -7,7 +7,7 @@ import contextlib
 import logging
 import socket
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -241,6 +241,22 @@ class Executor:
         if resolved is not None:
             self._images[reference] = (now + self._image_cache_s, resolved)
         return resolved
+
+    def ready_now(
+        self, reference: str, tenant: str, limits: Mapping[str, Any], *, fresh: bool
+    ) -> bool:
+        """Whether a task of ``tenant`` on ``reference`` would have a container at once.
+
+        Asks no one (no Docker call): the image was resolved within the last
+        few seconds, the engine is up, and the pool holds a container for it
+        (an idle one of that key, unless ``fresh``, or a never-used one).
+        Another task may still take it first.
+        """
+        cached = self._images.get(reference)
+        if cached is None or cached[0] <= time.monotonic() or not self.watch.up:
+            return False
+        key = PoolKey(tenant, cached[1].info.id, Limits(**limits))
+        return self.pool.has_ready(key, fresh=fresh)
 
     def _forget_image(self, image_id: str) -> None:
         """Drop the resolved images cached for ``image_id`` (it is being removed)."""

@@ -154,6 +154,13 @@ class WarmPool:
             self._busy[container.id] = (key, False, container)
         return container
 
+    def has_ready(self, key: PoolKey, *, fresh: bool) -> bool:
+        """Whether :meth:`acquire` would hand over a container at once (taking none): an
+        idle one of ``key`` (unless ``fresh``), or a never-used one of its image and limits."""
+        if not fresh and any(not c.broken for c in self._idle.get(key, ())):
+            return True
+        return any(not c.broken for c in self._stems.get(key.stem, ()))
+
     async def release(self, container: TaskContainer, *, reusable: bool) -> None:
         """Take a container back after a call: kept warm if ``reusable``, else removed."""
         key, fresh, _ = self._busy.pop(container.id, (None, True, container))
