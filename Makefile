@@ -80,10 +80,12 @@ run: venv build_server_tasks_image  ## serve tarea on TAREA_HOST:TAREA_PORT (127
 	$(BIN)/tarea serve
 
 demo_distributed: venv build_server_tasks_image  ## RabbitMQ, PostgreSQL, an API server and two workers (the second on a second Docker engine); prints how to try it
+	@scripts/ensure-packages.sh "make demo_distributed" docker-registry
 	$(BIN)/python scripts/demo_distributed.py
 
+TEST_PACKAGES := chromium chromium-driver tmux nodejs docker-registry
 test_tools:  ## what the tests drive besides Docker (chromium, chromium-driver, tmux, nodejs, docker-registry); installs what is missing if root on Debian
-	@scripts/ensure-test-tools.sh
+	@scripts/ensure-packages.sh "make test" $(TEST_PACKAGES)
 
 test: venv build_server_tasks_image test_tools  ## the whole test suite, on the real Docker engine
 	$(BIN)/pytest

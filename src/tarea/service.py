@@ -379,12 +379,13 @@ class TaskService:
         task's events begin with ``queued`` (PostgreSQL's trigger does the
         same, migration 0007).
         """
-        queued = stored if stored.status is Status.QUEUED else None
-        if queued is None:
+        started = stored.status is not Status.QUEUED
+        queued = stored
+        if started:
             queued = dataclasses.replace(stored, status=Status.QUEUED, started_at=None)
         self.notices.publish(stored.id, "status", status=Status.QUEUED.value)
         self.notices.status_changed(queued)
-        if stored.status is not Status.QUEUED:
+        if started:
             self.notices.publish(stored.id, "status", status=stored.status.value)
             self.notices.status_changed(stored)
 
