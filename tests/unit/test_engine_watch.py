@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import time
 from collections.abc import Awaitable, Callable
 from typing import cast
 
 from tarea.errors import EngineUnavailable
 from tarea.execution.docker import ContainerEvent, DockerEngine
-from tarea.execution.watch import EngineWatch
+from tarea.execution.watch import RESUME_OVERLAP_S, EngineWatch
 
 
 class FakeDocker:
@@ -20,17 +21,23 @@ class FakeDocker:
         self.on_event: Callable[[ContainerEvent], None] | None = None
         self._end: asyncio.Event | None = None
         self.follows = 0
+        #: The ``since`` of each follow_events call.
+        self.sinces: list[int | None] = []
 
     async def ping(self) -> None:
         if not self.answers:
             raise EngineUnavailable()
 
     async def follow_events(
-        self, labels: dict[str, str], on_event: Callable[[ContainerEvent], None]
+        self,
+        labels: dict[str, str],
+        on_event: Callable[[ContainerEvent], None],
+        since: int | None = None,
     ) -> None:
         if not self.answers:
             raise EngineUnavailable()
         self.follows += 1
+        self.sinces.append(since)
         self.on_event = on_event
         self._end = asyncio.Event()
         await self._end.wait()
@@ -147,5 +154,42 @@ def test_a_suspicion_counts_the_engine_down_until_a_ping_answers() -> None:
         assert not watch.up
         assert await watch.wait_up(10)
         assert backs == [1]
+
+    run(body)
+
+
+def test_a_stream_followed_again_replays_from_before_the_last_one_ended() -> None:
+    """A suspicion ends the stream while the engine still answers (it is shutting down):
+    the next stream starts a few seconds before the last one ended, so the engine replays
+    a kill sent in between; a kill seen twice keeps its first sight."""
+
+    async def body(docker: FakeDocker, watch: EngineWatch, _: list[int]) -> None:
+        docker.kill_event("c1", signal.SIGTERM)
+        watch.suspect()
+        await until(lambda: docker.follows == 2 and docker.on_event is not None)
+        assert docker.sinces[0] is None
+        since = docker.sinces[1]
+        assert since is not None
+        assert time.time() - 10 < since <= time.time() - RESUME_OVERLAP_S
+        docker.kill_event("c1", signal.SIGTERM)  # replayed, now with one more down window
+        docker.kill_event("c2", signal.SIGTERM)  # sent while no stream was open
+        assert watch.stopped_from_outside("c2") == signal.SIGTERM
+        assert await watch.stopped_by_shutdown("c1")  # its first sight, before down #1
+
+    run(body)
+
+
+def test_a_signalled_end_while_the_engine_is_down_is_its_shutdowns() -> None:
+    """No kill event came (the stream went with the engine), the process ended by SIGTERM
+    (143) while the engine is down: the engine's shutdown. SIGKILL (tarea's own) or a
+    plain exit are not."""
+
+    async def body(docker: FakeDocker, watch: EngineWatch, _: list[int]) -> None:
+        docker.go_down()
+        await until(lambda: not watch.up)
+        assert await watch.outside_stop("c1", 128 + signal.SIGTERM) == signal.SIGTERM
+        assert await watch.stopped_by_shutdown("c1")
+        assert await watch.outside_stop("c2", 128 + signal.SIGKILL) is None
+        assert await watch.outside_stop("c3", 1) is None
 
     run(body)

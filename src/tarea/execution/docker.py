@@ -188,10 +188,14 @@ class DockerEngine:
         await self._call(ping)
 
     async def follow_events(
-        self, labels: dict[str, str], on_event: Callable[[ContainerEvent], None]
+        self,
+        labels: dict[str, str],
+        on_event: Callable[[ContainerEvent], None],
+        since: int | None = None,
     ) -> None:
         """Hand ``on_event`` (on the event loop) every kill, die and oom event of the
-        containers carrying all ``labels``, until the stream ends.
+        containers carrying all ``labels``, until the stream ends; with ``since`` (a
+        Unix time), first those since then that the engine still keeps.
 
         The stream ends when the engine goes away (its API closes, or it dies),
         or on :meth:`stop_events`. It is read on a daemon thread of its own (not
@@ -221,7 +225,7 @@ class DockerEngine:
         def follow() -> None:
             try:
                 with _engine_errors():
-                    stream = self._api().events(filters=filters, decode=True)
+                    stream = self._api().events(filters=filters, decode=True, since=since)
             except BaseException as exc:
                 with contextlib.suppress(RuntimeError):  # the loop may be closed by now
                     loop.call_soon_threadsafe(finish, exc)
