@@ -16,6 +16,7 @@ from typing import Any
 import httpx
 import pytest
 from selenium import webdriver
+from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
 from selenium.webdriver import Chrome as WebDriver
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
@@ -84,7 +85,13 @@ def page(browser: WebDriver, server: TenantServer) -> WebDriver:
 
 
 def wait(driver: WebDriver, timeout_s: float = 60) -> WebDriverWait[WebDriver]:
-    return WebDriverWait(driver, timeout_s, poll_frequency=0.1)
+    """A wait that looks again when an element is missing or was redrawn meanwhile."""
+    return WebDriverWait(
+        driver,
+        timeout_s,
+        poll_frequency=0.1,
+        ignored_exceptions=(NoSuchElementException, StaleElementReferenceException),
+    )
 
 
 def shoot(driver: WebDriver, name: str) -> None:
@@ -127,8 +134,8 @@ def test_login_then_submit_and_the_row_turns_succeeded_without_a_reload(
     params.clear()
     params.send_keys('{"a": 20, "b": 22}')
     form.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
-    link = wait(page).until(ec.presence_of_element_located((By.CSS_SELECTOR, "#submit-result a")))
-    task_id = link.text
+    # the result is redrawn at each status change: the link is read within the wait
+    task_id = wait(page).until(lambda d: d.find_element(By.CSS_SELECTOR, "#submit-result a").text)
     assert len(task_id) == 32
     row = f'#tasks tr[data-task-id="{task_id}"]'
     wait(page).until(
