@@ -75,7 +75,7 @@ def test_the_shell_template_tests_itself(tmp_path: Path) -> None:
     run = subprocess.run(["sh", str(tmp_path / "wc" / "test.sh")], capture_output=True, text=True)
     assert run.returncode == 0, run.stdout + run.stderr
     assert "FAIL" not in run.stdout
-    assert run.stdout.count("ok ") == 7
+    assert run.stdout.count("ok ") == 8
 
 
 def test_the_node_template_tests_itself(tmp_path: Path) -> None:
@@ -134,6 +134,7 @@ def test_check_image_names_what_a_misbehaving_image_gets_wrong(misbehaving_image
         "large_message": "pass",
         "call": "skip",
         "progress": "skip",
+        "log_marks": "pass",
         "eof": "pass",
     }
     assert "not error -32602" in checks["bad_params"]["reason"]

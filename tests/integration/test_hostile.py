@@ -569,11 +569,13 @@ def test_whoami_is_unprivileged_and_sees_no_server_env(server: Server) -> None:
     assert status["Seccomp"] == "2", status  # filter mode: Docker's default profile
     own = image_env(MISBEHAVING_IMAGE)
     # Docker adds HOSTNAME and HOME; Python's C-locale coercion (PEP 538) sets LC_CTYPE.
-    # The server adds one variable of its own: where the task's direct channel is.
-    allowed = set(own) | {"HOSTNAME", "HOME", "PATH", "LC_CTYPE", "TAREA_CHANNEL_SOCKET"}
+    # The server adds two variables of its own: where the task's direct channel is,
+    # and its request that answers be marked on stderr (docs/protocol.md).
+    ours = {"TAREA_CHANNEL_SOCKET", "TAREA_LOG_MARK"}
+    allowed = set(own) | {"HOSTNAME", "HOME", "PATH", "LC_CTYPE"} | ours
     assert set(me["environ"]) <= allowed, me["environ"]
     leaked = [k for k in me["environ"] if k.startswith(("TAREA_", "DOCKER_"))]
-    assert leaked in ([], ["TAREA_CHANNEL_SOCKET"]), me["environ"]
+    assert set(leaked) <= ours, me["environ"]
     image_path = own.get("PATH", DOCKER_DEFAULT_PATH).split(":")
     assert set(me["path"].split(":")) <= set(image_path), me["path"]
     assert_server_unharmed(watch)
@@ -645,6 +647,7 @@ def test_running_container_is_locked_down(server: Server) -> None:
     env = dict(pair.partition("=")[::2] for pair in config["Env"] or [])
     assert not set(env) & (set(SENTINELS) | {"DOCKER_HOST", "TAREA_DATABASE_URL"}), env
     assert env.pop("TAREA_CHANNEL_SOCKET") == "/run/tarea/channel.sock", env
+    assert env.pop("TAREA_LOG_MARK") == "1", env
     assert not [k for k in env if k.startswith(("TAREA_", "DOCKER_"))], env
     assert set(env) <= set(image_env(MISBEHAVING_IMAGE)) | {"PATH"}, env
     assert config["Labels"].get("io.tarea.managed") == "true", config["Labels"]

@@ -24,6 +24,7 @@ from tarea.errors import (
     TaskTimeout,
 )
 from tarea.execution.protocols.jsonrpc import JsonRpcChannel, LogBuffer, remote_error
+from tarea.runtime.jsonrpc import LOG_MARK
 
 STDOUT, STDERR = 1, 2
 FUNCTIONS = ["suma", "multiplicacion"]
@@ -719,3 +720,132 @@ async def test_malformed_progress_is_a_protocol_violation() -> None:
 
     with pytest.raises(ProtocolViolation):
         await channel.call("t1", "suma", {}, timeout_s=1.0, on_progress=lambda p, m: None)
+
+
+# -- log marks --------------------------------------------------------------------
+
+LOGGED = {"jsonrpc": "2.0", "method": "logged", "params": {}}
+MARKING_READY = {
+    "jsonrpc": "2.0",
+    "method": "ready",
+    "params": {"protocol": "tarea/1", "functions": FUNCTIONS, "log_mark": True},
+}
+
+
+async def open_marking_channel(
+    reply: Reply | None = None, on_log: Callable[[str], None] | None = None
+) -> tuple[JsonRpcChannel, FakeContainer]:
+    """A channel on a fake container whose ``ready`` says it marks stderr."""
+    channel, container = await open_channel(reply, ready=False)
+    channel.on_log = on_log
+    container.feed(out(MARKING_READY))
+    assert await channel.wait_ready(1.0) == FUNCTIONS
+    return channel, container
+
+
+@run_async
+async def test_settle_logs_waits_for_the_mark_that_came_after_the_answer() -> None:
+    """The answer (announcing a mark) overtook the task's last stderr line: settle_logs
+    returns once the mark that followed that line arrives, and the logs hold the
+    line, not the mark."""
+    channel, container = await open_marking_channel(answer(out(LOGGED, result(0))))
+    await channel.call("t1", "suma", {}, timeout_s=1.0)
+    settling = asyncio.ensure_future(channel.settle_logs())
+    await container.trickle([err(b"the last line\n")])
+
+    assert not settling.done()
+    await container.trickle([err(LOG_MARK)])
+    assert await settling is True
+    assert channel.logs.take() == "the last line\n"
+
+
+@run_async
+async def test_settle_logs_returns_at_once_when_the_mark_came_first() -> None:
+    """The mark arrived before the answer: nothing is waited for."""
+    channel, _ = await open_marking_channel(
+        answer(err(b"line\n" + LOG_MARK), out(LOGGED, result(0)))
+    )
+    await channel.call("t1", "suma", {}, timeout_s=1.0)
+
+    assert await channel.settle_logs(max_s=0.0) is True
+    assert channel.logs.take() == "line\n"
+
+
+@pytest.mark.parametrize("cut", range(len(LOG_MARK) + 7))
+@run_async
+async def test_a_mark_cut_across_frames_is_taken_out_of_logs_and_live_logs(cut: int) -> None:
+    """Wherever the frames cut "abc", the mark, "def": logs and live logs read "abcdef",
+    and the mark counts once."""
+    stderr = b"abc" + LOG_MARK + b"def"
+    live: list[str] = []
+    channel, container = await open_marking_channel(
+        answer(out(LOGGED, result(0))), on_log=live.append
+    )
+    await channel.call("t1", "suma", {}, timeout_s=1.0)
+    await container.trickle([err(stderr[:cut]), err(stderr[cut:])])
+
+    assert await channel.settle_logs(max_s=0.0) is True
+    assert channel.logs.take() == "abcdef"
+    assert "".join(live) == "abcdef"
+
+
+@run_async
+async def test_bytes_that_only_begin_like_a_mark_stay_in_the_logs() -> None:
+    """A frame ending with the mark's first bytes is held, then kept as it was when
+    the next frame shows it is no mark; so is one the stream's end cuts short."""
+    channel, container = await open_marking_channel()
+    await container.trickle([err(b"x" + LOG_MARK[:4]), err(b"not a mark\n")])
+    assert channel.logs.take() == "x" + LOG_MARK[:4].decode() + "not a mark\n"
+
+    await container.trickle([err(b"end" + LOG_MARK[:3])])
+    container.feed(None)
+    await channel.eof.wait()
+    assert channel.logs.take() == "end" + LOG_MARK[:3].decode()
+
+
+@run_async
+async def test_a_mark_that_never_comes_is_waited_for_once() -> None:
+    """A task that announced a mark but wrote none: settle_logs gives up after max_s,
+    and no longer waits on this channel; a mark seen later stays in the logs."""
+    channel, container = await open_marking_channel(answer(out(LOGGED, result(0))))
+    await channel.call("t1", "suma", {}, timeout_s=1.0)
+
+    assert await channel.settle_logs(max_s=0.01) is False
+    assert channel.log_marks is False
+    assert await channel.settle_logs() is False
+    await container.trickle([err(b"late" + LOG_MARK)])
+    assert channel.logs.take() == "late" + LOG_MARK.decode()
+
+
+@run_async
+async def test_the_streams_end_ends_the_wait_for_a_mark() -> None:
+    """The task exits after answering: settle_logs returns at the stream's end."""
+    channel, container = await open_marking_channel(answer(out(LOGGED, result(0))))
+    await channel.call("t1", "suma", {}, timeout_s=1.0)
+    settling = asyncio.ensure_future(channel.settle_logs())
+    await asyncio.sleep(0)
+
+    container.feed(err(b"bye\n"), None)
+    assert await settling is True
+    assert channel.logs.take() == "bye\n"
+
+
+@run_async
+async def test_an_answer_that_announces_no_mark_is_not_waited_for() -> None:
+    """A marking task's call that wrote nothing announces no mark: nothing to wait for."""
+    channel, _ = await open_marking_channel(answer(out(result(0))))
+    await channel.call("t1", "suma", {}, timeout_s=1.0)
+
+    assert await channel.settle_logs(max_s=0.0) is True
+    assert channel.log_marks is True
+
+
+@run_async
+async def test_without_log_mark_in_ready_marks_are_plain_bytes() -> None:
+    """A task that did not say it marks: nothing is waited for, nothing taken out."""
+    channel, container = await open_channel(answer(out(LOGGED, result(0))))
+    await channel.call("t1", "suma", {}, timeout_s=1.0)
+    await container.trickle([err(b"a" + LOG_MARK)])
+
+    assert await channel.settle_logs() is False
+    assert channel.logs.take() == "a" + LOG_MARK.decode()

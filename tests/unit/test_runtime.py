@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 
 from tarea.runtime import Registry, TaskError, progress, serve, task
+from tarea.runtime.jsonrpc import LOG_MARK
 from tarea.runtime.registry import default_registry
 from tarea.runtime.seed_http import make_server
 
@@ -484,6 +485,54 @@ def test_real_stdio_is_protected_at_the_descriptor_level(tmp_path: Path) -> None
     assert messages[1]["result"] == "''"
     assert b"from print" in proc.stderr
     assert b"from-subprocess" in proc.stderr
+
+
+LOGGING_IMAGE = (
+    "import os, sys\n"
+    "from tarea.runtime import serve, task\n"
+    "@task\n"
+    "def chatty(n: int) -> int:\n"
+    "    print(f'print {n}', end='')\n"
+    "    os.system(f'echo child {n} >&2')\n"
+    "    return n\n"
+    "@task\n"
+    "def quiet(n: int) -> int:\n"
+    "    return n\n"
+    "serve()\n"
+)
+
+
+@pytest.mark.parametrize("asked", [True, False], ids=["asked", "not-asked"])
+def test_a_call_that_wrote_is_marked_and_announced_when_the_server_asks(
+    tmp_path: Path, asked: bool
+) -> None:
+    """With TAREA_LOG_MARK=1, ready says log_mark; a call that wrote on stderr (print
+    without a newline, a child's output) has the mark after its lines, then a logged
+    notification before its answer; a call that wrote nothing has neither. Without
+    the variable, nothing of marks."""
+    script = tmp_path / "image.py"
+    script.write_text(LOGGING_IMAGE)
+    calls = [("chatty", 1), ("quiet", 2), ("chatty", 3)]
+    stdin = b"".join(_line(request(f, {"n": n}, id=n)) for f, n in calls)
+    proc = subprocess.run(
+        [sys.executable, str(script)],
+        input=stdin,
+        capture_output=True,
+        env=_subprocess_env(**({"TAREA_LOG_MARK": "1"} if asked else {})),
+        timeout=30,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    ready, *messages = (json.loads(line) for line in proc.stdout.splitlines())
+    said = [m.get("method") or m["result"] for m in messages]
+    if asked:
+        assert ready["params"]["log_mark"] is True
+        assert said == ["logged", 1, 2, "logged", 3]
+        assert proc.stderr == b"print 1child 1\n" + LOG_MARK + b"print 3child 3\n" + LOG_MARK
+    else:
+        assert "log_mark" not in ready["params"]
+        assert said == [1, 2, 3]
+        assert proc.stderr == b"print 1child 1\nprint 3child 3\n"
 
 
 def test_tarea_runtime_imports_only_the_standard_library() -> None:

@@ -109,7 +109,7 @@ def test_fractional_cpus_are_not_truncated() -> None:
 @pytest.mark.parametrize(
     ("protocol", "network", "stdin_open", "environment"),
     [
-        pytest.param(Protocol.JSONRPC_STDIO, "none", True, {}, id="stdio"),
+        pytest.param(Protocol.JSONRPC_STDIO, "none", True, {"TAREA_LOG_MARK": "1"}, id="stdio"),
         pytest.param(
             Protocol.SEED_HTTP, "seednet", False, {"TAREA_RUNTIME_MODE": "http"}, id="seed-http"
         ),
@@ -118,7 +118,8 @@ def test_fractional_cpus_are_not_truncated() -> None:
 def test_protocol_decides_network_stdin_and_environment(
     protocol: Protocol, network: str, stdin_open: bool, environment: dict[str, str]
 ) -> None:
-    """Stdio containers get no network and no variables; seed-HTTP ones the seed network."""
+    """Stdio containers get no network and only the log-mark request; seed-HTTP ones the
+    seed network and the runtime's HTTP mode."""
     config = make_config(protocol)
 
     assert config.network == network

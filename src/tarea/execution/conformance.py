@@ -20,6 +20,8 @@ check              passes when
 ``call``           the call named with ``--call`` answers a result
 ``progress``       the progress notifications of that call are well formed
                    (skipped when there is no call, or it sent none)
+``log_marks``      when ``ready`` says ``log_mark``, every mark announced so far
+                   (``logged``) came on stderr (skipped when it does not say so)
 ``eof``            on stdin's EOF the process exits 0, within the bound
 =================  =============================================================
 
@@ -34,6 +36,7 @@ with ``resultado`` or ``error``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import json
 import math
@@ -52,6 +55,7 @@ from tarea.execution.containers import SeedHttpContainer
 from tarea.execution.executor import Executor
 from tarea.execution.protocols.attach import STDERR, LogBuffer, read_frame
 from tarea.execution.sandbox import container_config
+from tarea.runtime.jsonrpc import LOG_MARK
 
 #: The label of every container the checker starts (removed when it is done).
 CHECK_LABEL = "io.tarea.check"
@@ -131,6 +135,11 @@ class _Session:
         self._reader = reader
         self.writer = writer
         self.stderr = LogBuffer(64 * 1024)
+        #: Log marks seen on stderr, and announced on stdout (docs/protocol.md).
+        self.marks = 0
+        self.announced = 0
+        self._mark_carry = b""  # stderr's last bytes: a mark may be cut across frames
+        self.marked = asyncio.Event()  # set at each mark
         self._lines: asyncio.Queue[bytes | None] = asyncio.Queue()
         #: Whether stdout sent a line longer than _MAX_LINE (the session then ends).
         self.overflow = False
@@ -142,7 +151,7 @@ class _Session:
             while True:
                 stream, payload = await read_frame(self._reader)
                 if stream == STDERR:
-                    self.stderr.write(payload)
+                    self._stderr(payload)
                     continue
                 pending += payload
                 if len(pending) > _MAX_LINE and b"\n" not in pending:
@@ -161,6 +170,18 @@ class _Session:
                 self._lines.put_nowait(bytes(pending))
             self._lines.put_nowait(None)
 
+    def _stderr(self, payload: bytes) -> None:
+        data = self._mark_carry + payload
+        if found := data.count(LOG_MARK):
+            self.marks += found
+            self.marked.set()
+        self._mark_carry = data[-(len(LOG_MARK) - 1) :]
+        self.stderr.write(payload)
+
+    def stderr_tail(self) -> str:
+        """The last of stderr, for a message (marks taken out)."""
+        return self.stderr.take().replace(LOG_MARK.decode(), "")[-300:].strip()
+
     async def message(self, timeout_s: float, waiting_for: str) -> dict[str, Any]:
         """The next message on stdout.
 
@@ -175,7 +196,7 @@ class _Session:
         if line is None and self.overflow:
             raise _Broken(f"a stdout line is longer than {_MAX_LINE // 2**20} MiB")
         if line is None:
-            tail = self.stderr.take()[-300:].strip()
+            tail = self.stderr_tail()
             raise _Broken(
                 f"stdout ended before {waiting_for}" + (f"; stderr: {tail}" if tail else "")
             )
@@ -203,7 +224,10 @@ class _Session:
             left = max(deadline - time.monotonic(), 0.001)
             answer = await self.message(left, f"answer to {method}")
             if "method" in answer and "id" not in answer:
-                notes.append(answer)
+                if answer["method"] == "logged":
+                    self.announced += 1
+                else:
+                    notes.append(answer)
                 continue
             if answer.get("id") != request_id:
                 shown = repr(answer.get("id"))[:40]
@@ -281,6 +305,7 @@ class _Checks:
         self.ready_s = ready_s
         self.call = call
         self.functions: list[str] = []
+        self.marking = False
         self.methods: dict[str, Method] | None = None
         self.broken: str | None = None
         self._call_notes: list[dict[str, Any]] | None = None
@@ -295,6 +320,7 @@ class _Checks:
             ("large_message", self.large_message),
             ("call", self.sample_call),
             ("progress", self.progress),
+            ("log_marks", self.log_marks),
         ]
 
     def _id(self) -> str:
@@ -313,6 +339,7 @@ class _Checks:
         if params.get("protocol") != "tarea/1":
             return Status.FAIL, f"ready says protocol {params.get('protocol')!r}, not 'tarea/1'"
         self.functions = functions
+        self.marking = params.get("log_mark") is True
         return Status.PASS, f"ready in {took:.2f} s, offering {len(functions)}: " + ", ".join(
             functions[:8]
         ) + (" ..." if len(functions) > 8 else "")
@@ -388,6 +415,25 @@ class _Checks:
                 return Status.FAIL, "a progress message is not a string"
         return Status.PASS, f"{len(self._call_notes)} well-formed progress notifications"
 
+    async def log_marks(self) -> tuple[Status, str]:
+        if not self.marking:
+            return Status.SKIP, (
+                "ready does not say log_mark: tarea waits for a short silence on stderr "
+                "instead, and may miss what was written just before an answer"
+            )
+        session = self.session
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(ANSWER_S):
+                while session.marks < session.announced:
+                    session.marked.clear()
+                    await session.marked.wait()
+        if session.marks < session.announced:
+            return Status.FAIL, (
+                f"ready says log_mark, but stderr brought {session.marks} of the "
+                f"{session.announced} marks announced"
+            )
+        return Status.PASS, f"all {session.announced} marks announced came on stderr"
+
 
 def _expect_error(answer: dict[str, Any], code: int, what: str) -> tuple[Status, str]:
     error = answer.get("error")
@@ -443,7 +489,7 @@ async def _check_eof(
     if code is None:
         return CheckResult("eof", Status.FAIL, f"still running {bound_s:g} s after stdin's EOF")
     if code != 0:
-        tail = session.stderr.take()[-300:].strip()
+        tail = session.stderr_tail()
         return CheckResult(
             "eof",
             Status.FAIL,

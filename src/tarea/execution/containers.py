@@ -98,8 +98,10 @@ class TaskContainer(ABC):
     async def flush_logs(self, *, failed: bool = False) -> None:  # noqa: B027 - may be no-op
         """Let stderr that is still arriving for the last call land first.
 
-        After a failure (whose message is usually on stderr) this always waits
-        for a short silence; after a success only if the call wrote to stderr.
+        A task that marks its answers (``log_mark``) is waited for until the
+        mark it wrote before answering arrives. Otherwise, after a failure
+        (whose message is usually on stderr) this waits for a short silence;
+        after a success, only if the call wrote to stderr.
         """
 
     def close(self) -> None:  # noqa: B027 - most containers hold nothing to release
@@ -121,6 +123,7 @@ class StdioContainer(TaskContainer):
         super().__init__(container_id, image, stem)
         self.channel = channel
         self.call_started = 0.0
+        self.answered_before = 0
 
     @property
     def broken(self) -> bool:
@@ -138,6 +141,7 @@ class StdioContainer(TaskContainer):
     ) -> Any:
         self.uses += 1
         self.call_started = time.monotonic()
+        self.answered_before = self.channel.answered
         self.channel.on_log = on_log
         try:
             return await self.channel.call(
@@ -151,6 +155,8 @@ class StdioContainer(TaskContainer):
         return self.channel.logs.take()
 
     async def flush_logs(self, *, failed: bool = False) -> None:
+        if self.channel.answered > self.answered_before and await self.channel.settle_logs():
+            return  # it answered, and the mark it wrote before came: its stderr is all here
         if failed:
             await self.channel.quiet_stderr(0.02, 0.1, since=time.monotonic())
         elif self.channel.last_stderr >= self.call_started:

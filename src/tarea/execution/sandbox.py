@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from tarea.domain.images import ImageReference, matches_any
 from tarea.domain.task import Limits, Protocol
 from tarea.execution.channels import MOUNT_TARGET, SOCKET_ENV, SOCKET_NAME
+from tarea.runtime.jsonrpc import LOG_MARK_ENV
 
 #: Every container tarea creates carries this label (and removes by it).
 MANAGED_LABEL = "io.tarea.managed"
@@ -141,7 +142,8 @@ def container_config(
     """
     memory = limits.memory_mb * 1024 * 1024
     stdio = protocol is Protocol.JSONRPC_STDIO
-    environment = {} if stdio else {"TAREA_RUNTIME_MODE": "http"}
+    # stdio images are asked to mark stderr before each answer (their logs stay whole).
+    environment = {LOG_MARK_ENV: "1"} if stdio else {"TAREA_RUNTIME_MODE": "http"}
     if stdio and channel_dir is not None:
         environment[SOCKET_ENV] = f"{MOUNT_TARGET}/{SOCKET_NAME}"
     compat = profile is Profile.SEED_COMPAT
@@ -170,7 +172,8 @@ def container_config(
         nofile=policy.nofile,
         # Nothing of the server's environment goes in; seed images get the
         # variable that makes tarea's runtime serve HTTP, harmless elsewhere;
-        # stdio images may get where their direct channel's socket is.
+        # stdio images get the log-mark request, and may get where their
+        # direct channel's socket is.
         environment=environment,
         channel_dir=channel_dir if stdio else None,
         profile=profile,

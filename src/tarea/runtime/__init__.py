@@ -81,8 +81,8 @@ def serve(
         if _wants_http(http):
             seed_http.run(tasks, port=_http_port())
         elif stdin is None and stdout is None:
-            with _protocol_stdio() as (proto_in, proto_out):
-                jsonrpc.serve_stdio(tasks, proto_in, proto_out)
+            with _protocol_stdio() as (proto_in, proto_out, marker):
+                jsonrpc.serve_stdio(tasks, proto_in, proto_out, marker=marker)
         else:
             proto_in = stdin if stdin is not None else sys.stdin.buffer
             proto_out = stdout if stdout is not None else sys.stdout.buffer
@@ -109,19 +109,22 @@ def _http_port() -> int:
 
 
 @contextlib.contextmanager
-def _protocol_stdio() -> Iterator[tuple[IO[bytes], IO[bytes]]]:
+def _protocol_stdio() -> Iterator[tuple[IO[bytes], IO[bytes], jsonrpc.StderrMarker | None]]:
     """Keep the process's stdin/stdout for the protocol and keep everyone else off them.
 
     fd 1 is duplicated for the protocol, then pointed at stderr; fd 0 is
     duplicated, then pointed at /dev/null. Restored on exit. When the server
-    offers a direct channel, the protocol runs on its socket instead.
+    offers a direct channel, the protocol runs on its socket instead. Yields
+    the protocol's streams, and what marks stderr before an answer (None
+    unless the server asks for marks, or without real descriptors).
     """
+    asked = os.environ.get(jsonrpc.LOG_MARK_ENV) == "1"
     sys.stdout.flush()
     try:
         proto_in_fd, proto_out_fd = os.dup(0), os.dup(1)
     except OSError:  # no real descriptors (embedded interpreter): streams only
         with contextlib.redirect_stdout(sys.stderr):
-            yield sys.stdin.buffer, sys.stdout.buffer
+            yield sys.stdin.buffer, sys.stdout.buffer, None
         return
     os.dup2(2, 1)
     devnull = os.open(os.devnull, os.O_RDONLY)
@@ -132,12 +135,13 @@ def _protocol_stdio() -> Iterator[tuple[IO[bytes], IO[bytes]]]:
     direct = _direct_channel()
     try:
         with contextlib.redirect_stdout(sys.stderr):
+            marker = jsonrpc.StderrMarker() if asked else None
             if direct is None:
-                yield proto_in, proto_out
+                yield proto_in, proto_out, marker
             else:
                 sock, sock_in = direct
                 with sock, sock_in, sock.makefile("wb") as sock_out:
-                    yield sock_in, sock_out
+                    yield sock_in, sock_out, marker
     finally:
         sys.stdout.flush()
         with contextlib.suppress(OSError):

@@ -7,8 +7,10 @@ notifications while a task runs, until stdin closes.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
+import os
 import sys
 import threading
 import traceback
@@ -32,6 +34,59 @@ INTERNAL_ERROR = -32603
 TASK_ERROR = -32000
 
 Message = dict[str, Any]
+
+#: Set to "1" by a server that wants each answer's stderr marked (docs/protocol.md).
+LOG_MARK_ENV = "TAREA_LOG_MARK"
+#: Written on stderr after what a call wrote there, before its answer, by a task
+#: that says ``"log_mark": true`` in ``ready``; a ``logged`` notification then
+#: announces it. The server keeps all that came before with the call (an OSC
+#: sequence, which terminals showing ``docker logs`` skip).
+LOG_MARK = b"\x1b]tarea-log-mark\x07"
+
+
+class StderrMarker:
+    """Marks stderr after each call that wrote anything (docs/protocol.md, log marks).
+
+    Whether a call wrote is read from the kernel's count of the bytes this
+    process wrote (``wchar`` in ``/proc/self/io``: every write, children's
+    included once reaped), so a call that wrote nothing costs no mark, and
+    its answer no wait. Where that count cannot be read, every call is marked.
+    """
+
+    def __init__(self) -> None:
+        try:
+            self._io: int | None = os.open("/proc/self/io", os.O_RDONLY)
+        except OSError:
+            self._io = None
+
+    def written(self) -> int | None:
+        """Bytes written so far by this process; None if unknown."""
+        if self._io is None:
+            return None
+        try:
+            counts = os.pread(self._io, 1024, 0)
+        except OSError:
+            return None
+        start = counts.find(b"wchar:")
+        return None if start < 0 else int(counts[start + 6 : counts.index(b"\n", start)])
+
+    def mark(self, channel: Channel, request_id: Any, before: int | None) -> None:
+        """Before answering ``request_id``: mark stderr, and say so, if the call wrote.
+
+        ``before`` is :meth:`written` from before the call. A mark that cannot
+        be written is left out, and not announced.
+        """
+        for stream in (sys.stdout, sys.stderr):  # what print() and logging still buffer
+            with contextlib.suppress(Exception):
+                stream.flush()
+        after = self.written()
+        if before is not None and after == before:
+            return
+        try:
+            os.write(2, LOG_MARK)  # under PIPE_BUF: one write, never interleaved
+        except OSError:
+            return
+        channel.notify("logged", {"id": request_id})
 
 
 def encode(message: Message) -> bytes:
@@ -101,11 +156,25 @@ class Channel:
         self.notify("progress", params)
 
 
-def serve_stdio(registry: Registry, stdin: IO[bytes], stdout: IO[bytes]) -> None:
-    """Announce ``ready``, then answer requests from ``stdin`` until it closes."""
+def serve_stdio(
+    registry: Registry,
+    stdin: IO[bytes],
+    stdout: IO[bytes],
+    *,
+    marker: StderrMarker | None = None,
+) -> None:
+    """Announce ``ready``, then answer requests from ``stdin`` until it closes.
+
+    With a ``marker``, ``ready`` says ``log_mark`` and each call that wrote
+    is marked on stderr before its answer.
+    """
     channel = Channel(stdout)
-    channel.notify("ready", {"protocol": PROTOCOL, "functions": registry.names()})
+    ready: dict[str, Any] = {"protocol": PROTOCOL, "functions": registry.names()}
+    if marker is not None:
+        ready["log_mark"] = True
+    channel.notify("ready", ready)
     for line in _lines(stdin):
+        before = marker.written() if marker is not None else None
         try:
             response = handle_line(line, registry, channel)
         except Exception as exc:  # a bug in the runtime: answer, never die
@@ -114,6 +183,8 @@ def serve_stdio(registry: Registry, stdin: IO[bytes], stdout: IO[bytes]) -> None
                 None, INTERNAL_ERROR, f"Internal error: {exc}", {"type": type(exc).__name__}
             )
         if response is not None:
+            if marker is not None:
+                marker.mark(channel, response.get("id"), before)
             channel.send(response)
 
 

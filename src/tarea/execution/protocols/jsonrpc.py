@@ -9,6 +9,14 @@ When the task process connects to its direct channel instead
 (:mod:`tarea.execution.channels`), :meth:`JsonRpcChannel.adopt` moves the
 protocol onto that socket; the attach stream then only brings logs (stdout
 included). Both carry the same messages, under the same caps.
+
+An answer can overtake the stderr its task wrote before answering: stderr
+comes by another pipe (and on the direct channel, by the engine, while the
+answer does not). A task that says ``"log_mark": true`` in ``ready`` marks
+a call that wrote there: :data:`LOG_MARK` on stderr after what it wrote,
+then a ``logged`` notification, then the answer. :meth:`JsonRpcChannel.settle_logs`
+waits for the marks announced, so a call's logs hold all it wrote; the marks
+are taken out of the logs. Other tasks get a short wait for silence instead.
 """
 
 from __future__ import annotations
@@ -37,10 +45,21 @@ from tarea.execution.protocols.attach import (
     read_frame,
     until_quiet,
 )
+from tarea.runtime.jsonrpc import LOG_MARK
 
-__all__ = ["JsonRpcChannel", "LogBuffer", "LogCallback", "ProgressCallback", "remote_error"]
+__all__ = [
+    "LOG_MARK",
+    "JsonRpcChannel",
+    "LogBuffer",
+    "LogCallback",
+    "ProgressCallback",
+    "remote_error",
+]
 
 ProgressCallback = Callable[[float | None, str | None], None]
+
+#: How long an answered call waits for its mark (a lost mark: once per container).
+LOG_MARK_WAIT_S = 0.5
 
 #: JSON-RPC error codes and the ``error.code`` each becomes (DESIGN §2, §3).
 RPC_ERROR_CODES: dict[int, str] = {
@@ -88,6 +107,13 @@ class JsonRpcChannel:
         self.on_log = on_log
         #: When stderr last brought bytes (monotonic seconds).
         self.last_stderr = 0.0
+        #: Whether the task marks stderr before each answer (it said so in ``ready``).
+        self.log_marks = False
+        self._marks = 0  # log marks seen on stderr
+        self._announced = 0  # log marks announced by ``logged`` notifications
+        self._answers = 0  # answers to requests seen
+        self._marked: asyncio.Future[None] | None = None  # waits for the next mark
+        self._held = b""  # stderr's last bytes, when they may begin a mark
         self._line = bytearray()
         self._ready: asyncio.Future[list[str]] = asyncio.get_running_loop().create_future()
         self._pending: tuple[Any, asyncio.Future[Any]] | None = None
@@ -215,6 +241,37 @@ class JsonRpcChannel:
         """
         await until_quiet(lambda: self.last_stderr, quiet_s, max_s, since=since)
 
+    @property
+    def answered(self) -> int:
+        """How many answers to requests arrived so far."""
+        return self._answers
+
+    async def settle_logs(self, max_s: float = LOG_MARK_WAIT_S) -> bool:
+        """Wait until stderr brought every mark the task announced (``logged``).
+
+        Everything the task wrote on stderr before answering is then in
+        :attr:`logs` (a marking task announces no mark for a call that wrote
+        nothing: that is no wait). False (at once) when the task does not
+        mark; False too when a mark does not come within ``max_s``: marks are
+        then no longer waited for on this channel (the task broke its stderr).
+        """
+        if not self.log_marks:
+            return False
+        while self._marks < self._announced and not self.eof.is_set():
+            self._marked = asyncio.get_running_loop().create_future()
+            try:
+                async with asyncio.timeout(max_s):
+                    await self._marked
+            except TimeoutError:
+                self.log_marks = False
+                if self._held:  # they were not a mark's start after all
+                    self._log(self._held)
+                    self._held = b""
+                return False
+            finally:
+                self._marked = None
+        return True
+
     def close(self) -> None:
         """Drop the connections (the container is removed separately)."""
         self._pump_task.cancel()
@@ -229,11 +286,10 @@ class JsonRpcChannel:
         try:
             while True:
                 stream, payload = await read_frame(self._reader)
-                if stream == STDERR or (stream == STDOUT and self.direct):
-                    self.last_stderr = time.monotonic()
-                    self.logs.write(payload)
-                    if self.on_log is not None:
-                        self.on_log(payload.decode("utf-8", "replace"))
+                if stream == STDERR:
+                    self._stderr(payload)
+                elif stream == STDOUT and self.direct:  # logs (the protocol has its socket)
+                    self._log(payload)
                 elif stream == STDOUT:
                     self._feed(payload)
         except (asyncio.IncompleteReadError, ConnectionError, OSError):
@@ -242,6 +298,32 @@ class JsonRpcChannel:
             self._fail(failure)
         finally:
             self._stream_closed()
+
+    def _stderr(self, payload: bytes) -> None:
+        """Keep stderr as logs, counting (and taking out) the task's log marks."""
+        data = self._held + payload if self._held else payload
+        if not self.log_marks:
+            self._held = b""
+            self._log(data)
+            return
+        pieces = data.split(LOG_MARK)
+        tail = pieces[-1]
+        held = _mark_start(tail)  # a mark split between two frames: its start waits
+        self._held = tail[len(tail) - held :] if held else b""
+        pieces[-1] = tail[: len(tail) - held]
+        text = b"".join(pieces) if len(pieces) > 1 else pieces[0]
+        if text:
+            self._log(text)
+        if len(pieces) > 1:
+            self._marks += len(pieces) - 1
+            if self._marked is not None and not self._marked.done():
+                self._marked.set_result(None)
+
+    def _log(self, payload: bytes) -> None:
+        self.last_stderr = time.monotonic()
+        self.logs.write(payload)
+        if self.on_log is not None:
+            self.on_log(payload.decode("utf-8", "replace"))
 
     async def _pump_direct(self, reader: asyncio.StreamReader) -> None:
         try:
@@ -257,6 +339,11 @@ class JsonRpcChannel:
     def _stream_closed(self) -> None:
         """One of the container's streams ended: its process is gone, or going."""
         self.eof.set()
+        if self._held:  # no mark after all: they were the task's own bytes
+            self._log(self._held)
+            self._held = b""
+        if self._marked is not None and not self._marked.done():
+            self._marked.set_result(None)
         self._fail(ContainerCrashed("the task process exited before answering"))
 
     def _feed(self, data: bytes) -> None:
@@ -299,7 +386,11 @@ class JsonRpcChannel:
             if not isinstance(functions, list) or not all(isinstance(f, str) for f in functions):
                 raise ProtocolViolation("the task's 'ready' names functions that are not strings")
             if not self._ready.done():
+                self.log_marks = params.get("log_mark") is True
                 self._ready.set_result(functions)
+            return
+        if method == "logged":  # a mark on stderr precedes the coming answer
+            self._announced += 1
             return
         if method == "progress":
             assert isinstance(params, dict)
@@ -322,6 +413,7 @@ class JsonRpcChannel:
         future = self._pending[1]
         if future.done():
             return
+        self._answers += 1
         if "error" in message:
             future.set_exception(remote_error(message["error"]))
         elif "result" in message:
@@ -337,6 +429,14 @@ class JsonRpcChannel:
             self._ready.exception()  # retrieved: no "never retrieved" warning
         if self._pending is not None and not self._pending[1].done():
             self._pending[1].set_exception(self._failure or failure)
+
+
+def _mark_start(data: bytes) -> int:
+    """How many of ``data``'s last bytes could begin :data:`LOG_MARK` (0: none)."""
+    start = data.rfind(LOG_MARK[:1], -(len(LOG_MARK) - 1))
+    if start < 0 or not LOG_MARK.startswith(data[start:]):
+        return 0
+    return len(data) - start
 
 
 def _encode(message: dict[str, Any]) -> bytes:

@@ -45,9 +45,29 @@ def protocol_streams():
 PROTO_IN, PROTO_OUT = protocol_streams()
 
 
-def send(message):
+#: When the server asks, every answer is marked (docs/protocol.md, log marks): this
+#: mark on stderr, then a ``logged`` notification, then the answer.
+LOG_MARK = b"\x1b]tarea-log-mark\x07"
+MARKING = os.environ.get("TAREA_LOG_MARK") == "1"
+
+
+def mark():
+    """Mark stderr: what this call wrote there came before its answer."""
+    if MARKING:
+        sys.stderr.flush()
+        os.write(2, LOG_MARK)
+        write({"jsonrpc": "2.0", "method": "logged", "params": {}})
+
+
+def write(message):
     PROTO_OUT.write(json.dumps(message).encode() + b"\n")
     PROTO_OUT.flush()
+
+
+def send(message):
+    if "id" in message:
+        mark()
+    write(message)
 
 
 def errno_name(exc):
@@ -116,6 +136,7 @@ def big_result(params, rid):
     """Answer a well-formed result whose string is ``mb`` MB long (streamed)."""
     size = int(params.get("mb", 50)) * MB
     out = PROTO_OUT
+    mark()
     out.write(b'{"jsonrpc": "2.0", "id": ' + json.dumps(rid).encode() + b', "result": "')
     block = b"x" * MB
     for _ in range(size // MB):
@@ -130,6 +151,7 @@ def big_result_in_memory(params, rid):
     and its bytes are held at once, three to four times ``mb`` at the peak."""
     result = "x" * (int(params.get("mb", 50)) * MB)
     line = json.dumps({"jsonrpc": "2.0", "id": rid, "result": result}).encode() + b"\n"
+    mark()
     PROTO_OUT.write(line)
     PROTO_OUT.flush()
 
@@ -381,7 +403,7 @@ send(
     {
         "jsonrpc": "2.0",
         "method": "ready",
-        "params": {"protocol": "tarea/1", "functions": FUNCTIONS},
+        "params": {"protocol": "tarea/1", "functions": FUNCTIONS, "log_mark": MARKING},
     }
 )
 for line in PROTO_IN:
@@ -395,12 +417,14 @@ for line in PROTO_IN:
         sys.exit(int(params.get("code", 3)))
     elif method == "lone_surrogate":
         # Valid JSON text whose string is not valid Unicode (json.loads takes it).
+        mark()
         PROTO_OUT.write(b'{"jsonrpc": "2.0", "id": ' + json.dumps(rid).encode())
         PROTO_OUT.write(b', "result": {"s": "\\ud800"}}\n')
         PROTO_OUT.flush()
     elif method == "deep":
         # Written by hand: json.dumps would recurse, and give up past ~1,000 levels.
         levels = int(params.get("levels", 600))
+        mark()
         PROTO_OUT.write(b'{"jsonrpc": "2.0", "id": ' + json.dumps(rid).encode())
         PROTO_OUT.write(b', "result": ' + b'{"a": ' * levels + b"1" + b"}" * levels + b"}\n")
         PROTO_OUT.flush()

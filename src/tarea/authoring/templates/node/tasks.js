@@ -56,7 +56,19 @@ function check(name, params) {
   }
 }
 
-const send = (message) => process.stdout.write(JSON.stringify({ jsonrpc: "2.0", ...message }) + "\n");
+// When tarea asks (TAREA_LOG_MARK=1), a mark goes to stderr before each answer, after
+// all the call wrote there, and a "logged" notification says so: the call's logs are
+// then whole (docs/protocol.md). Pipes are written synchronously on Linux: the mark
+// cannot overtake the call's own lines.
+const marking = process.env.TAREA_LOG_MARK === "1";
+const write = (message) => process.stdout.write(JSON.stringify({ jsonrpc: "2.0", ...message }) + "\n");
+const send = (message) => {
+  if (marking && "id" in message) {
+    process.stderr.write("\x1b]tarea-log-mark\x07");
+    write({ method: "logged", params: {} });
+  }
+  write(message);
+};
 
 function discover() {
   const methods = Object.entries(functions)
@@ -87,7 +99,7 @@ function answer(request) {
   }
 }
 
-send({ method: "ready", params: { protocol: "tarea/1", functions: Object.keys(functions).sort() } });
+send({ method: "ready", params: { protocol: "tarea/1", functions: Object.keys(functions).sort(), log_mark: marking } });
 readline.createInterface({ input: process.stdin }).on("line", (line) => {
   if (!line.trim()) return;
   let request;

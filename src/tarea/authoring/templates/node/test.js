@@ -19,7 +19,7 @@ test("ready, a call with progress, and errors", () => {
     { jsonrpc: "2.0", id: 3, method: "nada" },
     "not json",
   );
-  assert.deepStrictEqual(ready.params, { protocol: "tarea/1", functions: ["saludar"] });
+  assert.deepStrictEqual(ready.params, { protocol: "tarea/1", functions: ["saludar"], log_mark: false });
   const byId = Object.fromEntries(rest.filter((m) => "id" in m && !m.method).map((m) => [m.id, m]));
   assert.strictEqual(byId[1].result, "Hola, Ana Hola, Ana");
   assert.strictEqual(byId[2].error.code, -32602);

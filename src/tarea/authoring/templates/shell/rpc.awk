@@ -6,11 +6,20 @@
 # line breaks (like wc -l). rpc.discover answers the OpenRPC document below.
 
 function fail(id, code, msg, data) {
-    out("{\"jsonrpc\":\"2.0\",\"id\":" id ",\"error\":{\"code\":" code ",\"message\":\"" msg "\"" \
+    answer("{\"jsonrpc\":\"2.0\",\"id\":" id ",\"error\":{\"code\":" code ",\"message\":\"" msg "\"" \
         (data == "" ? "" : ",\"data\":" data) "}}")
     exit 0
 }
 function out(line) { printf "%s\n", line; fflush() }
+# An answer. When tarea asked for log marks (mark=true), a mark goes first on stderr,
+# announced by a "logged" notification (docs/protocol.md).
+function answer(line) {
+    if (mark == "true") {
+        printf "\033]tarea-log-mark\007" > "/dev/stderr"; fflush("/dev/stderr")
+        out("{\"jsonrpc\":\"2.0\",\"method\":\"logged\",\"params\":{}}")
+    }
+    out(line)
+}
 function ws() { while (P <= N && index(" \t\r\n", substr(S, P, 1)) > 0) P++ }
 
 # Each parse_* reads the value at P, leaves P after it, and returns its raw text;
@@ -106,7 +115,7 @@ BEGIN {
     pt = ("/\"params\"" in T) ? T["/\"params\""] : "object"
     if (pt == "array") fail(id, -32602, "Invalid params: pass parameters by name", "{\"param\":null,\"reason\":\"params must be an object\"}")
     if (pt != "object") fail(id, -32600, "Invalid Request: params must be an object")
-    if (method == "\"rpc.discover\"") { out("{\"jsonrpc\":\"2.0\",\"id\":" id ",\"result\":" DOC "}"); exit 0 }
+    if (method == "\"rpc.discover\"") { answer("{\"jsonrpc\":\"2.0\",\"id\":" id ",\"result\":" DOC "}"); exit 0 }
     if (method != "\"contar_palabras\"")
         fail(id, -32601, "Unknown function", "{\"function\":" method "}")
     nkeys = split(K["/\"params\""], keys, SUBSEP)
@@ -121,5 +130,5 @@ BEGIN {
     lines = gsub(/\n/, "\n", text)
     words = split(text, w)
     out("{\"jsonrpc\":\"2.0\",\"method\":\"progress\",\"params\":{\"id\":" id ",\"progress\":1}}")
-    out("{\"jsonrpc\":\"2.0\",\"id\":" id ",\"result\":{\"palabras\":" words ",\"lineas\":" lines "}}")
+    answer("{\"jsonrpc\":\"2.0\",\"id\":" id ",\"result\":{\"palabras\":" words ",\"lineas\":" lines "}}")
 }
