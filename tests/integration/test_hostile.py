@@ -418,9 +418,10 @@ def test_stderr_flood_succeeds_with_capped_logs(server: Server) -> None:
     assert len(logs.content) <= LOG_CAP + 100, len(logs.content)
     header, _, tail = logs.text.partition("\n")
     assert re.fullmatch(r"\[\d+ earlier bytes dropped\]", header), header
-    # The kept part is the stream's tail. Its very last bytes may be missing: stdout and
-    # stderr are separate pipes, so the answer can overtake the end of a stderr flood.
-    assert set(tail.replace("stderr flood: the end\n", "")) <= {"E", "\n"}, tail[-200:]
+    # The kept part is the stream's tail, to its last line: the image marks stderr
+    # before answering, so the answer cannot overtake the flood's end (log marks).
+    assert tail.endswith("E\nstderr flood: the end\n"), tail[-200:]
+    assert set(tail.removesuffix("stderr flood: the end\n")) <= {"E", "\n"}, tail[-200:]
     assert_server_unharmed(watch, rss_budget=RSS_BUDGET)
 
 
