@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from tarea.cli.tasks import WATCH_QUIET_S
 from tests.integration.conftest import TenantServer, tenant_server
 from tests.integration.loopback import CLOSED_PORT
 
@@ -29,8 +30,10 @@ IMAGE = "tasks_image:latest"
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory, tasks_image: str) -> Iterator[TenantServer]:
-    """A server with an API key, on its own SQLite store."""
-    with tenant_server(tmp_path_factory.mktemp("cli"), {"cli": KEY}) as live:
+    """A server with an API key, on its own SQLite store, its access log on."""
+    with tenant_server(
+        tmp_path_factory.mktemp("cli"), {"cli": KEY}, TAREA_ACCESS_LOG="true"
+    ) as live:
         yield live
 
 
@@ -261,12 +264,15 @@ def test_run_shows_live_progress_in_a_terminal(server: TenantServer, terminal: T
 
 
 def test_tasks_watch_is_live_until_ctrl_c(server: TenantServer, terminal: Terminal) -> None:
-    """tasks --watch shows a table that follows a task from running to succeeded; Ctrl-C
-    ends it with exit 0."""
+    """tasks --watch shows a table that follows a task from running to succeeded, from
+    the tenant's event stream (GET /v1/events): the end shows long before the table's
+    once-a-minute safety read; Ctrl-C ends it with exit 0."""
     task_id = tarea(server, "submit", IMAGE, "esperar", "segundos=3").stdout.strip()
     terminal.start(_in_terminal(server, "tasks", "--watch", "--limit", "5"))
     terminal.wait_for(task_id[:20], "running")
-    terminal.wait_for(task_id[:20], "succeeded", "every 1 s")
+    assert WATCH_QUIET_S > 30
+    terminal.wait_for(task_id[:20], "succeeded", "(live;", timeout_s=30)
+    assert "GET /v1/events" in server.log.read_text()
     terminal.tmux("send-keys", "-t", "t", "C-c")
     screen = terminal.wait_for("EXIT=")
     assert "EXIT=0" in screen

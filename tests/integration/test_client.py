@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from tarea.client import (
     QuotaExceededError,
     TareaConnectionError,
     Task,
+    TaskEvent,
     TaskFailed,
     TaskNotFoundError,
     TaskStatus,
@@ -192,6 +194,46 @@ def test_events_resume_with_last_event_id_on_postgresql(
     assert [int(i) for i in resumed] == sorted(set(int(i) for i in resumed))
 
 
+def test_changes_follow_your_tasks_and_no_one_elses(server: TenantServer) -> None:
+    """changes() yields the status changes of the tenant's tasks as they happen, from the
+    moment it is open: ana's task is seen queued, running and succeeded, in that order;
+    bo's task, submitted meanwhile, is never seen."""
+    seen: list[TaskEvent] = []
+    opened = threading.Event()
+    last: dict[str, str] = {}
+    done = threading.Event()
+
+    def follow() -> None:
+        with Client(server.url, api_key=KEYS["ana"]) as ana:
+            for event in ana.tasks.changes():
+                seen.append(event)
+                opened.set()
+                if event.data.get("id") == last.get("id") and event.terminal:
+                    done.set()
+                    return
+
+    reader = threading.Thread(target=follow, daemon=True)
+    reader.start()
+    with (
+        Client(server.url, api_key=KEYS["ana"]) as ana,
+        Client(server.url, api_key=KEYS["bo"]) as bo,
+    ):
+        for _ in range(100):  # the stream starts from now: submit until it reports
+            ana.run(IMAGE, "suma", {"a": 1})
+            if opened.wait(0.1):
+                break
+        assert opened.is_set(), "changes() saw nothing of 100 tasks"
+        other = bo.tasks.create(IMAGE, "suma", {"a": 2})
+        mine = ana.tasks.create(IMAGE, "esperar", {"segundos": 1})
+        last["id"] = mine.id
+        assert done.wait(30), [e.data for e in seen[-5:]]
+    reader.join(5)
+    statuses = [e.data["status"] for e in seen if e.data.get("id") == mine.id]
+    assert statuses == ["queued", "running", "succeeded"]
+    assert all(e.event == "status" and e.id is not None for e in seen)
+    assert not [e for e in seen if e.data.get("id") == other.id]
+
+
 def test_batches_pools_and_health(client: Client) -> None:
     """batches.create() returns the tasks in order; pools.get() and health() read the server."""
     batch = client.batches.create(
@@ -296,6 +338,12 @@ def test_async_client(server: TenantServer) -> None:
             assert (await client.tasks.get(task.id)).id == task.id
             events = [event async for event in client.tasks.events(task.id)]
             assert events[-1].status is TaskStatus.SUCCEEDED
+            changes = client.tasks.changes()
+            first = asyncio.ensure_future(anext(changes))
+            while not first.done():  # it starts from now: submit until it reports
+                await client.run(IMAGE, "suma", {"a": 1})
+                await asyncio.wait({first}, timeout=0.1)
+            assert first.result().event == "status"
             assert (await client.tasks.wait(task.id, timeout=30)).result == 1
             listed = [t.id async for t in client.tasks.list(limit=3, page_size=2)]
             assert len(listed) == 3

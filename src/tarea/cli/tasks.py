@@ -189,26 +189,54 @@ def tasks(
             common.stdout().print(tasks_table(found))
 
 
-def _watch(client: Client, status: str | None, image: str | None, limit: int) -> None:
-    """The task table, read again about once a second, until Ctrl-C.
+#: How often --watch reads the table again when no change was heard (a safety net).
+WATCH_QUIET_S = 60.0
+#: Changes that come together are shown together: at most this often.
+WATCH_COALESCE_S = 0.2
+#: How often --watch reads the table when the event stream cannot be followed.
+WATCH_POLL_S = 1.0
 
-    It polls ``GET /v1/tasks``: a server-wide event stream (``GET /v1/events``)
-    would let it follow changes as they happen instead.
+
+def _watch(client: Client, status: str | None, image: str | None, limit: int) -> None:
+    """The task table, kept live until Ctrl-C.
+
+    A thread follows the tenant's status changes (``GET /v1/events``); the
+    table is read again after each burst of them, and every
+    :data:`WATCH_QUIET_S` besides (changes made while the stream was being
+    opened are caught by then). When the stream cannot be followed, the
+    table is read every second instead, and its title says so.
     """
+    import threading
+
     from rich.console import Console
     from rich.live import Live
 
     from tarea.cli.render import tasks_table
 
+    changed = threading.Event()
+    failed: list[str] = []
+
+    def follow() -> None:
+        try:
+            for _ in client.tasks.changes():
+                changed.set()
+        except Exception as exc:  # shown in the title; the table falls back to polling
+            failed.append(str(exc) or type(exc).__name__)
+            changed.set()
+
     def table() -> Any:
         found = list(client.tasks.list(status=status, image=image, limit=limit))
-        title = f"tarea tasks at {client.base_url} (every 1 s; Ctrl-C to stop)"
+        how = f"every {WATCH_POLL_S:g} s: {failed[0]}" if failed else "live"
+        title = f"tarea tasks at {client.base_url} ({how}; Ctrl-C to stop)"
         return tasks_table(found, title=title)
 
+    threading.Thread(target=follow, name="tarea-watch", daemon=True).start()
     try:
         with Live(table(), console=Console(), auto_refresh=False) as live:
             while True:
-                time.sleep(1.0)
+                if changed.wait(WATCH_POLL_S if failed else WATCH_QUIET_S):
+                    time.sleep(WATCH_COALESCE_S)
+                    changed.clear()
                 live.update(table(), refresh=True)
     except KeyboardInterrupt:
         return

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import builtins
 import time
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Unpack
 
@@ -237,9 +237,22 @@ class AsyncTasksAPI:
             if task.done:
                 return task
 
-    async def events(self, task_id: str) -> AsyncIterator[TaskEvent]:
+    def events(self, task_id: str) -> AsyncIterator[TaskEvent]:
         """The task's server-sent events, ending with its final status (reconnecting
         with Last-Event-ID; see :meth:`tarea.client.TasksAPI.events`)."""
+        return self._stream(
+            f"{_core.task_path(task_id)}/events", lambda event: event.terminal, f"task {task_id}"
+        )
+
+    def changes(self) -> AsyncIterator[TaskEvent]:
+        """Every status change of your tasks as it happens, from now on; never ends
+        (see :meth:`tarea.client.TasksAPI.changes`)."""
+        return self._stream("/v1/events", lambda event: False, "your tasks")
+
+    async def _stream(
+        self, path: str, last: Callable[[TaskEvent], bool], what: str
+    ) -> AsyncIterator[TaskEvent]:
+        """The server-sent events of ``path`` until ``last`` says so, reconnecting."""
         client = self._client
         last_id: str | None = None
         failures = 0
@@ -248,11 +261,7 @@ class AsyncTasksAPI:
             headers = {"Last-Event-ID": last_id} if last_id else {}
             try:
                 async with aconnect_sse(
-                    client._http,
-                    "GET",
-                    f"{_core.task_path(task_id)}/events",
-                    headers=headers,
-                    timeout=timeout,
+                    client._http, "GET", path, headers=headers, timeout=timeout
                 ) as source:
                     response = source.response
                     if response.is_error:
@@ -266,7 +275,7 @@ class AsyncTasksAPI:
                             event=sse.event, data=_core.sse_data(sse.data), id=sse.id or None
                         )
                         yield event
-                        if event.terminal:
+                        if last(event):
                             return
             except httpx.TransportError as exc:
                 if failures >= client.config.max_retries or not _core.retryable_exception(
@@ -275,7 +284,7 @@ class AsyncTasksAPI:
                     raise _core.connection_error(exc, client.config.base_url) from None
             else:
                 if failures >= client.config.max_retries:
-                    raise TareaError(f"the event stream of task {task_id} keeps ending early")
+                    raise TareaError(f"the event stream of {what} keeps ending early")
             await asyncio.sleep(_core.backoff(failures))
             failures += 1
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import builtins
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Unpack
 
@@ -274,6 +274,24 @@ class TasksAPI:
         breaks is opened again (with backoff, ``max_retries`` times in a row),
         sending the last event's id as Last-Event-ID.
         """
+        return self._stream(
+            f"{self._path(task_id)}/events", lambda event: event.terminal, f"task {task_id}"
+        )
+
+    def changes(self) -> Iterator[TaskEvent]:
+        """Every status change of your tasks as it happens (``GET /v1/events``), from now on.
+
+        A ``status`` event's data is ``{"id", "status", "image", "function",
+        "attempt"}``; ``reset`` says changes were missed (read the tasks again).
+        The stream does not end: a stream that breaks is opened again (with
+        backoff, ``max_retries`` times in a row), resuming after the last event.
+        """
+        return self._stream("/v1/events", lambda event: False, "your tasks")
+
+    def _stream(
+        self, path: str, last: Callable[[TaskEvent], bool], what: str
+    ) -> Iterator[TaskEvent]:
+        """The server-sent events of ``path`` until ``last`` says so, reconnecting."""
         client = self._client
         last_id: str | None = None
         failures = 0
@@ -282,11 +300,7 @@ class TasksAPI:
             headers = {"Last-Event-ID": last_id} if last_id else {}
             try:
                 with connect_sse(
-                    client._http,
-                    "GET",
-                    f"{self._path(task_id)}/events",
-                    headers=headers,
-                    timeout=timeout,
+                    client._http, "GET", path, headers=headers, timeout=timeout
                 ) as source:
                     response = source.response
                     if response.is_error:
@@ -300,16 +314,16 @@ class TasksAPI:
                             event=sse.event, data=_core.sse_data(sse.data), id=sse.id or None
                         )
                         yield event
-                        if event.terminal:
+                        if last(event):
                             return
             except httpx.TransportError as exc:
                 if failures >= client.config.max_retries or not _core.retryable_exception(
                     exc, True
                 ):
                     raise _core.connection_error(exc, client.config.base_url) from None
-            else:  # the stream ended before the task did: open it again
+            else:  # the stream ended early: open it again
                 if failures >= client.config.max_retries:
-                    raise TareaError(f"the event stream of task {task_id} keeps ending early")
+                    raise TareaError(f"the event stream of {what} keeps ending early")
             time.sleep(_core.backoff(failures))
             failures += 1
 
