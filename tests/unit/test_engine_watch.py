@@ -73,7 +73,8 @@ def run(body: Callable[[FakeDocker, EngineWatch, list[int]], Awaitable[None]], *
         async def on_back() -> None:
             backs.append(watch.downs)
 
-        watch = EngineWatch(cast(DockerEngine, docker), {"l": "v"}, on_back, ping_s=0.01, **kw)
+        settings = {"ping_s": 0.01, "settle_s": 0.05, **kw}
+        watch = EngineWatch(cast(DockerEngine, docker), {"l": "v"}, on_back, **settings)
         watch.start()
         try:
             await until(lambda: docker.on_event is not None)
@@ -181,8 +182,8 @@ def test_a_stream_followed_again_replays_from_before_the_last_one_ended() -> Non
 
 def test_a_signalled_end_while_the_engine_is_down_is_its_shutdowns() -> None:
     """No kill event came (the stream went with the engine), the process ended by SIGTERM
-    (143) while the engine is down: the engine's shutdown. SIGKILL (tarea's own) or a
-    plain exit are not."""
+    (143, or 0 through a handler) while the engine is down: the engine's shutdown.
+    SIGKILL (tarea's own) or an exit with an error code are not."""
 
     async def body(docker: FakeDocker, watch: EngineWatch, _: list[int]) -> None:
         docker.go_down()
@@ -191,5 +192,54 @@ def test_a_signalled_end_while_the_engine_is_down_is_its_shutdowns() -> None:
         assert await watch.stopped_by_shutdown("c1")
         assert await watch.outside_stop("c2", 128 + signal.SIGKILL) is None
         assert await watch.outside_stop("c3", 1) is None
+        # 0: a SIGTERM handler's exit (tarea.runtime's), mid-call, the engine going away
+        assert await watch.outside_stop("c4", 0) == signal.SIGTERM
+        assert await watch.stopped_by_shutdown("c4")
 
     run(body)
+
+
+def test_a_signalled_end_just_after_a_down_window_is_the_shutdowns_though_it_answers() -> None:
+    """A shutting-down engine can answer again for a moment (CI: down, up, down within
+    50 ms), its stream bringing no kill: a process ended by SIGTERM then, with no kill
+    seen, is still the engine's shutdown. Long after a down window it is a crash."""
+
+    async def body(docker: FakeDocker, watch: EngineWatch, backs: list[int]) -> None:
+        watch.suspect()
+        await until(lambda: watch.up and backs == [1])  # it answers again at once
+        assert await watch.outside_stop("c1", 128 + signal.SIGTERM) == signal.SIGTERM
+        assert await watch.stopped_by_shutdown("c1")
+        assert await watch.outside_stop("c2", 128 + signal.SIGKILL) is None
+
+    run(body)
+
+    async def later(docker: FakeDocker, watch: EngineWatch, backs: list[int]) -> None:
+        watch.suspect()
+        await until(lambda: watch.up and backs == [1])
+        await asyncio.sleep(0.2)  # the window (0.1 s here) has passed
+        assert await watch.outside_stop("c3", 128 + signal.SIGTERM) is None
+
+    run(later, shutdown_window_s=0.1)
+
+
+def test_an_engine_that_answers_then_fails_again_is_not_back() -> None:
+    """A shutting-down engine answers for a moment between misses: it counts as back only
+    once it has answered for settle_s without fail; the flaps make no new down windows,
+    and on_back runs once, when it is steady."""
+
+    async def body(docker: FakeDocker, watch: EngineWatch, backs: list[int]) -> None:
+        docker.go_down()
+        await until(lambda: not watch.up)
+        for _ in range(5):  # answers, briefly, five times: each shorter than settle_s
+            docker.answers = True
+            await asyncio.sleep(0.1)
+            docker.answers = False
+            await asyncio.sleep(0.03)
+            assert not watch.up
+        assert backs == []
+        docker.answers = True
+        assert await watch.wait_up(10)
+        assert backs == [1]
+        assert watch.downs == 1
+
+    run(body, settle_s=0.3)

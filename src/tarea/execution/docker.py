@@ -27,6 +27,7 @@ import docker.errors
 import docker.types
 import docker.utils
 import requests.exceptions
+import urllib3.exceptions
 
 from tarea.domain.images import ImageReference
 from tarea.domain.task import RegistryAuth
@@ -601,17 +602,19 @@ class DockerEngine:
         await self._call(kill)
 
     async def wait(self, container_id: str, timeout_s: float) -> int | None:
-        """Wait for the container to exit; its exit code, or None on timeout."""
+        """Wait for the container to exit; its exit code, or None on timeout.
+
+        Raises:
+            EngineUnavailable: the engine does not answer (a timeout is no such
+                thing: the container still runs).
+        """
 
         def wait() -> int | None:
             try:
                 with _engine_errors():
                     result = self._api().wait(container_id, timeout=math.ceil(timeout_s))
             except EngineUnavailable as exc:
-                # docker-py's wait() raises requests' timeout directly.
-                if isinstance(
-                    exc.__cause__, requests.exceptions.Timeout | requests.exceptions.ConnectionError
-                ):
+                if _timed_out(exc.__cause__):
                     return None
                 raise
             return int(result.get("StatusCode", -1))
@@ -708,4 +711,19 @@ def _pull_error(ref: ImageReference, reason: str) -> TaskFailure:
     return ImagePullFailed(
         f"image {image!r} is not present locally and could not be pulled: {reason}",
         data=data,
+    )
+
+
+def _timed_out(error: BaseException | None) -> bool:
+    """Whether a request to the engine failed by timing out (it answered, slowly).
+
+    docker-py's requests over a Unix socket raise a read timeout as a
+    ``ConnectionError`` around urllib3's ``ReadTimeoutError``: that one is a
+    timeout, while a ``ConnectionError`` around anything else (refused,
+    aborted, no socket) is an engine that does not answer.
+    """
+    if isinstance(error, requests.exceptions.Timeout):
+        return True
+    return isinstance(error, requests.exceptions.ConnectionError) and any(
+        isinstance(arg, urllib3.exceptions.ReadTimeoutError) for arg in error.args
     )

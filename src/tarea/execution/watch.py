@@ -10,8 +10,12 @@ the difference:
 - it follows the engine's event stream for this server's containers; the
   stream ends when the engine's API goes away, and the engine counts as
   **down** once a ping fails too (each such window counts in :attr:`downs`);
-  while down it pings every ``ping_s`` until the engine answers, then calls
-  ``on_back`` (the executor rebuilds its pool there) and follows events again;
+  while down it pings every ``ping_s`` until the engine has answered for
+  ``settle_s`` without fail, then calls ``on_back`` (the executor rebuilds
+  its pool there) and follows events again. A shutting-down dockerd answers
+  while it stops its containers: counted back at its first answer, it had
+  the tasks that were to run again started on it, and failed them (CI:
+  down and up three times within 50 ms, 1.3 s before its API closed);
 - it remembers containers stopped **from outside**: a ``kill`` event with a
   signal other than SIGKILL. tarea itself only ever sends SIGKILL (a kill,
   or a forced removal), so such a stop came from the engine's shutdown or an
@@ -45,6 +49,8 @@ EVENT_LAG_S = 1.0
 #: A stream followed again starts this long before the last one ended: the engine
 #: replays what it sent meanwhile, or had not delivered yet (replays are no-ops).
 RESUME_OVERLAP_S = 5
+#: How long an engine that went down must answer without fail to count as back.
+SETTLE_S = 3.0
 #: Containers stopped from outside, remembered (the oldest forgotten first).
 _REMEMBERED = 1024
 
@@ -58,6 +64,7 @@ class EngineWatch:
         on_back: called each time the engine answers again after a down window.
         ping_s: how often a down engine is pinged.
         shutdown_window_s: see :meth:`stopped_by_shutdown`.
+        settle_s: how long a down engine must answer to count as back.
     """
 
     def __init__(
@@ -68,12 +75,14 @@ class EngineWatch:
         *,
         ping_s: float = 0.5,
         shutdown_window_s: float = SHUTDOWN_WINDOW_S,
+        settle_s: float = SETTLE_S,
     ) -> None:
         self._docker = docker
         self._labels = labels
         self._on_back = on_back
         self.ping_s = ping_s
         self.shutdown_window_s = shutdown_window_s
+        self.settle_s = settle_s
         #: Whether the engine answered last time it was asked (True until the
         #: watch first finds otherwise: a server starts assuming it does).
         self.up = True
@@ -81,6 +90,8 @@ class EngineWatch:
         self.was_up = False
         #: Down windows seen (each ended, or the current one).
         self.downs = 0
+        #: When the engine last went down (monotonic seconds; None: never).
+        self._down_at: float | None = None
         self._up_event = asyncio.Event()
         self._up_event.set()
         self._down_event = asyncio.Event()
@@ -131,21 +142,29 @@ class EngineWatch:
         """:meth:`stopped_from_outside`, giving the event stream up to
         ``EVENT_LAG_S`` to bring the kill when ``exit_code`` says a signal ended
         the process (128 + n) and no stop was seen yet: the stream runs on a
-        thread of its own, and under load the container's end can overtake it.
-        With the engine down by then, the signal is taken from ``exit_code``."""
+        thread of its own, and under load the container's end can overtake it
+        (an exit 0 mid-call is waited for too: a SIGTERM handler's). With the
+        engine down by then, or gone down within ``shutdown_window_s`` (a
+        shutting-down engine can answer again for a moment, while its event
+        stream brings nothing), the signal is taken from ``exit_code`` (0:
+        SIGTERM)."""
         deadline = asyncio.get_running_loop().time() + EVENT_LAG_S
-        signalled = exit_code is not None and exit_code > 128
-        while (seen := self.stopped_from_outside(container_id)) is None and signalled:
+        # Ended by a signal (128 + n), or by SIGTERM through a handler that exits 0
+        # (tarea.runtime's): a stop from outside, maybe.
+        maybe = exit_code is not None and (exit_code > 128 or exit_code == 0)
+        while (seen := self.stopped_from_outside(container_id)) is None and maybe:
             if asyncio.get_running_loop().time() >= deadline:
                 break
             await asyncio.sleep(0.05)
-        if seen is None and signalled and not self.up:
-            # The engine is away, and its stream with it: the kill cannot come in
-            # time. A signal tarea does not send, while the engine went away, is
-            # its shutdown's (recorded as stopped before this down window).
+        if seen is None and maybe and (not self.up or self._down_lately()):
+            # The engine is away, or was a moment ago, and its stream with it: the
+            # kill cannot come in time. A signal tarea does not send, while the
+            # engine went away, is its shutdown's (recorded as stopped before the
+            # latest down window).
             assert exit_code is not None
-            if exit_code - 128 != signal.SIGKILL:
-                seen = exit_code - 128
+            sent = exit_code - 128 if exit_code > 128 else signal.SIGTERM
+            if sent != signal.SIGKILL:
+                seen = sent
                 self._stopped[container_id] = (seen, self.downs - 1)
         return seen
 
@@ -180,6 +199,8 @@ class EngineWatch:
                 await asyncio.sleep(self.ping_s)
                 continue
             if not self.up:
+                if not await self._answers_steadily():
+                    continue
                 await self._came_back()
             self.was_up = True
             with contextlib.suppress(EngineUnavailable):
@@ -191,9 +212,27 @@ class EngineWatch:
             # containers (measured: five such gaps within 60 ms of a restart).
             self._resume_at = int(time.time()) - RESUME_OVERLAP_S
 
+    async def _answers_steadily(self) -> bool:
+        """Whether the engine answers every ping for ``settle_s`` (False at the first miss)."""
+        deadline = time.monotonic() + self.settle_s
+        while time.monotonic() < deadline:
+            await asyncio.sleep(min(self.ping_s, self.settle_s))
+            try:
+                await self._docker.ping()
+            except EngineUnavailable:
+                return False
+        return True
+
+    def _down_lately(self) -> bool:
+        """Whether the engine went down within ``shutdown_window_s`` (up again or not)."""
+        return (
+            self._down_at is not None and time.monotonic() - self._down_at <= self.shutdown_window_s
+        )
+
     def _went_down(self) -> None:
         self.up = False
         self.downs += 1
+        self._down_at = time.monotonic()
         self._up_event.clear()
         went, self._down_event = self._down_event, asyncio.Event()
         went.set()  # wakes those waiting for this down window; later ones wait for the next
