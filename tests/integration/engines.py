@@ -178,10 +178,22 @@ class PrivateDockerd:
     def start(self) -> None:
         """Start the daemon and wait until its API answers.
 
+        A daemon that gives up on its own containerd (``timeout waiting for
+        containerd to start``: seen once in CI, under load) is started once more.
+
         Raises:
             EngineError: it exited, or did not answer within ``start_timeout_s``
                 (the end of its log is in the message).
         """
+        try:
+            self._start_once()
+        except EngineError as exc:
+            if "timeout waiting for containerd to start" not in str(exc):
+                raise
+            self._kill_own_containerd()
+            self._start_once()
+
+    def _start_once(self) -> None:
         if self.running():
             raise EngineError(f"the engine at {self.host} is running already")
         if shutil.which("dockerd") is None and not Path("/usr/sbin/dockerd").exists():
@@ -376,6 +388,18 @@ class PrivateDockerd:
                 continue
             if not _alive(pid):
                 pidfile.unlink(missing_ok=True)
+
+    def _kill_own_containerd(self) -> None:
+        """Kill the containerd this engine's dockerd started, if one is left."""
+        pidfile = self.exec_root / "containerd" / "containerd.pid"
+        try:
+            pid = int(pidfile.read_text().strip())
+        except (OSError, ValueError):
+            return
+        if _alive(pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        pidfile.unlink(missing_ok=True)
 
     def _mounts(self) -> list[str]:
         """Mount points under this engine's directory (left by a killed daemon)."""
