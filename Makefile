@@ -83,9 +83,8 @@ demo_distributed: venv build_server_tasks_image  ## RabbitMQ, PostgreSQL, an API
 	@scripts/ensure-packages.sh "make demo_distributed" docker-registry
 	$(BIN)/python scripts/demo_distributed.py
 
-TEST_PACKAGES := chromium chromium-driver tmux nodejs docker-registry
 test_tools:  ## what the tests drive besides Docker (chromium, chromium-driver, tmux, nodejs, docker-registry); installs what is missing if root on Debian
-	@scripts/ensure-packages.sh "make test" $(TEST_PACKAGES)
+	@scripts/ensure-packages.sh "make test" chromium chromium-driver tmux nodejs docker-registry
 
 test: venv build_server_tasks_image test_tools  ## the whole test suite, on the real Docker engine
 	$(BIN)/pytest

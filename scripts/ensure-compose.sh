@@ -15,19 +15,8 @@ if docker-compose version >/dev/null 2>&1; then
   echo "docker-compose"; exit 0
 fi
 
-if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null 2>&1; then
-  say "no docker compose here (neither 'docker compose' nor 'docker-compose' answers)."
-  say "install one (Debian: apt-get install docker-compose), or run this as root on Debian/Ubuntu to let tarea do it."
-  exit 1
-fi
-
-say "no docker compose here; installing Debian's docker-compose (apt-get)..."
-export DEBIAN_FRONTEND=noninteractive
-if ! apt-get install -y -qq docker-compose >/dev/null 2>&1; then
-  say "apt-get install failed; running apt-get update and trying again..."
-  apt-get update -qq >&2
-  apt-get install -y -qq docker-compose >/dev/null
-fi
+# Installs it (as root on Debian/Ubuntu) or says what to install; stdout stays ours.
+"$(dirname "$0")/ensure-packages.sh" "docker compose" docker-compose >&2
 docker-compose version >/dev/null 2>&1 || { say "docker-compose was installed but does not run"; exit 1; }
 say "installed $(docker-compose version --short 2>/dev/null || echo docker-compose)."
 echo "docker-compose"
