@@ -146,7 +146,7 @@ class Server:
         if self.executor is not None:
             await self.executor.aclose()
             self.executor.docker.close()
-        self.store.close()
+        await self.store.aclose()
 
 
 def assemble(settings: Settings) -> Server:

@@ -119,7 +119,7 @@ async def _retry(store: SqlStore, task_id: str) -> int:
         assert again is not None
         return again.attempt
     finally:
-        aio.close()
+        await aio.aclose()
 
 
 def record_worker(store: SqlStore, task_id: str) -> str | None:
@@ -162,6 +162,6 @@ def test_a_task_queued_by_an_api_server_is_claimed_by_one_worker(pg: SqlStore) -
             assert taken is not None
             assert taken.worker == "w3"
         finally:
-            aio.close()
+            await aio.aclose()
 
     asyncio.run(claims())

@@ -108,7 +108,7 @@ async def service(
         for gate in executor.gates.values():
             gate.set()
         await svc.drain()
-        store.close()
+        await store.aclose()
 
 
 def stored(status: Status, minute: int) -> TaskRecord:

@@ -71,7 +71,7 @@ def purge(sql: SqlStore, *, retention_s: float = DAY, batch: int = 2) -> int:
             )
             return await retention.purge()
         finally:
-            store.close()  # its connections only: a later use of ``sql`` opens new ones
+            await store.aclose()  # its connections only: a later use of ``sql`` opens new ones
 
     return asyncio.run(run())
 
@@ -142,7 +142,7 @@ def purge_from_two_servers(store_url: str) -> None:
             return list(await asyncio.gather(*purges))
         finally:
             for store in stores_async:
-                store.close()
+                await store.aclose()
 
     counts = asyncio.run(both())
     assert sum(counts) == len(old)
@@ -198,7 +198,7 @@ def test_the_loop_purges_in_the_background_and_zero_turns_it_off(tmp_path: Path)
             await on.aclose()
             assert await store.get(old.id) is None
         finally:
-            store.close()
+            await store.aclose()
 
     asyncio.run(scenario())
 

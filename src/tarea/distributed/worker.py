@@ -467,7 +467,7 @@ class WorkerRuntime:
         await self.presence.aclose()
         await self.executor.aclose()
         self.executor.docker.close()
-        self.store.close()
+        await self.store.aclose()
 
 
 class LoopThread:

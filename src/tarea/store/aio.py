@@ -1,14 +1,22 @@
-"""The task store for async code: blocking I/O runs in the store's own threads.
+"""The task store for async code: blocking I/O never runs on the event loop.
 
-Writes go to one writer thread that commits them in batches: whatever was
-submitted while it committed the last batch goes into the next transaction
-together, with one commit and one hand-back to the event loop for all of it
-(group commit). At one task at a time a batch is one write; under load the
-cost of a commit, and of the thread hand-offs, is shared by every task in it.
-One writer is also what SQLite wants: writer threads contending for its lock
-wait in its busy handler, which sleeps with growing back-off (measured: 305
-tasks/s at 32 connections with 8 writer threads). Reads run in parallel on a
-pool of reader threads (SQLite in WAL mode; PostgreSQL).
+Writes go to one writer that commits them in batches: whatever was submitted
+while it committed the last batch goes into the next transaction together,
+with one commit for all of it (group commit). At one task at a time a batch is
+one write; under load the cost of a commit is shared by every task in it.
+
+- SQLite (:class:`BatchWriter`): the writer is a thread of its own, which
+  hands each batch's outcomes back to the event loop at once. One writer is
+  also what SQLite wants: writer threads contending for its lock wait in its
+  busy handler, which sleeps with growing back-off (measured: 305 tasks/s at
+  32 connections with 8 writer threads).
+- PostgreSQL (:class:`LoopWriter`): the batches run on the event loop itself,
+  over psycopg's asyncio connection, each statement awaited; no thread
+  hand-off, which costs about as much as a round trip to PostgreSQL on a
+  small machine (docs/performance.md).
+
+Reads run in parallel on a pool of reader threads (SQLite in WAL mode;
+PostgreSQL).
 
 Some writes may be dropped (a task's progress: the next one replaces it).
 At most ``DROPPABLE_MAX`` of them wait at once; past that the writer sheds
@@ -24,12 +32,14 @@ import contextlib
 import functools
 import queue
 import threading
+from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from typing import Any, Protocol, TypeAlias, TypeVar
 
 import sqlalchemy.exc
+from sqlalchemy.util import greenlet_spawn
 
 from tarea.domain.records import TaskRecord
 from tarea.domain.status import Status
@@ -66,9 +76,12 @@ class AsyncStore:
         self.cluster = Cluster(store.engine)
         self._readers = ThreadPoolExecutor(max_workers=readers, thread_name_prefix="store-read")
         dbapi = store.engine.dialect.loaded_dbapi
-        self._writer = BatchWriter(
-            store.writer(), unreachable=(dbapi.OperationalError, dbapi.InterfaceError)
-        )
+        unreachable = (dbapi.OperationalError, dbapi.InterfaceError)
+        self._writer: BatchWriter | LoopWriter
+        if store.engine.dialect.name == "postgresql":
+            self._writer = LoopWriter(store.loop_writer(), unreachable=unreachable)
+        else:
+            self._writer = BatchWriter(store.writer(), unreachable=unreachable)
 
     async def _read(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         loop = asyncio.get_running_loop()
@@ -251,8 +264,14 @@ class AsyncStore:
         """The seq of ``task_id``'s latest event; 0 if none."""
         return await self._read(self.cluster.last_event, task_id)
 
-    def close(self) -> None:
+    async def aclose(self) -> None:
         """Commit what was submitted, stop the threads and close the store."""
+        await self._writer.aclose()
+        self._readers.shutdown(wait=True)
+        self.sync.close()
+
+    def close(self) -> None:
+        """:meth:`aclose`, from code that runs no event loop."""
         self._writer.close()
         self._readers.shutdown(wait=True)
         self.sync.close()
@@ -339,6 +358,10 @@ class BatchWriter:
             with self._gate:
                 self._droppable -= count
 
+    async def aclose(self) -> None:
+        """Run what is queued, then stop the thread (the event loop goes on meanwhile)."""
+        await asyncio.to_thread(self.close)
+
     def close(self) -> None:
         """Run what is queued, then stop the thread."""
         with self._gate:
@@ -394,14 +417,7 @@ class BatchWriter:
                 self._hand_back(batch, [(None, exc)] * len(batch))
                 raise
             self._ran(batch)
-            self._hand_back(batch, [self._converted(done) for done in outcomes])
-
-    def _converted(self, done: Done) -> Done:
-        """An outcome whose error means "the database is away" carries StoreUnavailable."""
-        _, error = done
-        if error is not None and isinstance(error, self._unreachable):
-            return None, unavailable(error)
-        return done
+            self._hand_back(batch, [_converted(done, self._unreachable) for done in outcomes])
 
     @staticmethod
     def _hand_back(
@@ -409,12 +425,151 @@ class BatchWriter:
         outcomes: builtins.list[Done],
     ) -> None:
         """Resolve each future on its own loop: one call per loop for the whole batch."""
-        by_loop: dict[asyncio.AbstractEventLoop, builtins.list[Any]] = {}
-        for (_, future, _), outcome in zip(batch, outcomes, strict=True):
-            by_loop.setdefault(future.get_loop(), []).append((future, outcome))
-        for loop, done in by_loop.items():
-            with contextlib.suppress(RuntimeError):  # a closed loop: nobody waits
-                loop.call_soon_threadsafe(_deliver, done)
+        _deliver_threadsafe(
+            [(future, outcome) for (_, future, _), outcome in zip(batch, outcomes, strict=True)]
+        )
+
+
+def _deliver_threadsafe(done: builtins.list[tuple[asyncio.Future[Any], Done]]) -> None:
+    """Resolve each future on its own loop, from another thread: one call per loop."""
+    by_loop: dict[asyncio.AbstractEventLoop, builtins.list[Any]] = {}
+    for future, outcome in done:
+        by_loop.setdefault(future.get_loop(), []).append((future, outcome))
+    for loop, done_there in by_loop.items():
+        with contextlib.suppress(RuntimeError):  # a closed loop: nobody waits
+            loop.call_soon_threadsafe(_deliver, done_there)
+
+
+class LoopWriter:
+    """PostgreSQL's writer: batches run on the event loop, each statement awaited.
+
+    The batches are :class:`BatchWriter`'s, run by the same
+    :class:`~tarea.store.sql.WriteSession` code (one transaction each, the
+    same retries), on a connection that is psycopg's ``AsyncConnection``
+    (:meth:`~tarea.store.sql.SqlStore.loop_writer`). The session's synchronous
+    code runs in a greenlet (``sqlalchemy.util.greenlet_spawn``, as SQLAlchemy's
+    asyncio extension runs its own), which pauses at each statement while the
+    loop waits for PostgreSQL's answer. So a write costs its round trip, and
+    no thread hand-off each way. Only the loop's own thread may submit.
+
+    A batch runs while writes are waiting: the first write submitted starts a
+    task (on the loop that submitted it) that runs batches until none is left,
+    then ends. Submit from one loop at a time; a write submitted from another
+    loop meanwhile runs with the rest, and its future is resolved on its loop.
+
+    Args:
+        runner: runs the batches (its connection is the asyncio driver's).
+        batch_max: the most writes one batch takes.
+        droppable_max: the most droppable writes waiting (queued or running) at once.
+    """
+
+    def __init__(
+        self,
+        runner: BatchRunner,
+        batch_max: int = BATCH_MAX,
+        *,
+        unreachable: tuple[type[BaseException], ...] = (),
+        droppable_max: int = DROPPABLE_MAX,
+    ) -> None:
+        self._runner = runner
+        self._batch_max = batch_max
+        self._droppable_max = droppable_max
+        #: Droppable writes submitted and not yet run.
+        self._droppable = 0
+        #: Droppable writes shed so far.
+        self.shed = 0
+        self._unreachable = unreachable
+        self._waiting: deque[_Item] = deque()
+        #: The task running batches, while there are any to run.
+        self._running: asyncio.Task[None] | None = None
+        self._closed = False
+
+    def submit(self, write: Write[T], *, droppable: bool = False) -> asyncio.Future[T]:
+        """Queue ``write`` for the next batch; a future of its result (see BatchWriter.submit).
+
+        Raises:
+            RuntimeError: the writer was closed.
+        """
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+        if self._closed:
+            raise RuntimeError("the store is closed")
+        if droppable:
+            if self._droppable >= self._droppable_max:
+                self.shed += 1
+                future.set_exception(Shed("the store's writer is overloaded"))
+                return future
+            self._droppable += 1
+        self._waiting.append((write, future, droppable))
+        if self._running is None:
+            self._running = loop.create_task(self._run(), name="tarea-store-write")
+        return future
+
+    @property
+    def droppable_waiting(self) -> int:
+        """Droppable writes submitted and not yet run."""
+        return self._droppable
+
+    async def _run(self) -> None:
+        """Run batches of what is waiting until nothing is."""
+        try:
+            while self._waiting:
+                count = min(len(self._waiting), self._batch_max)
+                batch = [self._waiting.popleft() for _ in range(count)]
+                writes = [write for write, _, _ in batch]
+                try:
+                    outcomes = await greenlet_spawn(self._runner.run_batch, writes)
+                    if len(outcomes) != len(batch):
+                        raise RuntimeError(f"{len(outcomes)} outcomes for {len(batch)} writes")
+                except Exception as exc:  # the runner's own failure: the batch gets it
+                    outcomes = [(None, exc)] * len(batch)
+                except BaseException:  # cancelled (the loop stops): so is everything waiting
+                    for _, future, _ in batch + list(self._waiting):
+                        future.cancel()
+                    self._waiting.clear()
+                    raise
+                self._droppable -= sum(1 for _, _, droppable in batch if droppable)
+                self._hand_back(
+                    [
+                        (future, _converted(done, self._unreachable))
+                        for (_, future, _), done in zip(batch, outcomes, strict=True)
+                    ]
+                )
+        finally:
+            self._running = None
+
+    @staticmethod
+    def _hand_back(done: builtins.list[tuple[asyncio.Future[Any], Done]]) -> None:
+        """Resolve the futures: at once on this loop, through its queue on another's."""
+        loop = asyncio.get_running_loop()
+        here = [item for item in done if item[0].get_loop() is loop]
+        _deliver(here)
+        if len(here) < len(done):
+            _deliver_threadsafe([item for item in done if item[0].get_loop() is not loop])
+
+    async def aclose(self) -> None:
+        """Run what is queued, then close the connection."""
+        self._closed = True
+        while (running := self._running) is not None:
+            await asyncio.shield(running)
+        await greenlet_spawn(self._runner.close)
+
+    def close(self) -> None:
+        """:meth:`aclose` from code that runs no event loop (tests, scripts)."""
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            asyncio.run(self.aclose())
+            return
+        raise RuntimeError("a LoopWriter is closed on its loop with aclose()")
+
+
+def _converted(done: Done, unreachable: tuple[type[BaseException], ...]) -> Done:
+    """An outcome whose error means "the database is away" carries StoreUnavailable."""
+    _, error = done
+    if error is not None and isinstance(error, unreachable):
+        return None, unavailable(error)
+    return done
 
 
 def unavailable(error: BaseException) -> StoreUnavailable:

@@ -51,7 +51,7 @@ from sqlalchemy import (
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 from sqlalchemy.orm import sessionmaker
-from sqlalchemy.pool import ConnectionPoolEntry, PoolProxiedConnection, QueuePool
+from sqlalchemy.pool import ConnectionPoolEntry, NullPool, PoolProxiedConnection, QueuePool
 
 from tarea.domain.records import TaskRecord, utcnow
 from tarea.domain.status import Status, can_transition
@@ -244,6 +244,25 @@ class SqlStore:
     def writer(self) -> WriteSession:
         """A connection of its own for one thread's batches of writes (close it after)."""
         return WriteSession(self)
+
+    def loop_writer(self) -> WriteSession:
+        """PostgreSQL: a session whose connection is the driver's asyncio one (close it after).
+
+        The same batches as :meth:`writer`'s, for :class:`~tarea.store.aio.LoopWriter`:
+        its connection is psycopg's ``AsyncConnection`` as SQLAlchemy's asyncio
+        extension adapts it, so every method of the session must run inside
+        ``sqlalchemy.util.greenlet_spawn`` on an event loop, where each statement
+        is awaited on that loop (no thread hand-off). Its engine keeps no pool:
+        the session's connection is closed when the session gives it back.
+        """
+        if not self._postgres:
+            raise ValueError("only a PostgreSQL store has an asyncio driver")
+        async_url = self._engine.url.set(drivername="postgresql+psycopg_async")
+        # The asyncio extension (greenlet) is the postgres extra's, like psycopg.
+        from sqlalchemy.ext.asyncio import create_async_engine
+
+        engine = create_async_engine(async_url, poolclass=NullPool, json_serializer=_json_text)
+        return WriteSession(self, engine=engine.sync_engine)
 
     def create(self, record: TaskRecord) -> tuple[TaskRecord, bool]:
         """Store a new task, or find the one its idempotency key already names.
@@ -860,8 +879,10 @@ class WriteSession:
       of the batch fails with that error, at once.
     """
 
-    def __init__(self, store: SqlStore) -> None:
-        self._engine = store.engine
+    def __init__(self, store: SqlStore, *, engine: Engine | None = None) -> None:
+        #: The store's engine; or (:meth:`SqlStore.loop_writer`) one of the same
+        #: database whose driver is the asyncio one.
+        self._engine = store.engine if engine is None else engine
         dialect = self._engine.dialect
         self._explicit_begin = dialect.name == "sqlite"
         # PostgreSQL: the connection is in autocommit mode, and transactions are
@@ -906,21 +927,26 @@ class WriteSession:
     def _connect(self) -> PoolProxiedConnection:
         connection = self._engine.raw_connection()
         if self._postgres:
-            driver = connection.driver_connection
-            assert driver is not None
-            driver.autocommit = True
+            # The DB-API connection: psycopg's, or its asyncio one as adapted.
+            dbapi_connection = connection.dbapi_connection
+            assert dbapi_connection is not None
+            dbapi_connection.autocommit = True
             if self._no_flush_wait:
-                driver.execute("SET synchronous_commit TO off")
+                cursor = dbapi_connection.cursor()
+                cursor.execute("SET synchronous_commit TO off")
+                cursor.close()
         return connection
 
     def _reset(self, connection: PoolProxiedConnection) -> None:
         """Undo :meth:`_connect`'s settings, for whoever takes the connection next."""
-        driver = connection.driver_connection
+        dbapi_connection = connection.dbapi_connection
         try:
-            if self._no_flush_wait and driver is not None:
-                driver.execute("RESET synchronous_commit")
-            if driver is not None:
-                driver.autocommit = False
+            if dbapi_connection is not None:
+                if self._no_flush_wait:
+                    cursor = dbapi_connection.cursor()
+                    cursor.execute("RESET synchronous_commit")
+                    cursor.close()
+                dbapi_connection.autocommit = False
         except Exception:
             connection.invalidate()
 
