@@ -83,6 +83,22 @@ def test_single_statement_writes_are_marked_so(sql: SqlStore) -> None:
     assert isinstance(sql.advance_write(record.id, Status.RUNNING, {"worker": "w"}), Statement)
     assert isinstance(sql.finish_write(record, Status.CANCELLED, {}), Statement)
     assert isinstance(sql.update_write(record.id, {"progress": 0.5}), Statement)
+    assert isinstance(sql.claim_write(record.id, worker="w", was=None), Statement)
+
+
+def test_a_claim_returns_the_whole_task_once(sql: SqlStore, writer: WriteSession) -> None:
+    """The first claim gets the queued task as stored, with its new worker; a second
+    claim (a message delivered twice) and a claim for the wrong runner get None."""
+    record = task_record(params={"a": 10, "b": [1, 2]}, metadata={"k": "v"})
+    run(writer, sql.create_write(record))
+    assert run(writer, sql.claim_write(record.id, worker="w2", was="w1")) is None
+    claimed = run(writer, sql.claim_write(record.id, worker="w1", was=None))
+    assert claimed == dataclasses.replace(record, worker="w1")
+    assert sql.get(record.id) == claimed
+    assert run(writer, sql.claim_write(record.id, worker="w2", was=None)) is None
+    again = run(writer, sql.claim_write(record.id, worker="w2", was="w1"))
+    assert again == dataclasses.replace(record, worker="w2")
+    assert run(writer, sql.claim_write("no-such-task", worker="w2", was=None)) is None
 
 
 def test_a_lone_statement_on_postgresql_is_its_own_transaction(

@@ -191,6 +191,7 @@ class SqlStore:
         self._results: dict[tuple[Any, ...], builtins.list[tuple[int, Callable[[Any], Any]]]] = {}
         columns = ", ".join(_quote(name) for name in names)
         self._select_sql = f"SELECT {columns} FROM tasks WHERE "  # noqa: S608
+        self._returning = f" RETURNING {columns}"
         self._count_both_sql = (
             "SELECT "  # noqa: S608 - constant SQL, the tenant bound
             f"count(*) FILTER (WHERE tenant = {self._placeholder.format('tenant')}), "
@@ -554,8 +555,8 @@ class SqlStore:
         API server's, which records tasks but runs none: ``servers.kind``).
         One guarded UPDATE: of two workers handed the same task (a message
         delivered twice), exactly one gets it. The result is the task as
-        claimed (read back in the same transaction, params and all), or None
-        when it was not queued for ``was`` any more.
+        claimed (the row the UPDATE returns, params and all), or None when it
+        was not queued for ``was`` any more.
         """
         ph = self._placeholder
         owner = (
@@ -564,16 +565,15 @@ class SqlStore:
             else f"worker = {ph.format('_was')}"
         )
         condition = f"status = '{Status.QUEUED.value}' AND {owner}"
-        sql = self._update_sql(("worker",), status=False, condition=condition)
+        # The row comes back with the UPDATE (RETURNING): one statement, one round trip.
+        sql = self._update_sql(("worker",), status=False, condition=condition) + self._returning
         params: dict[str, Any] = {"worker": worker, "_id": task_id, "_was": was}
 
         def write(tx: Tx) -> TaskRecord | None:
             tx.cursor.execute(sql, params)
-            if tx.cursor.rowcount != 1:
-                return None
-            return self._read(tx, f"id = {ph.format('id')}", {"id": task_id})
+            return self._fetched(tx)
 
-        return write
+        return Statement(write)
 
     def retry_write(
         self, record: TaskRecord, error: dict[str, Any], *, worker: str
@@ -739,6 +739,10 @@ class SqlStore:
     def _read(self, tx: Tx, where: str, params: dict[str, Any]) -> TaskRecord | None:
         """The one task matching ``where``, read on the write's own cursor; None if none."""
         tx.cursor.execute(self._select_sql + where, params)
+        return self._fetched(tx)
+
+    def _fetched(self, tx: Tx) -> TaskRecord | None:
+        """The task row the write's last statement returned; None if none."""
         row = tx.cursor.fetchone()
         if row is None:
             return None
