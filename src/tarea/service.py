@@ -361,12 +361,13 @@ class TaskService:
             if wait_s is not None:
                 stored = await self.wait(stored.id, wait_s)
             return stored, False
-        # The waiter exists before the task can end: its end cannot be missed.
-        waiter = self.notices.waiter(stored.id) if wait_s is not None else None
         if reservation is not None:
             reservation.start(stored, auth)
         else:
             self.dispatcher.enqueue(stored, auth)
+        # Before any await: the task cannot have ended yet, so its end is not
+        # missed; and the dispatcher has it, so the notices know where it runs.
+        waiter = self.notices.waiter(stored.id) if wait_s is not None else None
         self._announce_new(stored)
         if waiter is not None and wait_s is not None:
             stored = await self._await(stored.id, waiter, wait_s)

@@ -7,7 +7,7 @@ from typing import Any
 
 from tarea.domain.records import TaskRecord
 from tarea.domain.status import Status
-from tarea.notices import LocalNotices, PgNotices
+from tarea.notices import CHANNEL, LocalNotices, PgNotices, task_channel, tenant_channel
 from tarea.store.cluster import StatusChange, StoredEvent
 
 
@@ -138,7 +138,7 @@ def test_a_notice_of_an_end_elsewhere_hands_waiters_the_stored_task() -> None:
         store = Store(ended_task())
         notices = PgNotices("postgresql://x/y", store)
         waiter = notices.waiter("t1")
-        notices.heard("succeeded t1")
+        notices.heard("succeeded t1", task_channel("t1"))
         return await asyncio.wait_for(waiter, 1), store.reads
 
     record, reads = asyncio.run(scenario())
@@ -155,7 +155,7 @@ def test_a_notice_of_an_end_here_reads_nothing() -> None:
         notices = PgNotices("postgresql://x/y", store)
         notices.runs_here = lambda task_id: task_id == "t1"
         waiter = notices.waiter("t1")
-        notices.heard("succeeded t1")
+        notices.heard("succeeded t1", task_channel("t1"))
         await asyncio.sleep(0.05)
         pending = not waiter.done()
         notices.ended(ended_task())
@@ -172,8 +172,8 @@ def test_a_notice_of_a_cancel_stops_the_task_here() -> None:
     async def scenario() -> None:
         notices = PgNotices("postgresql://x/y", Store(ended_task()))
         notices.on_cancel = cancelled.append
-        notices.heard("cancelled t9")
-        notices.heard("running t8")
+        notices.heard("cancelled t9", CHANNEL)
+        notices.heard("running t8", task_channel("t8"))
 
     asyncio.run(scenario())
     assert cancelled == ["t9"]
@@ -191,8 +191,92 @@ def test_a_status_notice_has_a_tenants_reader_read_the_stored_changes() -> None:
             await asyncio.sleep(0)
             store.changes.append(StatusChange(8, "t1", "queued", "i", "f", 1))
             store.changes.append(StatusChange(9, "t1", "running", "i", "f", 1))
-            hub.heard("running t1")
+            hub.heard("running t1", tenant_channel("b"))  # another tenant's: not read
+            assert await reader.get(0.2) is None
+            hub.heard("running t1", tenant_channel("a"))
             got = [await reader.get(1), await reader.get(1), await reader.get(0.1)]
         return [(e.id, e.data["status"]) for e in got if e is not None]
 
     assert asyncio.run(scenario()) == [(8, "queued"), (9, "running")]
+
+
+class Listener:
+    """The LISTEN connection as PgNotices drives it: what it was sent."""
+
+    def __init__(self) -> None:
+        self.sent: list[str] = []
+
+    async def execute(self, query: Any) -> None:
+        self.sent.append(query.as_string(None))
+
+
+def test_only_a_task_that_runs_elsewhere_has_its_channel_followed_while_waited_for() -> None:
+    async def scenario() -> list[set[str]]:
+        notices = PgNotices("postgresql://x/y", Store(ended_task()))
+        notices.runs_here = lambda task_id: task_id == "here"
+        notices.waiter("here")
+        seen = [set(notices._wanted)]
+        waiter = notices.waiter("t1")
+        seen.append(set(notices._wanted))
+        notices.discard("t1", waiter)
+        seen.append(set(notices._wanted))
+        notices.waiter("t1")
+        notices.ended(ended_task())
+        seen.append(set(notices._wanted))
+        return seen
+
+    assert asyncio.run(scenario()) == [set(), {task_channel("t1")}, set(), set()]
+
+
+def test_once_listening_a_waiter_reads_the_task_that_may_have_ended_before() -> None:
+    """An end notified before the LISTEN was in place is not missed: the task is read."""
+
+    async def scenario() -> tuple[list[str], TaskRecord | None, int, list[str]]:
+        store = Store(ended_task())
+        notices = PgNotices("postgresql://x/y", store)
+        waiter = notices.waiter("t1")
+        listener = Listener()
+        await notices._listen(listener)
+        record = await asyncio.wait_for(waiter, 1)
+        first = listener.sent[:]
+        await notices._listen(listener)  # nobody follows t1 now: it is unlistened
+        return first, record, store.reads, listener.sent[1:]
+
+    first, record, reads, then = asyncio.run(scenario())
+    assert first == ['LISTEN "tarea"; LISTEN "tarea.t.t1"']
+    assert record is not None
+    assert record.status is Status.SUCCEEDED
+    assert reads == 1
+    assert then == ['UNLISTEN "tarea.t.t1"']
+
+
+def test_a_stream_follows_its_task_and_a_tenants_reader_its_tenant_while_open() -> None:
+    async def scenario() -> list[set[str]]:
+        notices = PgNotices("postgresql://x/y", Store(ended_task()))
+        seen = []
+        async with notices.subscribe("t1"), notices.subscribe_tenant("a"):
+            seen.append(set(notices._wanted))
+        seen.append(set(notices._wanted))
+        return seen
+
+    assert asyncio.run(scenario()) == [{task_channel("t1"), tenant_channel("a")}, set()]
+
+
+def test_a_cancel_by_another_server_ends_the_wait_for_a_task_queued_here() -> None:
+    stored = ended_task()
+
+    async def scenario() -> TaskRecord | None:
+        notices = PgNotices("postgresql://x/y", Store(stored))
+        notices.runs_here = lambda task_id: True  # queued here: no channel followed
+        waiter = notices.waiter("t1")
+        notices.heard("cancelled t1", CHANNEL)
+        return await asyncio.wait_for(waiter, 1)
+
+    assert asyncio.run(scenario()) == stored
+
+
+def test_channels_are_postgresql_names_and_match_the_trigger() -> None:
+    """'tarea.t.' || id cut to 63 bytes; 'tarea.n.' || md5(tenant) (migration 0008)."""
+    assert task_channel("0190abcd") == "tarea.t.0190abcd"
+    assert len(task_channel("x" * 100)) == 63
+    assert tenant_channel("acme") == "tarea.n.53bce4f1dfa0fe8e7ca126f91b35d3a6"

@@ -255,8 +255,10 @@ class LocalDispatcher:
             del self._reserved[tenant]
 
     def runs(self, task_id: str) -> bool:
-        """Whether ``task_id`` runs here, or ran and its end is still being recorded."""
-        return task_id in self._running or self._runner.ending(task_id)
+        """Whether ``task_id`` waits or runs here, or ran and its end is still being recorded."""
+        return (
+            task_id in self._running or task_id in self._queued_ids or self._runner.ending(task_id)
+        )
 
     def cancel(self, task_id: str) -> bool:
         """Stop ``task_id`` if it is here: skipped if queued, interrupted if running."""

@@ -183,8 +183,10 @@ class Cluster:
                 .returning(TaskEventRow.seq)
             ).scalar_one()
             if self._postgres:
+                # To the task's own channel (migration 0008; tarea.notices.task_channel).
                 connection.execute(
-                    text("SELECT pg_notify('tarea', :payload)"), {"payload": f"{kind} {task_id}"}
+                    text("SELECT pg_notify(left('tarea.t.' || :task_id, 63), :payload)"),
+                    {"task_id": task_id, "payload": f"{kind} {task_id}"},
                 )
         return int(seq)
 

@@ -1,0 +1,139 @@
+"""Addressed notices on a real PostgreSQL (migration 0008, tarea.notices.PgNotices).
+
+A server hears a task's notices only while it follows the task (a waiter for a
+task that runs elsewhere, a stream), a tenant's status changes only while one
+of its readers is open, and every cancel. The trigger's channel names are the
+ones the server listens to (the tenant's md5 included).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from sqlalchemy import Engine
+
+from tarea.domain.records import TaskRecord, utcnow
+from tarea.domain.status import Status
+from tarea.notices import PgNotices, task_channel, tenant_channel
+from tarea.store.aio import AsyncStore
+from tarea.store.sql import SqlStore
+from tests.integration.conftest import postgres_schema, task_record
+
+
+@pytest.fixture
+def pg_url(postgres_url: str, postgres_admin: Engine) -> Iterator[str]:
+    """A migrated, empty PostgreSQL schema's URL."""
+    with postgres_schema(postgres_url, postgres_admin) as url:
+        store = SqlStore(url)
+        store.migrate()
+        store.close()
+        yield url
+
+
+class Recording(PgNotices):
+    """PgNotices that keeps every notice it hears, with its channel."""
+
+    def __init__(self, url: str, store: AsyncStore) -> None:
+        super().__init__(url, store)
+        self.notices: list[tuple[str, str]] = []
+
+    def heard(self, payload: str, channel: str = "tarea") -> None:
+        self.notices.append((channel, payload))
+        super().heard(payload, channel)
+
+
+async def _until(check: Callable[[], bool], timeout_s: float = 5) -> None:
+    """Poll ``check`` (it reads state that no event announces) until true, or fail."""
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while not check():
+        if asyncio.get_running_loop().time() > deadline:
+            raise TimeoutError(f"not true within {timeout_s} s")
+        await asyncio.sleep(0.01)
+
+
+def running(**fields: Any) -> TaskRecord:
+    return task_record(status=Status.RUNNING, worker="elsewhere", started_at=utcnow(), **fields)
+
+
+async def _finish(store: AsyncStore, record: TaskRecord, status: Status, **fields: Any) -> None:
+    assert await store.finish(record, status, finished_at=utcnow(), **fields) is not None
+
+
+def test_a_server_hears_what_it_follows_and_every_cancel_only(pg_url: str) -> None:
+    async def scenario() -> None:
+        store = AsyncStore(SqlStore(pg_url))
+        notices = Recording(pg_url, store)
+        cancels: list[str] = []
+        notices.on_cancel = cancels.append
+        await notices.start()
+        try:
+            # Nobody here follows it: its insert and its end wake nobody.
+            alone = running()
+            await store.create(alone)
+            await _finish(store, alone, Status.SUCCEEDED, result=1)
+            await asyncio.sleep(0.3)
+            assert notices.notices == []
+
+            # A waiter for a task that runs elsewhere hears its end, on its channel.
+            other = running()
+            await store.create(other)
+            waiter = notices.waiter(other.id)
+            await _until(lambda: task_channel(other.id) in notices._listened)
+            await _finish(store, other, Status.SUCCEEDED, result=35)
+            ended = await asyncio.wait_for(waiter, 5)
+            assert ended is not None
+            assert ended.result == 35
+            assert (task_channel(other.id), f"succeeded {other.id}") in notices.notices
+
+            # A tenant's reader hears its tenant's changes (the trigger's md5 is ours).
+            async with notices.subscribe_tenant("globex") as reader:
+                await _until(lambda: tenant_channel("globex") in notices._listened)
+                theirs = running(tenant="globex")
+                await store.create(theirs)
+                event = await reader.get(5)
+                assert event is not None
+                assert (event.data["id"], event.data["status"]) == (theirs.id, "queued")
+            assert (tenant_channel("globex"), f"running {theirs.id}") in notices.notices
+
+            # Every server hears a cancel, followed or not.
+            queued = task_record()
+            await store.create(queued)
+            assert await store.transition(queued.id, Status.CANCELLED) is not None
+            await _until(lambda: cancels == [queued.id])
+            assert ("tarea", f"cancelled {queued.id}") in notices.notices
+        finally:
+            await notices.aclose()
+            await store.aclose()
+
+    asyncio.run(scenario())
+
+
+def test_an_end_written_before_the_listen_reaches_its_waiter(pg_url: str) -> None:
+    """The waiter registers, the task ends at once (before the LISTEN is sent): the
+    listener reads it once listening, and the waiter gets the end."""
+
+    async def scenario() -> TaskRecord | None:
+        store = AsyncStore(SqlStore(pg_url))
+        notices = PgNotices(pg_url, store)
+        await notices.start()
+        try:
+            record = running()
+            await store.create(record)
+            waiter = notices.waiter(record.id)
+            ended = dataclasses.replace(record, status=Status.FAILED)
+            await _finish(store, record, Status.FAILED)  # no await yielded to the listener first
+            got = await asyncio.wait_for(waiter, 5)
+            assert got is not None
+            assert got.id == ended.id
+            return got
+        finally:
+            await notices.aclose()
+            await store.aclose()
+
+    got = asyncio.run(scenario())
+    assert got is not None
+    assert got.status is Status.FAILED
