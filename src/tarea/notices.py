@@ -17,13 +17,16 @@ carry ids only; whoever hears one reads the record from the store.
   everyone listening re-reads the table: no end is missed.
 
   Notices are addressed: a task's go to its own channel (:func:`task_channel`),
-  a tenant's status changes also to the tenant's (:func:`tenant_channel`), and
-  only cancels to every server (:data:`CHANNEL`). A server LISTENs to a task's
-  or a tenant's channel only while someone here waits for the task from
-  another server, or streams it: a task that runs where it was accepted wakes
-  no listener (measured: 0.15 ms of a warm task's 2.2 ms, docs/performance.md).
-  Whoever starts listening re-reads what it follows once the LISTEN is in
-  place, so a notice sent before it is not missed.
+  a tenant's status changes also to the tenant's (:func:`tenant_channel`),
+  every end also to :data:`ENDS`, and only cancels to every server
+  (:data:`CHANNEL`). A server LISTENs to a task's or a tenant's channel only
+  while someone here waits for the task from another server, or streams it: a
+  task that runs where it was accepted wakes no listener (measured: 0.15 ms of
+  a warm task's 2.2 ms, docs/performance.md). Whoever starts listening
+  re-reads what it follows once the LISTEN is in place, so a notice sent
+  before it is not missed. An API server with a broker, whose clients wait for
+  tasks the workers run, listens to :data:`ENDS` instead (``every_end``): one
+  notice per task, and no LISTEN nor read for each.
 
 Besides one task's events, a reader may follow the status changes of all of a
 tenant's tasks (``GET /v1/events``, the dashboard): in one process from
@@ -54,6 +57,8 @@ log = logging.getLogger(__name__)
 
 #: The channel every server LISTENs to: cancels. A payload is ``"<what> <task id>"``.
 CHANNEL = "tarea"
+#: The channel of every task's end, for servers that run no tasks (``every_end``).
+ENDS = "tarea.end"
 #: PostgreSQL's longest channel name (NAMEDATALEN - 1 bytes); longer ones are cut.
 CHANNEL_MAX = 63
 _TERMINAL = frozenset(status.value for status in TERMINAL)
@@ -395,6 +400,10 @@ class PgNotices(LocalNotices):
         queue_size: how many events a slow reader may fall behind.
         budget_bytes: how many bytes of events a slow reader may fall behind.
         log_flush_s: log lines of a task are stored together, at most this often.
+        every_end: hear every task's end (:data:`ENDS`) rather than follow the
+            channel of each task waited for: for an API server that runs no
+            tasks, whose clients' waits are nearly all for tasks run elsewhere
+            (one notice per task, and no LISTEN nor read of its own).
     """
 
     def __init__(
@@ -405,8 +414,11 @@ class PgNotices(LocalNotices):
         queue_size: int = 1000,
         budget_bytes: int = BUDGET_BYTES,
         log_flush_s: float = 0.2,
+        every_end: bool = False,
     ) -> None:
         super().__init__(queue_size, budget_bytes)
+        #: The channels listened to whoever follows what: cancels, and every end if asked.
+        self._always = frozenset({CHANNEL, ENDS} if every_end else {CHANNEL})
         self._conninfo = (
             make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
         )
@@ -461,7 +473,7 @@ class PgNotices(LocalNotices):
         LISTEN is in place (an end before it is not missed).
         """
         future = super().waiter(task_id)
-        if not self.runs_here(task_id):
+        if ENDS not in self._always and not self.runs_here(task_id):
             channel = task_channel(task_id)
             self._remote[future] = channel
             self._follow(channel, "task", task_id)
@@ -488,7 +500,7 @@ class PgNotices(LocalNotices):
         self._wanted[channel] -= 1
         if self._wanted[channel] <= 0:
             del self._wanted[channel]
-            del self._followed[channel]
+            self._followed.pop(channel, None)
 
     def _poke(self) -> None:
         """Wake the listener (it is waiting for its connection's socket)."""
@@ -658,7 +670,7 @@ class PgNotices(LocalNotices):
         """
         loop = asyncio.get_running_loop()
         while True:
-            if self._listened != {CHANNEL, *self._wanted}:
+            if self._listened != {*self._always, *self._wanted}:
                 await self._listen(connection)
             async for notice in connection.notifies(timeout=0):
                 self.heard(notice.payload, notice.channel)
@@ -676,7 +688,7 @@ class PgNotices(LocalNotices):
         """LISTEN to the channels followed now and UNLISTEN the others, in one round trip."""
         from psycopg import sql
 
-        wanted = {CHANNEL, *self._wanted}
+        wanted = {*self._always, *self._wanted}
         new, old = wanted - self._listened, self._listened - wanted
         statements = [sql.SQL("LISTEN {}").format(sql.Identifier(c)) for c in sorted(new)]
         statements += [sql.SQL("UNLISTEN {}").format(sql.Identifier(c)) for c in sorted(old)]

@@ -221,7 +221,8 @@ def assemble_api(settings: Settings, sql: SqlStore, store: AsyncStore) -> Server
             "set TAREA_DATABASE_URL to postgresql+psycopg://..."
         )
     assert settings.broker_url is not None
-    notices = PgNotices(settings.database_url, store)
+    # Its clients wait for tasks the workers run: it hears every end, follows none.
+    notices = PgNotices(settings.database_url, store, every_end=True)
     router = Router(store, lease_s=settings.lease_s)
     publisher = Publisher(
         sql.engine,

@@ -37,8 +37,8 @@ def pg_url(postgres_url: str, postgres_admin: Engine) -> Iterator[str]:
 class Recording(PgNotices):
     """PgNotices that keeps every notice it hears, with its channel."""
 
-    def __init__(self, url: str, store: AsyncStore) -> None:
-        super().__init__(url, store)
+    def __init__(self, url: str, store: AsyncStore, *, every_end: bool = False) -> None:
+        super().__init__(url, store, every_end=every_end)
         self.notices: list[tuple[str, str]] = []
 
     def heard(self, payload: str, channel: str = "tarea") -> None:
@@ -137,3 +137,29 @@ def test_an_end_written_before_the_listen_reaches_its_waiter(pg_url: str) -> Non
     got = asyncio.run(scenario())
     assert got is not None
     assert got.status is Status.FAILED
+
+
+def test_a_server_that_hears_every_end_gets_ends_it_never_followed(pg_url: str) -> None:
+    """An API server with a broker LISTENs to tarea.end: a waiter there needs no LISTEN."""
+
+    async def scenario() -> TaskRecord | None:
+        store = AsyncStore(SqlStore(pg_url))
+        notices = Recording(pg_url, store, every_end=True)
+        await notices.start()
+        try:
+            record = running()
+            await store.create(record)
+            waiter = notices.waiter(record.id)
+            assert notices._wanted == {}
+            await _finish(store, record, Status.SUCCEEDED, result=35)
+            ended = await asyncio.wait_for(waiter, 5)
+            assert ("tarea.end", f"succeeded {record.id}") in notices.notices
+            assert not [c for c, _ in notices.notices if c.startswith("tarea.t.")]
+            return ended
+        finally:
+            await notices.aclose()
+            await store.aclose()
+
+    ended = asyncio.run(scenario())
+    assert ended is not None
+    assert ended.result == 35

@@ -7,7 +7,14 @@ from typing import Any
 
 from tarea.domain.records import TaskRecord
 from tarea.domain.status import Status
-from tarea.notices import CHANNEL, LocalNotices, PgNotices, task_channel, tenant_channel
+from tarea.notices import (
+    CHANNEL,
+    ENDS,
+    LocalNotices,
+    PgNotices,
+    task_channel,
+    tenant_channel,
+)
 from tarea.store.cluster import StatusChange, StoredEvent
 
 
@@ -280,3 +287,21 @@ def test_channels_are_postgresql_names_and_match_the_trigger() -> None:
     assert task_channel("0190abcd") == "tarea.t.0190abcd"
     assert len(task_channel("x" * 100)) == 63
     assert tenant_channel("acme") == "tarea.n.53bce4f1dfa0fe8e7ca126f91b35d3a6"
+
+
+def test_a_server_that_hears_every_end_follows_no_task_and_gets_its_end() -> None:
+    """every_end (an API server with a broker): no LISTEN per task; the end comes on ENDS."""
+
+    async def scenario() -> tuple[set[str], list[str], TaskRecord | None]:
+        notices = PgNotices("postgresql://x/y", Store(ended_task()), every_end=True)
+        waiter = notices.waiter("t1")
+        followed = set(notices._wanted)
+        listener = Listener()
+        await notices._listen(listener)
+        notices.heard("succeeded t1", ENDS)
+        return followed, listener.sent, await asyncio.wait_for(waiter, 1)
+
+    followed, sent, record = asyncio.run(scenario())
+    assert followed == set()
+    assert sent == ['LISTEN "tarea"; LISTEN "tarea.end"']
+    assert record is not None

@@ -12,6 +12,8 @@ where it was accepted woke its own server twice, for nobody). Now:
 - a task's notices go to its own channel, ``'tarea.t.' || id``;
 - its status changes also go to its tenant's, ``'tarea.n.' || md5(tenant)``
   (for readers of ``GET /v1/events`` and the dashboard);
+- an end also goes to ``tarea.end``, which an API server with a broker
+  hears (its clients wait for tasks that the workers run, nearly every one);
 - a cancel also goes to ``tarea``, which every server hears (the one running
   the task kills its container).
 
@@ -48,6 +50,9 @@ BEGIN
       VALUES (NEW.id, 'status', jsonb_build_object('status', NEW.status));
     PERFORM pg_notify(task_channel, NEW.status || ' ' || NEW.id);
     PERFORM pg_notify('tarea.n.' || md5(NEW.tenant), NEW.status || ' ' || NEW.id);
+    IF NEW.status IN ('succeeded', 'failed', 'timed_out', 'cancelled') THEN
+      PERFORM pg_notify('tarea.end', NEW.status || ' ' || NEW.id);
+    END IF;
     IF NEW.status = 'cancelled' THEN
       PERFORM pg_notify('tarea', 'cancelled ' || NEW.id);
     END IF;
