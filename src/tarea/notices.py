@@ -704,9 +704,7 @@ class PgNotices(LocalNotices):
             return
         kind, key = followed
         if kind == "tenant":
-            for reader in self._tenant_readers:
-                if reader.task_id == key:
-                    reader.dirty.set()
+            self._read_tenant_again(key)
             return
         if key in self._waiters and not self.runs_here(key):
             self._spawn(self._resolve(key))
@@ -724,14 +722,18 @@ class PgNotices(LocalNotices):
         followed = self._followed.get(channel)
         if followed is not None and followed[0] == "tenant":
             if what in _STATUSES:
-                for reader in self._tenant_readers:
-                    if reader.task_id == followed[1]:
-                        reader.dirty.set()
+                self._read_tenant_again(followed[1])
             return
         if what in _TERMINAL and task_id in self._waiters and not self.runs_here(task_id):
             self._spawn(self._resolve(task_id))
         for subscription in self._subscriptions.get(task_id, ()):
             subscription.dirty.set()
+
+    def _read_tenant_again(self, tenant: str) -> None:
+        """Have ``tenant``'s readers here read its stored changes after their last."""
+        for reader in self._tenant_readers:
+            if reader.task_id == tenant:
+                reader.dirty.set()
 
     def _missed_while_away(self) -> None:
         """After (re)connecting: re-read what notices may have been missed meanwhile."""

@@ -282,6 +282,16 @@ def task_record(**fields: Any) -> TaskRecord:
     return TaskRecord(**{**defaults, **fields})
 
 
+@pytest.fixture
+def pg(postgres_url: str, postgres_admin: Engine) -> Iterator[SqlStore]:
+    """A migrated store on a fresh PostgreSQL schema."""
+    with postgres_schema(postgres_url, postgres_admin) as url:
+        store = SqlStore(url)
+        store.migrate()
+        yield store
+        store.close()
+
+
 @pytest.fixture(params=["sqlite", "postgresql"])
 def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     """A URL of an empty database: a new SQLite file (in a directory not made yet), or a

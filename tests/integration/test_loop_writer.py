@@ -11,28 +11,16 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import threading
-from collections.abc import Iterator
 from typing import Any
 
-import pytest
 from sqlalchemy import Engine, text
 
 from tarea.domain.status import Status
 from tarea.store.aio import AsyncStore, LoopWriter
 from tarea.store.sql import Admission, SqlStore, Tx
-from tests.integration.conftest import postgres_schema, task_record
+from tests.integration.conftest import task_record
 
 ADMISSION = Admission(max_active=100, max_queued=1000)
-
-
-@pytest.fixture
-def pg(postgres_url: str, postgres_admin: Engine) -> Iterator[SqlStore]:
-    """A migrated store on a fresh PostgreSQL schema."""
-    with postgres_schema(postgres_url, postgres_admin) as url:
-        store = SqlStore(url)
-        store.migrate()
-        yield store
-        store.close()
 
 
 def _backend_pid(tx: Tx) -> tuple[int, int]:

@@ -6,11 +6,10 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import timedelta
 
-import pytest
-from sqlalchemy import Engine, text
+from sqlalchemy import text
 
 from tarea.distributed.outbox import Publisher, Router
 from tarea.domain.records import utcnow
@@ -18,17 +17,7 @@ from tarea.domain.status import Status
 from tarea.store.aio import AsyncStore
 from tarea.store.cluster import Cluster
 from tarea.store.sql import SqlStore
-from tests.integration.conftest import postgres_schema, task_record
-
-
-@pytest.fixture
-def pg(postgres_url: str, postgres_admin: Engine) -> Iterator[SqlStore]:
-    """A migrated store on a fresh PostgreSQL schema."""
-    with postgres_schema(postgres_url, postgres_admin) as url:
-        store = SqlStore(url)
-        store.migrate()
-        yield store
-        store.close()
+from tests.integration.conftest import task_record
 
 
 class Sent:

@@ -287,12 +287,13 @@ class BatchRunner(Protocol):
         """Release the connection; called by the writer thread as it stops."""
 
 
-class BatchWriter:
-    """One thread running submitted writes in batches, each batch one transaction.
+class _Writer:
+    """What both writers share: their runner, their bounds, and shedding droppable writes.
 
     Args:
-        runner: runs the batches; used by the writer thread only.
+        runner: runs the batches.
         batch_max: the most writes one batch takes.
+        unreachable: the driver's errors that mean "the database is away".
         droppable_max: the most droppable writes waiting (queued or running) at once.
     """
 
@@ -307,16 +308,48 @@ class BatchWriter:
         self._runner = runner
         self._batch_max = batch_max
         self._droppable_max = droppable_max
-        #: Droppable writes submitted and not yet run (changed under the gate).
+        #: Droppable writes submitted and not yet run.
         self._droppable = 0
         #: Droppable writes shed so far.
         self.shed = 0
         #: The driver's errors that mean "the database is away": StoreUnavailable.
         self._unreachable = unreachable
+        self._closed = False
+
+    @property
+    def droppable_waiting(self) -> int:
+        """Droppable writes submitted and not yet run."""
+        return self._droppable
+
+    def _counted_in(self, future: asyncio.Future[Any]) -> bool:
+        """Count a droppable write in; past the bound, fail ``future`` with Shed instead."""
+        if self._droppable >= self._droppable_max:
+            self.shed += 1
+            future.set_exception(Shed("the store's writer is overloaded"))
+            return False
+        self._droppable += 1
+        return True
+
+
+class BatchWriter(_Writer):
+    """One thread running submitted writes in batches, each batch one transaction.
+
+    The runner is used by the writer thread only; the count of droppable
+    writes changes under the gate (see :class:`_Writer` for the arguments).
+    """
+
+    def __init__(
+        self,
+        runner: BatchRunner,
+        batch_max: int = BATCH_MAX,
+        *,
+        unreachable: tuple[type[BaseException], ...] = (),
+        droppable_max: int = DROPPABLE_MAX,
+    ) -> None:
+        super().__init__(runner, batch_max, unreachable=unreachable, droppable_max=droppable_max)
         # A C-implemented queue: no Python-level lock on the event loop's side.
         # None is the "stop" mark that close() puts last.
         self._queue: queue.SimpleQueue[_Item | None] = queue.SimpleQueue()
-        self._closed = False
         #: Makes "closed?" and "put" one step for submit(), close() and the thread's end.
         self._gate = threading.Lock()
         self._thread = threading.Thread(target=self._loop, name="store-write", daemon=True)
@@ -337,19 +370,10 @@ class BatchWriter:
         with self._gate:  # no put after the stop mark, nor after the thread's last look
             if self._closed:
                 raise RuntimeError("the store is closed")
-            if droppable:
-                if self._droppable >= self._droppable_max:
-                    self.shed += 1
-                    future.set_exception(Shed("the store's writer is overloaded"))
-                    return future
-                self._droppable += 1
+            if droppable and not self._counted_in(future):
+                return future
             self._queue.put((write, future, droppable))
         return future
-
-    @property
-    def droppable_waiting(self) -> int:
-        """Droppable writes submitted and not yet run."""
-        return self._droppable
 
     def _ran(self, batch: builtins.list[_Item]) -> None:
         """``batch`` ran: its droppable writes no longer count against the bound."""
@@ -440,7 +464,7 @@ def _deliver_threadsafe(done: builtins.list[tuple[asyncio.Future[Any], Done]]) -
             loop.call_soon_threadsafe(_deliver, done_there)
 
 
-class LoopWriter:
+class LoopWriter(_Writer):
     """PostgreSQL's writer: batches run on the event loop, each statement awaited.
 
     The batches are :class:`BatchWriter`'s, run by the same
@@ -457,10 +481,8 @@ class LoopWriter:
     then ends. Submit from one loop at a time; a write submitted from another
     loop meanwhile runs with the rest, and its future is resolved on its loop.
 
-    Args:
-        runner: runs the batches (its connection is the asyncio driver's).
-        batch_max: the most writes one batch takes.
-        droppable_max: the most droppable writes waiting (queued or running) at once.
+    The runner's connection is the asyncio driver's (see :class:`_Writer` for
+    the arguments).
     """
 
     def __init__(
@@ -471,18 +493,10 @@ class LoopWriter:
         unreachable: tuple[type[BaseException], ...] = (),
         droppable_max: int = DROPPABLE_MAX,
     ) -> None:
-        self._runner = runner
-        self._batch_max = batch_max
-        self._droppable_max = droppable_max
-        #: Droppable writes submitted and not yet run.
-        self._droppable = 0
-        #: Droppable writes shed so far.
-        self.shed = 0
-        self._unreachable = unreachable
+        super().__init__(runner, batch_max, unreachable=unreachable, droppable_max=droppable_max)
         self._waiting: deque[_Item] = deque()
         #: The task running batches, while there are any to run.
         self._running: asyncio.Task[None] | None = None
-        self._closed = False
 
     def submit(self, write: Write[T], *, droppable: bool = False) -> asyncio.Future[T]:
         """Queue ``write`` for the next batch; a future of its result (see BatchWriter.submit).
@@ -494,21 +508,12 @@ class LoopWriter:
         future: asyncio.Future[T] = loop.create_future()
         if self._closed:
             raise RuntimeError("the store is closed")
-        if droppable:
-            if self._droppable >= self._droppable_max:
-                self.shed += 1
-                future.set_exception(Shed("the store's writer is overloaded"))
-                return future
-            self._droppable += 1
+        if droppable and not self._counted_in(future):
+            return future
         self._waiting.append((write, future, droppable))
         if self._running is None:
             self._running = loop.create_task(self._run(), name="tarea-store-write")
         return future
-
-    @property
-    def droppable_waiting(self) -> int:
-        """Droppable writes submitted and not yet run."""
-        return self._droppable
 
     async def _run(self) -> None:
         """Run batches of what is waiting until nothing is."""
