@@ -30,7 +30,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Generic, Literal, TypeAlias, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Generic, Literal, TypeAlias, TypeVar, cast
 
 import pydantic_core
 from alembic import command
@@ -58,6 +58,9 @@ from tarea.domain.status import Status, can_transition
 from tarea.errors import ConfigurationError, InvalidRequest, QueueFull, QuotaExceeded, Refused
 from tarea.store.convert import FIELDS, aware, from_columns, to_columns, to_record
 from tarea.store.tables import TaskRow
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncEngine
 
 _MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 #: Key of the PostgreSQL advisory lock that serialises concurrent migrate() calls.
@@ -265,6 +268,28 @@ class SqlStore:
         engine = create_async_engine(async_url, poolclass=NullPool, json_serializer=_json_text)
         return WriteSession(self, engine=engine.sync_engine)
 
+    def loop_reader(self) -> AsyncEngine:
+        """PostgreSQL: an engine of psycopg's asyncio driver for reads on an event loop.
+
+        Its connections are in autocommit mode (a read is one round trip: no
+        BEGIN, no ROLLBACK when the connection goes back to the pool) and are
+        not pinged when taken from the pool (the pre-ping is a round trip too):
+        :class:`~tarea.store.aio.LoopReader` reads once more on a new
+        connection when the one it took was dead. Its pool is tied to the first
+        event loop that uses it.
+        """
+        if not self._postgres:
+            raise ValueError("only a PostgreSQL store has an asyncio driver")
+        from sqlalchemy.ext.asyncio import create_async_engine
+
+        return create_async_engine(
+            self._engine.url.set(drivername="postgresql+psycopg_async"),
+            isolation_level="AUTOCOMMIT",
+            pool_size=4,
+            max_overflow=4,
+            json_serializer=_json_text,
+        )
+
     def create(self, record: TaskRecord) -> tuple[TaskRecord, bool]:
         """Store a new task, or find the one its idempotency key already names.
 
@@ -412,6 +437,14 @@ class SqlStore:
         with self._engine.connect() as connection:
             row = connection.execute(statement, params).first()
         return None if row is None else from_columns(row._mapping)
+
+    def get_on(self, cursor: Any, task_id: str, tenant: str | None = None) -> TaskRecord | None:
+        """:meth:`get` on a driver's ``cursor`` (the asyncio reader's), as writes read rows."""
+        ph = self._placeholder
+        if tenant is None:
+            return self._read(Tx(cursor), f"id = {ph.format('id')}", {"id": task_id})
+        where = f"id = {ph.format('id')} AND tenant = {ph.format('tenant')}"
+        return self._read(Tx(cursor), where, {"id": task_id, "tenant": tenant})
 
     def list(
         self,
