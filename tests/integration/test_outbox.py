@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable
 from datetime import timedelta
 
-from sqlalchemy import text
+from sqlalchemy import Engine, text
 
 from tarea.distributed.outbox import Publisher, Router
 from tarea.domain.records import utcnow
@@ -35,9 +35,9 @@ class Sent:
             self.messages.append((task_id, attempt, queue_name))
 
 
-def publisher(store: SqlStore, send: Sent, interval_s: float = 3600) -> Publisher:
+def publisher(store: SqlStore, send: Sent, interval_s: float = 3600, threads: int = 4) -> Publisher:
     router = Router(AsyncStore(store), lease_s=15)
-    return Publisher(store.engine, send, router, interval_s=interval_s, threads=4)
+    return Publisher(store.engine, send, router, interval_s=interval_s, threads=threads)
 
 
 def publications(store: SqlStore, task_id: str) -> list[tuple[int, str]]:
@@ -93,6 +93,53 @@ def test_an_attempt_the_broker_refused_is_published_by_the_sweep(pg: SqlStore) -
         sweeping.stop()
     assert up.messages[1] == (record.id, 2, "tarea.tasks")
     assert publications(pg, record.id) == [(1, "tarea.tasks"), (2, "tarea.tasks")]
+
+
+def test_a_publisher_connection_the_server_cut_fails_one_publish_and_is_made_again(
+    pg: SqlStore, postgres_admin: Engine
+) -> None:
+    """A publisher thread keeps its connection between publishes. Cut by the server,
+    the next publish fails before anything is sent (nothing recorded); the one after
+    makes a new connection and publishes."""
+    first, second = task_record(), task_record()
+    pg.create(first)
+    pg.create(second)
+    sent = Sent()
+    pg.engine.dispose()  # so the publisher's connection is a new one, told apart by its pid
+    before = _backends(postgres_admin)
+    one = publisher(pg, sent, threads=1)
+    one.start()
+    try:
+        one.offer(first.id, 1, "tarea.tasks")
+        _until(lambda: one.published == 1)
+        mine = _backends(postgres_admin) - before
+        with postgres_admin.connect() as admin:
+            cut = [
+                admin.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid}).scalar()
+                for pid in mine
+            ]
+        assert cut == [True]  # the thread's one connection, kept
+        one.offer(second.id, 1, "tarea.tasks")
+        _until(lambda: one.failures == 1)
+        assert publications(pg, second.id) == []
+        one.offer(second.id, 1, "tarea.tasks")
+        _until(lambda: one.published == 2)
+    finally:
+        one.stop()
+    assert sent.messages == [(first.id, 1, "tarea.tasks"), (second.id, 1, "tarea.tasks")]
+    assert publications(pg, second.id) == [(1, "tarea.tasks")]
+
+
+def _backends(admin: Engine) -> set[int]:
+    """The client backends of PostgreSQL's user ``tarea`` now (the admin's own aside)."""
+    with admin.connect() as connection:
+        rows = connection.execute(
+            text(
+                "SELECT pid FROM pg_stat_activity WHERE usename = 'tarea' "
+                "AND backend_type = 'client backend' AND pid <> pg_backend_pid()"
+            )
+        ).all()
+    return {int(pid) for (pid,) in rows}
 
 
 async def _retry(store: SqlStore, task_id: str) -> int:
