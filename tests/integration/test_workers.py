@@ -300,7 +300,8 @@ def test_a_cancel_through_the_api_kills_the_workers_container_within_two_seconds
     """The API records the cancel; the worker running the task hears it through
     PostgreSQL and kills its container within 2 s."""
     task = cluster.submit(esperar(60))
-    running = cluster.until(task["id"], lambda t: t["status"] == "running")
+    # A task claimed running has its container's id written a moment after it started.
+    running = cluster.until(task["id"], lambda t: t["status"] == "running" and t["container"])
     container = running["container"]["id"]
     assert container
     assert running["worker"] in worker_ids(cluster)
@@ -319,7 +320,8 @@ def test_a_cancel_through_the_api_kills_the_workers_container_within_two_seconds
 def _kill_mid_task(cluster: Cluster, body: dict[str, Any]) -> tuple[dict[str, Any], str, float]:
     """Submit ``body``; SIGKILL the worker running it; the task, that worker, the kill's time."""
     task = cluster.submit(body)
-    running = cluster.until(task["id"], lambda t: t["status"] == "running")
+    # Its container started (a task claimed running has its id written a moment after).
+    running = cluster.until(task["id"], lambda t: t["status"] == "running" and t["container"])
     victim = running["worker"]
     assert victim in worker_ids(cluster)
     time.sleep(0.5)  # well inside the call
@@ -500,7 +502,7 @@ def test_sigterm_drains_a_worker_its_running_task_finishes(cluster: Cluster) -> 
     """SIGTERM on the worker running an esperar: it takes nothing new, the task finishes
     (succeeded), and the worker exits; the other worker goes on."""
     task = cluster.submit(esperar(3))
-    running = cluster.until(task["id"], lambda t: t["status"] == "running")
+    running = cluster.until(task["id"], lambda t: t["status"] == "running" and t["container"])
     victim = running["worker"]
     cluster.workers[victim].proc.send_signal(signal.SIGTERM)
     code = cluster.stop_worker(victim, timeout=60)

@@ -129,6 +129,8 @@ class TaskRunner:
         self.end_counts: Counter[str] = Counter()
         #: Called with every task that ended here (metrics, the task-end log line).
         self.on_end: list[Callable[[TaskRecord], None]] = []
+        #: Called with the id of every task whose container started here.
+        self.on_start: list[Callable[[str], None]] = []
         self._http = callbacks.new_client()
         self._background: set[asyncio.Future[Any]] = set()
         #: Tasks whose container is done, waiting for their end to be committed.
@@ -166,6 +168,8 @@ class TaskRunner:
             if task_id in self.cancelled:  # cancelled while it waited for its container
                 self.cancelled.discard(task_id)
                 return False
+            for hook in self.on_start:
+                hook(task_id)
             if record.status is Status.RUNNING:
                 current = dataclasses.replace(current, container_id=container_id)
                 # Its end writes the container id; one that runs longer has it

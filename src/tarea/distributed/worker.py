@@ -11,7 +11,13 @@ What a message leads to (:meth:`WorkerDispatcher.handle`):
 
 - the task is queued for no worker (recorded by an API server): this worker
   claims it with one guarded UPDATE (so a message delivered twice runs it
-  once) and runs it; a retryable failure runs its next attempt here at once;
+  once) and runs it; a retryable failure runs its next attempt here at once.
+  A message that came through this worker's own queue (the API server routed
+  it here for a warm container this worker reported) is claimed *running*:
+  the claim is then the task's running write too, one write fewer before it
+  starts. Until its container starts it can still go back to the queue;
+  a worker that dies in that moment leaves it ``running``, settled as
+  ``worker_lost`` (or its next attempt) like any task that was running;
 - it is queued or running on another worker whose process is gone (its
   PostgreSQL advisory lock is free: :mod:`.presence`; RabbitMQ requeued the
   dead worker's unacknowledged message): its running attempt ends
@@ -106,6 +112,9 @@ class WorkerDispatcher:
         self._local_slots = asyncio.Semaphore(settings.concurrency)
         #: The handlers of messages whose task runs here.
         self._handling: set[asyncio.Task[Any]] = set()
+        #: Tasks whose container started, while their run is under way here.
+        self._started: set[str] = set()
+        runner.on_start.append(self._started.add)
         self.draining = False
         self._drained = asyncio.Event()
         #: Which (image id) each image reference named, to report warm keys by reference.
@@ -211,16 +220,20 @@ class WorkerDispatcher:
 
     # -- messages -------------------------------------------------------------------------------
 
-    async def handle(self, task_id: str, attempt: int) -> None:
+    async def handle(self, task_id: str, attempt: int, *, warm: bool = False) -> None:
         """Run the task a message names, if it is this worker's to run (module docstring).
+
+        ``warm``: the message came through this worker's own queue; the task
+        is claimed running.
 
         Raises:
             Requeue: draining, or the store does not answer: the message goes back.
         """
         if self.draining:
             raise Requeue("this worker is shutting down")
+        start = utcnow() if warm else None
         try:
-            claimed = await self._store.claim(task_id, worker=self.server_id, was=None)
+            claimed = await self._store.claim(task_id, worker=self.server_id, was=None, start=start)
             if claimed is None:
                 claimed = await self._unusual(task_id, attempt)
         except StoreUnavailable as exc:
@@ -295,8 +308,10 @@ class WorkerDispatcher:
                 await asyncio.wait({job})
             finally:
                 self._jobs.pop(task_id, None)
+                started = task_id in self._started
+                self._started.discard(task_id)
             if job.cancelled():
-                await self._interrupted(task_id)
+                await self._interrupted(task_id, started=started)
                 return
             if job.exception() is not None:
                 log.error("task %s failed in the runner", task_id, exc_info=job.exception())
@@ -304,8 +319,10 @@ class WorkerDispatcher:
             await self._note_warm(record)
             record = job.result()  # its next attempt, queued for this worker
 
-    async def _interrupted(self, task_id: str) -> None:
+    async def _interrupted(self, task_id: str, *, started: bool) -> None:
         """A task interrupted here: cancelled (its end is recorded), or by the drain.
+
+        ``started``: its container had started here.
 
         Raises:
             Requeue: it had not started: it is released, and its message goes back.
@@ -321,6 +338,8 @@ class WorkerDispatcher:
             return
         if record.status is Status.QUEUED:  # claimed, never started: another worker's now
             await self._store.reassign(task_id, was=self.server_id, to=None)
+            raise Requeue("the worker shut down before the task started")
+        if not started and await self._store.unclaim(record):  # claimed running, never started
             raise Requeue("the worker shut down before the task started")
         again = await self._settle_lost(record, "the worker shut down before the task finished")
         if again is not None:  # queued for no worker: the API servers publish its next attempt
@@ -500,8 +519,11 @@ def build_app(settings: Settings, runtime: WorkerRuntime, loop: LoopThread) -> C
 
     @app.task(name=TASK_NAME, bind=True, ignore_result=True)
     def run(self: Task[Any, Any], task_id: str, attempt: int = 1) -> None:
+        # Through this worker's own queue: routed here for a warm container.
+        delivery = self.request.delivery_info or {}
+        warm = delivery.get("routing_key") == runtime.queue
         try:
-            loop.call(runtime.dispatcher.handle(str(task_id), int(attempt)))
+            loop.call(runtime.dispatcher.handle(str(task_id), int(attempt), warm=warm))
         except Requeue as exc:
             log.info("task %s goes back to the queue: %s", task_id, exc)
             if not runtime.dispatcher.draining:

@@ -166,10 +166,15 @@ class AsyncStore:
         return self._writer.submit(self.sync.advance_write(task_id, new, fields, attempt=attempt))
 
     def claim(
-        self, task_id: str, *, worker: str, was: str | None
+        self, task_id: str, *, worker: str, was: str | None, start: datetime | None = None
     ) -> asyncio.Future[TaskRecord | None]:
-        """Make ``worker`` the queued task's runner if its runner is still ``was``; or None."""
-        return self._writer.submit(self.sync.claim_write(task_id, worker=worker, was=was))
+        """Make ``worker`` the queued task's runner if its runner is still ``was``; or None.
+
+        With ``start``, it is recorded running since then (see SqlStore.claim_write).
+        """
+        return self._writer.submit(
+            self.sync.claim_write(task_id, worker=worker, was=was, start=start)
+        )
 
     def retry(
         self, record: TaskRecord, error: dict[str, Any], *, worker: str
@@ -219,6 +224,10 @@ class AsyncStore:
     async def reassign(self, task_id: str, *, was: str, to: str | None) -> bool:
         """Give the queued task of worker ``was`` to worker ``to``; whether it moved."""
         return await self._read(self.sync.reassign, task_id, was=was, to=to)
+
+    async def unclaim(self, record: TaskRecord) -> bool:
+        """Queue again for no worker the task ``record`` claimed running, never started."""
+        return await self._read(self.sync.unclaim, record)
 
     async def unfinished_elsewhere(self, worker: str) -> dict[str, int]:
         """How many unfinished tasks each other worker has."""

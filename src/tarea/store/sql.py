@@ -185,7 +185,7 @@ class SqlStore:
             f"VALUES ({', '.join(self._placeholder.format(name) for name in names)}) "
             "ON CONFLICT DO NOTHING"
         )
-        self._updates: dict[tuple[tuple[str, ...], bool, str], str] = {}
+        self._updates: dict[tuple[tuple[str, ...], bool, str, str], str] = {}
         # Rows read back inside a write come through the same cursor, each
         # column converted by the result processor Core would use (built for
         # the driver's type codes, which the first row's description gives).
@@ -580,7 +580,7 @@ class SqlStore:
         return Statement(write)
 
     def claim_write(
-        self, task_id: str, *, worker: str, was: str | None
+        self, task_id: str, *, worker: str, was: str | None, start: datetime | None = None
     ) -> Write[TaskRecord | None]:
         """Make ``worker`` the runner of the queued task, if its runner is still ``was``.
 
@@ -590,6 +590,12 @@ class SqlStore:
         delivered twice), exactly one gets it. The result is the task as
         claimed (the row the UPDATE returns, params and all), or None when it
         was not queued for ``was`` any more.
+
+        With ``start`` (PostgreSQL), the same UPDATE records the task running
+        since ``start`` (its ``queued_ms`` counted from its creation): for a
+        task that starts at once, one write instead of a claim and then a
+        running write. Until its container starts, :meth:`unclaim` can still
+        put it back.
         """
         ph = self._placeholder
         owner = (
@@ -598,9 +604,21 @@ class SqlStore:
             else f"worker = {ph.format('_was')}"
         )
         condition = f"status = '{Status.QUEUED.value}' AND {owner}"
-        # The row comes back with the UPDATE (RETURNING): one statement, one round trip.
-        sql = self._update_sql(("worker",), status=False, condition=condition) + self._returning
         params: dict[str, Any] = {"worker": worker, "_id": task_id, "_was": was}
+        if start is None:
+            sql = self._update_sql(("worker",), status=False, condition=condition)
+        else:
+            if not self._postgres:
+                raise ValueError("a claim that starts the task is PostgreSQL's (workers)")
+            values = self._settable({"started_at": start})
+            params.update(values, status=Status.RUNNING.value)
+            since = ph.format("started_at")
+            waited = f"queued_ms = EXTRACT(EPOCH FROM ({since} - created_at)) * 1000"
+            sql = self._update_sql(
+                ("worker", "started_at"), status=True, condition=condition, computed=waited
+            )
+        # The row comes back with the UPDATE (RETURNING): one statement, one round trip.
+        sql += self._returning
 
         def write(tx: Tx) -> TaskRecord | None:
             tx.cursor.execute(sql, params)
@@ -814,15 +832,22 @@ class SqlStore:
             raise ValueError(f"cannot set {', '.join(sorted(fixed))} this way")
         return self._driver_values(to_columns(fields))
 
-    def _update_sql(self, columns: tuple[str, ...], *, status: bool, condition: str = "") -> str:
-        """``UPDATE tasks SET columns [, status] WHERE id = ... [AND condition]`` (built once)."""
-        key = (columns, status, condition)
+    def _update_sql(
+        self, columns: tuple[str, ...], *, status: bool, condition: str = "", computed: str = ""
+    ) -> str:
+        """``UPDATE tasks SET columns [, status] [, computed] WHERE id = ... [AND condition]``.
+
+        Built once per shape. ``computed`` is an assignment of this module's own.
+        """
+        key = (columns, status, condition, computed)
         sql = self._updates.get(key)
         if sql is None:
             ph = self._placeholder
             assignments = [f"{_quote(name)} = {ph.format(name)}" for name in columns]
             if status:
                 assignments.append(f"status = {ph.format('status')}")
+            if computed:
+                assignments.append(computed)
             where = f"id = {ph.format('_id')}" + (f" AND {condition}" if condition else "")
             # Column names were checked against TaskRecord's fields by to_columns;
             # conditions are this module's own.
@@ -870,6 +895,27 @@ class SqlStore:
                 TaskRow.status == Status.QUEUED.value,
             )
             .values(worker=to)
+            .execution_options(synchronize_session=False)
+        )
+        with self._engine.begin() as connection:
+            return connection.execute(statement).rowcount == 1
+
+    def unclaim(self, record: TaskRecord) -> bool:
+        """Queue again, for no worker, the task ``record`` claimed running that never started.
+
+        Guarded: only while the row is as ``record`` says (running, on its
+        worker, its attempt) and no container is recorded for it. Whether it moved.
+        """
+        statement = (
+            update(TaskRow)
+            .where(
+                TaskRow.id == record.id,
+                TaskRow.status == Status.RUNNING.value,
+                TaskRow.worker == record.worker,
+                TaskRow.attempt == record.attempt,
+                TaskRow.container_id.is_(None),
+            )
+            .values(status=Status.QUEUED.value, worker=None, started_at=None, queued_ms=None)
             .execution_options(synchronize_session=False)
         )
         with self._engine.begin() as connection:
