@@ -23,6 +23,7 @@ import httpx
 
 from bench.config import ROOT, BenchConfig
 from bench.http_load import measure as measure_http
+from bench.machine import busy_cpu_seconds
 from bench.procs import BenchError, Server
 from bench.results import Distributed, Series
 
@@ -157,6 +158,7 @@ def celery_round_trips(broker: str, log_dir: Path, calls: int = CELERY_CALLS) ->
         print(f"bench: bare Celery round trips ({calls})...", flush=True)
         for _ in range(calls // 10):
             noop.delay().get(timeout=10)
+        machine_before = busy_cpu_seconds()
         for _ in range(calls):
             started = time.perf_counter()
             try:
@@ -165,6 +167,8 @@ def celery_round_trips(broker: str, log_dir: Path, calls: int = CELERY_CALLS) ->
                 series.errors.append(str(exc)[:200])
                 continue
             series.seconds.append(time.perf_counter() - started)
+        spent = busy_cpu_seconds() - machine_before
+        series.machine_cpu_ms = spent * 1000 / max(1, len(series.seconds))
     finally:
         worker.stop()
     return series

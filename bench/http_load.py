@@ -10,6 +10,7 @@ from typing import Any
 import httpx
 
 from bench.config import EXPECTED_RESULT, BenchConfig, task_body
+from bench.machine import busy_cpu_seconds
 from bench.procs import BenchError, Server
 from bench.results import HttpLoad, SplitLoad
 from bench.wrk import WrkResult, WrkRun, run_wrk
@@ -89,6 +90,7 @@ def measure(label: str, server: Server, config: BenchConfig, log_path: Path) -> 
     warmups: list[WrkResult] = []
     measured: list[WrkResult] = []
     cpu_s = 0.0
+    machine_cpu_s: list[float] = []
     for connections in (config.latency_connections, config.load_connections):
         for kind, seconds in (("warm-up", config.warmup_seconds), ("run", config.wrk_seconds)):
             run = WrkRun(
@@ -100,9 +102,10 @@ def measure(label: str, server: Server, config: BenchConfig, log_path: Path) -> 
                 timeout_s=config.wrk_timeout_s,
             )
             print(f"bench: {run.label} ({seconds} s)...", flush=True)
-            cpu_before = server.cpu_seconds()
+            cpu_before, machine_before = server.cpu_seconds(), busy_cpu_seconds()
             result = run_wrk(run, log_path)
             cpu_s = server.cpu_seconds() - cpu_before
+            machine_cpu_s.append(busy_cpu_seconds() - machine_before)
             (warmups if kind == "warm-up" else measured).append(result)
             _say(result)
     return HttpLoad(
@@ -112,6 +115,8 @@ def measure(label: str, server: Server, config: BenchConfig, log_path: Path) -> 
         warmups=(warmups[0], warmups[1]),
         warmup_errors=tuple(warmup_errors),
         cpu_ms_per_request=cpu_s * 1000 / max(1, measured[1].responses),
+        # The second run is the measured one at one connection (after its warm-up).
+        machine_cpu_ms_at_one=machine_cpu_s[1] * 1000 / max(1, measured[0].responses),
     )
 
 

@@ -355,7 +355,18 @@ _METHOD = """\
    latency the worse server's p50 and p99 are shown. All of it shares the
    machine's cores with PostgreSQL, Docker and wrk, so on a small machine two
    servers measure contention more than scale-out.
-8. **Targets** (issue #4): warm p50 at 1 connection ≤ 2× the floor's; warm
+8. **Workers on many hosts**: the baseline is a bare Celery round trip
+   (`bench/celery_noop.py`: a no-op task, RabbitMQ as the broker on a virtual
+   host made for the run, `rpc://` results, a `--pool=threads` worker;
+   `noop.delay().get()` 1,000 times one after another, after 100 warm-up
+   calls). Then an API server with `TAREA_BROKER_URL` (on its own schema)
+   and one `tarea worker` are measured like tarea on SQLite above; then a
+   second worker is started and the same is measured again. Both paths are
+   also charged the whole machine's busy CPU time (`/proc/stat`: user, nice,
+   system, irq, softirq) while they ran one call at a time, per call: for
+   tarea the API server, the worker, PostgreSQL, RabbitMQ, the container and
+   wrk; for Celery its client, its worker and RabbitMQ.
+9. **Targets** (issue #4): warm p50 at 1 connection ≤ 2× the floor's; warm
    throughput at 32 connections ≥ 0.5× the floor's; fresh p50 ≤ 0.5× the bare
    `docker run`'s; no failed responses (on SQLite and PostgreSQL); memory
    growth ≤ 50 MB over 100,000 tasks. The two warm ratios are also checked
@@ -363,7 +374,8 @@ _METHOD = """\
    explains why the floor's own are out of reach for any service that records
    its tasks and runs them in containers. Issue "Many API servers on one
    PostgreSQL": warm p50 at 1 connection on PostgreSQL ≤ 1.3× tarea's own on
-   SQLite in the same run.
+   SQLite in the same run. Issue "Workers on many hosts": the distributed
+   warm p50 at 1 connection ≤ 1.5× the bare Celery round trip.
 """
 
 

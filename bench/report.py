@@ -98,6 +98,10 @@ def _p90(series: Series | None) -> float | None:
     return None if summary is None else summary.p90
 
 
+def _ms_or_na(millis: float | None) -> str:
+    return "n/a" if millis is None else ms(millis / 1000)
+
+
 def _cpu_ms(load: HttpLoad | None) -> float | None:
     return None if load is None else load.cpu_ms_per_request
 
@@ -275,6 +279,12 @@ def _distributed_rows(r: Results) -> list[Row]:
             times(latency),
             f"≤ {MAX_DISTRIBUTED_RATIO:g}× (bare Celery)",
             verdict(_at_most(latency, MAX_DISTRIBUTED_RATIO)),
+        ),
+        Row(
+            "workers: CPU per task, whole machine, 1 connection, 1 worker",
+            f"bare Celery round trip {_ms_or_na(d.celery.machine_cpu_ms)}",
+            _ms_or_na(d.one.machine_cpu_ms_at_one if d.one else None),
+            times(ratio(d.one.machine_cpu_ms_at_one if d.one else None, d.celery.machine_cpu_ms)),
         ),
         Row(
             "workers: warm suma, throughput, 32 connections, 1 worker",

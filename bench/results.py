@@ -17,6 +17,8 @@ class Series:
     label: str
     seconds: list[float] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    #: The whole machine's busy CPU time per call while they were made (machine.busy_cpu_seconds).
+    machine_cpu_ms: float | None = None
 
     @property
     def summary(self) -> Summary | None:
@@ -37,6 +39,8 @@ class HttpLoad:
     warmup_errors: tuple[str, ...] = ()
     #: The server process's CPU time per response during the many-connections run.
     cpu_ms_per_request: float | None = None
+    #: The whole machine's busy CPU time per response during the one-connection run.
+    machine_cpu_ms_at_one: float | None = None
 
     @property
     def failures(self) -> int:
