@@ -78,7 +78,7 @@ def with_worker(pg: SqlStore, body: Callable[[Worker], Awaitable[T]]) -> T:
             callback_policy=callbacks.RetryPolicy(attempts=1, first_delay_s=0.1),
         )
         # Presence is read only for messages of tasks another worker holds: none here.
-        presence = Presence(str(pg.engine.url.render_as_string(hide_password=False)), "w1")
+        presence = Presence(pg.engine.url.render_as_string(hide_password=False), "w1")
         dispatcher = WorkerDispatcher(settings, store, executor, runner, presence)
         try:
             return await body(Worker(store, dispatcher, runner))

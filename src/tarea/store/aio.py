@@ -321,12 +321,13 @@ class LoopReader:
     """PostgreSQL: reads that run on the event loop, over psycopg's asyncio driver.
 
     A read through the reader threads pays a thread hand-off each way, the
-    pool's pre-ping and a BEGIN and a ROLLBACK: four round trips' worth where
-    the SELECT is one (measured: 1.1-1.4 ms against 0.25-0.35 ms for the
-    SELECT alone, docs/performance.md). Here the read runs in a greenlet on
-    the loop (SQLAlchemy's ``AsyncConnection.run_sync``), on a connection in
-    autocommit mode that is not pinged: a read that finds its connection dead
-    (PostgreSQL restarted) runs once more, on a new one.
+    pool's pre-ping and a BEGIN and a ROLLBACK (measured: ``get`` took
+    1.1-1.4 ms that way, 0.42 ms here; the SELECT alone 0.27-0.36 ms,
+    docs/performance.md). Here the read runs in a greenlet on the loop
+    (``greenlet_spawn``, as :class:`LoopWriter`'s batches), on the driver
+    cursor of a pooled connection in autocommit mode that is not pinged: a
+    read that finds its connection dead (PostgreSQL restarted) runs once
+    more, on a new one.
 
     Its connections belong to the first loop that reads (an asyncio
     connection cannot move between loops): :meth:`serves` says whether
