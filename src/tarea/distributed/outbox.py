@@ -253,9 +253,7 @@ class Publisher:
             if item is None:
                 connection = getattr(self._connections, "connection", None)
                 if connection is not None:
-                    self._connections.connection = None
-                    with contextlib.suppress(Exception):
-                        connection.close()
+                    self._drop(connection)
                 return
             self._publish_guarded(*item)
 
@@ -333,7 +331,7 @@ class Publisher:
         return connection
 
     def _drop(self, connection: PoolProxiedConnection) -> None:
-        """After a failure: roll back, and give the connection up (the next one is new)."""
+        """Roll back and give this thread's connection up (after a failure, or at stop)."""
         self._connections.connection = None
         try:
             connection.rollback()

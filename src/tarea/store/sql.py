@@ -259,13 +259,7 @@ class SqlStore:
         is awaited on that loop (no thread hand-off). Its engine keeps no pool:
         the session's connection is closed when the session gives it back.
         """
-        if not self._postgres:
-            raise ValueError("only a PostgreSQL store has an asyncio driver")
-        async_url = self._engine.url.set(drivername="postgresql+psycopg_async")
-        # The asyncio extension (greenlet) is the postgres extra's, like psycopg.
-        from sqlalchemy.ext.asyncio import create_async_engine
-
-        engine = create_async_engine(async_url, poolclass=NullPool, json_serializer=_json_text)
+        engine = self._async_engine(poolclass=NullPool)
         return WriteSession(self, engine=engine.sync_engine)
 
     def loop_reader(self) -> AsyncEngine:
@@ -278,16 +272,19 @@ class SqlStore:
         connection when the one it took was dead. Its pool is tied to the first
         event loop that uses it.
         """
+        return self._async_engine(isolation_level="AUTOCOMMIT", pool_size=4, max_overflow=4)
+
+    def _async_engine(self, **options: Any) -> AsyncEngine:
+        """PostgreSQL: an engine of this database on psycopg's asyncio driver."""
         if not self._postgres:
             raise ValueError("only a PostgreSQL store has an asyncio driver")
+        # The asyncio extension (greenlet) is the postgres extra's, like psycopg.
         from sqlalchemy.ext.asyncio import create_async_engine
 
         return create_async_engine(
             self._engine.url.set(drivername="postgresql+psycopg_async"),
-            isolation_level="AUTOCOMMIT",
-            pool_size=4,
-            max_overflow=4,
             json_serializer=_json_text,
+            **options,
         )
 
     def create(self, record: TaskRecord) -> tuple[TaskRecord, bool]:
