@@ -116,7 +116,13 @@ def test_a_lone_statement_on_postgresql_is_its_own_transaction(
             seen.append("INTRANS" if connection.in_transaction else "IDLE")
         tx.cursor.execute("SELECT 1")
 
-    run(writer, Statement(probe))
+    class Probe(Statement[None]):
+        """A Statement that looks at its connection before it sends its statement."""
+
+        def __call__(self, tx: Any) -> None:
+            probe(tx)
+
+    run(writer, Probe("SELECT 1", {}, lambda _ran: None))
     run(writer, lambda tx: probe(tx))  # may send several statements: BEGIN ... COMMIT
     lone = "IDLE" if sql.engine.dialect.name == "postgresql" else "INTRANS"
     assert seen == [lone, "INTRANS"]

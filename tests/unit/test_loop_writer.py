@@ -16,7 +16,7 @@ import pytest
 from sqlalchemy.util import await_
 
 from tarea.store.aio import LoopWriter, Shed
-from tarea.store.sql import Done, Tx, Write
+from tarea.store.sql import Done, Ran, Statement, Tx, Write
 from tests.unit.aio import in_loop
 
 
@@ -24,7 +24,8 @@ class Recorder:
     """A run_batch that records each batch, and the thread it ran on.
 
     Writes are values, or exceptions to fail with. ``gate`` holds every batch
-    until it is set; ``started`` is set when the first batch begins.
+    until it is set; ``started`` is set when the first batch begins. A lone
+    Statement (:meth:`run_alone`) is recorded in ``alone``, not ``batches``.
     """
 
     def __init__(self) -> None:
@@ -32,6 +33,7 @@ class Recorder:
         self.threads: set[int] = set()
         self.gate = asyncio.Event()
         self.started = asyncio.Event()
+        self.alone: list[Any] = []
         self.closed = False
 
     def close(self) -> None:
@@ -42,13 +44,23 @@ class Recorder:
         self.started.set()
         await_(self.gate.wait())
         tx = Tx(cursor=None)
-        values = [write(tx) for write in writes]
+        values = [w.read(Ran(1, None, None)) if isinstance(w, Statement) else w(tx) for w in writes]
         self.batches.append(values)
         return [(None, v) if isinstance(v, Exception) else (v, None) for v in values]
+
+    async def run_alone(self, statement: Statement[Any]) -> Done:
+        self.threads.add(threading.get_ident())
+        value = statement.read(Ran(1, None, None))
+        self.alone.append(value)
+        return (None, value) if isinstance(value, Exception) else (value, None)
 
 
 def write(value: Any) -> Write[Any]:
     return lambda _tx: value
+
+
+def statement(value: Any) -> Statement[Any]:
+    return Statement("-- a probe", {}, lambda _ran: value)
 
 
 @in_loop
@@ -71,6 +83,24 @@ async def test_writes_submitted_during_a_batch_share_the_next_one() -> None:
     run.gate.set()
     assert await asyncio.gather(first, *rest) == [0, 1, 2, 3, 4, 5]
     assert run.batches == [[0], [1, 2, 3, 4, 5]]
+    await writer.aclose()
+
+
+@in_loop
+async def test_a_lone_statement_is_awaited_alone_and_statements_together_share_a_batch() -> None:
+    """One Statement waiting goes to run_alone (no greenlet: the driver's own call);
+    several go in one transaction together, as any other writes."""
+    run = Recorder()
+    writer = LoopWriter(run)
+    assert await writer.submit(statement("a")) == "a"
+    assert run.alone == ["a"]
+    first = writer.submit(write(0))
+    await run.started.wait()
+    rest = [writer.submit(statement(n)) for n in (1, 2)]
+    run.gate.set()
+    assert await asyncio.gather(first, *rest) == [0, 1, 2]
+    assert run.batches == [[0], [1, 2]]
+    assert run.alone == ["a"]
     await writer.aclose()
 
 

@@ -48,7 +48,7 @@ from tarea.domain.status import Status
 from tarea.errors import Refused, StoreUnavailable
 from tarea.overview import Ended
 from tarea.store.cluster import Cluster, ServerInfo, StatusChange, StoredEvent
-from tarea.store.sql import Admission, Done, SqlStore, Write
+from tarea.store.sql import Admission, Done, SqlStore, Statement, Write
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine
@@ -403,6 +403,13 @@ class BatchRunner(Protocol):
         """Release the connection; called by the writer thread as it stops."""
 
 
+class LoopRunner(BatchRunner, Protocol):
+    """What runs :class:`LoopWriter`'s batches: also a lone statement, awaited."""
+
+    async def run_alone(self, statement: Statement[Any]) -> Done:
+        """Run ``statement`` in its own transaction; its (result, None) or (None, error)."""
+
+
 class _Writer:
     """What both writers share: their runner, their bounds, and shedding droppable writes.
 
@@ -592,6 +599,10 @@ class LoopWriter(_Writer):
     loop waits for PostgreSQL's answer. So a write costs its round trip, and
     no thread hand-off each way. Only the loop's own thread may submit.
 
+    A batch of one :class:`~tarea.store.sql.Statement` (a lone write: one task
+    at a time) is awaited on the driver's connection itself, with no greenlet
+    (:meth:`~tarea.store.sql.WriteSession.run_alone`).
+
     A batch runs while writes are waiting: the first write submitted starts a
     task (on the loop that submitted it) that runs batches until none is left,
     then ends. Submit from one loop at a time; a write submitted from another
@@ -603,13 +614,14 @@ class LoopWriter(_Writer):
 
     def __init__(
         self,
-        runner: BatchRunner,
+        runner: LoopRunner,
         batch_max: int = BATCH_MAX,
         *,
         unreachable: tuple[type[BaseException], ...] = (),
         droppable_max: int = DROPPABLE_MAX,
     ) -> None:
         super().__init__(runner, batch_max, unreachable=unreachable, droppable_max=droppable_max)
+        self._loop_runner = runner
         self._waiting: deque[_Item] = deque()
         #: The task running batches, while there are any to run.
         self._running: asyncio.Task[None] | None = None
@@ -639,7 +651,10 @@ class LoopWriter(_Writer):
                 batch = [self._waiting.popleft() for _ in range(count)]
                 writes = [write for write, _, _ in batch]
                 try:
-                    outcomes = await greenlet_spawn(self._runner.run_batch, writes)
+                    if len(writes) == 1 and isinstance(writes[0], Statement):
+                        outcomes = [await self._loop_runner.run_alone(writes[0])]
+                    else:
+                        outcomes = await greenlet_spawn(self._runner.run_batch, writes)
                     if len(outcomes) != len(batch):
                         raise RuntimeError(f"{len(outcomes)} outcomes for {len(batch)} writes")
                 except Exception as exc:  # the runner's own failure: the batch gets it
