@@ -156,3 +156,40 @@ def test_durability_sets_how_commits_wait(
     finally:
         session.close()
         store.close()
+
+
+def test_an_admission_reads_the_unfinished_tasks_not_the_ended_ones(pg: SqlStore) -> None:
+    """PostgreSQL leaves an ended task's entry in the index of unfinished tasks until a
+    VACUUM. The admission count must skip such entries (an index scan marks them dead
+    once) rather than read their rows at every admission (a bitmap scan, a table scan):
+    with 4,000 tasks ended and no VACUUM since, an admission reads a few pages of the
+    table, not the hundred it takes to hold them."""
+    ended = 4_000
+    with pg.engine.begin() as connection:
+        connection.execute(
+            text(
+                "INSERT INTO tasks (id, tenant, status, image, function, params, metadata, "
+                "limits, isolation, logs, created_at, attempt, attempts) "
+                "SELECT 'ended-' || n, 'a', 'running', 'img', 'f', '{}', '{}', '{}', "
+                "'container', '', now(), 1, '[]' FROM generate_series(1, :n) AS n"
+            ),
+            {"n": ended},
+        )
+        connection.execute(text("UPDATE tasks SET status = 'succeeded' WHERE id LIKE 'ended-%'"))
+        pages = connection.execute(
+            text("SELECT pg_relation_size('tasks') / current_setting('block_size')::int")
+        ).scalar_one()
+    assert pages > 100  # what a scan of every ended task would read
+    quota = Admission(max_active=10, max_queued=10)
+    pg.run(pg.create_write(task_record(tenant="a"), quota))  # the first one meets them
+
+    write = pg.create_write(task_record(tenant="a"), quota)
+    assert isinstance(write, Statement)
+    fetched = "SELECT pg_stat_get_xact_blocks_fetched('tasks'::regclass)"  # this session's
+    with pg.engine.begin() as connection:
+        cursor = connection.connection.cursor()
+        before = connection.exec_driver_sql(fetched).scalar_one()
+        cursor.execute(write.sql, write.params)
+        assert cursor.fetchone() == (1, 1, True)  # counted: the one unfinished task
+        read = connection.exec_driver_sql(fetched).scalar_one() - before
+    assert read < 10, f"an admission read {read} pages of the table"
