@@ -317,13 +317,13 @@ class SqlStore:
         key already used) gets its task back whatever the counts.
         """
         values = to_columns({name: getattr(record, name) for name in FIELDS})
+        if self._postgres and record.idempotency_key is None:
+            return self._admit_statement(values, admission)
+
         params = self._driver_values(values)
         ph = self._placeholder
         by_key = f"tenant = {ph.format('tenant')} AND idempotency_key = {ph.format('key')}"
         key_params = {"tenant": record.tenant, "key": record.idempotency_key}
-
-        if self._postgres and record.idempotency_key is None:
-            return self._admit_statement(values, admission)
 
         def write(tx: Tx) -> tuple[TaskRecord, bool] | Refused:
             if admission is not None:
