@@ -64,7 +64,12 @@ CODES: tuple[Code, ...] = (
     Code("engine_unavailable", "the Docker engine does not answer", 503, task=True),
     # -- how the API refuses a request ----------------------------------------------
     Code("validation_error", "the request does not match its schema", 422),
-    Code("invalid_request", "the request asks for something malformed", 422),
+    Code(
+        "invalid_request",
+        "the request asks for something malformed (a limit past the server's maximum; "
+        "NaN or an infinity, numbers JSON has not)",
+        422,
+    ),
     Code("invalid_image_reference", "the image name is not a valid reference", 422),
     Code("too_deep", "params or metadata nest deeper than 64 levels", 422),
     Code("callback_url_not_allowed", "the callback URL is an address not allowed", 422),

@@ -281,14 +281,20 @@ class TaskService:
             InvalidImageReference: the image name is not a valid reference.
             ImageNotAllowed: the image matches none of TAREA_IMAGE_ALLOW, or (with
                 API keys on) its registry host is an address that is not public.
-            InvalidRequest: a limit over the server's maximum.
+            InvalidRequest: a limit over the server's maximum; params or metadata
+                holding NaN or an infinity.
             CallbackUrlNotAllowed: the callback URL is a literal address, or
                 ``localhost``, that TAREA_CALLBACK_ALLOW does not allow.
             TooDeep: params or metadata nest deeper than ``nesting.MAX_DEPTH``.
         """
         for name, value in (("params", new.params), ("metadata", new.metadata)):
-            if nesting.too_deep(value):
+            levels, finite = nesting.shape(value)
+            if levels > nesting.MAX_DEPTH:
                 raise TooDeep(f"{name} nests deeper than {nesting.MAX_DEPTH} levels", field=name)
+            if not finite:
+                raise InvalidRequest(
+                    f"{name} holds NaN or an infinity, which JSON has no number for", field=name
+                )
         reference = parse_reference(new.image)
         if not image_allowed(reference, self._image_patterns):
             raise ImageNotAllowed(f"image {new.image!r} is not allowed on this server")

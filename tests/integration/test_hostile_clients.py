@@ -107,6 +107,37 @@ def test_params_or_metadata_nested_too_deep_are_refused_422_and_record_nothing(
         assert ids(alpha) == before
 
 
+@pytest.mark.parametrize("number", ["NaN", "Infinity", "-Infinity"])
+@pytest.mark.parametrize("field", ["params", "metadata"])
+@pytest.mark.parametrize("route", ["/v1/tasks", "/v1/batches", "/getRemoteTask/"])
+def test_a_number_json_has_not_is_refused_422_and_records_nothing(
+    server: TenantServer, route: str, field: str, number: str
+) -> None:
+    """Python's JSON parser takes NaN and the infinities, JSON has no such numbers: a request
+    holding one (deep in a list here) is 422 invalid_request naming the field, never a 500
+    (it was one on PostgreSQL, whose JSON refuses them), and nothing is recorded."""
+    value = f'{{"x": [1, {{"y": {number}}}]}}'
+    if route == "/getRemoteTask/":
+        extra = f', "datos_adicionales": {value}' if field == "metadata" else ""
+        parametros = value if field == "params" else "{}"
+        body = (
+            '{"imagen_docker": "tasks_image:latest", "calculo": "suma", '
+            f'"parametros": {parametros}{extra}}}'
+        )
+    else:
+        task = f'{{"image": "tasks_image:latest", "function": "suma", "{field}": {value}}}'
+        body = f'{{"tasks": [{task}]}}' if route == "/v1/batches" else task
+    with server.client("alpha") as alpha:
+        before = ids(alpha)
+        response = alpha.post(route, content=body, headers={"Content-Type": "application/json"})
+        assert response.status_code == 422, response.text[:300]
+        problem = response.json()
+        assert problem["code"] == "invalid_request"
+        assert problem["field"] == ("tasks.0." if route == "/v1/batches" else "") + field
+        assert "NaN or an infinity" in problem["detail"]
+        assert ids(alpha) == before
+
+
 def test_params_nested_to_the_cap_are_accepted(
     server: TenantServer, misbehaving_image: str
 ) -> None:

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 import pytest
 
-from tarea.domain.nesting import MAX_DEPTH, depth, too_deep
+from tarea.domain.nesting import MAX_DEPTH, depth, shape, too_deep
 
 
 def nested_dicts(levels: int) -> Any:
@@ -68,3 +69,20 @@ def test_too_deep_past_the_cap_and_stops_there(value: Any) -> None:
 def test_depth_honours_the_limit_it_is_given(limit: int, expected: int) -> None:
     """With another limit, the count stops at limit + 1 (or the real depth, if smaller)."""
     assert depth({"a": [{"b": 1}]}, limit) == expected
+
+
+@pytest.mark.parametrize(
+    ("value", "finite"),
+    [
+        pytest.param({"a": 1.5, "b": [1, 2.0, {"c": -3e300}]}, True, id="finite"),
+        pytest.param({"a": "NaN", "b": None, "c": True}, True, id="no-floats"),
+        pytest.param({"a": math.nan}, False, id="nan-at-the-top"),
+        pytest.param({"a": [1, {"b": [math.inf]}]}, False, id="inf-deep-in-a-list"),
+        pytest.param([1.0, 2.0, -math.inf], False, id="minus-inf-in-a-list"),
+        pytest.param(math.nan, False, id="a-bare-nan"),
+    ],
+)
+def test_shape_tells_whether_every_number_is_finite(value: Any, finite: bool) -> None:
+    """NaN and the infinities are found at any depth; strings and other scalars are not numbers."""
+    assert shape(value)[1] is finite
+    assert shape(value)[0] == depth(value)

@@ -1,4 +1,4 @@
-"""How deeply a JSON value nests, measured without recursion.
+"""How deeply a JSON value nests, measured without recursion; and whether its numbers are JSON's.
 
 Every part of the server that walks a task's JSON (pydantic-core's encoder,
 ``json.dumps``, the store) recurses, and each gives up somewhere between 200
@@ -10,6 +10,7 @@ result), far below every limit behind it (docs/security.md).
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 #: The deepest params, metadata or result a task may have: ``{"a": 1}`` is 1.
@@ -27,8 +28,26 @@ def depth(value: Any, limit: int = MAX_DEPTH) -> int:
     A level of scalars only is passed over by C code (``map(type, ..)``):
     100,000 numbers cost ~2.5 ms, a small dict ~1 µs.
     """
+    return shape(value, limit)[0]
+
+
+def too_deep(value: Any, limit: int = MAX_DEPTH) -> bool:
+    """Whether ``value`` nests dicts and lists more than ``limit`` deep."""
+    return depth(value, limit) > limit
+
+
+def shape(value: Any, limit: int = MAX_DEPTH) -> tuple[int, bool]:
+    """:func:`depth`, and whether every number down to that depth is finite.
+
+    NaN and the infinities are numbers Python's JSON parser takes (the tokens
+    ``NaN``, ``Infinity``) but JSON has none of: a task holding one could be
+    neither stored as JSON nor sent to its container.
+    """
+    if type(value) is float:
+        return 0, math.isfinite(value)
     level = [value] if type(value) in _CONTAINERS else []
     found = 0
+    finite = True
     while level:
         found += 1
         if found > limit:
@@ -36,12 +55,10 @@ def depth(value: Any, limit: int = MAX_DEPTH) -> int:
         below: list[Any] = []
         for container in level:
             items = container.values() if type(container) is dict else container
-            if not _CONTAINERS.isdisjoint(map(type, items)):
+            kinds = set(map(type, items))
+            if float in kinds and finite:
+                finite = all(math.isfinite(item) for item in items if type(item) is float)
+            if not _CONTAINERS.isdisjoint(kinds):
                 below.extend(item for item in items if type(item) in _CONTAINERS)
         level = below
-    return found
-
-
-def too_deep(value: Any, limit: int = MAX_DEPTH) -> bool:
-    """Whether ``value`` nests dicts and lists more than ``limit`` deep."""
-    return depth(value, limit) > limit
+    return found, finite
