@@ -12,7 +12,7 @@ from sqlalchemy import text
 
 from tarea.domain.status import Status
 from tarea.errors import QueueFull, QuotaExceeded
-from tarea.store.sql import Admission, SqlStore, Statement, Write, WriteSession
+from tarea.store.sql import Admission, SqlStore, Statement, Tx, Write, WriteSession
 from tests.integration.conftest import task_record
 
 
@@ -193,3 +193,52 @@ def test_an_admission_reads_the_unfinished_tasks_not_the_ended_ones(pg: SqlStore
         assert cursor.fetchone() == (1, 1, True)  # counted: the one unfinished task
         read = connection.exec_driver_sql(fetched).scalar_one() - before
     assert read < 10, f"an admission read {read} pages of the table"
+
+
+def test_a_used_idempotency_key_brings_its_task_back_in_the_same_statement(pg: SqlStore) -> None:
+    """On PostgreSQL a new task with an idempotency key is one statement, as one without:
+    a key its tenant used gets the task recorded with it, whole, even with the quota full,
+    and nothing else is recorded; another tenant's key of the same name does not count."""
+    quota = Admission(max_active=1, max_queued=0)
+    first = task_record(tenant="a", idempotency_key="k", params={"n": [1, 2]}, metadata={"m": 1})
+    assert pg.run(pg.create_write(first, quota)) == (first, True)
+    again = pg.create_write(dataclasses.replace(first, id="other-id", params={"n": 3}), quota)
+    assert isinstance(again, Statement)
+    assert pg.run(again) == (first, False)  # whole, as stored; the quota (1 of 1) is full
+    assert isinstance(pg.run(pg.create_write(task_record(tenant="a"), quota)), QuotaExceeded)
+    theirs = task_record(tenant="b", idempotency_key="k")
+    assert pg.run(pg.create_write(theirs, quota)) == (theirs, True)
+    assert pg.get("other-id") is None
+
+
+def test_a_keyed_admission_reads_one_entry_however_many_tasks_came_before(pg: SqlStore) -> None:
+    """The lookup by idempotency key is planned for the table as it is at each call: a plan
+    kept from when the table was small read every task of the tenant. One connection
+    records a few keyed tasks, 4,000 more of the tenant come, and its next keyed admission
+    still reads a few pages of the table, not the 100-odd that hold the tenant's tasks."""
+    quota = Admission(max_active=0, max_queued=0)
+    fetched = "SELECT pg_stat_get_xact_blocks_fetched('tasks'::regclass)"  # this session's
+    with pg.engine.connect() as mine:
+        cursor = mine.connection.cursor()
+        for n in range(12):  # past psycopg's and PostgreSQL's thresholds for a kept plan
+            write = pg.create_write(task_record(tenant="a", idempotency_key=f"early-{n}"), quota)
+            assert isinstance(write, Statement)
+            write(Tx(cursor))
+        mine.commit()
+        with pg.engine.begin() as other:
+            other.execute(
+                text(
+                    "INSERT INTO tasks (id, tenant, status, image, function, params, metadata, "
+                    "limits, isolation, logs, created_at, attempt, attempts, idempotency_key) "
+                    "SELECT 'later-' || n, 'a', 'succeeded', 'img', 'f', '{}', '{}', '{}', "
+                    "'container', '', now(), 1, '[]', 'later-' || n "
+                    "FROM generate_series(1, 4000) AS n"
+                )
+            )
+        before = mine.exec_driver_sql(fetched).scalar_one()
+        write = pg.create_write(task_record(tenant="a", idempotency_key="late"), quota)
+        assert isinstance(write, Statement)
+        assert write(Tx(cursor))[1] is True
+        read = mine.exec_driver_sql(fetched).scalar_one() - before
+        mine.commit()
+    assert read < 10, f"a keyed admission read {read} pages of the table"
