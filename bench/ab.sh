@@ -2,6 +2,7 @@
 # Alternate two checkouts of tarea: the warm p50 of ?wait=true suma at one connection.
 #
 #   bench/ab.sh OLD_DIR NEW_DIR sqlite|pg [PAIRS]     (from the repository, after make bench)
+#   bench/ab.sh DIR DIR sqlite-pg [PAIRS]             SQLite (first) against PostgreSQL
 #
 # For a change too small for make bench's noise: a server from each checkout's
 # src/ in turn (a fresh SQLite file, or a fresh schema of the PostgreSQL at
@@ -38,8 +39,8 @@ with create_engine(url).begin() as c:
 EOF
 }
 
-one() {  # one SRC -> prints the p50
-  local src=$1 url name="ab_$port"
+one() {  # one SRC [sqlite|pg] -> prints the p50
+  local src=$1 kind=${2:-$kind} url name="ab_$port"
   if [ "$kind" = pg ]; then
     schema create "$name"
     url="$pg?options=-csearch_path%3D$name"
@@ -63,5 +64,12 @@ one() {  # one SRC -> prints the p50
 
 echo "round  old ($old)  new ($new), $kind, p50 at 1 connection"
 for round in $(seq 1 "$pairs"); do
-  echo "$round  $(one "$old")  $(one "$new")"
+  if [ "$kind" = sqlite-pg ]; then
+    a=$(one "$old" sqlite); b=$(one "$new" pg)
+    echo "$round  $a  $b  $(awk -v a="$a" -v b="$b" '
+      function ms(t) { return t ~ /us$/ ? t / 1000 : t ~ /ms$/ ? t + 0 : t * 1000 }
+      BEGIN { printf "%.2fx", ms(b) / ms(a) }')"
+  else
+    echo "$round  $(one "$old")  $(one "$new")"
+  fi
 done

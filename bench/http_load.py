@@ -147,8 +147,9 @@ def measure_interleaved(
 
     Each server is warmed up (sequential calls, then a wrk warm-up at one
     connection and at many); then each round runs wrk on every server in turn,
-    at one connection and at many. Per server: the round with its median
-    throughput, and its median CPU time per response over the rounds.
+    at one connection and at many. Per server: its one-connection run with the
+    median p50, its many-connection run with the median throughput, and its
+    median CPU time per response over the rounds.
     """
     warmups: list[tuple[WrkResult, WrkResult]] = []
     errors: list[list[str]] = []
@@ -170,8 +171,9 @@ def measure_interleaved(
             runs[index].append((one, many, cpu_s * 1000 / max(1, many.responses)))
     loads = []
     for index, label in enumerate(labels):
-        ordered = sorted(runs[index], key=lambda run: run[1].rps)
-        one, many, _ = ordered[len(ordered) // 2]
+        middle = len(runs[index]) // 2
+        one = sorted((run[0] for run in runs[index]), key=_p50_ms)[middle]
+        many = sorted((run[1] for run in runs[index]), key=lambda result: result.rps)[middle]
         cpus = sorted(cpu for _, _, cpu in runs[index])
         loads.append(
             HttpLoad(
@@ -184,6 +186,11 @@ def measure_interleaved(
             )
         )
     return loads
+
+
+def _p50_ms(result: WrkResult) -> float:
+    """A run's p50 latency, to order runs by (one without it sorts last)."""
+    return result.latency_ms.get("p50", float("inf"))
 
 
 def split(total: int, parts: int) -> list[int]:

@@ -307,20 +307,40 @@ def _measure_postgres(
         server_id=session.new_server_id("pg"),
     )
 
+    # PostgreSQL's baseline is tarea on SQLite measured beside it, in turn, not
+    # the SQLite phase minutes earlier: this machine's speed drifts by more
+    # than the difference the ratio's target allows.
+    beside = _tarea_server(
+        config,
+        log_dir,
+        name="tarea-sqlite-beside-pg",
+        database_url=f"sqlite:///{session.tmp / 'beside-pg.db'}",
+        server_id=session.new_server_id("sqlite-beside-pg"),
+    )
+
     def start() -> Server:
+        print("bench: starting tarea on SQLite, to be measured beside PostgreSQL...", flush=True)
+        session.start(beside, ready_timeout_s=120)
         print(f"bench: starting tarea on PostgreSQL (schema {schema.name})...", flush=True)
         return session.start(first, ready_timeout_s=120)
 
-    try:
-        if _phase(results, "starting tarea on PostgreSQL", start) is None:
-            return
-        results.warm_pg = _phase(
-            results,
-            "tarea on PostgreSQL, warm suma under wrk",
-            lambda: http_load.measure("tarea on PostgreSQL", first, config, log_dir / "wrk.log"),
+    def measure() -> list[HttpLoad]:
+        labels = ["tarea on SQLite beside PostgreSQL", "tarea on PostgreSQL"]
+        return http_load.measure_interleaved(
+            labels, [beside, first], config, log_dir / "wrk.log", rounds=3
         )
+
+    try:
+        if _phase(results, "starting tarea on SQLite and on PostgreSQL", start) is None:
+            return
+        loads = _phase(results, "tarea on SQLite and on PostgreSQL, in turn, under wrk", measure)
+        if loads is not None:
+            results.sqlite_beside_pg, results.warm_pg = loads
+        print(f"bench: stopping {beside.name}...", flush=True)
+        beside.stop()
         _measure_two_pg(session, config, log_dir, results, first)
     finally:
+        beside.stop()
         _stop_pg(results, first)
 
 

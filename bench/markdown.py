@@ -67,7 +67,8 @@ def _wrk_section(results: Results) -> list[str]:
     runs += _wrk_rows(results.access_log_off) + _wrk_rows(results.warm_access_log)
     if results.memory:
         runs.append(_wrk_row(results.memory.run))
-    runs += _wrk_rows(results.warm_pg) + _split_rows(results.two_pg)
+    runs += _wrk_rows(results.sqlite_beside_pg) + _wrk_rows(results.warm_pg)
+    runs += _split_rows(results.two_pg)
     if results.distributed:
         runs += _wrk_rows(results.distributed.one) + _wrk_rows(results.distributed.two)
     header = (
@@ -117,10 +118,15 @@ def _series_section(results: Results) -> list[str]:
 _POSTGRES_ROWS = f"""\
 - *PostgreSQL: warm suma, p50 latency, 1 connection*: one warm task at a
   time through a tarea server whose store is PostgreSQL, against the same
-  server on SQLite in this run; the target (≤ {MAX_PG_LATENCY_RATIO:g}×) comes from
-  the issue "Many API servers on one PostgreSQL".
+  server on a fresh SQLite file, the two measured in turn, three rounds
+  each (wrk at one connection for half the run's time, then at 32), after
+  their own warm-up; each one's median p50 of the three. The target
+  (≤ {MAX_PG_LATENCY_RATIO:g}×) comes from the issue "Many API servers on one
+  PostgreSQL". (The first table's SQLite rows come from the start of the run,
+  minutes earlier: this machine's speed drifts by more than the ratio allows.)
 - *PostgreSQL: warm suma, throughput, 32 connections*: succeeded tasks per
-  second of that server with 32 connections open, against SQLite's.
+  second of that server with 32 connections open, against SQLite's, in the
+  same rounds (each one's median).
 - *PostgreSQL: server CPU per request*: the server process's CPU time per
   response during that 32-connection run, against SQLite's.
 - *two servers on one PostgreSQL: throughput*: two tarea servers (each its

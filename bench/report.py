@@ -182,8 +182,9 @@ def _split_ms(split: SplitLoad | None, key: str) -> float | None:
 
 
 def _postgres_rows(r: Results) -> list[Row]:
-    """tarea on PostgreSQL against tarea on SQLite, in the same run."""
-    sqlite_p50, pg_p50 = _p(r.warm, "latency", "p50"), _p(r.warm_pg, "latency", "p50")
+    """tarea on PostgreSQL against tarea on SQLite, measured beside it in turn."""
+    sqlite = r.sqlite_beside_pg
+    sqlite_p50, pg_p50 = _p(sqlite, "latency", "p50"), _p(r.warm_pg, "latency", "p50")
     p50 = ratio(pg_p50, sqlite_p50)
     return [
         Row(
@@ -196,15 +197,15 @@ def _postgres_rows(r: Results) -> list[Row]:
         ),
         Row(
             "PostgreSQL: warm suma, throughput, 32 connections",
-            f"SQLite {_req_s(_rps(r.warm))}",
+            f"SQLite {_req_s(_rps(sqlite))}",
             _req_s(_rps(r.warm_pg)),
-            times(ratio(_rps(r.warm_pg), _rps(r.warm))),
+            times(ratio(_rps(r.warm_pg), _rps(sqlite))),
         ),
         Row(
             "PostgreSQL: server CPU per request, 32 connections",
-            f"SQLite {_cpu(r.warm)}",
+            f"SQLite {_cpu(sqlite)}",
             _cpu(r.warm_pg),
-            times(ratio(_cpu_ms(r.warm_pg), _cpu_ms(r.warm))),
+            times(ratio(_cpu_ms(r.warm_pg), _cpu_ms(sqlite))),
         ),
     ]
 
@@ -343,7 +344,7 @@ def tarea_failures(r: Results) -> int | None:
     parts: list[int] = []
     if r.warm:
         parts.append(r.warm.failures)
-    for load in (r.access_log_off, r.warm_access_log):
+    for load in (r.access_log_off, r.warm_access_log, r.sqlite_beside_pg):
         if load:
             parts.append(load.failures)
     if r.warm_pg:

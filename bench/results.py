@@ -169,7 +169,9 @@ class Results:
     #: (TAREA_ACCESS_LOG=true): two servers measured in turn, three rounds.
     access_log_off: HttpLoad | None = None
     warm_access_log: HttpLoad | None = None
-    #: tarea on PostgreSQL (a fresh schema), measured as ``warm``; its version.
+    #: tarea on PostgreSQL (a fresh schema) and tarea on SQLite beside it (a
+    #: fresh file), the two measured in turn, three rounds; PostgreSQL's version.
+    sqlite_beside_pg: HttpLoad | None = None
     warm_pg: HttpLoad | None = None
     postgres_version: str = ""
     #: Two tarea servers on one PostgreSQL schema, loaded at once.
