@@ -206,6 +206,8 @@ def test_a_used_idempotency_key_brings_its_task_back_in_the_same_statement(pg: S
     assert isinstance(again, Statement)
     assert pg.run(again) == (first, False)  # whole, as stored; the quota (1 of 1) is full
     assert isinstance(pg.run(pg.create_write(task_record(tenant="a"), quota)), QuotaExceeded)
+    unused_key = task_record(tenant="a", idempotency_key="another")
+    assert isinstance(pg.run(pg.create_write(unused_key, quota)), QuotaExceeded)
     theirs = task_record(tenant="b", idempotency_key="k")
     assert pg.run(pg.create_write(theirs, quota)) == (theirs, True)
     assert pg.get("other-id") is None

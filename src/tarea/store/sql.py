@@ -393,7 +393,9 @@ class SqlStore:
             active, queued, inserted = ran.row[:3]
             if inserted:
                 return from_columns(values), True
-            if keyed and (existing := self._record(ran.row[3:], ran.description[3:])):
+            if keyed and ran.row[3] is not None:  # the key's task (its id is never NULL)
+                existing = self._record(ran.row[3:], ran.description[3:])
+                assert existing is not None
                 return existing, False
             if admission is not None and (refused := _refusal(admission, 1, active, queued)):
                 return refused
