@@ -56,7 +56,9 @@ class ValidationError(APIError):
 
 
 class InvalidRequestError(APIError):
-    """422 ``invalid_request``: the request asks for something malformed."""
+    """422 ``invalid_request``: the request asks for something malformed (a limit past the server's
+    maximum; NaN or an infinity, numbers JSON has not).
+    """
 
     code_name = "invalid_request"
 
