@@ -244,3 +244,26 @@ def test_a_keyed_admission_reads_one_entry_however_many_tasks_came_before(pg: Sq
         read = mine.exec_driver_sql(fetched).scalar_one() - before
         mine.commit()
     assert read < 10, f"a keyed admission read {read} pages of the table"
+
+
+def test_a_batchs_admission_leaves_the_planner_as_it_was_for_the_rest_of_its_transaction(
+    pg: SqlStore,
+) -> None:
+    """create_many counts with bitmap and sequential scans off, as tarea_admit does; the
+    writes after it in the same transaction (a batch) are planned with the session's
+    settings again."""
+
+    def settings(tx: Tx) -> tuple[str, str]:
+        tx.cursor.execute(
+            "SELECT current_setting('enable_bitmapscan'), current_setting('enable_seqscan')"
+        )
+        row = tx.cursor.fetchone()
+        return str(row[0]), str(row[1])
+
+    batch = [task_record(tenant="a"), task_record(tenant="a")]
+    writer = pg.writer()
+    try:
+        outcomes = writer.run_batch([pg.create_many_write(batch, Admission(10, 10)), settings])
+    finally:
+        writer.close()
+    assert outcomes == [(batch, None), (("on", "on"), None)]

@@ -121,6 +121,11 @@ _POSTGRES_DRIVERS = frozenset({"postgresql", "postgres", "postgresql+psycopg"})
 #: SQLSTATEs of a PostgreSQL session the server ended (admin_shutdown,
 #: crash_shutdown, cannot_connect_now): whatever was sent after did not run.
 _SESSION_ENDED = frozenset({"57P01", "57P02", "57P03"})
+#: PostgreSQL: the planner settings _admit changed for its counts, back as the session had them.
+_PLANNER_AS_BEFORE_SQL = (
+    "SELECT set_config(name, reset_val, true) FROM pg_settings "
+    "WHERE name IN ('enable_bitmapscan', 'enable_seqscan')"
+)
 #: A new task admitted and inserted in one statement (PostgreSQL; migration 0005).
 _ADMIT_SQL = (
     "SELECT active, queued, inserted FROM "
@@ -408,9 +413,9 @@ class SqlStore:
     ) -> Refused | None:
         """Whether ``count`` tasks of ``tenant`` fit now; the refusal if not (see create_write)."""
         ph = self._placeholder
-        if self._engine.dialect.name == "postgresql":
-            # The counts by an index scan, as tarea_admit's (migration 0009 says why):
-            # the settings hold until this transaction ends.
+        postgres = self._engine.dialect.name == "postgresql"
+        if postgres:
+            # Counted by an index scan, as tarea_admit counts (migration 0009 says why).
             tx.cursor.execute(
                 f"SELECT pg_advisory_xact_lock(hashtext({ph.format('lock')})), "
                 "set_config('enable_bitmapscan', 'off', true), "
@@ -427,15 +432,12 @@ class SqlStore:
         elif admission.max_active:
             tx.cursor.execute(self._count_active_sql, {"tenant": tenant})
             active = tx.cursor.fetchone()[0]
-        if admission.max_active and active + count > admission.max_active:
-            return _refusal(admission, count, active, queued)
-        if admission.max_queued:
-            if queued is None:
-                tx.cursor.execute(_COUNT_QUEUED_SQL)
-                queued = tx.cursor.fetchone()[0]
-            if queued + count > admission.max_queued:
-                return _refusal(admission, count, active, queued)
-        return None
+        elif admission.max_queued:
+            tx.cursor.execute(_COUNT_QUEUED_SQL)
+            queued = tx.cursor.fetchone()[0]
+        if postgres:  # the rest of the batch's transaction is planned as usual
+            tx.cursor.execute(_PLANNER_AS_BEFORE_SQL)
+        return _refusal(admission, count, active, queued)
 
     def get(self, task_id: str, tenant: str | None = None) -> TaskRecord | None:
         """The task ``task_id``; None if missing or (``tenant`` given) another tenant's."""
