@@ -67,7 +67,7 @@ CODES: tuple[Code, ...] = (
     Code(
         "invalid_request",
         "the request asks for something malformed (a limit past the server's maximum; "
-        "NaN or an infinity, numbers JSON has not)",
+        "NaN or an infinity, numbers JSON has not; a string that is not Unicode)",
         422,
     ),
     Code("invalid_image_reference", "the image name is not a valid reference", 422),

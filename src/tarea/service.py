@@ -282,7 +282,7 @@ class TaskService:
             ImageNotAllowed: the image matches none of TAREA_IMAGE_ALLOW, or (with
                 API keys on) its registry host is an address that is not public.
             InvalidRequest: a limit over the server's maximum; params or metadata
-                holding NaN or an infinity.
+                holding NaN, an infinity or a string that is not Unicode.
             CallbackUrlNotAllowed: the callback URL is a literal address, or
                 ``localhost``, that TAREA_CALLBACK_ALLOW does not allow.
             TooDeep: params or metadata nest deeper than ``nesting.MAX_DEPTH``.
@@ -294,6 +294,12 @@ class TaskService:
             if not finite:
                 raise InvalidRequest(
                     f"{name} holds NaN or an infinity, which JSON has no number for", field=name
+                )
+            if not nesting.unicode(value):
+                raise InvalidRequest(
+                    f"{name} holds a string that is not Unicode (a lone surrogate, such as "
+                    "\\ud800)",
+                    field=name,
                 )
         reference = parse_reference(new.image)
         if not image_allowed(reference, self._image_patterns):

@@ -107,6 +107,36 @@ def test_params_or_metadata_nested_too_deep_are_refused_422_and_record_nothing(
         assert ids(alpha) == before
 
 
+@pytest.mark.parametrize("field", ["params", "metadata"])
+@pytest.mark.parametrize("route", ["/v1/tasks", "/v1/batches", "/getRemoteTask/"])
+def test_a_string_that_is_not_unicode_is_refused_422_and_records_nothing(
+    server: TenantServer, route: str, field: str
+) -> None:
+    """Python's JSON parser takes "\\ud800", a lone surrogate, which no UTF-8 text holds:
+    PostgreSQL's JSON refused it when the task was recorded (a 500), SQLite stored it. Now
+    every route answers 422 invalid_request naming the field, and nothing is recorded."""
+    value = '{"x": ["ok", {"y": "\\ud800"}]}'
+    if route == "/getRemoteTask/":
+        extra = f', "datos_adicionales": {value}' if field == "metadata" else ""
+        parametros = value if field == "params" else "{}"
+        body = (
+            '{"imagen_docker": "tasks_image:latest", "calculo": "suma", '
+            f'"parametros": {parametros}{extra}}}'
+        )
+    else:
+        task = f'{{"image": "tasks_image:latest", "function": "suma", "{field}": {value}}}'
+        body = f'{{"tasks": [{task}]}}' if route == "/v1/batches" else task
+    with server.client("alpha") as alpha:
+        before = ids(alpha)
+        response = alpha.post(route, content=body, headers={"Content-Type": "application/json"})
+        assert response.status_code == 422, response.text[:300]
+        problem = response.json()
+        assert problem["code"] == "invalid_request"
+        assert problem["field"] == ("tasks.0." if route == "/v1/batches" else "") + field
+        assert "not Unicode" in problem["detail"]
+        assert ids(alpha) == before
+
+
 @pytest.mark.parametrize("number", ["NaN", "Infinity", "-Infinity"])
 @pytest.mark.parametrize("field", ["params", "metadata"])
 @pytest.mark.parametrize("route", ["/v1/tasks", "/v1/batches", "/getRemoteTask/"])

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from tarea.domain.nesting import MAX_DEPTH, depth, shape, too_deep
+from tarea.domain.nesting import MAX_DEPTH, depth, shape, too_deep, unicode
 
 
 def nested_dicts(levels: int) -> Any:
@@ -86,3 +86,16 @@ def test_shape_tells_whether_every_number_is_finite(value: Any, finite: bool) ->
     """NaN and the infinities are found at any depth; strings and other scalars are not numbers."""
     assert shape(value)[1] is finite
     assert shape(value)[0] == depth(value)
+
+
+@pytest.mark.parametrize(
+    ("value", "ok"),
+    [
+        pytest.param({"a": "ñandú ✓", "b": ["𝄞", {"c": 1.5}]}, True, id="unicode"),
+        pytest.param({"a": ["x", {"b": "\ud800"}]}, False, id="a-lone-surrogate-deep"),
+        pytest.param({"\udfff": 1}, False, id="a-lone-surrogate-as-a-key"),
+    ],
+)
+def test_unicode_finds_a_lone_surrogate_in_any_string(value: Any, ok: bool) -> None:
+    """Values and keys, at any depth."""
+    assert unicode(value) is ok
