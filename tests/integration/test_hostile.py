@@ -683,16 +683,16 @@ def test_a_result_that_is_not_valid_unicode_is_stored_and_answered(server: Serve
     assert again.json()["result"] == {"s": "\ud800"}
 
 
-def test_params_that_are_not_valid_unicode_fail_the_task_as_bad_params(server: Server) -> None:
-    """Params with a lone surrogate cannot be sent to a task: bad_params, recorded, no 500."""
+def test_params_that_are_not_valid_unicode_are_refused_422(server: Server) -> None:
+    """Params with a lone surrogate cannot be stored as JSON on PostgreSQL nor sent to a
+    task: refused at the door, 422 invalid_request naming params, on every store (they were
+    recorded and failed as bad_params on SQLite, a 500 on PostgreSQL)."""
     response = server.http.post(
         "/v1/tasks?wait=true",
         content=b'{"image": "%s", "function": "echo", "params": {"s": "\\ud800"}}'
         % MISBEHAVING_IMAGE.encode(),
         headers={"Content-Type": "application/json"},
     )
-    assert response.status_code == 200, response.text
-    task = response.json()
-    assert task["status"] == "failed", task
-    assert task["error"]["code"] == "bad_params", task
-    assert server.http.get(f"/v1/tasks/{task['id']}").json()["status"] == "failed"
+    assert response.status_code == 422, response.text
+    problem = response.json()
+    assert (problem["code"], problem["field"]) == ("invalid_request", "params")
