@@ -69,17 +69,16 @@ def nested(levels: int) -> str:
     return '{"a":' * levels + "1" + "}" * levels
 
 
-def body_of(route: str, field: str, levels: int) -> str:
-    """A request to ``route`` whose ``field`` nests ``levels`` objects."""
-    deep = nested(levels)
+def body_of(route: str, field: str, value: str) -> str:
+    """A request to ``route`` whose ``field`` is the JSON text ``value``."""
     if route == "/getRemoteTask/":
-        extra = f', "datos_adicionales": {deep}' if field == "metadata" else ""
-        parametros = deep if field == "params" else "{}"
+        extra = f', "datos_adicionales": {value}' if field == "metadata" else ""
+        parametros = value if field == "params" else "{}"
         return (
             '{"imagen_docker": "tasks_image:latest", "calculo": "suma", '
             f'"parametros": {parametros}{extra}}}'
         )
-    task = f'{{"image": "tasks_image:latest", "function": "suma", "{field}": {deep}}}'
+    task = f'{{"image": "tasks_image:latest", "function": "suma", "{field}": {value}}}'
     return f'{{"tasks": [{task}]}}' if route == "/v1/batches" else task
 
 
@@ -94,7 +93,7 @@ def test_params_or_metadata_nested_too_deep_are_refused_422_and_record_nothing(
         before = ids(alpha)
         response = alpha.post(
             route,
-            content=body_of(route, field, levels),
+            content=body_of(route, field, nested(levels)),
             headers={"Content-Type": "application/json"},
         )
         assert response.status_code == 422, response.text[:300]
@@ -116,16 +115,7 @@ def test_a_string_that_is_not_unicode_is_refused_422_and_records_nothing(
     PostgreSQL's JSON refused it when the task was recorded (a 500), SQLite stored it. Now
     every route answers 422 invalid_request naming the field, and nothing is recorded."""
     value = '{"x": ["ok", {"y": "\\ud800"}]}'
-    if route == "/getRemoteTask/":
-        extra = f', "datos_adicionales": {value}' if field == "metadata" else ""
-        parametros = value if field == "params" else "{}"
-        body = (
-            '{"imagen_docker": "tasks_image:latest", "calculo": "suma", '
-            f'"parametros": {parametros}{extra}}}'
-        )
-    else:
-        task = f'{{"image": "tasks_image:latest", "function": "suma", "{field}": {value}}}'
-        body = f'{{"tasks": [{task}]}}' if route == "/v1/batches" else task
+    body = body_of(route, field, value)
     with server.client("alpha") as alpha:
         before = ids(alpha)
         response = alpha.post(route, content=body, headers={"Content-Type": "application/json"})
@@ -147,16 +137,7 @@ def test_a_number_json_has_not_is_refused_422_and_records_nothing(
     holding one (deep in a list here) is 422 invalid_request naming the field, never a 500
     (it was one on PostgreSQL, whose JSON refuses them), and nothing is recorded."""
     value = f'{{"x": [1, {{"y": {number}}}]}}'
-    if route == "/getRemoteTask/":
-        extra = f', "datos_adicionales": {value}' if field == "metadata" else ""
-        parametros = value if field == "params" else "{}"
-        body = (
-            '{"imagen_docker": "tasks_image:latest", "calculo": "suma", '
-            f'"parametros": {parametros}{extra}}}'
-        )
-    else:
-        task = f'{{"image": "tasks_image:latest", "function": "suma", "{field}": {value}}}'
-        body = f'{{"tasks": [{task}]}}' if route == "/v1/batches" else task
+    body = body_of(route, field, value)
     with server.client("alpha") as alpha:
         before = ids(alpha)
         response = alpha.post(route, content=body, headers={"Content-Type": "application/json"})

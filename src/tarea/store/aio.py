@@ -612,6 +612,8 @@ class LoopWriter(_Writer):
     the arguments).
     """
 
+    _runner: LoopRunner
+
     def __init__(
         self,
         runner: LoopRunner,
@@ -621,7 +623,6 @@ class LoopWriter(_Writer):
         droppable_max: int = DROPPABLE_MAX,
     ) -> None:
         super().__init__(runner, batch_max, unreachable=unreachable, droppable_max=droppable_max)
-        self._loop_runner = runner
         self._waiting: deque[_Item] = deque()
         #: The task running batches, while there are any to run.
         self._running: asyncio.Task[None] | None = None
@@ -652,7 +653,7 @@ class LoopWriter(_Writer):
                 writes = [write for write, _, _ in batch]
                 try:
                     if len(writes) == 1 and isinstance(writes[0], Statement):
-                        outcomes = [await self._loop_runner.run_alone(writes[0])]
+                        outcomes = [await self._runner.run_alone(writes[0])]
                     else:
                         outcomes = await greenlet_spawn(self._runner.run_batch, writes)
                     if len(outcomes) != len(batch):

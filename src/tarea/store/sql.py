@@ -126,11 +126,9 @@ _PLANNER_AS_BEFORE_SQL = (
     "SELECT set_config(name, reset_val, true) FROM pg_settings "
     "WHERE name IN ('enable_bitmapscan', 'enable_seqscan')"
 )
-#: A new task admitted and inserted in one statement (PostgreSQL; migration 0005).
-_ADMIT_SQL = (
-    "SELECT active, queued, inserted FROM "
-    "tarea_admit(%(task)s::jsonb, 1, %(max_active)s, %(max_queued)s)"
-)
+#: A new task admitted and inserted in one statement (PostgreSQL; migrations 0005, 0009).
+_ADMIT_FROM = "FROM tarea_admit(%(task)s::jsonb, 1, %(max_active)s, %(max_queued)s)"
+_ADMIT_SQL = f"SELECT active, queued, inserted {_ADMIT_FROM}"
 
 
 def _refusal(admission: Admission, count: int, active: int, queued: int | None) -> Refused | None:
@@ -195,7 +193,7 @@ class SqlStore:
         self._select_sql = f"SELECT {columns} FROM tasks WHERE "  # noqa: S608
         self._returning = f" RETURNING {columns}"
         existing = ", ".join(f"(existing).{_quote(name)}" for name in names)
-        self._admit_keyed_sql = _ADMIT_SQL.replace(" FROM ", f", {existing} FROM ", 1)
+        self._admit_keyed_sql = f"SELECT active, queued, inserted, {existing} {_ADMIT_FROM}"
         self._count_both_sql = (
             "SELECT "  # noqa: S608 - constant SQL, the tenant bound
             f"count(*) FILTER (WHERE tenant = {self._placeholder.format('tenant')}), "
