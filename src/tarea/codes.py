@@ -49,7 +49,12 @@ CODES: tuple[Code, ...] = (
     Code("timed_out", "the task passed its timeout_s; its container was killed", task=True),
     Code("crashed", "the task's process exited before answering (or while starting)", task=True),
     Code("oom_killed", "the task ran out of memory and the kernel killed it", task=True),
-    Code("protocol_error", "the container wrote something that is not the protocol", task=True),
+    Code(
+        "protocol_error",
+        "the container wrote something that is not the protocol, or answered what no store "
+        "holds (NaN or an infinity, a lone surrogate, U+0000)",
+        task=True,
+    ),
     Code("output_too_large", "a message of the task was over its output_kb", task=True),
     Code(
         "disk_limit_exceeded",
@@ -67,7 +72,8 @@ CODES: tuple[Code, ...] = (
     Code(
         "invalid_request",
         "the request asks for something malformed (a limit past the server's maximum; "
-        "NaN or an infinity, numbers JSON has not; a string that is not Unicode)",
+        "NaN or an infinity, numbers JSON has not; a string that is not Unicode; U+0000, "
+        "which PostgreSQL's text refuses)",
         422,
     ),
     Code("invalid_image_reference", "the image name is not a valid reference", 422),

@@ -282,7 +282,8 @@ class TaskService:
             ImageNotAllowed: the image matches none of TAREA_IMAGE_ALLOW, or (with
                 API keys on) its registry host is an address that is not public.
             InvalidRequest: a limit over the server's maximum; params or metadata
-                holding NaN, an infinity or a string that is not Unicode.
+                holding NaN, an infinity, a string that is not Unicode or U+0000; a
+                function name holding U+0000.
             CallbackUrlNotAllowed: the callback URL is a literal address, or
                 ``localhost``, that TAREA_CALLBACK_ALLOW does not allow.
             TooDeep: params or metadata nest deeper than ``nesting.MAX_DEPTH``.
@@ -292,15 +293,11 @@ class TaskService:
             if levels > nesting.MAX_DEPTH:
                 raise TooDeep(f"{name} nests deeper than {nesting.MAX_DEPTH} levels", field=name)
             if not finite:
-                raise InvalidRequest(
-                    f"{name} holds NaN or an infinity, which JSON has no number for", field=name
-                )
-            if not nesting.unicode(value):
-                raise InvalidRequest(
-                    f"{name} holds a string that is not Unicode (a lone surrogate, such as "
-                    "\\ud800)",
-                    field=name,
-                )
+                raise InvalidRequest(f"{name} holds {nesting.NOT_FINITE}", field=name)
+            if (fault := nesting.text_fault(value)) is not None:
+                raise InvalidRequest(f"{name} holds {fault}", field=name)
+        if "\x00" in new.function:
+            raise InvalidRequest(f"function holds {nesting.HOLDS_NUL}", field="function")
         reference = parse_reference(new.image)
         if not image_allowed(reference, self._image_patterns):
             raise ImageNotAllowed(f"image {new.image!r} is not allowed on this server")

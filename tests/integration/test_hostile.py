@@ -669,18 +669,19 @@ def test_server_still_serves_after_the_attacks(server: Server) -> None:
 # -- text that is not valid Unicode ------------------------------------------------------------
 
 
-def test_a_result_that_is_not_valid_unicode_is_stored_and_answered(server: Server) -> None:
-    """A result string holding a lone surrogate (valid JSON text) ends the task normally.
-
-    It is stored, answered and read back; the task does not stay running and
-    the server answers no 500.
-    """
+def test_a_result_that_is_not_valid_unicode_fails_the_task_and_the_server_answers(
+    server: Server,
+) -> None:
+    """A result string holding a lone surrogate (valid JSON text, no UTF-8 text holds it)
+    fails the task with protocol_error, as on PostgreSQL, where it could not be stored
+    (tests/integration/test_unstorable.py); the task does not stay running, and the server
+    answers no 500 for it."""
     task = submit(server, "lone_surrogate")
-    assert task["status"] == "succeeded", task
-    assert task["result"] == {"s": "\ud800"}
+    assert (task["status"], task["error"]["code"]) == ("failed", "protocol_error"), task
+    assert "not Unicode" in task["error"]["message"]
     again = server.http.get(f"/v1/tasks/{task['id']}")
     assert again.status_code == 200, again.text
-    assert again.json()["result"] == {"s": "\ud800"}
+    assert again.json()["status"] == "failed"
 
 
 def test_params_that_are_not_valid_unicode_are_refused_422(server: Server) -> None:

@@ -849,3 +849,92 @@ async def test_without_log_mark_in_ready_marks_are_plain_bytes() -> None:
 
     assert await channel.settle_logs() is False
     assert channel.logs.take() == "a" + LOG_MARK.decode()
+
+
+# -- what no store holds ------------------------------------------------------------
+
+
+def raw_result(json_text: bytes) -> bytes:
+    """A response line whose result is ``json_text`` as written (json.dumps would refuse some)."""
+    return b'{"jsonrpc": "2.0", "id": "t1", "result": ' + json_text + b"}\n"
+
+
+@pytest.mark.parametrize(
+    ("json_text", "named"),
+    [
+        pytest.param(b'{"x": NaN}', "NaN or an infinity", id="nan"),
+        pytest.param(b"[1, -Infinity]", "NaN or an infinity", id="minus-infinity"),
+        pytest.param(b'{"s": "a\\u0000b"}', "NUL character", id="nul"),
+        pytest.param(b'{"k\\u0000": 1}', "NUL character", id="nul-in-a-key"),
+        pytest.param(b'["\\uD800"]', "not Unicode", id="lone-surrogate-escape"),
+        pytest.param(b'["\xed\xa0\x80"]', "not Unicode", id="lone-surrogate-as-utf8-bytes"),
+    ],
+)
+@run_async
+async def test_a_result_no_store_holds_is_a_protocol_violation(
+    json_text: bytes, named: str
+) -> None:
+    """The call fails with protocol_error naming what; the channel still serves (the line was
+    JSON, the protocol is intact)."""
+    channel, _ = await open_channel(answer(frame(STDOUT, raw_result(json_text))))
+
+    with pytest.raises(ProtocolViolation, match=named):
+        await channel.call("t1", "suma", {}, timeout_s=1.0)
+
+    assert channel.broken is False
+
+
+@pytest.mark.parametrize(
+    "json_text",
+    [
+        pytest.param(b'"caf\\u00e9"', id="an-escaped-letter"),
+        pytest.param(b'"\\ud83d\\ude00"', id="a-surrogate-pair"),
+        pytest.param(b'"\\\\u0000 as text"', id="an-escaped-backslash-then-u0000"),
+        pytest.param(b'"NaN"', id="nan-as-a-string"),
+    ],
+)
+@run_async
+async def test_a_result_that_only_looks_suspect_is_answered(json_text: bytes) -> None:
+    channel, _ = await open_channel(answer(frame(STDOUT, raw_result(json_text))))
+
+    value = await channel.call("t1", "suma", {}, timeout_s=1.0)
+
+    assert value == json.loads(json_text)
+
+
+def test_remote_error_keeps_its_code_with_its_words_made_storable() -> None:
+    """A message holding U+0000 or a lone surrogate is kept with U+FFFD; data no store holds
+    is dropped, saying so."""
+    failure = remote_error(
+        {"code": -32000, "message": "bad\u0000news\ud800", "data": {"x": float("nan")}}
+    )
+
+    assert isinstance(failure, RemoteTaskError)
+    assert (failure.code, failure.message) == ("task_error", "bad\ufffdnews\ufffd")
+    assert failure.data == {
+        "data_dropped": "the error's data held NaN or an infinity, which JSON has no number for",
+        "rpc_code": -32000,
+    }
+
+
+@run_async
+async def test_a_progress_of_nan_reports_none_and_its_message_is_made_storable() -> None:
+    seen: list[tuple[float | None, str | None]] = []
+    notice = b'{"jsonrpc": "2.0", "method": "progress", "params": {"progress": NaN, '
+    notice += b'"message": "half\\u0000way"}}\n'
+    channel, _ = await open_channel(answer(frame(STDOUT, notice), out(result(1))))
+
+    await channel.call(
+        "t1", "suma", {}, timeout_s=1.0, on_progress=lambda p, m: seen.append((p, m))
+    )
+
+    assert seen == [(None, "half\ufffdway")]
+
+
+@run_async
+async def test_nul_bytes_in_stderr_become_u_fffd_in_the_logs() -> None:
+    channel, _ = await open_channel(answer(err(b"before\x00after\n"), out(result(0))))
+
+    await channel.call("t1", "suma", {}, timeout_s=1.0)
+
+    assert channel.logs.take() == "before\ufffdafter\n"

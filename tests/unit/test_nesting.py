@@ -8,7 +8,18 @@ from typing import Any
 
 import pytest
 
-from tarea.domain.nesting import MAX_DEPTH, depth, shape, too_deep, unicode
+from tarea.domain.nesting import (
+    HOLDS_NUL,
+    MAX_DEPTH,
+    NOT_FINITE,
+    NOT_UNICODE,
+    clean_text,
+    depth,
+    shape,
+    storable,
+    text_fault,
+    too_deep,
+)
 
 
 def nested_dicts(levels: int) -> Any:
@@ -89,13 +100,43 @@ def test_shape_tells_whether_every_number_is_finite(value: Any, finite: bool) ->
 
 
 @pytest.mark.parametrize(
-    ("value", "ok"),
+    ("value", "fault"),
     [
-        pytest.param({"a": "ñandú ✓", "b": ["𝄞", {"c": 1.5}]}, True, id="unicode"),
-        pytest.param({"a": ["x", {"b": "\ud800"}]}, False, id="a-lone-surrogate-deep"),
-        pytest.param({"\udfff": 1}, False, id="a-lone-surrogate-as-a-key"),
+        pytest.param({"a": "ñandú ✓", "b": ["𝄞", {"c": 1.5}]}, None, id="unicode"),
+        pytest.param({"a": ["x", {"b": "\ud800"}]}, NOT_UNICODE, id="a-lone-surrogate-deep"),
+        pytest.param({"\udfff": 1}, NOT_UNICODE, id="a-lone-surrogate-as-a-key"),
+        pytest.param({"a": [{"b": "x\x00y"}]}, HOLDS_NUL, id="nul-deep"),
+        pytest.param({"k\x00": 1}, HOLDS_NUL, id="nul-in-a-key"),
+        pytest.param("\x00", HOLDS_NUL, id="a-bare-nul"),
+        pytest.param({"a": "\\u0000"}, None, id="a-backslash-then-u0000-is-not-nul"),
     ],
 )
-def test_unicode_finds_a_lone_surrogate_in_any_string(value: Any, ok: bool) -> None:
-    """Values and keys, at any depth."""
-    assert unicode(value) is ok
+def test_text_fault_finds_what_no_store_holds_in_any_string(value: Any, fault: str | None) -> None:
+    """Values and keys, at any depth; the text ``\\u0000`` (escaped) is not U+0000."""
+    assert text_fault(value) == fault
+
+
+@pytest.mark.parametrize(
+    ("value", "fault"),
+    [
+        pytest.param({"a": [1, 2.5, "x"]}, None, id="fine"),
+        pytest.param({"a": [math.nan]}, NOT_FINITE, id="nan"),
+        pytest.param([{"b": -math.inf}], NOT_FINITE, id="minus-inf"),
+        pytest.param({"a": "\x00"}, HOLDS_NUL, id="nul"),
+        pytest.param(["\ud800"], NOT_UNICODE, id="lone-surrogate"),
+    ],
+)
+def test_storable_says_why_an_answer_cannot_be_stored(value: Any, fault: str | None) -> None:
+    assert storable(value) == fault
+
+
+@pytest.mark.parametrize(
+    ("text", "clean"),
+    [
+        ("plain ñ 𝄞", "plain ñ 𝄞"),
+        ("a\x00b", "a\ufffdb"),
+        ("x\ud800y\udfff", "x\ufffdy\ufffd"),
+    ],
+)
+def test_clean_text_makes_what_no_store_holds_u_fffd(text: str, clean: str) -> None:
+    assert clean_text(text) == clean

@@ -226,3 +226,23 @@ def test_transport_failure_is_mapped(exc: httpx.TransportError, failure: type[Ex
 
     with pytest.raises(failure):
         execute(broken)
+
+
+@pytest.mark.parametrize(
+    ("body", "named"),
+    [
+        pytest.param(b'{"resultado": NaN}', "NaN or an infinity", id="nan"),
+        pytest.param(b'{"resultado": "a\\u0000b"}', "NUL character", id="nul"),
+        pytest.param(b'{"error": "\\ud800"}', "not Unicode", id="lone-surrogate-in-an-error"),
+    ],
+)
+def test_an_answer_no_store_holds_is_a_protocol_violation(body: bytes, named: str) -> None:
+    with pytest.raises(ProtocolViolation, match=named):
+        execute(TaskService(httpx.Response(200, content=body)))
+
+
+def test_a_non_json_body_holding_nul_is_kept_storable() -> None:
+    with pytest.raises(RemoteTaskError) as caught:
+        execute(TaskService(httpx.Response(500, content=b"boom\x00")))
+
+    assert caught.value.data == {"status": 500, "body": "boom\ufffd"}

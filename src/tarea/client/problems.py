@@ -57,7 +57,8 @@ class ValidationError(APIError):
 
 class InvalidRequestError(APIError):
     """422 ``invalid_request``: the request asks for something malformed (a limit past the server's
-    maximum; NaN or an infinity, numbers JSON has not; a string that is not Unicode).
+    maximum; NaN or an infinity, numbers JSON has not; a string that is not Unicode; U+0000,
+    which PostgreSQL's text refuses).
     """
 
     code_name = "invalid_request"

@@ -1,4 +1,5 @@
-"""How deeply a JSON value nests, measured without recursion; and whether its numbers are JSON's.
+"""How deeply a JSON value nests, measured without recursion; whether its numbers are JSON's;
+and whether its strings are text every store holds.
 
 Every part of the server that walks a task's JSON (pydantic-core's encoder,
 ``json.dumps``, the store) recurses, and each gives up somewhere between 200
@@ -80,15 +81,72 @@ def shape(value: Any, limit: int = MAX_DEPTH) -> tuple[int, bool]:
     return found, finite
 
 
-def unicode(value: Any) -> bool:
-    """Whether every string in ``value`` (keys too) is Unicode: Python's JSON parser takes
-    ``"\\ud800"``, a lone surrogate, which no UTF-8 text (nor PostgreSQL's JSON) holds.
+#: What :func:`text_fault` finds, as the end of a sentence naming where.
+NOT_UNICODE = "a string that is not Unicode (a lone surrogate, such as \\ud800)"
+HOLDS_NUL = "a NUL character (\\u0000), which PostgreSQL cannot store as text"
+NOT_FINITE = "NaN or an infinity, which JSON has no number for"
 
-    pydantic-core's encoder refuses such a string; a value past what it nests
-    is :func:`too_deep` and refused before.
+
+def text_fault(value: Any) -> str | None:
+    """Why a string in ``value`` (keys too, at any depth) cannot be stored; None if none.
+
+    Two strings JSON's syntax allows and no store's text holds: a lone
+    surrogate (:data:`NOT_UNICODE`; no UTF-8 text holds one) and U+0000
+    (:data:`HOLDS_NUL`; PostgreSQL's text and JSON refuse it, so a task holding
+    one could be neither recorded nor ended there). One pass of pydantic-core's
+    encoder, which refuses the first and writes the second ``\\u0000``; only a
+    value whose text holds that is walked again. ``value`` is within
+    :data:`MAX_DEPTH` (:func:`too_deep` first).
     """
     try:
-        pydantic_core.to_json(value)
+        text = pydantic_core.to_json(value, inf_nan_mode="constants")
     except pydantic_core.PydanticSerializationError:
-        return False
-    return True
+        return NOT_UNICODE
+    if b"\\u0000" in text and _holds_nul(value):
+        return HOLDS_NUL
+    return None
+
+
+def storable(value: Any) -> str | None:
+    """Why a task's answer (a result, an error's data) cannot be stored; None if it can.
+
+    NaN and the infinities (:data:`NOT_FINITE`), or :func:`text_fault`'s.
+    ``value`` is within :data:`MAX_DEPTH`.
+    """
+    if not shape(value)[1]:
+        return NOT_FINITE
+    return text_fault(value)
+
+
+def _holds_nul(value: Any) -> bool:
+    """Whether a string in ``value`` (keys too) holds U+0000 (no recursion)."""
+    level = [value]
+    while level:
+        below: list[Any] = []
+        for item in level:
+            if type(item) is str:
+                if "\x00" in item:
+                    return True
+            elif type(item) is dict:
+                if any("\x00" in key for key in item):
+                    return True
+                below.extend(item.values())
+            elif type(item) is list:
+                below.extend(item)
+        level = below
+    return False
+
+
+def clean_text(text: str) -> str:
+    """``text`` with what no store's text holds (U+0000, lone surrogates) made U+FFFD.
+
+    For what a task writes as words (its logs, a progress message, an error's
+    message): kept, readable, and storable everywhere.
+    """
+    if "\x00" in text:
+        text = text.replace("\x00", "\ufffd")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        text = "".join("\ufffd" if "\ud800" <= c <= "\udfff" else c for c in text)
+    return text

@@ -52,6 +52,12 @@ async def until_quiet(
         await asyncio.sleep(quiet_s / 2)
 
 
+def log_text(data: bytes | bytearray) -> str:
+    """What a task wrote as text every store holds: bytes that are not UTF-8, and NUL
+    (which PostgreSQL's text refuses), each become U+FFFD."""
+    return data.decode("utf-8", "replace").replace("\x00", "\ufffd")
+
+
 class LogBuffer:
     """The tail of a stream, at most ``cap`` bytes, counting what was dropped."""
 
@@ -69,8 +75,8 @@ class LogBuffer:
             self.dropped += excess
 
     def take(self) -> str:
-        """Everything kept so far, as text; the buffer starts empty again."""
-        text = self._buf.decode("utf-8", "replace")
+        """Everything kept so far, as text (see :func:`log_text`); the buffer starts empty."""
+        text = log_text(self._buf)
         if self.dropped:
             text = f"[{self.dropped} earlier bytes dropped]\n{text}"
         self._buf.clear()
@@ -112,7 +118,7 @@ class AttachedOutput:
                 self.last_output = time.monotonic()
                 self.logs.write(payload)
                 if self.on_log is not None:
-                    self.on_log(payload.decode("utf-8", "replace"))
+                    self.on_log(log_text(payload))
         except (asyncio.IncompleteReadError, ConnectionError, OSError):
             pass
         finally:

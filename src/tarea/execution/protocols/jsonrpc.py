@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
+import re
 import socket
 import time
 from collections.abc import Callable
@@ -42,6 +44,7 @@ from tarea.execution.protocols.attach import (
     STDOUT,
     LogBuffer,
     LogCallback,
+    log_text,
     read_frame,
     until_quiet,
 )
@@ -69,6 +72,13 @@ RPC_ERROR_CODES: dict[int, str] = {
     -32000: "task_error",
 }
 
+#: What in an answer's line may stand for a value no store holds (see
+#: :func:`tarea.domain.nesting.storable`): the ``\\u`` escape of a surrogate or
+#: of U+0000; a surrogate as raw UTF-8 bytes and NUL bytes (``json.loads`` reads
+#: both: the first as it is, the second as a line in UTF-16 or UTF-32); ``NaN``
+#: and ``Infinity``. A line with none of them (nearly every one) is not walked.
+_SUSPECT = re.compile(rb"\\u(?:[dD][89abAB]|0000)|\xed[\xa0-\xbf]|\x00|NaN|Infinity")
+
 
 def remote_error(error: Any) -> TaskFailure:
     """Turn a JSON-RPC error object from a task into a :class:`TaskFailure`."""
@@ -76,10 +86,13 @@ def remote_error(error: Any) -> TaskFailure:
         return ProtocolViolation(f"malformed JSON-RPC error object: {error!r}"[:500])
     data = error.get("data")
     code = RPC_ERROR_CODES.get(error["code"], "task_error")
+    kept = data if isinstance(data, dict) else {}
+    if kept and (fault := nesting.storable(kept)) is not None:
+        kept = {"data_dropped": f"the error's data held {fault}"}
     return RemoteTaskError(
         code,
-        str(error.get("message") or code),
-        data={**(data if isinstance(data, dict) else {}), "rpc_code": error["code"]},
+        nesting.clean_text(str(error.get("message") or code)),
+        data={**kept, "rpc_code": error["code"]},
     )
 
 
@@ -323,7 +336,7 @@ class JsonRpcChannel:
         self.last_stderr = time.monotonic()
         self.logs.write(payload)
         if self.on_log is not None:
-            self.on_log(payload.decode("utf-8", "replace"))
+            self.on_log(log_text(payload))
 
     async def _pump_direct(self, reader: asyncio.StreamReader) -> None:
         try:
@@ -366,12 +379,12 @@ class JsonRpcChannel:
         except ValueError:
             raise ProtocolViolation(
                 "the task wrote a line that is not JSON on stdout",
-                data={"line": line[:200].decode("utf-8", "replace")},
+                data={"line": log_text(line[:200])},
             ) from None
         if not isinstance(message, dict) or message.get("jsonrpc") != "2.0":
             raise ProtocolViolation(
                 "the task wrote a message that is not JSON-RPC 2.0",
-                data={"line": line[:200].decode("utf-8", "replace")},
+                data={"line": log_text(line[:200])},
             )
         # The message holds its result one level down: the result gets MAX_DEPTH.
         if nesting.too_deep(message, nesting.MAX_DEPTH + 1):
@@ -399,9 +412,11 @@ class JsonRpcChannel:
                 note = params.get("message")
                 self._on_progress(
                     float(progress)
-                    if isinstance(progress, int | float) and not isinstance(progress, bool)
+                    if isinstance(progress, int | float)
+                    and not isinstance(progress, bool)
+                    and math.isfinite(progress)
                     else None,
-                    str(note) if note is not None else None,
+                    nesting.clean_text(str(note)) if note is not None else None,
                 )
             return
         if method is not None:
@@ -417,7 +432,13 @@ class JsonRpcChannel:
         if "error" in message:
             future.set_exception(remote_error(message["error"]))
         elif "result" in message:
-            future.set_result(message["result"])
+            result = message["result"]
+            if _SUSPECT.search(line) and (fault := nesting.storable(result)) is not None:
+                future.set_exception(
+                    ProtocolViolation(f"the task's result holds {fault}; it cannot be stored")
+                )
+            else:
+                future.set_result(result)
         else:
             future.set_exception(ProtocolViolation("a response with neither result nor error"))
 

@@ -61,7 +61,7 @@ async def execute(
     Raises:
         RemoteTaskError: the service answered ``{"error": ..}``.
         TaskTimeout: no answer within ``timeout_s``.
-        ProtocolViolation: the answer is not JSON.
+        ProtocolViolation: the answer is not JSON, or holds what no store holds.
     """
     try:
         response = await client.post(
@@ -82,16 +82,23 @@ async def execute(
             raise RemoteTaskError(
                 "task_error",
                 f"the seed task service failed with HTTP {response.status_code}",
-                data={"status": response.status_code, "body": response.text[:200]},
+                data={
+                    "status": response.status_code,
+                    "body": nesting.clean_text(response.text[:200]),
+                },
             ) from None
         raise ProtocolViolation(
             f"the seed task service answered HTTP {response.status_code} with a body "
             "that is not JSON",
-            data={"status": response.status_code, "body": response.text[:200]},
+            data={"status": response.status_code, "body": nesting.clean_text(response.text[:200])},
         ) from None
     # {"resultado": ..} holds the result one level down: the result gets MAX_DEPTH.
     if nesting.too_deep(body, nesting.MAX_DEPTH + 1):
         raise _too_deep()
+    if (fault := nesting.storable(body)) is not None:
+        raise ProtocolViolation(
+            f"the seed task service's answer holds {fault}; it cannot be stored"
+        )
     if isinstance(body, dict) and "error" in body and "resultado" not in body:
         message = str(body["error"])
         code = "unknown_function" if UNSUPPORTED in message.lower() else "task_error"

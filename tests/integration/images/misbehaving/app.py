@@ -4,8 +4,9 @@ Written against the raw protocol (not tarea.runtime) so the server's defences
 are tested against what an arbitrary image could do. Standard library only.
 
 Protocol-breaking methods: ``echo``, ``exit``, ``garbage``, ``sleep``,
-``lone_surrogate`` (a result string that is not valid Unicode), ``deep`` (a
-result nested ``levels`` dicts deep).
+``lone_surrogate`` (a result string that is not valid Unicode), ``unstorable``
+(``what`` no store holds: NaN, U+0000, a raw surrogate, in a result, an error,
+a progress or the logs), ``deep`` (a result nested ``levels`` dicts deep).
 Attacks on the sandbox (tests/integration/test_hostile.py): ``busy``,
 ``forkbomb``, ``memhog``, ``stdout_flood``, ``big_result``, ``tmpfill``,
 ``write_root``, ``network``, ``stderr_flood``, ``whoami``, ``fdlimit``, ``redial``.
@@ -393,6 +394,7 @@ FUNCTIONS = [
     "progress_flood",
     "deafen",
     "lone_surrogate",
+    "unstorable",
     "deep",
     *ATTACKS,
 ]
@@ -421,6 +423,36 @@ for line in PROTO_IN:
         PROTO_OUT.write(b'{"jsonrpc": "2.0", "id": ' + json.dumps(rid).encode())
         PROTO_OUT.write(b', "result": {"s": "\\ud800"}}\n')
         PROTO_OUT.flush()
+    elif method == "unstorable":
+        # What JSON's syntax (or Python's parser) allows and no store holds, written as raw
+        # bytes: json.dumps would refuse or escape some of it.
+        what = params.get("what")
+        head = b'{"jsonrpc": "2.0", "id": ' + json.dumps(rid).encode()
+        if what == "log_nul":  # NUL bytes in the logs, then an ordinary answer
+            os.write(2, b"before\x00after\n")
+            send({"jsonrpc": "2.0", "id": rid, "result": {"ok": True}})
+        elif what == "progress":  # a progress that is NaN, a message holding U+0000
+            write({"jsonrpc": "2.0", "method": "progress", "params": {"progress": 0.5}})
+            PROTO_OUT.write(b'{"jsonrpc": "2.0", "method": "progress", ')
+            PROTO_OUT.write(b'"params": {"progress": NaN, "message": "half\\u0000way"}}\n')
+            PROTO_OUT.flush()
+            send({"jsonrpc": "2.0", "id": rid, "result": {"ok": True}})
+        elif what == "garbage_nul":  # a line that is not JSON, holding NUL
+            PROTO_OUT.write(b"\x00not json\n")
+            PROTO_OUT.flush()
+        else:
+            body = {
+                "nan": b'"result": {"x": NaN}',
+                "infinity": b'"result": [1, -Infinity]',
+                "nul": b'"result": {"s": "a\\u0000b"}',
+                "nul_key": b'"result": {"k\\u0000": 1}',
+                "raw_surrogate": b'"result": {"s": "\xed\xa0\x80"}',
+                "error": b'"error": {"code": -32000, "message": "bad\\u0000news", '
+                b'"data": {"s": "\\udfff"}}',
+            }[what]
+            mark()
+            PROTO_OUT.write(head + b", " + body + b"}\n")
+            PROTO_OUT.flush()
     elif method == "deep":
         # Written by hand: json.dumps would recurse, and give up past ~1,000 levels.
         levels = int(params.get("levels", 600))
