@@ -217,3 +217,49 @@ async def test_an_end_the_store_refused_is_recorded_once_it_takes_writes() -> No
     assert (final.status, final.result) == (Status.SUCCEEDED, 35)
     assert store.transitions == [Status.RUNNING, Status.RUNNING, Status.SUCCEEDED]
     await task_runner.aclose()
+
+
+class DataError(Exception):
+    """PEP 249's name for "a value the database cannot hold" (as psycopg's, sqlite3's)."""
+
+
+class RefusesTheAnswer(EndRefusedOnce):
+    """A store that cannot hold the task's answer: every end carrying it is refused."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ends_tried: list[dict[str, Any]] = []
+
+    def transition(self, task_id: str, new: Status, **fields: Any) -> asyncio.Future[Any]:
+        if new is Status.RUNNING:
+            return self._done(None)
+        self.ends_tried.append(fields)
+        if fields.get("result") is not None:
+            return self._done(DataError("invalid input syntax for type json\nDETAIL: ..."))
+        record = dataclasses.replace(
+            queued(), id=task_id, status=new, result=None, error=fields["error"]
+        )
+        return self._done(record)
+
+
+@in_loop
+async def test_an_end_whose_data_the_store_refuses_ends_failed_without_it() -> None:
+    """Retrying an end the store cannot hold would leave the task running for ever: it ends
+    failed, protocol_error, without what the task gave, at the first refusal."""
+    runner_module._END_RETRY_S = (0.01, 0.05)
+    store = RefusesTheAnswer()
+    task_runner = runner(store)
+    record = queued()
+    waiter = task_runner.notices.waiter(record.id)
+    await task_runner.execute(record)
+    final = await asyncio.wait_for(waiter, 5)
+    assert final is not None
+    assert final.status is Status.FAILED
+    assert final.error is not None
+    assert final.error["code"] == "protocol_error"
+    assert final.error["message"] == (
+        "the task's answer could not be stored: invalid input syntax for type json"
+    )
+    assert [fields.get("result") for fields in store.ends_tried] == [35, None]
+    assert store.ends_tried[-1]["logs"] == ""
+    await task_runner.aclose()

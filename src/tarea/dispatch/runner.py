@@ -18,6 +18,7 @@ from typing import Any, Protocol
 
 from tarea.dispatch import callbacks, outbound
 from tarea.dispatch.progress import INTERVAL_S, Progress, ProgressCoalescer
+from tarea.domain.nesting import clean_text
 from tarea.domain.records import CallbackState, TaskRecord, utcnow
 from tarea.domain.status import Status, runs_again, status_for_error
 from tarea.domain.task import ErrorInfo, Limits, Outcome, RegistryAuth, TaskSpec
@@ -89,6 +90,40 @@ def _retrieve(future: asyncio.Future[Any]) -> None:
 
 #: How long an end that could not be recorded waits before it is tried again (doubling).
 _END_RETRY_S = (0.5, 30.0)
+
+
+def _refused_data(error: BaseException) -> bool:
+    """Whether the store refused a write for a value it cannot hold: PEP 249's
+    ``DataError``, whichever driver's (the store passes its driver's errors on, and
+    SQLAlchemy's wrapper bears the same name)."""
+    return any(kind.__name__ == "DataError" for kind in type(error).__mro__)
+
+
+#: The error of an end whose data the store refused (:func:`_unstored_end`).
+_UNSTORED = "the task's answer could not be stored"
+
+
+def _unstored_end(fields: dict[str, Any], error: BaseException) -> dict[str, Any]:
+    """``fields`` of an end without what the task gave (result, logs, error): a failure
+    saying the store refused them, ``protocol_error`` (an answer no store holds)."""
+    kept = {name: fields[name] for name in _END_KEPT if name in fields}
+    text = str(error).strip()
+    detail = text.splitlines()[0][:200] if text else type(error).__name__
+    return {
+        **kept,
+        "result": None,
+        "logs": "",
+        "error": asdict(ErrorInfo("protocol_error", clean_text(f"{_UNSTORED}: {detail}"))),
+    }
+
+
+def _is_unstored_end(fields: dict[str, Any]) -> bool:
+    error = fields.get("error")
+    return isinstance(error, dict) and str(error.get("message", "")).startswith(_UNSTORED)
+
+
+#: What an end keeps when the store refused the task's answer: tarea's own numbers.
+_END_KEPT = ("container_id", "exit_code", "start_ms", "run_ms")
 
 #: A task recorded running when it was accepted has its container id written once it
 #: has run this long (a shorter one's comes with its end: no write for it alone).
@@ -379,6 +414,13 @@ class TaskRunner:
                     task_id, status, finished_at=utcnow(), **fields
                 )
             except Exception as exc:
+                if _refused_data(exc) and not _is_unstored_end(fields):
+                    # The store answered, and cannot hold what the task gave (the
+                    # answer checks let nothing known through: tarea.domain.nesting).
+                    # The same end would be refused for ever: end it without that.
+                    log.error("task %s: the store refused its end's data (%s)", task_id, exc)
+                    status, fields = Status.FAILED, _unstored_end(fields, exc)
+                    continue
                 log.warning("task %s: its end is still not recorded (%s)", task_id, exc)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, most)
