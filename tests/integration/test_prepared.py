@@ -18,9 +18,11 @@ from typing import Any
 import psycopg
 import pytest
 from psycopg.types.json import Jsonb
+from sqlalchemy import text
 from sqlalchemy.engine import make_url
 from sqlalchemy.util import greenlet_spawn
 
+from tarea.store import prepared as prepared_module
 from tarea.store.prepared import PreparedStatements
 from tarea.store.sql import Ran, SqlStore, Statement
 
@@ -129,6 +131,33 @@ def test_parameter_types_that_change_and_a_deallocate_all_are_taken_in_stride(
     assert asyncio.run(scenario()) == [(True,), (False,), (False,)]
 
 
+def test_statements_past_the_bound_are_deallocated_and_prepared_again(
+    pg: SqlStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A connection keeps at most PREPARED_MAX of them (the writer's lives as long as the
+    server): past it, they all go, and each is prepared again when it comes."""
+    monkeypatch.setattr(prepared_module, "PREPARED_MAX", 2)
+    count = "SELECT count(*) FROM pg_prepared_statements WHERE name LIKE %(p)s AND %(k)s > 0"
+
+    async def scenario() -> list[Any]:
+        connection = await connect(pg)
+        prepared = PreparedStatements(connection)
+        rows = []
+        for k in range(1, 6):
+            outcome = await prepared.run(f"SELECT {k} + %(k)s::int", {"k": k})
+            assert outcome is not None
+            rows.append(outcome.row)
+            kept = await prepared.run(count, {"p": "tarea\\_%", "k": k})
+            assert kept is not None
+            rows.append(kept.row)
+        await connection.close()
+        return rows
+
+    rows = asyncio.run(scenario())
+    assert rows[0::2] == [(2,), (4,), (6,), (8,), (10,)]
+    assert all(kept[0] <= 2 for kept in rows[1::2])
+
+
 def test_a_query_with_another_percent_is_left_to_psycopg(pg: SqlStore) -> None:
     async def scenario() -> Any:
         connection = await connect(pg)
@@ -153,8 +182,9 @@ def test_the_writer_sends_prepared_statements_and_drops_a_connection_cut_short(
     pg: SqlStore,
 ) -> None:
     """run_alone goes through PreparedStatements (its statements are in the session's
-    pg_prepared_statements); a statement cancelled on the wire drops the connection at
-    once, and the next one runs on a new session."""
+    pg_prepared_statements); a statement cancelled on the wire is cancelled on the server
+    too (it would run on, holding its snapshot), its connection is dropped at once, and
+    the next one runs on a new session."""
     pid = Statement("SELECT pg_backend_pid()", {}, _pid)
     names = Statement(
         "SELECT array_agg(name::text) FROM pg_prepared_statements WHERE name LIKE %(p)s",
@@ -187,3 +217,14 @@ def test_the_writer_sends_prepared_statements_and_drops_a_connection_cut_short(
     assert len(prepared) == 2  # pg_backend_pid(), then the names' own query
     assert second != first
     assert took < 10  # the cut statement's 30 s were not waited for
+    deadline = time.monotonic() + 5
+    while True:  # the server stops it (a signal away): no pg_sleep(30) left running
+        with pg.engine.connect() as admin:
+            sleeping = admin.execute(
+                text("SELECT count(*) FROM pg_stat_activity WHERE pid = :pid AND state = 'active'"),
+                {"pid": first},
+            ).scalar_one()
+        if sleeping == 0 or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert sleeping == 0

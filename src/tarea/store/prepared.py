@@ -37,8 +37,10 @@ from psycopg.adapt import PyFormat, Transformer
 
 #: tarea's placeholders (its SQL is built by tarea.store.sql, never from input).
 _PLACEHOLDER = re.compile(r"%\((\w+)\)s")
-#: SQLSTATE: the prepared statement does not exist (a DEALLOCATE ALL ran, say).
-_NO_SUCH_STATEMENT = "26000"
+#: The most statements kept prepared on a connection (psycopg's own bound): past it,
+#: they are all deallocated and prepared again as they come. tarea's writes have a few
+#: dozen shapes; a shape's parameter types vary a little (NULL or not, int sizes).
+PREPARED_MAX = 100
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +74,7 @@ class PreparedStatements:
         self._queries: dict[str, _Query | None] = {}
         #: Prepared statements' names, by (query text, parameter types).
         self._prepared: dict[tuple[bytes, tuple[int, ...]], bytes] = {}
+        self._named = 0
 
     async def run(self, sql: str, params: Mapping[str, Any]) -> Outcome | None:
         """Run ``sql`` with ``params`` in its own transaction (the connection is in
@@ -116,11 +119,22 @@ class PreparedStatements:
         """The name of ``text`` prepared for ``types``; prepared now if it is not yet."""
         name = self._prepared.get((text, types))
         if name is None:
-            name = f"tarea_{len(self._prepared)}".encode()
+            if len(self._prepared) >= PREPARED_MAX:
+                await self.deallocate()
+            name = f"tarea_{self._named}".encode()
+            self._named += 1
             self.connection.pgconn.send_prepare(name, text, param_types=types)
             await self._result()
             self._prepared[(text, types)] = name
         return name
+
+    async def deallocate(self) -> None:
+        """Deallocate every statement prepared here (in one round trip)."""
+        names = list(self._prepared.values())
+        self._prepared.clear()
+        if names:
+            self.connection.pgconn.send_query(b"; ".join(b"DEALLOCATE " + n for n in names))
+            await self._results()
 
     async def _send(
         self, name: bytes, dumped: Sequence[Any], formats: Sequence[pq.Format]
@@ -130,6 +144,14 @@ class PreparedStatements:
 
     async def _result(self) -> pq.abc.PGresult:
         """Flush what was sent, wait for the whole answer; its one result (or raise)."""
+        results = await self._results()
+        if len(results) > 1:
+            raise psycopg.InterfaceError(f"{len(results)} results for one statement")
+        return results[0]
+
+    async def _results(self) -> list[pq.abc.PGresult]:
+        """Flush what was sent, wait for the whole answer; its results (or raise the first
+        error among them)."""
         pgconn = self.connection.pgconn
         loop = asyncio.get_running_loop()
         fileno = pgconn.socket
@@ -146,9 +168,7 @@ class PreparedStatements:
         for result in results:
             if result.status == pq.ExecStatus.FATAL_ERROR:
                 raise errors.error_from_result(result, encoding=self.connection.info.encoding)
-        if len(results) > 1:
-            raise psycopg.InterfaceError(f"{len(results)} results for one statement")
-        return results[0]
+        return results
 
 
 def _convert(sql: str) -> _Query | None:

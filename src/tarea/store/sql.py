@@ -20,6 +20,7 @@ from __future__ import annotations
 import base64
 import binascii
 import builtins
+import contextlib
 import dataclasses
 import functools
 import json
@@ -123,6 +124,8 @@ _POSTGRES_DRIVERS = frozenset({"postgresql", "postgres", "postgresql+psycopg"})
 #: SQLSTATEs of a PostgreSQL session the server ended (admin_shutdown,
 #: crash_shutdown, cannot_connect_now): whatever was sent after did not run.
 _SESSION_ENDED = frozenset({"57P01", "57P02", "57P03"})
+#: How long a statement cut short waits for the server to take its cancel request.
+_CANCEL_S = 2.0
 #: PostgreSQL: the planner settings _admit changed for its counts, back as the session had them.
 _PLANNER_AS_BEFORE_SQL = (
     "SELECT set_config(name, reset_val, true) FROM pg_settings "
@@ -1029,6 +1032,10 @@ class WriteSession:
         except ValueError as exc:  # the statement's read refused its outcome
             return None, exc
         except BaseException:  # cut short (cancelled) mid-statement: the connection is unsure
+            # The server is asked to stop the statement (else it runs on, holding its
+            # snapshot and locks), and the connection is dropped: the next write connects.
+            with contextlib.suppress(Exception):
+                await driver.cancel_safe(timeout=_CANCEL_S)
             await greenlet_spawn(self._drop)
             raise
 
