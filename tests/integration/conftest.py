@@ -430,6 +430,28 @@ def start_server(env: dict[str, str], log: Path) -> tuple[subprocess.Popen[bytes
     pytest.fail(f"the server did not answer within 30 s:\n{log.read_text()}", pytrace=False)
 
 
+@contextlib.contextmanager
+def server_on_store(request: pytest.FixtureRequest, tmp: Path) -> Iterator[httpx.Client]:
+    """A client of a server on an empty store of the kind ``request.param`` names
+    (``sqlite``: a file under ``tmp``; ``postgresql``: a fresh schema); stopped after."""
+    if request.param == "sqlite":
+        store: contextlib.AbstractContextManager[str] = contextlib.nullcontext(
+            f"sqlite:///{tmp}/tarea.db"
+        )
+    else:
+        store = postgres_schema(
+            request.getfixturevalue("postgres_url"), request.getfixturevalue("postgres_admin")
+        )
+    with store as url:
+        proc, base = start_server({"TAREA_DATABASE_URL": url}, tmp / "server.log")
+        try:
+            with httpx.Client(base_url=base, timeout=60) as client:
+                yield client
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)
+
+
 @dataclass
 class TenantServer:
     """A tarea server started by a test with API keys: its process, URL, log and keys."""

@@ -21,8 +21,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.integration.conftest import MISBEHAVING_IMAGE, start_server
-from tests.integration.test_v1_api import contextlib_store
+from tests.integration.conftest import MISBEHAVING_IMAGE, server_on_store
 
 pytestmark = pytest.mark.docker
 
@@ -34,15 +33,8 @@ def api(
     misbehaving_image: str,
 ) -> Iterator[httpx.Client]:
     """A server on an empty store of each kind, and a client for it."""
-    tmp = tmp_path_factory.mktemp(f"unstorable-{request.param}")
-    with contextlib_store(request, tmp) as url:
-        proc, base = start_server({"TAREA_DATABASE_URL": url}, tmp / "server.log")
-        try:
-            with httpx.Client(base_url=base, timeout=60) as client:
-                yield client
-        finally:
-            proc.terminate()
-            proc.wait(timeout=30)
+    with server_on_store(request, tmp_path_factory.mktemp(f"unstorable-{request.param}")) as api:
+        yield api
 
 
 def run(api: httpx.Client, what: str, method: str = "unstorable") -> dict[str, Any]:

@@ -6,14 +6,12 @@ import json
 import secrets
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import Engine
 
-from tests.integration.conftest import docker, postgres_schema, start_server
+from tests.integration.conftest import docker, server_on_store
 from tests.integration.loopback import absent_image
 
 pytestmark = pytest.mark.docker
@@ -27,25 +25,8 @@ def api(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, tasks_image: str
 ) -> Iterator[httpx.Client]:
     """A server on an empty store of each kind, and a client for it."""
-    tmp = tmp_path_factory.mktemp(f"v1-{request.param}")
-    with contextlib_store(request, tmp) as url:
-        proc, base = start_server({"TAREA_DATABASE_URL": url}, tmp / "server.log")
-        try:
-            with httpx.Client(base_url=base, timeout=60) as client:
-                yield client
-        finally:
-            proc.terminate()
-            proc.wait(timeout=30)
-
-
-def contextlib_store(request: pytest.FixtureRequest, tmp: Path) -> Any:
-    import contextlib
-
-    if request.param == "sqlite":
-        return contextlib.nullcontext(f"sqlite:///{tmp}/tarea.db")
-    url: str = request.getfixturevalue("postgres_url")
-    admin: Engine = request.getfixturevalue("postgres_admin")
-    return postgres_schema(url, admin)
+    with server_on_store(request, tmp_path_factory.mktemp(f"v1-{request.param}")) as client:
+        yield client
 
 
 def poll(

@@ -202,18 +202,24 @@ class EndRefusedOnce(Store):
         return self._done(record)
 
 
-@in_loop
-async def test_an_end_the_store_refused_is_recorded_once_it_takes_writes() -> None:
-    """A task whose end write failed is not left running: the end is retried until it lands,
-    and its waiters then get it."""
+async def end_after_refusals(store: Store) -> tuple[TaskRunner, TaskRecord]:
+    """Run a task on ``store`` (ends retried at once); its runner, and the end its waiter got."""
     runner_module._END_RETRY_S = (0.01, 0.05)
-    store = EndRefusedOnce()
     task_runner = runner(store)
     record = queued()
     waiter = task_runner.notices.waiter(record.id)
     await task_runner.execute(record)
     final = await asyncio.wait_for(waiter, 5)
     assert final is not None
+    return task_runner, final
+
+
+@in_loop
+async def test_an_end_the_store_refused_is_recorded_once_it_takes_writes() -> None:
+    """A task whose end write failed is not left running: the end is retried until it lands,
+    and its waiters then get it."""
+    store = EndRefusedOnce()
+    task_runner, final = await end_after_refusals(store)
     assert (final.status, final.result) == (Status.SUCCEEDED, 35)
     assert store.transitions == [Status.RUNNING, Status.RUNNING, Status.SUCCEEDED]
     await task_runner.aclose()
@@ -246,14 +252,8 @@ class RefusesTheAnswer(EndRefusedOnce):
 async def test_an_end_whose_data_the_store_refuses_ends_failed_without_it() -> None:
     """Retrying an end the store cannot hold would leave the task running for ever: it ends
     failed, protocol_error, without what the task gave, at the first refusal."""
-    runner_module._END_RETRY_S = (0.01, 0.05)
     store = RefusesTheAnswer()
-    task_runner = runner(store)
-    record = queued()
-    waiter = task_runner.notices.waiter(record.id)
-    await task_runner.execute(record)
-    final = await asyncio.wait_for(waiter, 5)
-    assert final is not None
+    task_runner, final = await end_after_refusals(store)
     assert final.status is Status.FAILED
     assert final.error is not None
     assert final.error["code"] == "protocol_error"
