@@ -106,6 +106,24 @@ def test_params_or_metadata_nested_too_deep_are_refused_422_and_record_nothing(
         assert ids(alpha) == before
 
 
+def refused_invalid(server: TenantServer, route: str, field: str, value: str) -> dict[str, Any]:
+    """POST ``value`` (JSON text) as ``field`` to ``route``: it must be 422 invalid_request
+    naming the field, with nothing recorded; the problem document."""
+    with server.client("alpha") as alpha:
+        before = ids(alpha)
+        response = alpha.post(
+            route,
+            content=body_of(route, field, value),
+            headers={"Content-Type": "application/json"},
+        )
+        assert response.status_code == 422, response.text[:300]
+        problem: dict[str, Any] = response.json()
+        assert problem["code"] == "invalid_request"
+        assert problem["field"] == ("tasks.0." if route == "/v1/batches" else "") + field
+        assert ids(alpha) == before
+    return problem
+
+
 @pytest.mark.parametrize("field", ["params", "metadata"])
 @pytest.mark.parametrize("route", ["/v1/tasks", "/v1/batches", "/getRemoteTask/"])
 def test_a_string_that_is_not_unicode_is_refused_422_and_records_nothing(
@@ -114,17 +132,8 @@ def test_a_string_that_is_not_unicode_is_refused_422_and_records_nothing(
     """Python's JSON parser takes "\\ud800", a lone surrogate, which no UTF-8 text holds:
     PostgreSQL's JSON refused it when the task was recorded (a 500), SQLite stored it. Now
     every route answers 422 invalid_request naming the field, and nothing is recorded."""
-    value = '{"x": ["ok", {"y": "\\ud800"}]}'
-    body = body_of(route, field, value)
-    with server.client("alpha") as alpha:
-        before = ids(alpha)
-        response = alpha.post(route, content=body, headers={"Content-Type": "application/json"})
-        assert response.status_code == 422, response.text[:300]
-        problem = response.json()
-        assert problem["code"] == "invalid_request"
-        assert problem["field"] == ("tasks.0." if route == "/v1/batches" else "") + field
-        assert "not Unicode" in problem["detail"]
-        assert ids(alpha) == before
+    problem = refused_invalid(server, route, field, '{"x": ["ok", {"y": "\\ud800"}]}')
+    assert "not Unicode" in problem["detail"]
 
 
 @pytest.mark.parametrize("number", ["NaN", "Infinity", "-Infinity"])
@@ -136,17 +145,8 @@ def test_a_number_json_has_not_is_refused_422_and_records_nothing(
     """Python's JSON parser takes NaN and the infinities, JSON has no such numbers: a request
     holding one (deep in a list here) is 422 invalid_request naming the field, never a 500
     (it was one on PostgreSQL, whose JSON refuses them), and nothing is recorded."""
-    value = f'{{"x": [1, {{"y": {number}}}]}}'
-    body = body_of(route, field, value)
-    with server.client("alpha") as alpha:
-        before = ids(alpha)
-        response = alpha.post(route, content=body, headers={"Content-Type": "application/json"})
-        assert response.status_code == 422, response.text[:300]
-        problem = response.json()
-        assert problem["code"] == "invalid_request"
-        assert problem["field"] == ("tasks.0." if route == "/v1/batches" else "") + field
-        assert "NaN or an infinity" in problem["detail"]
-        assert ids(alpha) == before
+    problem = refused_invalid(server, route, field, f'{{"x": [1, {{"y": {number}}}]}}')
+    assert "NaN or an infinity" in problem["detail"]
 
 
 def test_params_nested_to_the_cap_are_accepted(

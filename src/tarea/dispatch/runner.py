@@ -99,8 +99,8 @@ def _refused_data(error: BaseException) -> bool:
     return any(kind.__name__ == "DataError" for kind in type(error).__mro__)
 
 
-#: The error of an end whose data the store refused (:func:`_unstored_end`).
-_UNSTORED = "the task's answer could not be stored"
+#: What an end keeps when the store refused the task's answer: tarea's own numbers.
+_END_KEPT = ("container_id", "exit_code", "start_ms", "run_ms")
 
 
 def _unstored_end(fields: dict[str, Any], error: BaseException) -> dict[str, Any]:
@@ -113,17 +113,13 @@ def _unstored_end(fields: dict[str, Any], error: BaseException) -> dict[str, Any
         **kept,
         "result": None,
         "logs": "",
-        "error": asdict(ErrorInfo("protocol_error", clean_text(f"{_UNSTORED}: {detail}"))),
+        "error": asdict(
+            ErrorInfo(
+                "protocol_error", clean_text(f"the task's answer could not be stored: {detail}")
+            )
+        ),
     }
 
-
-def _is_unstored_end(fields: dict[str, Any]) -> bool:
-    error = fields.get("error")
-    return isinstance(error, dict) and str(error.get("message", "")).startswith(_UNSTORED)
-
-
-#: What an end keeps when the store refused the task's answer: tarea's own numbers.
-_END_KEPT = ("container_id", "exit_code", "start_ms", "run_ms")
 
 #: A task recorded running when it was accepted has its container id written once it
 #: has run this long (a shorter one's comes with its end: no write for it alone).
@@ -406,6 +402,7 @@ class TaskRunner:
         otherwise meanwhile keeps that end). Waiters hear of it then.
         """
         delay, most = _END_RETRY_S
+        stripped = False  # the task's answer taken out of the end (the store refused it)
         while True:
             try:
                 # Its running write may have failed too: the end needs it first.
@@ -414,12 +411,13 @@ class TaskRunner:
                     task_id, status, finished_at=utcnow(), **fields
                 )
             except Exception as exc:
-                if _refused_data(exc) and not _is_unstored_end(fields):
+                if _refused_data(exc) and not stripped:
                     # The store answered, and cannot hold what the task gave (the
                     # answer checks let nothing known through: tarea.domain.nesting).
                     # The same end would be refused for ever: end it without that.
                     log.error("task %s: the store refused its end's data (%s)", task_id, exc)
                     status, fields = Status.FAILED, _unstored_end(fields, exc)
+                    stripped = True
                     continue
                 log.warning("task %s: its end is still not recorded (%s)", task_id, exc)
                 await asyncio.sleep(delay)

@@ -17,9 +17,8 @@ itself, with psycopg's own parts:
 - it waits for the socket on the event loop (``add_reader``), as psycopg does;
 - a failed statement raises psycopg's error for its SQLSTATE, as ``execute``.
 
-Anything else (a query with another ``%``, a statement that returns several
-results) is not for it: :meth:`PreparedStatements.run` returns None, and the
-caller uses ``execute``. It is cancellation-safe only in that the caller must
+A query with another ``%`` is not for it: :meth:`PreparedStatements.run`
+returns None, and the caller uses ``execute``. It is cancellation-safe only in that the caller must
 drop a connection on which a statement was cut short (WriteSession does).
 """
 
@@ -35,23 +34,14 @@ import psycopg
 from psycopg import errors, pq
 from psycopg.adapt import PyFormat, Transformer
 
+from tarea.store.sql import Ran
+
 #: tarea's placeholders (its SQL is built by tarea.store.sql, never from input).
 _PLACEHOLDER = re.compile(r"%\((\w+)\)s")
 #: The most statements kept prepared on a connection (psycopg's own bound): past it,
 #: they are all deallocated and prepared again as they come. tarea's writes have a few
 #: dozen shapes; a shape's parameter types vary a little (NULL or not, int sizes).
 PREPARED_MAX = 100
-
-
-@dataclass(frozen=True, slots=True)
-class Outcome:
-    """What a statement left: its row count, its first row, and its columns' (name,
-    type OID) pairs, as a cursor's ``rowcount``, ``fetchone()`` and ``description``
-    (None for a statement that returns no rows)."""
-
-    rowcount: int
-    row: tuple[Any, ...] | None
-    description: Sequence[tuple[str | None, int]] | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,9 +66,10 @@ class PreparedStatements:
         self._prepared: dict[tuple[bytes, tuple[int, ...]], bytes] = {}
         self._named = 0
 
-    async def run(self, sql: str, params: Mapping[str, Any]) -> Outcome | None:
+    async def run(self, sql: str, params: Mapping[str, Any]) -> Ran | None:
         """Run ``sql`` with ``params`` in its own transaction (the connection is in
-        autocommit); None if it is not a statement for this path.
+        autocommit); what it left, as a cursor would give it (its description: the
+        columns' (name, type OID) pairs); None if it is not a statement for this path.
 
         Raises:
             psycopg.Error: the statement failed (its SQLSTATE's class), or the
@@ -103,7 +94,7 @@ class PreparedStatements:
                 name = await self._statement(query.text, types)
                 result = await self._send(name, dumped, formats)
         if result.status == pq.ExecStatus.COMMAND_OK:
-            return Outcome(_count(result), None, None)
+            return Ran(_count(result), None, None)
         if result.status != pq.ExecStatus.TUPLES_OK:
             raise psycopg.InterfaceError(f"unexpected result status {result.status!r}")
         description = [
@@ -113,7 +104,7 @@ class PreparedStatements:
         if result.ntuples:
             transformer.set_pgresult(result)
             row = transformer.load_row(0, tuple)
-        return Outcome(_count(result), row, description)
+        return Ran(_count(result), row, description)
 
     async def _statement(self, text: bytes, types: tuple[int, ...]) -> bytes:
         """The name of ``text`` prepared for ``types``; prepared now if it is not yet."""

@@ -1016,10 +1016,8 @@ class WriteSession:
                 from tarea.store.prepared import PreparedStatements
 
                 prepared = self._prepared = PreparedStatements(driver)
-            outcome = await prepared.run(statement.sql, statement.params)
-            if outcome is not None:
-                ran = Ran(outcome.rowcount, outcome.row, outcome.description)
-            else:  # not a statement for it (see tarea.store.prepared): psycopg's execute
+            ran = await prepared.run(statement.sql, statement.params)
+            if ran is None:  # not a statement for it (see tarea.store.prepared): psycopg's execute
                 cursor = await driver.execute(statement.sql, statement.params)
                 row = await cursor.fetchone() if cursor.description is not None else None
                 ran = Ran(cursor.rowcount, row, cursor.description)
@@ -1134,8 +1132,7 @@ class WriteSession:
             except Exception:
                 lost = True
         if lost:
-            connection.invalidate()
-            self._connection = None
+            self._drop()
         return lost
 
 
