@@ -334,8 +334,9 @@ class Settings(BaseSettings):
     )
     access_log: bool = Field(
         False,
-        description="uvicorn's line per HTTP request. Off by default: at a thousand tasks "
-        "a second it is noise, and it costs the warm path CPU (see docs/benchmarks.md).",
+        description="uvicorn's line per HTTP request (an API server); Celery's line per "
+        "message and per task (a worker). Off by default: at a thousand tasks a second it "
+        "is noise, and it costs the warm path CPU (see docs/benchmarks.md).",
     )
     metrics_images: int = Field(
         20,

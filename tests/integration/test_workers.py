@@ -242,6 +242,11 @@ def test_tasks_submitted_through_the_api_run_on_the_workers(cluster: Cluster) ->
     assert sorted(task["result"] for task in results) == [i + 100 for i in range(12)]
     assert {task["status"] for task in results} == {"succeeded"}
     assert {task["worker"] for task in results} <= worker_ids(cluster)
+    # Celery's INFO line per message and per task is the workers' access log: off.
+    for task in results:
+        log = cluster.workers[task["worker"]].log.read_text(errors="replace")
+        assert " ready." in log
+        assert "Task tarea.run[" not in log  # "... received", "... succeeded in"
 
 
 def test_the_seeds_get_remote_task_runs_on_a_worker(cluster: Cluster) -> None:

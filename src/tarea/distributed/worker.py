@@ -540,6 +540,24 @@ def _consuming(worker: Any) -> bool:
     return bool(connection is not None and connection.connected)
 
 
+#: Celery's loggers of a line per message received and per task run (INFO).
+CELERY_PER_TASK_LOGGERS = ("celery.worker.strategy", "celery.app.trace")
+
+
+def quiet_celery_per_task_lines(settings: Settings) -> None:
+    """Celery's INFO line per message and per task: off unless ``TAREA_ACCESS_LOG``.
+
+    They are this worker's access log, off by default as the API server's is;
+    tarea logs each task's end itself (``TAREA_LOG_TASK_ENDS``). The one
+    "received" line is written before the message is handed on, on the warm
+    path. Their warnings and errors stay. Celery reads the levels when the
+    worker starts: call this before.
+    """
+    level = logging.NOTSET if settings.access_log else logging.WARNING
+    for name in CELERY_PER_TASK_LOGGERS:
+        logging.getLogger(name).setLevel(level)
+
+
 def main() -> None:
     """Run a worker in the foreground until SIGTERM (drain) or SIGINT."""
     settings = Settings()
@@ -565,6 +583,7 @@ def main() -> None:
             asyncio.run_coroutine_threadsafe(runtime.drain(), loop.loop)
 
     worker_shutting_down.connect(on_shutting_down, weak=False)
+    quiet_celery_per_task_lines(settings)
     log.info(
         "worker %s: queues %s and %s, %d tasks at once, Docker engine %s",
         settings.server_id,
