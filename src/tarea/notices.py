@@ -2,7 +2,8 @@
 
 Who hears them: a client waiting for a task's end (``?wait=true``), a client
 streaming its events (SSE), and the server running it (a cancel). Notices
-carry ids only; whoever hears one reads the record from the store.
+carry ids (an end heard by an API server with workers, the task too, when it
+fits); whoever hears one reads what it needs from the store.
 
 - :class:`LocalNotices`, the embedded default (SQLite, one process): notices
   travel in memory, at no cost to a warm task.
@@ -26,7 +27,9 @@ carry ids only; whoever hears one reads the record from the store.
   re-reads what it follows once the LISTEN is in place, so a notice sent
   before it is not missed. An API server with a broker, whose clients wait for
   tasks the workers run, listens to :data:`ENDS` instead (``every_end``): one
-  notice per task, and no LISTEN nor read for each.
+  notice per task, and no LISTEN for each. An end's notice there carries the
+  ended row, as the end wrote it (migration 0010), unless it would not fit in
+  a notice: a waiter is answered with no read.
 
 Besides one task's events, a reader may follow the status changes of all of a
 tenant's tasks (``GET /v1/events``, the dashboard): in one process from
@@ -52,6 +55,7 @@ from sqlalchemy.engine import make_url
 from tarea.domain.records import TaskRecord
 from tarea.domain.status import TERMINAL, Status
 from tarea.store.cluster import StatusChange, StoredEvent
+from tarea.store.convert import from_row_json
 
 log = logging.getLogger(__name__)
 
@@ -712,8 +716,16 @@ class PgNotices(LocalNotices):
             subscription.dirty.set()
 
     def heard(self, payload: str, channel: str = CHANNEL) -> None:
-        """Act on one notice: ``"<status|progress|log> <task id>"`` on ``channel``."""
+        """Act on one notice: ``"<status|progress|log> <task id>"`` on ``channel``.
+
+        An end on :data:`ENDS` may also carry the task, as the end wrote it
+        (``"<status> <task id> <the row as JSON>"``, migration 0010): its
+        waiters here are handed that, with no read of the store.
+        """
         what, _, task_id = payload.partition(" ")
+        row = ""
+        if channel == ENDS:
+            task_id, _, row = task_id.partition(" ")
         if what == "cancelled" and channel == CHANNEL:
             self.cancelled(task_id)
             if task_id in self._waiters:  # one queued here, cancelled by another server
@@ -725,7 +737,11 @@ class PgNotices(LocalNotices):
                 self._read_tenant_again(followed[1])
             return
         if what in _TERMINAL and task_id in self._waiters and not self.runs_here(task_id):
-            self._spawn(self._resolve(task_id))
+            record = _carried(task_id, row) if row else None
+            if record is not None:
+                self.ended(record)
+            else:
+                self._spawn(self._resolve(task_id))
         for subscription in self._subscriptions.get(task_id, ()):
             subscription.dirty.set()
 
@@ -759,6 +775,18 @@ class PgNotices(LocalNotices):
         task = asyncio.create_task(coro)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
+
+
+def _carried(task_id: str, row: str) -> TaskRecord | None:
+    """The ended task a notice carried (its ``row_to_json``); None if it is not one."""
+    try:
+        record = from_row_json(json.loads(row))
+    except (ValueError, TypeError, AttributeError) as exc:
+        log.warning("task %s: its end's notice carried no task (%s); reading it", task_id, exc)
+        return None
+    if record.id != task_id or not record.status.terminal:
+        return None
+    return record
 
 
 def _settle(future: asyncio.Future[None]) -> None:

@@ -1,4 +1,4 @@
-"""Addressed notices on a real PostgreSQL (migration 0008, tarea.notices.PgNotices).
+"""Addressed notices on a real PostgreSQL (migrations 0008, 0010; tarea.notices.PgNotices).
 
 A server hears a task's notices only while it follows the task (a waiter for a
 task that runs elsewhere, a stream), a tenant's status changes only while one
@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine
 
-from tarea.domain.records import TaskRecord, utcnow
+from tarea.domain.records import CallbackState, TaskRecord, utcnow
 from tarea.domain.status import Status
 from tarea.notices import PgNotices, task_channel, tenant_channel
 from tarea.store.aio import AsyncStore
@@ -153,7 +153,8 @@ def test_a_server_that_hears_every_end_gets_ends_it_never_followed(pg_url: str) 
             assert notices._wanted == {}
             await _finish(store, record, Status.SUCCEEDED, result=35)
             ended = await asyncio.wait_for(waiter, 5)
-            assert ("tarea.end", f"succeeded {record.id}") in notices.notices
+            ended_notice = next(p for c, p in notices.notices if c == "tarea.end")
+            assert ended_notice.startswith(f"succeeded {record.id} {{")
             assert not [c for c, _ in notices.notices if c.startswith("tarea.t.")]
             return ended
         finally:
@@ -163,3 +164,102 @@ def test_a_server_that_hears_every_end_gets_ends_it_never_followed(pg_url: str) 
     ended = asyncio.run(scenario())
     assert ended is not None
     assert ended.result == 35
+
+
+class CountingReads(AsyncStore):
+    """An AsyncStore that counts the tasks read by id (the notices' reads after an end)."""
+
+    reads = 0
+
+    async def get(self, task_id: str, tenant: str | None = None) -> TaskRecord | None:
+        self.reads += 1
+        return await super().get(task_id, tenant)
+
+
+#: Ends of every shape a row can hold, each ``(status, fields of the end)``.
+ENDS_OF_EVERY_SHAPE: list[tuple[Status, dict[str, Any]]] = [
+    (Status.SUCCEEDED, {"result": 35, "start_ms": 2.0, "run_ms": 0.25, "exit_code": 0}),
+    (Status.SUCCEEDED, {"result": {"x": [1, 2.5, None, 'é\n"q"'], "big": 2**62}}),
+    (Status.SUCCEEDED, {"result": None, "logs": "line 1\nünïcödé 🎉 \\ \t tab\n"}),
+    (Status.SUCCEEDED, {"result": 1e300, "queued_ms": 0.0, "progress": 1.0}),
+    (
+        Status.FAILED,
+        {"error": {"code": "task_error", "message": "boom", "data": {"k": [1]}}, "logs": "x"},
+    ),
+    (Status.TIMED_OUT, {"error": {"code": "timeout", "message": "30 s"}}),
+    (
+        Status.CANCELLED,
+        {"callback": CallbackState(status="failed", attempts=3, last_error="refused")},
+    ),
+]
+
+
+def test_an_end_heard_on_tarea_end_carries_the_task_as_stored(pg_url: str) -> None:
+    """Migration 0010: the waiter of an API server with workers gets the ended task from
+    the notice itself, equal to the task read from the store, with no read."""
+
+    async def scenario() -> None:
+        store = AsyncStore(SqlStore(pg_url))
+        counting = CountingReads(SqlStore(pg_url))
+        notices = Recording(pg_url, counting, every_end=True)
+        await notices.start()
+        try:
+            for status, fields in ENDS_OF_EVERY_SHAPE:
+                record = running(
+                    metadata={"team": "ñ", "n": 1},
+                    limits={"cpus": 1.0, "memory_mb": 256},
+                    callback_url="http://127.0.0.1:9/cb",
+                    retry={"max_attempts": 2, "on": ["worker_lost"]},
+                    attempts=[{"attempt": 1, "error": {"code": "worker_lost"}}],
+                    progress_message="half",
+                )
+                await store.create(record)
+                waiter = notices.waiter(record.id)
+                await _finish(store, record, status, **fields)
+                heard = await asyncio.wait_for(waiter, 5)
+                assert heard == await store.get(record.id), fields
+                payload = next(p for c, p in notices.notices if c == "tarea.end" and record.id in p)
+                assert payload.startswith(f"{status.value} {record.id} {{")
+            assert counting.reads == 0
+        finally:
+            await notices.aclose()
+            await counting.aclose()
+            await store.aclose()
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.parametrize(
+    "logs",
+    [
+        "".join(chr(0x41 + (i * 7919) % 57) for i in range(12_000)),  # stored larger than a notice
+        "x" * 20_000,  # compressed small, but its JSON is larger than a notice
+    ],
+    ids=["stored-large", "compressed-small"],
+)
+def test_an_end_too_large_for_a_notice_carries_its_id_and_is_read(pg_url: str, logs: str) -> None:
+    """A row whose JSON would not fit in a notice (PostgreSQL: fewer than 8,000 bytes):
+    the end is still recorded, its notice is "<status> <id>", and the waiter reads it."""
+
+    async def scenario() -> None:
+        store = AsyncStore(SqlStore(pg_url))
+        counting = CountingReads(SqlStore(pg_url))
+        notices = Recording(pg_url, counting, every_end=True)
+        await notices.start()
+        try:
+            record = running()
+            await store.create(record)
+            waiter = notices.waiter(record.id)
+            await _finish(store, record, Status.SUCCEEDED, result=1, logs=logs)
+            heard = await asyncio.wait_for(waiter, 5)
+            assert heard is not None
+            assert heard.logs == logs
+            assert heard == await store.get(record.id)
+            assert ("tarea.end", f"succeeded {record.id}") in notices.notices
+            assert counting.reads == 1
+        finally:
+            await notices.aclose()
+            await counting.aclose()
+            await store.aclose()
+
+    asyncio.run(scenario())

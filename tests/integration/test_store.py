@@ -140,7 +140,7 @@ def test_migrate_twice_is_a_no_op(store: SqlStore) -> None:
     store.migrate()
     with store.engine.connect() as connection:
         revision = MigrationContext.configure(connection).get_current_revision()
-    assert revision == "0009"
+    assert revision == "0010"
     assert store.get(stored.id) == stored
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import json
 from typing import Any
 
 from tarea.domain.records import TaskRecord
@@ -305,3 +307,29 @@ def test_a_server_that_hears_every_end_follows_no_task_and_gets_its_end() -> Non
     assert followed == set()
     assert sent == ['LISTEN "tarea"; LISTEN "tarea.end"']
     assert record is not None
+
+
+def test_an_end_that_carries_no_whole_task_is_read_instead() -> None:
+    """An end on ENDS whose row is not JSON, not a whole tasks row, or another task's:
+    the waiter gets the task read from the store (migration 0010's rows are checked)."""
+
+    stored = ended_task()
+
+    async def heard(payload: str) -> tuple[TaskRecord | None, int]:
+        store = Store(stored)
+        notices = PgNotices("postgresql://x/y", store, every_end=True)
+        waiter = notices.waiter("t1")
+        notices.heard(payload, ENDS)
+        return await asyncio.wait_for(waiter, 1), store.reads
+
+    whole: dict[str, Any] = {f.name: None for f in dataclasses.fields(TaskRecord)}
+    whole.update(id="t2", tenant="a", status="succeeded", image="i", function="f", params={})
+    for payload in (
+        "succeeded t1 {not json",
+        'succeeded t1 {"id": "t1", "status": "succeeded"}',  # not every column
+        f"succeeded t1 {json.dumps(whole)}",  # another task's row
+        f"succeeded t1 {json.dumps({**whole, 'id': 't1', 'status': 'running'})}",  # not ended
+    ):
+        record, reads = asyncio.run(heard(payload))
+        assert record is stored, payload
+        assert reads == 1, payload

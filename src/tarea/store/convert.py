@@ -13,13 +13,20 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
+from sqlalchemy import Float
+
 from tarea.domain.records import CallbackState, TaskRecord
 from tarea.domain.status import Status
 from tarea.store.tables import TaskRow
 
 #: Every TaskRecord field, in declaration order.
 FIELDS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(TaskRecord))
+_FIELD_SET = frozenset(FIELDS)
 _DATETIMES = frozenset({"created_at", "started_at", "finished_at"})
+#: The float columns: PostgreSQL's JSON writes a whole one as an integer (``2``).
+_FLOATS = frozenset(
+    column.name for column in TaskRow.__table__.columns if isinstance(column.type, Float)
+)
 
 
 def to_columns(fields: Mapping[str, Any]) -> dict[str, Any]:
@@ -45,6 +52,28 @@ def from_columns(row: Mapping[Any, Any]) -> TaskRecord:
     callback = values["callback"]
     values["callback"] = None if callback is None else _decode_callback(callback)
     return TaskRecord(**values)
+
+
+def from_row_json(data: Mapping[str, Any]) -> TaskRecord:
+    """The TaskRecord a ``tasks`` row holds, from PostgreSQL's ``row_to_json`` of it.
+
+    Its JSON columns come as their values; timestamps as ISO 8601 text with
+    their offset; floats as numbers, a whole one without its point.
+
+    Raises:
+        ValueError: ``data`` is not a whole ``tasks`` row (a column missing or unknown).
+    """
+    if data.keys() != _FIELD_SET:
+        missing, unknown = _FIELD_SET - data.keys(), data.keys() - _FIELD_SET
+        raise ValueError(f"not a tasks row: missing {sorted(missing)}, unknown {sorted(unknown)}")
+    values = dict(data)
+    for name in _DATETIMES:
+        if values[name] is not None:
+            values[name] = _utc(datetime.fromisoformat(values[name]))
+    for name in _FLOATS:
+        if values[name] is not None:
+            values[name] = float(values[name])
+    return from_columns(values)
 
 
 def to_record(row: TaskRow) -> TaskRecord:
