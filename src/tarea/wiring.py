@@ -213,7 +213,7 @@ def assemble_api(settings: Settings, sql: SqlStore, store: AsyncStore) -> Server
     events and cancels between it and the workers.
     """
     from tarea.distributed.broker import make_celery
-    from tarea.distributed.outbox import OutboxDispatcher, Publisher, Router, celery_sender
+    from tarea.distributed.outbox import CelerySender, OutboxDispatcher, Publisher, Router
 
     if sql.engine.dialect.name != "postgresql":
         raise ConfigurationError(
@@ -226,7 +226,7 @@ def assemble_api(settings: Settings, sql: SqlStore, store: AsyncStore) -> Server
     router = Router(store, lease_s=settings.lease_s)
     publisher = Publisher(
         sql.engine,
-        celery_sender(make_celery(settings.broker_url)),
+        CelerySender(make_celery(settings.broker_url)),
         router,
         interval_s=settings.publish_interval_s,
     )

@@ -1,0 +1,122 @@
+"""The API server's publisher, on a real RabbitMQ: Celery's own message, sent leaner.
+
+``CelerySender`` builds the message with Celery (``app.amqp.as_task_v2``) and
+publishes it on a connection its thread keeps, instead of ``send_task``. What
+reaches the queue must be what ``send_task`` sends (a Celery worker runs it:
+tests/integration/test_workers.py), and a connection that failed must be made
+again by the next publish.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from kombu import Connection, Message
+
+from tarea.distributed.broker import (
+    EXCHANGE,
+    SHARED_QUEUE,
+    TASK_NAME,
+    make_celery,
+    ready_messages,
+    shared_queue,
+)
+from tarea.distributed.outbox import CelerySender
+from tests.integration.conftest import broker_vhost
+
+#: Headers that differ between any two messages (ids, the sender's process).
+PER_MESSAGE = {"id", "root_id", "origin"}
+
+
+@pytest.fixture
+def amqp(broker_url: str) -> Iterator[str]:
+    with broker_vhost(broker_url) as url:
+        yield url
+
+
+def take(connection: Connection) -> Message:
+    """The next message waiting in the shared queue (acknowledged)."""
+    message = shared_queue()(connection.default_channel).get(no_ack=True)
+    assert message is not None, "no message in the shared queue"
+    return message
+
+
+def first_failure(sender: CelerySender) -> Exception | None:
+    """Publish until one fails (a closed connection is seen a moment later); its error."""
+    for attempt in range(50):
+        try:
+            sender("t-2", attempt, SHARED_QUEUE)
+        except Exception as exc:  # the driver's own error
+            return exc
+    return None
+
+
+def test_its_message_is_the_one_send_task_sends(amqp: str) -> None:
+    """Headers, body, content type, encoding, delivery mode and routing as Celery's own,
+    into a shared queue it declared itself (no worker has started yet)."""
+    app = make_celery(amqp)
+    sender = CelerySender(app)
+    try:
+        sender("t-1", 2, SHARED_QUEUE)
+    finally:
+        sender.close()
+    with app.producer_or_acquire() as producer:
+        app.send_task(
+            TASK_NAME,
+            args=["t-1", 2],
+            exchange=EXCHANGE.name,
+            routing_key=SHARED_QUEUE,
+            declare=[shared_queue()],
+            retry=False,
+            producer=producer,
+            ignore_result=True,
+        )
+    with Connection(amqp) as connection:
+        ours, celerys = take(connection), take(connection)
+
+    def shape(message: Message) -> dict[str, Any]:
+        return {
+            "headers": {k: v for k, v in message.headers.items() if k not in PER_MESSAGE},
+            "body": message.decode(),
+            "content_type": message.content_type,
+            "content_encoding": message.content_encoding,
+            "delivery_mode": message.properties.get("delivery_mode"),
+            "routing_key": message.delivery_info.get("routing_key"),
+            "exchange": message.delivery_info.get("exchange"),
+        }
+
+    assert shape(ours) == shape(celerys)
+    assert ours.headers["task"] == TASK_NAME
+    assert ours.decode()[0] == ["t-1", 2]
+    assert ours.headers["id"] != celerys.headers["id"]
+
+
+def test_a_connection_that_failed_is_made_again_by_the_next_publish(amqp: str) -> None:
+    """The broker closes the sender's connection: that publish raises (the outbox's sweep
+    publishes it later); the next one, on a new connection, reaches the queue."""
+    app = make_celery(amqp)
+    sender = CelerySender(app)
+    try:
+        sender("t-1", 1, SHARED_QUEUE)
+        vhost = amqp.rsplit("/", 1)[1]
+        closed = subprocess.run(
+            ["rabbitmqctl", "-q", "close_all_connections", "-p", vhost, "test"],
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=60,
+        )
+        assert closed.returncode == 0, closed.stderr
+        assert first_failure(sender) is not None
+        sender("t-3", 1, SHARED_QUEUE)
+    finally:
+        sender.close()
+    with Connection(amqp) as connection:
+        bodies = []
+        while ready_messages(connection, SHARED_QUEUE):
+            bodies.append(take(connection).decode()[0])
+    assert bodies[0] == ["t-1", 1]
+    assert bodies[-1] == ["t-3", 1]
