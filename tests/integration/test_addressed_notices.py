@@ -9,8 +9,9 @@ ones the server listens to (the tenant's md5 included).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import pytest
@@ -176,6 +177,24 @@ class CountingReads(AsyncStore):
         return await super().get(task_id, tenant)
 
 
+@contextlib.asynccontextmanager
+async def hearing_every_end(
+    pg_url: str,
+) -> AsyncIterator[tuple[AsyncStore, CountingReads, Recording]]:
+    """A store that writes; the notices of an API server with workers, reading through
+    a store that counts its reads."""
+    store = AsyncStore(SqlStore(pg_url))
+    counting = CountingReads(SqlStore(pg_url))
+    notices = Recording(pg_url, counting, every_end=True)
+    await notices.start()
+    try:
+        yield store, counting, notices
+    finally:
+        await notices.aclose()
+        await counting.aclose()
+        await store.aclose()
+
+
 #: Ends of every shape a row can hold, each ``(status, fields of the end)``.
 ENDS_OF_EVERY_SHAPE: list[tuple[Status, dict[str, Any]]] = [
     (Status.SUCCEEDED, {"result": 35, "start_ms": 2.0, "run_ms": 0.25, "exit_code": 0}),
@@ -199,11 +218,7 @@ def test_an_end_heard_on_tarea_end_carries_the_task_as_stored(pg_url: str) -> No
     the notice itself, equal to the task read from the store, with no read."""
 
     async def scenario() -> None:
-        store = AsyncStore(SqlStore(pg_url))
-        counting = CountingReads(SqlStore(pg_url))
-        notices = Recording(pg_url, counting, every_end=True)
-        await notices.start()
-        try:
+        async with hearing_every_end(pg_url) as (store, counting, notices):
             for status, fields in ENDS_OF_EVERY_SHAPE:
                 record = running(
                     metadata={"team": "ñ", "n": 1},
@@ -221,10 +236,6 @@ def test_an_end_heard_on_tarea_end_carries_the_task_as_stored(pg_url: str) -> No
                 payload = next(p for c, p in notices.notices if c == "tarea.end" and record.id in p)
                 assert payload.startswith(f"{status.value} {record.id} {{")
             assert counting.reads == 0
-        finally:
-            await notices.aclose()
-            await counting.aclose()
-            await store.aclose()
 
     asyncio.run(scenario())
 
@@ -242,11 +253,7 @@ def test_an_end_too_large_for_a_notice_carries_its_id_and_is_read(pg_url: str, l
     the end is still recorded, its notice is "<status> <id>", and the waiter reads it."""
 
     async def scenario() -> None:
-        store = AsyncStore(SqlStore(pg_url))
-        counting = CountingReads(SqlStore(pg_url))
-        notices = Recording(pg_url, counting, every_end=True)
-        await notices.start()
-        try:
+        async with hearing_every_end(pg_url) as (store, counting, notices):
             record = running()
             await store.create(record)
             waiter = notices.waiter(record.id)
@@ -257,9 +264,5 @@ def test_an_end_too_large_for_a_notice_carries_its_id_and_is_read(pg_url: str, l
             assert heard == await store.get(record.id)
             assert ("tarea.end", f"succeeded {record.id}") in notices.notices
             assert counting.reads == 1
-        finally:
-            await notices.aclose()
-            await counting.aclose()
-            await store.aclose()
 
     asyncio.run(scenario())
