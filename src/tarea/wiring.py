@@ -230,7 +230,17 @@ def assemble_api(settings: Settings, sql: SqlStore, store: AsyncStore) -> Server
         router,
         interval_s=settings.publish_interval_s,
     )
-    dispatcher = OutboxDispatcher(store, notices, publisher, router)
+    # A task cancelled here that no live worker had is called back from here.
+    caller = callbacks.Caller(
+        store,
+        render_task,
+        settings.callback_secret.encode(),
+        callbacks.RetryPolicy(
+            attempts=settings.callback_attempts, first_delay_s=settings.callback_backoff_s
+        ),
+        outbound.Allowlist.parse(settings.callback_allow),
+    )
+    dispatcher = OutboxDispatcher(store, notices, publisher, router, caller)
     service = TaskService(settings, store, dispatcher, notices)
     membership = Membership(
         store, server_id=settings.server_id, lease_s=settings.lease_s, on_silent=service.take_over

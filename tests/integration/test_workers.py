@@ -5,13 +5,15 @@ and the real Docker engine. Tasks are submitted and waited for through the
 API (``?wait=true``, the seed's ``POST /getRemoteTask/``); a worker killed
 with SIGKILL mid-task has its task run again on the other (or end
 ``worker_lost``) with exactly one terminal status; a cancel through the API
-kills the container within 2 s; tasks accepted while RabbitMQ is down run
-when it returns; SIGTERM drains a worker.
+kills the container within 2 s, and the task is called back once (by its
+worker, or by the API server when no worker had it yet); tasks accepted while
+RabbitMQ is down run when it returns; SIGTERM drains a worker.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import random
 import signal
@@ -28,6 +30,7 @@ import httpx
 import pytest
 from sqlalchemy import Engine, create_engine, text
 
+from tarea.dispatch.callbacks import verify
 from tests.integration.conftest import (
     broker_vhost,
     docker,
@@ -36,6 +39,7 @@ from tests.integration.conftest import (
     start_server,
 )
 from tests.integration.engines import PrivateDockerd
+from tests.integration.test_callbacks import SECRET, Receiver
 
 pytestmark = pytest.mark.docker
 
@@ -53,6 +57,12 @@ def esperar(seconds: float, **extra: Any) -> dict[str, Any]:
 
 
 SUMA = {"image": "tasks_image:latest", "function": "suma", "params": {"a": 2, "b": 3}}
+#: Callbacks to this machine's test receivers, signed with a known secret.
+CALLBACKS = {
+    "TAREA_CALLBACK_ALLOW": "127.0.0.1",
+    "TAREA_CALLBACK_SECRET": SECRET,
+    "TAREA_CALLBACK_BACKOFF_S": "0.1",
+}
 
 
 @dataclass
@@ -215,7 +225,9 @@ def cluster(
     with (
         postgres_schema(postgres_url, postgres_admin) as url,
         broker_vhost(broker_url) as amqp,
-        running_cluster(tmp, url, amqp, {f"{base}-w1": {}, f"{base}-w2": {}}) as running,
+        running_cluster(
+            tmp, url, amqp, {f"{base}-w1": {}, f"{base}-w2": {}}, **CALLBACKS
+        ) as running,
     ):
         yield running
 
@@ -304,7 +316,8 @@ def test_a_cancel_through_the_api_kills_the_workers_container_within_two_seconds
 ) -> None:
     """The API records the cancel; the worker running the task hears it through
     PostgreSQL and kills its container within 2 s."""
-    task = cluster.submit(esperar(60))
+    receiver = Receiver([200])
+    task = cluster.submit({**esperar(60), "callback_url": receiver.url})
     # A task claimed running has its container's id written a moment after it started.
     running = cluster.until(task["id"], lambda t: t["status"] == "running" and t["container"])
     container = running["container"]["id"]
@@ -320,6 +333,43 @@ def test_a_cancel_through_the_api_kills_the_workers_container_within_two_seconds
         time.sleep(0.05)
     assert cluster.get(task["id"])["status"] == "cancelled"
     assert cluster.terminal_events(task["id"]) == ["cancelled"]
+    # Called back once, by the worker that ran it (the API server, which recorded
+    # the cancel, leaves it to that live worker).
+    assert_called_back_once(receiver, task["id"])
+
+
+def assert_called_back_once(receiver: Receiver, task_id: str) -> None:
+    """One signed callback of the task, cancelled, came to ``receiver``, and no second."""
+    receiver.wait_for(1)
+    time.sleep(1.0)  # a second one, from anyone, would come within this
+    assert len(receiver.calls) == 1
+    headers, body, _ = receiver.calls[0]
+    assert verify(SECRET.encode(), body, headers["X-Tarea-Signature"])
+    called = json.loads(body)
+    assert called["id"] == task_id
+    assert called["status"] == "cancelled"
+
+
+def test_a_task_cancelled_before_any_worker_had_it_is_called_back_by_the_api_server(
+    tmp_path: Path, postgres_url: str, postgres_admin: Engine, broker_url: str
+) -> None:
+    """No worker: the task waits in the broker. Its cancel, recorded by the API server,
+    is called back from there, once, and the delivery is recorded on the task."""
+    receiver = Receiver([200])
+    with (
+        postgres_schema(postgres_url, postgres_admin) as url,
+        broker_vhost(broker_url) as amqp,
+        running_cluster(tmp_path, url, amqp, {}, **CALLBACKS) as lone,
+    ):
+        task = lone.submit({**SUMA, "callback_url": receiver.url})
+        assert task["status"] == "queued"
+        cancelled = lone.api.post(f"/v1/tasks/{task['id']}/cancel")
+        assert cancelled.status_code == 200, cancelled.text
+        assert_called_back_once(receiver, task["id"])
+        delivered = lone.until(
+            task["id"], lambda t: (t["callback"] or {}).get("status") == "delivered"
+        )
+        assert delivered["callback"]["attempts"] == 1
 
 
 def _kill_mid_task(cluster: Cluster, body: dict[str, Any]) -> tuple[dict[str, Any], str, float]:

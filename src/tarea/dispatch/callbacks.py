@@ -20,14 +20,16 @@ import asyncio
 import hashlib
 import hmac
 import http.cookiejar
+import json
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 import httpx
 
 from tarea.dispatch import outbound
-from tarea.domain.records import CallbackState, utcnow
+from tarea.domain.records import CallbackState, TaskRecord, utcnow
 from tarea.errors import CallbackUrlNotAllowed
 
 log = logging.getLogger(__name__)
@@ -182,3 +184,63 @@ async def deliver(
             return state
         await asyncio.sleep(policy.delay(number))
     return state
+
+
+class CallbackStore(Protocol):
+    """Where each delivery attempt is written (:class:`~tarea.store.aio.AsyncStore`)."""
+
+    def update(self, task_id: str, **fields: Any) -> Awaitable[Any]:
+        """Set ``fields`` of the task ``task_id``."""
+        ...
+
+
+class Caller:
+    """Delivers ended tasks to their callback URLs (:func:`deliver`), recording each attempt.
+
+    Whoever records a task's end calls it back: a server or worker that ran
+    it, or an API server that cancelled it before any worker had it.
+
+    Args:
+        store: where each attempt's :class:`CallbackState` is written.
+        render: the task as ``GET /v1/tasks/{id}`` shows it (the body).
+        secret: the HMAC key of the signature header.
+        policy: how many attempts, and how far apart.
+        allow: the private addresses a callback may reach.
+    """
+
+    def __init__(
+        self,
+        store: CallbackStore,
+        render: Callable[[TaskRecord], dict[str, Any]],
+        secret: bytes,
+        policy: RetryPolicy,
+        allow: outbound.Allowlist = outbound.NOTHING_ALLOWED,
+    ) -> None:
+        self._store = store
+        self._render = render
+        self._secret = secret
+        self._policy = policy
+        self._allow = allow
+        self._client = new_client()
+
+    async def call_back(self, record: TaskRecord) -> CallbackState:
+        """Deliver the ended ``record`` to its ``callback_url``; how it went."""
+        assert record.callback_url is not None
+        body = json.dumps(self._render(record), separators=(",", ":")).encode()
+
+        async def save(state: CallbackState) -> None:
+            await self._store.update(record.id, callback=state)
+
+        return await deliver(
+            self._client,
+            record.callback_url,
+            body,
+            self._secret,
+            self._policy,
+            save,
+            allow=self._allow,
+        )
+
+    async def aclose(self) -> None:
+        """Close the HTTP client (deliveries under way are the caller's to end first)."""
+        await self._client.aclose()

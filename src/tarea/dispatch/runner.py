@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import json
 import logging
 from collections import Counter
 from collections.abc import Callable
@@ -19,7 +18,7 @@ from typing import Any, Protocol
 from tarea.dispatch import callbacks, outbound
 from tarea.dispatch.progress import INTERVAL_S, Progress, ProgressCoalescer
 from tarea.domain.nesting import clean_text
-from tarea.domain.records import CallbackState, TaskRecord, utcnow
+from tarea.domain.records import TaskRecord, utcnow
 from tarea.domain.status import Status, runs_again, status_for_error
 from tarea.domain.task import ErrorInfo, Limits, Outcome, RegistryAuth, TaskSpec
 from tarea.errors import EngineUnavailable
@@ -147,9 +146,9 @@ class TaskRunner:
         self.notices = notices
         self.render = render
         self.worker = worker
-        self.callback_secret = callback_secret
-        self.callback_policy = callback_policy
-        self.callback_allow = callback_allow
+        self.caller = callbacks.Caller(
+            store, render, callback_secret, callback_policy, callback_allow
+        )
         #: A task's progress is written (and published) at most this often.
         self.progress_interval_s = progress_interval_s
         #: Registry credentials of queued tasks, by id: memory only, used once.
@@ -162,7 +161,6 @@ class TaskRunner:
         self.on_end: list[Callable[[TaskRecord], None]] = []
         #: Called with the id of every task whose container started here.
         self.on_start: list[Callable[[str], None]] = []
-        self._http = callbacks.new_client()
         self._background: set[asyncio.Future[Any]] = set()
         #: Tasks whose container is done, waiting for their end to be committed.
         self._settling: set[asyncio.Future[None]] = set()
@@ -467,21 +465,7 @@ class TaskRunner:
 
     async def call_back(self, record: TaskRecord) -> None:
         """Deliver the finished task to its callback URL, recording each attempt."""
-        assert record.callback_url is not None
-        body = json.dumps(self.render(record), separators=(",", ":")).encode()
-
-        async def save(state: CallbackState) -> None:
-            await self.store.update(record.id, callback=state)
-
-        await callbacks.deliver(
-            self._http,
-            record.callback_url,
-            body,
-            self.callback_secret,
-            self.callback_policy,
-            save,
-            allow=self.callback_allow,
-        )
+        await self.caller.call_back(record)
 
     def _spawn(self, coro: Any) -> None:
         self._watch(asyncio.create_task(coro))
@@ -502,4 +486,4 @@ class TaskRunner:
             _, pending = await asyncio.wait(set(self._background), timeout=timeout_s)
             for task in pending:
                 task.cancel()
-        await self._http.aclose()
+        await self.caller.aclose()

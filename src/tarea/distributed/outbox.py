@@ -43,6 +43,7 @@ from kombu.utils.uuid import uuid
 from sqlalchemy import Engine, text
 from sqlalchemy.pool import PoolProxiedConnection
 
+from tarea.dispatch.callbacks import Caller
 from tarea.distributed.broker import (
     EXCHANGE,
     SHARED_QUEUE,
@@ -424,7 +425,9 @@ class OutboxDispatcher:
     It runs nothing: it hands recorded tasks to the broker (see the module
     docstring), records ends decided here (a cancel), and reports the
     workers' pools. Cancels reach the worker running the task through
-    PostgreSQL's notices.
+    PostgreSQL's notices, and that worker calls the task back. A task
+    cancelled here that no live worker had (it waited in the broker, or its
+    worker is gone) is called back from here, by ``caller``.
     """
 
     def __init__(
@@ -433,12 +436,16 @@ class OutboxDispatcher:
         notices: Notices,
         publisher: Publisher,
         router: Router,
+        caller: Caller | None = None,
     ) -> None:
         self._store = store
         self._notices = notices
         self._publisher = publisher
         self.router = router
+        self._caller = caller
         self._counts: Counter[str] = Counter()
+        #: Callbacks under way from here.
+        self._calling: set[asyncio.Task[Any]] = set()
 
     @property
     def queued(self) -> int:
@@ -475,7 +482,17 @@ class OutboxDispatcher:
         if record is not None:
             self._counts[record.status.value] += 1
             self._notices.ended(record)
+            if record.callback_url and record.worker not in self.router.live_workers():
+                self._call_back(record)  # no live worker has it to call it back
         return record
+
+    def _call_back(self, record: TaskRecord) -> None:
+        if self._caller is None:
+            log.warning("task %s ended here, and this server has no callback sender", record.id)
+            return
+        calling = asyncio.create_task(self._caller.call_back(record))
+        self._calling.add(calling)
+        calling.add_done_callback(self._calling.discard)
 
     async def remove_containers(self, server_id: str) -> int:
         """No containers here (a worker removes its own when it starts again)."""
@@ -489,10 +506,17 @@ class OutboxDispatcher:
         """Nothing ran here."""
         return True
 
-    async def stop(self) -> None:
-        """Stop publishing (offered attempts are published first) and reading reports."""
+    async def stop(self, callbacks_timeout_s: float = 5.0) -> None:
+        """Stop publishing (offered attempts are published first) and reading reports;
+        give callbacks under way a moment, then stop them."""
         await self.router.aclose()
         await asyncio.get_running_loop().run_in_executor(None, self._publisher.stop)
+        if self._calling:
+            _, pending = await asyncio.wait(set(self._calling), timeout=callbacks_timeout_s)
+            for calling in pending:
+                calling.cancel()
+        if self._caller is not None:
+            await self._caller.aclose()
 
     def pools(self) -> dict[str, Any]:
         """Every live worker's pool, as its last heartbeat reported it, summed."""
