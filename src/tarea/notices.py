@@ -777,12 +777,19 @@ class PgNotices(LocalNotices):
         task.add_done_callback(self._background.discard)
 
 
+#: Whether a notice's row could not be read as a task yet (warned once, then at debug).
+_carried_unreadable: list[bool] = []
+
+
 def _carried(task_id: str, row: str) -> TaskRecord | None:
     """The ended task a notice carried (its ``row_to_json``); None if it is not one."""
     try:
         record = from_row_json(json.loads(row))
     except (ValueError, TypeError, AttributeError) as exc:
-        log.warning("task %s: its end's notice carried no task (%s); reading it", task_id, exc)
+        # Every end would say so (a newer tarea's columns, say): once is enough.
+        level = logging.DEBUG if _carried_unreadable else logging.WARNING
+        _carried_unreadable[:] = [True]
+        log.log(level, "task %s: its end's notice carried no task (%s); reading it", task_id, exc)
         return None
     if record.id != task_id or not record.status.terminal:
         return None

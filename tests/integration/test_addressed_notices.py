@@ -11,11 +11,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import random
+import string
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine
+from sqlalchemy import Engine, text
 
 from tarea.domain.records import CallbackState, TaskRecord, utcnow
 from tarea.domain.status import Status
@@ -195,6 +197,19 @@ async def hearing_every_end(
         await store.aclose()
 
 
+def stored_size(pg_url: str, task_id: str) -> int:
+    """How many bytes the task's logs take as PostgreSQL stores them (compressed or not)."""
+    store = SqlStore(pg_url)
+    try:
+        with store.engine.connect() as connection:
+            size = connection.execute(
+                text("SELECT pg_column_size(logs) FROM tasks WHERE id = :id"), {"id": task_id}
+            ).scalar_one()
+    finally:
+        store.close()
+    return int(size)
+
+
 #: Ends of every shape a row can hold, each ``(status, fields of the end)``.
 ENDS_OF_EVERY_SHAPE: list[tuple[Status, dict[str, Any]]] = [
     (Status.SUCCEEDED, {"result": 35, "start_ms": 2.0, "run_ms": 0.25, "exit_code": 0}),
@@ -241,16 +256,22 @@ def test_an_end_heard_on_tarea_end_carries_the_task_as_stored(pg_url: str) -> No
 
 
 @pytest.mark.parametrize(
-    "logs",
+    ("logs", "stored_large"),
     [
-        "".join(chr(0x41 + (i * 7919) % 57) for i in range(12_000)),  # stored larger than a notice
-        "x" * 20_000,  # compressed small, but its JSON is larger than a notice
+        # Random letters: PostgreSQL cannot compress them, the logs are stored large.
+        ("".join(random.Random(7).choices(string.ascii_letters, k=12_000)), True),
+        # Compressed small as stored, but their JSON is larger than a notice.
+        ("x" * 20_000, False),
     ],
     ids=["stored-large", "compressed-small"],
 )
-def test_an_end_too_large_for_a_notice_carries_its_id_and_is_read(pg_url: str, logs: str) -> None:
+def test_an_end_too_large_for_a_notice_carries_its_id_and_is_read(
+    pg_url: str, logs: str, stored_large: bool
+) -> None:
     """A row whose JSON would not fit in a notice (PostgreSQL: fewer than 8,000 bytes):
-    the end is still recorded, its notice is "<status> <id>", and the waiter reads it."""
+    the end is still recorded, its notice is "<status> <id>", and the waiter reads it.
+    Both of the trigger's guards are met: logs stored larger than a notice, and logs
+    stored small whose JSON is not."""
 
     async def scenario() -> None:
         async with hearing_every_end(pg_url) as (store, counting, notices):
@@ -264,5 +285,6 @@ def test_an_end_too_large_for_a_notice_carries_its_id_and_is_read(pg_url: str, l
             assert heard == await store.get(record.id)
             assert ("tarea.end", f"succeeded {record.id}") in notices.notices
             assert counting.reads == 1
+            assert (stored_size(pg_url, record.id) >= 7900) is stored_large
 
     asyncio.run(scenario())

@@ -27,8 +27,8 @@ from tarea.distributed.broker import (
 from tarea.distributed.outbox import CelerySender
 from tests.integration.conftest import broker_vhost
 
-#: Headers that differ between any two messages (ids, the sender's process).
-PER_MESSAGE = {"id", "root_id", "origin"}
+#: Headers and properties that differ between any two messages (ids, the sender).
+PER_MESSAGE = {"id", "root_id", "origin", "correlation_id"}
 
 
 @pytest.fixture
@@ -55,7 +55,7 @@ def first_failure(sender: CelerySender) -> Exception | None:
 
 
 def test_its_message_is_the_one_send_task_sends(amqp: str) -> None:
-    """Headers, body, content type, encoding, delivery mode and routing as Celery's own,
+    """Headers, body, content type, encoding, properties and routing as Celery's own,
     into a shared queue it declared itself (no worker has started yet)."""
     app = make_celery(amqp)
     sender = CelerySender(app)
@@ -83,7 +83,11 @@ def test_its_message_is_the_one_send_task_sends(amqp: str) -> None:
             "body": message.decode(),
             "content_type": message.content_type,
             "content_encoding": message.content_encoding,
-            "delivery_mode": message.properties.get("delivery_mode"),
+            "properties": {  # the headers are compared above, without their ids
+                k: v
+                for k, v in message.properties.items()
+                if k not in PER_MESSAGE and k != "application_headers"
+            },
             "routing_key": message.delivery_info.get("routing_key"),
             "exchange": message.delivery_info.get("exchange"),
         }

@@ -5,8 +5,8 @@ and the real Docker engine. Tasks are submitted and waited for through the
 API (``?wait=true``, the seed's ``POST /getRemoteTask/``); a worker killed
 with SIGKILL mid-task has its task run again on the other (or end
 ``worker_lost``) with exactly one terminal status; a cancel through the API
-kills the container within 2 s, and the task is called back once (by its
-worker, or by the API server when no worker had it yet); tasks accepted while
+kills the container within 2 s, and the task is called back once, by that
+API server, whether a worker had it or not; tasks accepted while
 RabbitMQ is down run when it returns; SIGTERM drains a worker.
 """
 
@@ -333,8 +333,8 @@ def test_a_cancel_through_the_api_kills_the_workers_container_within_two_seconds
         time.sleep(0.05)
     assert cluster.get(task["id"])["status"] == "cancelled"
     assert cluster.terminal_events(task["id"]) == ["cancelled"]
-    # Called back once, by the worker that ran it (the API server, which recorded
-    # the cancel, leaves it to that live worker).
+    # Called back once: by the API server, which recorded the cancel (the worker
+    # that ran the task only tells its own waiters).
     assert_called_back_once(receiver, task["id"])
 
 

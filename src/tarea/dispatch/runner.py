@@ -452,15 +452,19 @@ class TaskRunner:
             self.announce(record)
         return record
 
-    def announce(self, record: TaskRecord) -> None:
-        """Tell waiters, watchers and the callback URL that ``record`` ended."""
+    def announce(self, record: TaskRecord, *, call_back: bool = True) -> None:
+        """Tell waiters, watchers and (with ``call_back``) the callback URL that ``record`` ended.
+
+        Whoever recorded the end calls the task back: ``call_back=False`` is
+        for an end recorded elsewhere (a cancel through an API server).
+        """
         if self.notices.watched(record.id):  # the rendering is for watchers only
             self.notices.publish(
                 record.id, "status", status=record.status.value, task=self.render(record)
             )
         self.notices.status_changed(record)
         self.notices.ended(record)
-        if record.callback_url:
+        if call_back and record.callback_url:
             self._spawn(self.call_back(record))
 
     async def call_back(self, record: TaskRecord) -> None:

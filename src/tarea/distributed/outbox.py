@@ -377,7 +377,7 @@ class CelerySender:
         producer = self._producer()
         args: Any = [task_id, attempt]  # a list, as send_task's (its stub says a tuple)
         headers, properties, body, _ = self._celery.amqp.as_task_v2(
-            uuid(), TASK_NAME, args=args, ignore_result=True
+            uuid(), TASK_NAME, args=args, ignore_result=True, reply_to=self._celery.thread_oid
         )
         try:
             producer.publish(
@@ -425,9 +425,10 @@ class OutboxDispatcher:
     It runs nothing: it hands recorded tasks to the broker (see the module
     docstring), records ends decided here (a cancel), and reports the
     workers' pools. Cancels reach the worker running the task through
-    PostgreSQL's notices, and that worker calls the task back. A task
-    cancelled here that no live worker had (it waited in the broker, or its
-    worker is gone) is called back from here, by ``caller``.
+    PostgreSQL's notices. A task cancelled here is called back from here, by
+    ``caller``: whoever records an end calls the task back, so a cancel is
+    called back once whether a worker had the task, had it and died, or
+    never had it (the worker that had it only tells its own waiters).
     """
 
     def __init__(
@@ -446,6 +447,7 @@ class OutboxDispatcher:
         self._counts: Counter[str] = Counter()
         #: Callbacks under way from here.
         self._calling: set[asyncio.Task[Any]] = set()
+        self._stopped = False
 
     @property
     def queued(self) -> int:
@@ -482,17 +484,22 @@ class OutboxDispatcher:
         if record is not None:
             self._counts[record.status.value] += 1
             self._notices.ended(record)
-            if record.callback_url and record.worker not in self.router.live_workers():
-                self._call_back(record)  # no live worker has it to call it back
+            if record.callback_url:
+                self._call_back(record)
         return record
 
     def _call_back(self, record: TaskRecord) -> None:
-        if self._caller is None:
-            log.warning("task %s ended here, and this server has no callback sender", record.id)
+        if self._caller is None or self._stopped:
+            log.warning("task %s ended here, and is not called back: this server stops", record.id)
             return
         calling = asyncio.create_task(self._caller.call_back(record))
         self._calling.add(calling)
-        calling.add_done_callback(self._calling.discard)
+        calling.add_done_callback(self._called_back)
+
+    def _called_back(self, calling: asyncio.Task[Any]) -> None:
+        self._calling.discard(calling)
+        if not calling.cancelled() and calling.exception() is not None:
+            log.error("a callback failed", exc_info=calling.exception())
 
     async def remove_containers(self, server_id: str) -> int:
         """No containers here (a worker removes its own when it starts again)."""
@@ -509,6 +516,7 @@ class OutboxDispatcher:
     async def stop(self, callbacks_timeout_s: float = 5.0) -> None:
         """Stop publishing (offered attempts are published first) and reading reports;
         give callbacks under way a moment, then stop them."""
+        self._stopped = True
         await self.router.aclose()
         await asyncio.get_running_loop().run_in_executor(None, self._publisher.stop)
         if self._calling:

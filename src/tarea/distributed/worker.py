@@ -331,8 +331,8 @@ class WorkerDispatcher:
         if record is None or record.worker != self.server_id:
             return
         if record.status is Status.CANCELLED:
-            # Cancelled through an API server, which recorded it: its callback goes from here.
-            self._runner.announce(record)
+            # Cancelled through an API server, which recorded it and calls it back.
+            self._runner.announce(record, call_back=False)
             return
         if record.status.terminal:
             return

@@ -11,8 +11,8 @@ still busy with that end (measured: 0.88 ms from the notice to the read's
 row, on a 2-core VM). The notice on ``tarea.end`` is now
 ``'<status> <id> <the row as JSON>'``, the row as the end wrote it
 (``row_to_json``, about 7 µs), unless that text would not fit in a notice
-(PostgreSQL takes fewer than 8,000 bytes; a row stored larger than that is not
-turned into JSON to find it out): then it is ``'<status> <id>'`` as before,
+(PostgreSQL takes fewer than 8,000 bytes; a row whose large columns are stored
+larger than that is not turned into JSON to find it out): then it is ``'<status> <id>'`` as before,
 and the listener reads the task. The other channels are unchanged.
 
 Servers of the version before this one take the row's text for part of the
@@ -50,8 +50,13 @@ BEGIN
     PERFORM pg_notify('tarea.n.' || md5(NEW.tenant), NEW.status || ' ' || NEW.id);
     IF NEW.status IN ('succeeded', 'failed', 'timed_out', 'cancelled') THEN
       ended := NEW.status || ' ' || NEW.id;
-      -- A row larger than a notice is not turned into JSON to find it out.
-      IF pg_column_size(NEW) < 7900 THEN
+      -- A row larger than a notice is not turned into JSON to find it out. Its
+      -- large columns are measured one by one, as stored: the size of the
+      -- whole row would read values kept out of line (TOAST) back first.
+      IF coalesce(pg_column_size(NEW.logs), 0) + coalesce(pg_column_size(NEW.params), 0)
+         + coalesce(pg_column_size(NEW.result), 0) + coalesce(pg_column_size(NEW.error), 0)
+         + coalesce(pg_column_size(NEW.metadata), 0)
+         + coalesce(pg_column_size(NEW.attempts), 0) < 7900 THEN
         ended := ended || ' ' || row_to_json(NEW)::text;
         IF octet_length(ended) > 7900 THEN
           ended := NEW.status || ' ' || NEW.id;
