@@ -4,14 +4,19 @@
 publishes it on a connection its thread keeps, instead of ``send_task``. What
 reaches the queue must be what ``send_task`` sends (a Celery worker runs it:
 tests/integration/test_workers.py), and a connection that failed must be made
-again by the next publish.
+again by the next publish, also when the broker stops answering without
+closing it (a relay on loopback that stops passing RabbitMQ's bytes on).
 """
 
 from __future__ import annotations
 
+import socket
 import subprocess
+import threading
+import time
 from collections.abc import Iterator
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 from kombu import Connection, Message
@@ -124,3 +129,79 @@ def test_a_connection_that_failed_is_made_again_by_the_next_publish(amqp: str) -
             bodies.append(take(connection).decode()[0])
     assert bodies[0] == ["t-1", 1]
     assert bodies[-1] == ["t-3", 1]
+
+
+class SilentRelay:
+    """A TCP relay on 127.0.0.1 to RabbitMQ; ``silence()`` stops passing the broker's bytes
+    to the connections open now, which stay open (a broker cut off, not closed). Later
+    connections are relayed as usual."""
+
+    def __init__(self, upstream: tuple[str, int]) -> None:
+        self.upstream = upstream
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.silenced: list[threading.Event] = []
+        self.sockets: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            broker = socket.create_connection(self.upstream)
+            silent = threading.Event()
+            self.silenced.append(silent)
+            self.sockets += [client, broker]
+            threading.Thread(target=self._pump, args=(client, broker, None), daemon=True).start()
+            threading.Thread(target=self._pump, args=(broker, client, silent), daemon=True).start()
+
+    @staticmethod
+    def _pump(source: socket.socket, target: socket.socket, silent: threading.Event | None) -> None:
+        while True:
+            try:
+                data = source.recv(65536)
+                if not data:
+                    return
+                if silent is not None and silent.is_set():
+                    continue  # swallowed: the other side hears nothing more
+                target.sendall(data)
+            except OSError:
+                return
+
+    def silence(self) -> None:
+        for silent in self.silenced:
+            silent.set()
+
+    def close(self) -> None:
+        self.listener.close()
+        for sock in self.sockets:
+            sock.close()
+
+
+def test_a_broker_that_stops_answering_fails_the_publish_within_its_timeout(amqp: str) -> None:
+    """No confirm comes (the connection stays open): the publish fails after its timeout,
+    not never; the next publish, on a new connection, reaches the queue."""
+    parts = urlsplit(amqp)
+    relay = SilentRelay((parts.hostname or "127.0.0.1", parts.port or 5672))
+    netloc = f"{parts.username}:{parts.password}@127.0.0.1:{relay.port}"
+    app = make_celery(urlunsplit(parts._replace(netloc=netloc)))
+    sender = CelerySender(app, timeout_s=1.0)
+    try:
+        sender("t-1", 1, SHARED_QUEUE)
+        relay.silence()
+        started = time.monotonic()
+        with pytest.raises(Exception):  # noqa: B017, PT011 (the driver's own timeout)
+            sender("t-2", 1, SHARED_QUEUE)
+        assert time.monotonic() - started < 10
+        sender("t-3", 1, SHARED_QUEUE)
+    finally:
+        sender.close()
+        relay.close()
+    with Connection(amqp) as connection:
+        bodies = []
+        while ready_messages(connection, SHARED_QUEUE):
+            bodies.append(take(connection).decode()[0])
+    # t-2 reached RabbitMQ before the relay swallowed its confirm: it is there too.
+    assert bodies == [["t-1", 1], ["t-2", 1], ["t-3", 1]]

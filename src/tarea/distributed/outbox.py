@@ -351,6 +351,8 @@ Send = Callable[[str, int, str], None]
 
 #: AMQP's delivery mode of a message kept on disk.
 PERSISTENT = 2
+#: How long a publish may wait for RabbitMQ's confirm before it counts as failed.
+PUBLISH_TIMEOUT_S = 10.0
 
 
 class CelerySender:
@@ -366,10 +368,18 @@ class CelerySender:
 
     The exchange and the shared queue are declared once per connection, so a
     message published before any worker started waits in the shared queue.
+
+    A publish not confirmed within ``timeout_s`` fails (its connection is
+    dropped, and the outbox's sweep publishes the attempt again): a broker
+    that stops answering without closing the connection (its host cut off,
+    or frozen) must not hold a publisher thread for ever. If that broker did
+    take the first message, the attempt is delivered twice, and the worker's
+    claim makes the second a no-op.
     """
 
-    def __init__(self, celery: Celery) -> None:
+    def __init__(self, celery: Celery, *, timeout_s: float = PUBLISH_TIMEOUT_S) -> None:
         self._celery = celery
+        self._timeout_s = timeout_s
         self._local = threading.local()
 
     def __call__(self, task_id: str, attempt: int, queue_name: str) -> None:
@@ -388,10 +398,12 @@ class CelerySender:
                 delivery_mode=PERSISTENT,
                 headers=headers,
                 retry=False,
+                timeout=self._timeout_s,
+                confirm_timeout=self._timeout_s,
                 **properties,
             )
         except BaseException:
-            self.close()
+            self.close(graceful=False)
             raise
 
     def _producer(self) -> Producer:
@@ -405,18 +417,22 @@ class CelerySender:
                 producer = Producer(channel, exchange=EXCHANGE)
                 shared_queue()(channel).declare()
             except BaseException:
-                self.close()
+                self.close(graceful=False)
                 raise
             self._local.producer = producer
         return producer
 
-    def close(self) -> None:
-        """Give up this thread's connection (after a failure, or when the thread stops)."""
+    def close(self, *, graceful: bool = True) -> None:
+        """Give up this thread's connection: closed with RabbitMQ's handshake when the
+        thread stops; after a failure, its socket only (the broker may not answer)."""
         connection: Connection | None = getattr(self._local, "connection", None)
         self._local.producer = self._local.connection = None
         if connection is not None:
             with contextlib.suppress(Exception):
-                connection.release()
+                if graceful:
+                    connection.release()
+                else:
+                    connection.collect()
 
 
 class OutboxDispatcher:
