@@ -15,8 +15,10 @@ and publishes (with a publisher confirm) in one transaction, committed after
 RabbitMQ has the message. Two publishers of the same attempt (this fast path
 and another server's sweep) are serialised by the row's primary key: the
 second finds it and publishes nothing. Only a crash between RabbitMQ's confirm
-and the commit can publish an attempt twice, and a worker's claim (a guarded
-UPDATE) makes the second message a no-op.
+and the commit, or a confirm that comes later than ``PUBLISH_TIMEOUT_S`` (the
+publish counts as failed; the sweep publishes the attempt again), can publish
+an attempt twice, and a worker's claim (a guarded UPDATE) makes the second
+message a no-op.
 
 Where a task goes (:class:`Router`): to the own queue of a worker that reports a
 container for its (tenant, image, limits) in its heartbeat, the least busy
