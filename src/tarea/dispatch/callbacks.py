@@ -222,6 +222,23 @@ class Caller:
         self._policy = policy
         self._allow = allow
         self._client = new_client()
+        #: Deliveries started by :meth:`start` and not done yet.
+        self._under_way: set[asyncio.Task[CallbackState]] = set()
+        self._closed = False
+
+    def start(self, record: TaskRecord) -> None:
+        """Deliver ``record`` in the background (kept until done; a failure is logged)."""
+        if self._closed:
+            log.warning("task %s is not called back: this server stops", record.id)
+            return
+        delivery = asyncio.create_task(self.call_back(record))
+        self._under_way.add(delivery)
+        delivery.add_done_callback(self._delivered)
+
+    def _delivered(self, delivery: asyncio.Task[CallbackState]) -> None:
+        self._under_way.discard(delivery)
+        if not delivery.cancelled() and delivery.exception() is not None:
+            log.error("a callback failed", exc_info=delivery.exception())
 
     async def call_back(self, record: TaskRecord) -> CallbackState:
         """Deliver the ended ``record`` to its ``callback_url``; how it went."""
@@ -241,6 +258,11 @@ class Caller:
             allow=self._allow,
         )
 
-    async def aclose(self) -> None:
-        """Close the HTTP client (deliveries under way are the caller's to end first)."""
+    async def aclose(self, timeout_s: float = 5.0) -> None:
+        """Start no more; give deliveries under way ``timeout_s``, stop the rest, close."""
+        self._closed = True
+        if self._under_way:
+            _, pending = await asyncio.wait(set(self._under_way), timeout=timeout_s)
+            for delivery in pending:
+                delivery.cancel()
         await self._client.aclose()

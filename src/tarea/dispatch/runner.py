@@ -465,11 +465,7 @@ class TaskRunner:
         self.notices.status_changed(record)
         self.notices.ended(record)
         if call_back and record.callback_url:
-            self._spawn(self.call_back(record))
-
-    async def call_back(self, record: TaskRecord) -> None:
-        """Deliver the finished task to its callback URL, recording each attempt."""
-        await self.caller.call_back(record)
+            self.caller.start(record)
 
     def _spawn(self, coro: Any) -> None:
         self._watch(asyncio.create_task(coro))
@@ -485,9 +481,11 @@ class TaskRunner:
             log.error("background work failed", exc_info=future.exception())
 
     async def aclose(self, timeout_s: float = 5.0) -> None:
-        """Give background work (callbacks, progress writes) a moment, then stop it."""
+        """Give background work (progress writes, callbacks) a moment, then stop it."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
         if self._background:
             _, pending = await asyncio.wait(set(self._background), timeout=timeout_s)
             for task in pending:
                 task.cancel()
-        await self.caller.aclose()
+        await self.caller.aclose(max(deadline - loop.time(), 0.0))

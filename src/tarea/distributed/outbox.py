@@ -463,9 +463,6 @@ class OutboxDispatcher:
         self.router = router
         self._caller = caller
         self._counts: Counter[str] = Counter()
-        #: Callbacks under way from here.
-        self._calling: set[asyncio.Task[Any]] = set()
-        self._stopped = False
 
     @property
     def queued(self) -> int:
@@ -502,22 +499,9 @@ class OutboxDispatcher:
         if record is not None:
             self._counts[record.status.value] += 1
             self._notices.ended(record)
-            if record.callback_url:
-                self._call_back(record)
+            if record.callback_url and self._caller is not None:
+                self._caller.start(record)
         return record
-
-    def _call_back(self, record: TaskRecord) -> None:
-        if self._caller is None or self._stopped:
-            log.warning("task %s ended here, and is not called back: this server stops", record.id)
-            return
-        calling = asyncio.create_task(self._caller.call_back(record))
-        self._calling.add(calling)
-        calling.add_done_callback(self._called_back)
-
-    def _called_back(self, calling: asyncio.Task[Any]) -> None:
-        self._calling.discard(calling)
-        if not calling.cancelled() and calling.exception() is not None:
-            log.error("a callback failed", exc_info=calling.exception())
 
     async def remove_containers(self, server_id: str) -> int:
         """No containers here (a worker removes its own when it starts again)."""
@@ -534,15 +518,10 @@ class OutboxDispatcher:
     async def stop(self, callbacks_timeout_s: float = 5.0) -> None:
         """Stop publishing (offered attempts are published first) and reading reports;
         give callbacks under way a moment, then stop them."""
-        self._stopped = True
         await self.router.aclose()
         await asyncio.get_running_loop().run_in_executor(None, self._publisher.stop)
-        if self._calling:
-            _, pending = await asyncio.wait(set(self._calling), timeout=callbacks_timeout_s)
-            for calling in pending:
-                calling.cancel()
         if self._caller is not None:
-            await self._caller.aclose()
+            await self._caller.aclose(callbacks_timeout_s)
 
     def pools(self) -> dict[str, Any]:
         """Every live worker's pool, as its last heartbeat reported it, summed."""
