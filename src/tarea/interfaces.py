@@ -75,6 +75,10 @@ class TaskStore(Protocol):
         """Give the queued task of worker ``was`` to worker ``to``; whether it moved."""
         ...
 
+    async def adopt_callbacks(self, *, was: str, by: str) -> builtins.list[TaskRecord]:
+        """Make ``by`` the deliverer of the callbacks ``was`` owes; those tasks, adopted."""
+        ...
+
     def transition(
         self, task_id: str, new: Status, **fields: Any
     ) -> asyncio.Future[TaskRecord | None]:
@@ -164,6 +168,10 @@ class Dispatcher(Protocol):
 
     async def record_end(self, task_id: str, status: Status, **fields: Any) -> TaskRecord | None:
         """Record a terminal ``status`` (guarded) and announce it; None if not allowed."""
+        ...
+
+    def call_back(self, record: TaskRecord) -> None:
+        """Deliver the ended ``record`` to its ``callback_url``, in the background."""
         ...
 
     async def remove_containers(self, server_id: str) -> int:

@@ -25,7 +25,7 @@ from tarea.dispatch import outbound
 from tarea.domain import nesting
 from tarea.domain.functions import ImageFunctions
 from tarea.domain.images import ImageReference, matches_any, parse_reference
-from tarea.domain.records import TaskRecord, new_task_id, utcnow
+from tarea.domain.records import CallbackState, TaskRecord, new_task_id, utcnow
 from tarea.domain.status import RETRYABLE, Status, runs_again
 from tarea.domain.task import RegistryAuth
 from tarea.errors import (
@@ -211,6 +211,7 @@ class TaskService:
                 self.server_id,
             )
         await self._settle(self.server_id, "the server stopped while the task ran")
+        await self._resume_callbacks(self.server_id)
 
     async def take_over(self, dead: str) -> None:
         """Settle the tasks of ``dead``, a server that fell silent (this one claimed it).
@@ -220,6 +221,15 @@ class TaskService:
         """
         await self._remove_containers(dead, f"by the silent server {dead}")
         await self._settle(dead, f"the server {dead} fell silent while the task ran")
+        await self._resume_callbacks(dead)
+
+    async def _resume_callbacks(self, was: str) -> None:
+        """Deliver from here the callbacks ``was`` (this server's last run, or a dead one) owed."""
+        adopted = await self.store.adopt_callbacks(was=was, by=self.server_id)
+        if adopted:
+            log.info("resuming %d callbacks the server %s had not delivered", len(adopted), was)
+        for record in adopted:
+            self.dispatcher.call_back(record)
 
     async def _remove_containers(self, server_id: str, why: str) -> None:
         try:
@@ -592,10 +602,14 @@ class TaskService:
         record = await self.get(task_id, tenant)
         if record.status.terminal:
             raise NotCancellable(f"task {task_id!r} already ended ({record.status.value})")
+        # Called back from here: recorded with the cancel, so that if this server
+        # dies before delivering it, whoever takes it over does (_resume_callbacks).
+        owner = {"callback": CallbackState(by=self.server_id)} if record.callback_url else {}
         cancelled = await self.dispatcher.record_end(
             task_id,
             Status.CANCELLED,
             error={"code": "cancelled", "message": "cancelled by a client", "data": {}},
+            **owner,
         )
         if cancelled is None:  # it ended meanwhile
             record = await self.get(task_id, tenant)

@@ -238,6 +238,7 @@ def assemble_api(settings: Settings, sql: SqlStore, store: AsyncStore) -> Server
         callbacks.RetryPolicy(
             attempts=settings.callback_attempts, first_delay_s=settings.callback_backoff_s
         ),
+        settings.server_id,
         outbound.Allowlist.parse(settings.callback_allow),
     )
     dispatcher = OutboxDispatcher(store, notices, publisher, router, caller)

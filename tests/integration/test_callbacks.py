@@ -8,6 +8,7 @@ other loopback addresses, refused at submit.
 from __future__ import annotations
 
 import json
+import secrets
 import threading
 import time
 from collections.abc import Iterator
@@ -29,12 +30,21 @@ HUGE = 200 * 1024 * 1024
 CHUNK = b"x" * 65536
 
 
+#: A receiver's scripted status for "hold the request unanswered until released".
+HOLD = 0
+
+
 class Receiver:
-    """A test HTTP server that records callbacks and answers scripted statuses."""
+    """A test HTTP server that records callbacks and answers scripted statuses.
+
+    A request scripted :data:`HOLD` is recorded, then held unanswered until
+    :attr:`released` is set (at most 60 s), and its connection closed.
+    """
 
     def __init__(self, statuses: list[int]) -> None:
         self.statuses = statuses
         self.calls: list[tuple[dict[str, str], bytes, int]] = []
+        self.released = threading.Event()
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -43,6 +53,10 @@ class Receiver:
                 index = len(receiver.calls)
                 status = receiver.statuses[min(index, len(receiver.statuses) - 1)]
                 receiver.calls.append((dict(self.headers), body, status))
+                if status == HOLD:
+                    receiver.released.wait(60)
+                    self.close_connection = True
+                    return
                 self.send_response(status)
                 self.send_header("Content-Length", "0")
                 self.end_headers()
@@ -228,3 +242,43 @@ def test_batch_with_a_callback_not_allowed_is_refused_with_that_code(server: str
     assert problem["code"] == "callback_url_not_allowed"
     assert problem["field"] == "tasks.1.callback_url"
     assert problem["detail"].startswith("tasks[1]: ")
+
+
+def test_a_callback_under_way_when_the_server_is_killed_is_delivered_when_it_restarts(
+    tmp_path: Path,
+) -> None:
+    """SIGKILL during the first attempt (held unanswered by the receiver): the server
+    started again with its id delivers the callback, once more, and records it."""
+    env = {
+        "TAREA_DATABASE_URL": f"sqlite:///{tmp_path}/tarea.db",
+        "TAREA_SERVER_ID": f"tarea-test-callback-{secrets.token_hex(3)}",
+        "TAREA_CALLBACK_SECRET": SECRET,
+        "TAREA_CALLBACK_BACKOFF_S": "0.1",
+        "TAREA_CALLBACK_ALLOW": "127.0.0.1",
+    }
+    receiver = Receiver([HOLD, 200])
+    proc, url = start_server(env, tmp_path / "first.log")
+    try:
+        task = submit(url, receiver.url)
+        assert task["status"] == "succeeded"
+        receiver.wait_for(1)
+        assert callback_state(url, task["id"], "pending")["status"] == "pending"
+    finally:
+        proc.kill()
+        proc.wait()
+    receiver.released.set()
+
+    proc, url = start_server(env, tmp_path / "second.log")
+    try:
+        receiver.wait_for(2)
+        headers, body, _ = receiver.calls[1]
+        assert verify(SECRET.encode(), body, headers[SIGNATURE_HEADER])
+        assert json.loads(body)["id"] == task["id"]
+        assert json.loads(body)["result"] == 9
+        state = callback_state(url, task["id"], "delivered")
+        assert (state["status"], state["attempts"]) == ("delivered", 1)
+        time.sleep(0.5)
+        assert len(receiver.calls) == 2
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)

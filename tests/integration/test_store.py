@@ -140,7 +140,7 @@ def test_migrate_twice_is_a_no_op(store: SqlStore) -> None:
     store.migrate()
     with store.engine.connect() as connection:
         revision = MigrationContext.configure(connection).get_current_revision()
-    assert revision == "0010"
+    assert revision == "0011"
     assert store.get(stored.id) == stored
 
 
@@ -848,3 +848,71 @@ def test_a_batch_that_reads_first_holds_the_lock_against_other_connections(
         other.close()
         session.close()
         sql_store.close()
+
+
+# --- callbacks to resume --------------------------------------------------------
+
+
+def ended(**fields: Any) -> TaskRecord:
+    """A task that succeeded at BASE + 1 s, with a callback URL; ``fields`` override."""
+    return task(
+        **{
+            "status": Status.SUCCEEDED,
+            "finished_at": BASE + timedelta(seconds=1),
+            "callback_url": "http://127.0.0.1:9/hook",
+            **fields,
+        }
+    )
+
+
+def test_the_callbacks_a_server_owes_are_adopted_once(store: SqlStore) -> None:
+    """Owed: ended, callback not delivered nor failed, begun by the server (``by``), or
+    not begun and run there. Adopted by one server, they are no one else's; the state
+    as it was (attempts, last error) stays."""
+    not_begun = ended(worker="dead")
+    retrying = ended(worker="w-other", callback=CallbackState("retrying", 2, "HTTP 503", by="dead"))
+    not_owed = [
+        ended(worker="dead", callback=CallbackState("pending", by="alive")),
+        ended(worker="dead", callback=CallbackState("delivered", 1, by="dead")),
+        ended(worker="dead", callback=CallbackState("failed", 5, "HTTP 500", by="dead")),
+        task(status=Status.RUNNING, worker="dead", callback_url="http://127.0.0.1:9/hook"),
+        ended(worker="dead", callback_url=None),
+    ]
+    for record in [not_begun, retrying, *not_owed]:
+        store.create(record)
+
+    adopted = {record.id: record for record in store.adopt_callbacks(was="dead", by="taker")}
+
+    assert set(adopted) == {not_begun.id, retrying.id}
+    for task_id in adopted:
+        stored = store.get(task_id)
+        assert stored is not None and stored.callback is not None
+        assert stored.callback.by == "taker"
+        assert adopted[task_id].callback == stored.callback
+    resumed = store.get(retrying.id)
+    assert resumed is not None and resumed.callback is not None
+    assert (resumed.callback.status, resumed.callback.attempts) == ("retrying", 2)
+    assert resumed.callback.last_error == "HTTP 503"
+    assert store.adopt_callbacks(was="dead", by="another") == []
+    for record in not_owed:
+        assert store.get(record.id) == record
+
+
+def test_servers_adopting_the_same_callbacks_at_once_each_get_different_ones(
+    store: SqlStore,
+) -> None:
+    """A server starting again while another takes it over: each owed callback goes to
+    exactly one of them."""
+    owed = [ended(worker="dead") for _ in range(20)]
+    for record in owed:
+        store.create(record)
+
+    adopted = at_once(4, lambda i: store.adopt_callbacks(was="dead", by=f"server-{i}"))
+
+    every = [record.id for records in adopted for record in records]
+    assert sorted(every) == sorted(record.id for record in owed)
+    for index, records in enumerate(adopted):
+        for record in records:
+            stored = store.get(record.id)
+            assert stored is not None and stored.callback is not None
+            assert stored.callback.by == f"server-{index}"

@@ -39,7 +39,7 @@ from tests.integration.conftest import (
     start_server,
 )
 from tests.integration.engines import PrivateDockerd
-from tests.integration.test_callbacks import SECRET, Receiver
+from tests.integration.test_callbacks import HOLD, SECRET, Receiver
 
 pytestmark = pytest.mark.docker
 
@@ -428,6 +428,34 @@ def test_a_worker_killed_mid_task_without_a_retry_policy_ends_it_worker_lost(
     assert done["error"]["data"]["worker"] == victim
     assert done["attempt"] == 1
     assert cluster.terminal_events(running["id"]) == ["failed"]
+    cluster.start_worker(victim)
+
+
+def test_a_callback_under_way_on_a_killed_worker_is_delivered_by_whoever_takes_it_over(
+    cluster: Cluster,
+) -> None:
+    """SIGKILL the worker during its first attempt at a callback (held unanswered by the
+    receiver): the server that takes the worker over delivers it, once more, and
+    records it delivered."""
+    receiver = Receiver([HOLD, 200])
+    task = cluster.submit({**SUMA, "callback_url": receiver.url}, wait="true")
+    assert task["status"] == "succeeded"
+    receiver.wait_for(1)
+    victim = task["worker"]
+    cluster.stop_worker(victim, signal.SIGKILL)
+    receiver.released.set()
+
+    receiver.wait_for(2, timeout_s=LEASE_S + 20)
+    headers, body, _ = receiver.calls[1]
+    assert verify(SECRET.encode(), body, headers["X-Tarea-Signature"])
+    called = json.loads(body)
+    assert (called["id"], called["status"]) == (task["id"], "succeeded")
+    delivered = cluster.until(
+        task["id"], lambda t: (t["callback"] or {}).get("status") == "delivered"
+    )
+    assert delivered["callback"]["attempts"] == 1
+    time.sleep(1.0)  # a third one, from anyone, would come within this
+    assert len(receiver.calls) == 2
     cluster.start_worker(victim)
 
 

@@ -21,6 +21,16 @@ def record(name: str, tenant: str = "t") -> TaskRecord:
     )
 
 
+class CalledBack:
+    """A fake caller: the tasks it was asked to call back."""
+
+    def __init__(self) -> None:
+        self.records: list[TaskRecord] = []
+
+    def start(self, record: TaskRecord) -> None:
+        self.records.append(record)
+
+
 class Tasks:
     """A fake runner: task executions that run until the test lets each one end."""
 
@@ -30,6 +40,7 @@ class Tasks:
         self.credentials: dict[str, RegistryAuth] = {}
         self.cancelled: set[str] = set()
         self.end_counts: Counter[str] = Counter()
+        self.caller = CalledBack()
 
     async def record_end(self, task_id: str, status: Status, **fields: Any) -> TaskRecord | None:
         return None

@@ -157,16 +157,22 @@ async def deliver(
     *,
     allow: outbound.Allowlist = outbound.NOTHING_ALLOWED,
     resolver: outbound.Resolver = outbound.resolve,
+    state: CallbackState | None = None,
 ) -> CallbackState:
     """POST ``body`` to ``url`` until a 2xx, a refusal by ``allow``, or the attempts run out.
 
     ``record`` is awaited after every attempt with the state so far, so the
-    outcome is durable even if the server stops mid-way.
+    outcome is durable even if the server stops mid-way. ``state``: how far
+    an earlier delivery of it got (its attempts count towards the policy's).
     """
-    state = CallbackState()
+    state = CallbackState() if state is None else state
     headers = {"Content-Type": "application/json", SIGNATURE_HEADER: sign(secret, body)}
     target = httpx.URL(url)
-    for number in range(1, policy.attempts + 1):
+    if state.attempts >= policy.attempts:  # an earlier delivery used them all up
+        state.status = "failed"
+        await record(state)
+        return state
+    for number in range(state.attempts + 1, policy.attempts + 1):
         state.attempts = number
         failure = await attempt(client, target, body, headers, policy, allow, resolver)
         if failure is None:
@@ -200,11 +206,18 @@ class Caller:
     Whoever records a task's end calls it back: a server or worker that ran
     it, or an API server that cancelled it before any worker had it.
 
+    A delivery is owned: before its first attempt the task's callback is
+    recorded ``pending`` by ``owner``, and every attempt keeps that. A server
+    that stops or dies mid-way has its deliveries resumed when it starts
+    again, or by the server that takes it over
+    (:meth:`tarea.service.TaskService.recover`, ``take_over``): at least once.
+
     Args:
         store: where each attempt's :class:`CallbackState` is written.
         render: the task as ``GET /v1/tasks/{id}`` shows it (the body).
         secret: the HMAC key of the signature header.
         policy: how many attempts, and how far apart.
+        owner: this server's id (``TAREA_SERVER_ID``), recorded with each delivery.
         allow: the private addresses a callback may reach.
     """
 
@@ -214,9 +227,11 @@ class Caller:
         render: Callable[[TaskRecord], dict[str, Any]],
         secret: bytes,
         policy: RetryPolicy,
+        owner: str,
         allow: outbound.Allowlist = outbound.NOTHING_ALLOWED,
     ) -> None:
         self._store = store
+        self.owner = owner
         self._render = render
         self._secret = secret
         self._policy = policy
@@ -229,7 +244,7 @@ class Caller:
     def start(self, record: TaskRecord) -> None:
         """Deliver ``record`` in the background (kept until done; a failure is logged)."""
         if self._closed:
-            log.warning("task %s is not called back: this server stops", record.id)
+            log.warning("task %s is called back when this server starts again", record.id)
             return
         delivery = asyncio.create_task(self.call_back(record))
         self._under_way.add(delivery)
@@ -241,13 +256,26 @@ class Caller:
             log.error("a callback failed", exc_info=delivery.exception())
 
     async def call_back(self, record: TaskRecord) -> CallbackState:
-        """Deliver the ended ``record`` to its ``callback_url``; how it went."""
+        """Deliver the ended ``record`` to its ``callback_url``; how it went.
+
+        A delivery ``record.callback`` shows begun (resumed) goes on from its
+        attempts; otherwise it is first recorded ``pending`` by this server.
+        """
         assert record.callback_url is not None
         body = json.dumps(self._render(record), separators=(",", ":")).encode()
+        prior = record.callback
+        state = CallbackState(
+            status="pending" if prior is None else prior.status,
+            attempts=0 if prior is None else prior.attempts,
+            last_error=None if prior is None else prior.last_error,
+            by=self.owner,
+        )
 
         async def save(state: CallbackState) -> None:
             await self._store.update(record.id, callback=state)
 
+        if prior is None or prior.by != self.owner:
+            await save(state)
         return await deliver(
             self._client,
             record.callback_url,
@@ -256,6 +284,7 @@ class Caller:
             self._policy,
             save,
             allow=self._allow,
+            state=state,
         )
 
     async def aclose(self, timeout_s: float = 5.0) -> None:

@@ -27,6 +27,14 @@ from tarea.domain.task import RegistryAuth
 log = logging.getLogger(__name__)
 
 
+class CallsBack(Protocol):
+    """What calls ended tasks back (:class:`~tarea.dispatch.callbacks.Caller`)."""
+
+    def start(self, record: TaskRecord) -> None:
+        """Deliver the ended ``record`` in the background."""
+        ...
+
+
 class Runner(Protocol):
     """What runs one task to its end (:class:`~tarea.dispatch.runner.TaskRunner`)."""
 
@@ -38,6 +46,11 @@ class Runner(Protocol):
     @property
     def end_counts(self) -> Mapping[str, int]:
         """Terminal statuses reached."""
+        ...
+
+    @property
+    def caller(self) -> CallsBack:
+        """Delivers ended tasks to their callback URLs."""
         ...
 
     async def execute(self, record: TaskRecord) -> TaskRecord | None:
@@ -275,6 +288,10 @@ class LocalDispatcher:
     async def record_end(self, task_id: str, status: Status, **fields: Any) -> TaskRecord | None:
         """Record a terminal status (guarded) and announce it; None if not allowed."""
         return await self._runner.record_end(task_id, status, **fields)
+
+    def call_back(self, record: TaskRecord) -> None:
+        """Deliver the ended ``record`` to its ``callback_url``, in the background."""
+        self._runner.caller.start(record)
 
     async def remove_containers(self, server_id: str) -> int:
         """Remove every task container ``server_id`` started on this engine; how many."""

@@ -147,7 +147,7 @@ class TaskRunner:
         self.render = render
         self.worker = worker
         self.caller = callbacks.Caller(
-            store, render, callback_secret, callback_policy, callback_allow
+            store, render, callback_secret, callback_policy, worker, callback_allow
         )
         #: A task's progress is written (and published) at most this often.
         self.progress_interval_s = progress_interval_s

@@ -503,6 +503,11 @@ class OutboxDispatcher:
                 self._caller.start(record)
         return record
 
+    def call_back(self, record: TaskRecord) -> None:
+        """Deliver the ended ``record`` to its ``callback_url``, in the background."""
+        if self._caller is not None:
+            self._caller.start(record)
+
     async def remove_containers(self, server_id: str) -> int:
         """No containers here (a worker removes its own when it starts again)."""
         return 0

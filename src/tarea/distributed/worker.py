@@ -172,6 +172,10 @@ class WorkerDispatcher:
         """Record a terminal status (guarded) and announce it."""
         return await self._runner.record_end(task_id, status, **fields)
 
+    def call_back(self, record: TaskRecord) -> None:
+        """Deliver the ended ``record`` to its ``callback_url``, in the background."""
+        self._runner.caller.start(record)
+
     async def remove_containers(self, server_id: str) -> int:
         """Remove every task container ``server_id`` started on this engine."""
         return await self._executor.remove_containers(server_id)

@@ -33,10 +33,13 @@ def utcnow() -> datetime:
 class CallbackState:
     """How delivering a finished task to its ``callback_url`` went."""
 
-    status: str = "pending"  # pending | delivered | failed
+    status: str = "pending"  # pending | retrying | delivered | failed
     attempts: int = 0
     last_error: str | None = None
     delivered_at: datetime | None = None
+    #: The server delivering it while pending or retrying (its ``TAREA_SERVER_ID``):
+    #: if it dies, the server that takes it over delivers it (never shown by the API).
+    by: str | None = None
 
 
 @dataclass(slots=True)

@@ -225,6 +225,10 @@ class AsyncStore:
         """Give the queued task of worker ``was`` to worker ``to``; whether it moved."""
         return await self._read(self.sync.reassign, task_id, was=was, to=to)
 
+    async def adopt_callbacks(self, *, was: str, by: str) -> builtins.list[TaskRecord]:
+        """Make ``by`` the deliverer of the callbacks ``was`` owes; those tasks, adopted."""
+        return await self._read(self.sync.adopt_callbacks, was=was, by=by)
+
     async def unclaim(self, record: TaskRecord) -> bool:
         """Queue again for no worker the task ``record`` claimed running, never started."""
         return await self._read(self.sync.unclaim, record)

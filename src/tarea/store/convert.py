@@ -129,6 +129,7 @@ def _encode_callback(state: CallbackState) -> dict[str, Any]:
         "attempts": state.attempts,
         "last_error": state.last_error,
         "delivered_at": None if delivered is None else aware(delivered, "delivered_at").isoformat(),
+        "by": state.by,
     }
 
 
@@ -139,6 +140,7 @@ def _decode_callback(data: dict[str, Any]) -> CallbackState:
         attempts=data.get("attempts", 0),
         last_error=data.get("last_error"),
         delivered_at=None if delivered is None else _utc(datetime.fromisoformat(delivered)),
+        by=data.get("by"),
     )
 
 

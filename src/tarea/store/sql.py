@@ -55,11 +55,11 @@ from sqlalchemy.orm import sessionmaker
 from sqlalchemy.pool import ConnectionPoolEntry, NullPool, PoolProxiedConnection, QueuePool
 from sqlalchemy.util import greenlet_spawn
 
-from tarea.domain.records import TaskRecord, utcnow
+from tarea.domain.records import CallbackState, TaskRecord, utcnow
 from tarea.domain.status import Status, can_transition
 from tarea.errors import ConfigurationError, InvalidRequest, QueueFull, QuotaExceeded, Refused
 from tarea.store.convert import FIELDS, aware, from_columns, to_columns, to_record
-from tarea.store.tables import TaskRow
+from tarea.store.tables import TaskRow, callback_owed
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine
@@ -909,6 +909,39 @@ class SqlStore:
         )
         with self._engine.begin() as connection:
             return connection.execute(statement).rowcount == 1
+
+    def adopt_callbacks(self, *, was: str, by: str) -> builtins.list[TaskRecord]:
+        """Make ``by`` the deliverer of the callbacks ``was`` owes; those tasks, adopted.
+
+        ``was`` owes a task's callback when the task ended and its delivery is
+        not done (none yet, ``pending`` or ``retrying``: ``callback_owed``) and
+        was begun by ``was``, or not begun and the task ran on ``was``. Each is
+        moved by a guarded UPDATE: of servers adopting together (a server
+        starting again while another takes it over), each task goes to one,
+        and a delivery that ended meanwhile is left as it is.
+        """
+        dialect = self._engine.dialect.name
+        owed = text(callback_owed(dialect))
+        deliverer = "callback ->> 'by'" if self._postgres else "json_extract(callback, '$.by')"
+        owed_by_was = text(f"COALESCE({deliverer}, worker) = :was").bindparams(was=was)
+        query = select(TaskRow).where(owed, owed_by_was).order_by(TaskRow.finished_at)
+        adopted = []
+        with self._sessions() as session:
+            records = [to_record(row) for row in session.scalars(query)]
+        for record in records:
+            state = record.callback or CallbackState()
+            state.by = by
+            statement = (
+                update(TaskRow)
+                .where(TaskRow.id == record.id, owed, owed_by_was)
+                .values(to_columns({"callback": state}))
+                .execution_options(synchronize_session=False)
+            )
+            with self._engine.begin() as connection:
+                if connection.execute(statement).rowcount == 1:
+                    record.callback = state
+                    adopted.append(record)
+        return adopted
 
     def unfinished_elsewhere(self, worker: str) -> dict[str, int]:
         """How many unfinished tasks each other worker (server id) has."""

@@ -85,6 +85,21 @@ _STATUSES = ", ".join(f"'{status.value}'" for status in Status)
 _ACTIVE = f"status IN ('{Status.QUEUED.value}', '{Status.RUNNING.value}')"
 
 
+def callback_owed(dialect: str) -> str:
+    """SQL for "the task ended and its callback is still to deliver" (migration 0011).
+
+    Its callback state is none yet (the end was just recorded), or ``pending``
+    or ``retrying``: not ``delivered``, not ``failed``.
+    """
+    status = (
+        "callback ->> 'status'" if dialect == "postgresql" else "json_extract(callback, '$.status')"
+    )
+    return (
+        "callback_url IS NOT NULL AND finished_at IS NOT NULL "
+        f"AND (callback IS NULL OR {status} IN ('pending', 'retrying'))"
+    )
+
+
 class TaskRow(Base):
     """One task, a column per :class:`~tarea.domain.records.TaskRecord` field."""
 
@@ -100,6 +115,12 @@ class TaskRow(Base):
             "tenant",
             postgresql_where=text(_ACTIVE),
             sqlite_where=text(_ACTIVE),
+        ),
+        Index(  # the callbacks to resume (migration 0011)
+            "ix_tasks_callback_owed",
+            "finished_at",
+            postgresql_where=text(callback_owed("postgresql")),
+            sqlite_where=text(callback_owed("sqlite")),
         ),
     )
 
