@@ -170,8 +170,8 @@ class Dispatcher(Protocol):
         """Record a terminal ``status`` (guarded) and announce it; None if not allowed."""
         ...
 
-    def call_back(self, record: TaskRecord) -> None:
-        """Deliver the ended ``record`` to its ``callback_url``, in the background."""
+    def call_back(self, records: builtins.list[TaskRecord]) -> None:
+        """Deliver the ended ``records`` to their callback URLs, a few at a time."""
         ...
 
     async def remove_containers(self, server_id: str) -> int:

@@ -63,6 +63,8 @@ class Membership:
         self.interval_s = lease_s / 3
         #: Since when (monotonic) every beat succeeded; None after a missed one.
         self._steady_since: float | None = None
+        #: Whether it takes silent servers over (off while this server stops).
+        self.taking_over = True
 
     async def start(self) -> None:
         """Beat once now (so the server is listed at once), then every third of the lease."""
@@ -83,8 +85,14 @@ class Membership:
         return since is not None and time.monotonic() - since >= self.lease_s
 
     async def check(self) -> list[str]:
-        """Take over every silent server this server can claim; their ids."""
+        """Take over every silent server this server can claim; their ids.
+
+        None once :attr:`taking_over` is off (a worker that drains, and whose
+        callbacks stop, takes no other server's tasks over).
+        """
         taken: list[str] = []
+        if not self.taking_over:
+            return taken
         for dead in await self._store.silent(self.lease_s, besides=self.server_id):
             if await self._store.take_over(dead, by=self.server_id, lease_s=self.lease_s):
                 log.warning(

@@ -210,8 +210,9 @@ class TaskService:
                 ", ".join(sorted(others)),
                 self.server_id,
             )
+        # Before settling: the ends settled here are called back as they are recorded.
+        await self.resume_callbacks(self.server_id)
         await self._settle(self.server_id, "the server stopped while the task ran")
-        await self._resume_callbacks(self.server_id)
 
     async def take_over(self, dead: str) -> None:
         """Settle the tasks of ``dead``, a server that fell silent (this one claimed it).
@@ -220,16 +221,19 @@ class TaskService:
         ``worker_lost``; its queued tasks run here.
         """
         await self._remove_containers(dead, f"by the silent server {dead}")
+        await self.resume_callbacks(dead)
         await self._settle(dead, f"the server {dead} fell silent while the task ran")
-        await self._resume_callbacks(dead)
 
-    async def _resume_callbacks(self, was: str) -> None:
-        """Deliver from here the callbacks ``was`` (this server's last run, or a dead one) owed."""
+    async def resume_callbacks(self, was: str) -> None:
+        """Deliver from here the callbacks ``was`` (this server's last run, or a dead one) owed.
+
+        Call it before settling ``was``'s tasks: their ends are called back as
+        they are recorded, and would otherwise be adopted too.
+        """
         adopted = await self.store.adopt_callbacks(was=was, by=self.server_id)
         if adopted:
             log.info("resuming %d callbacks the server %s had not delivered", len(adopted), was)
-        for record in adopted:
-            self.dispatcher.call_back(record)
+            self.dispatcher.call_back(adopted)
 
     async def _remove_containers(self, server_id: str, why: str) -> None:
         try:
@@ -250,12 +254,21 @@ class TaskService:
                     if again is not None:
                         self.dispatcher.enqueue(again)
                         continue
-                await self.dispatcher.record_end(record.id, Status.FAILED, error=error)
+                # Called back from here: recorded with the end (see cancel).
+                await self.dispatcher.record_end(
+                    record.id, Status.FAILED, error=error, **self._calls_back(record)
+                )
             elif worker == self.server_id or await self.store.reassign(
                 record.id, was=worker, to=self.server_id
             ):
                 record.worker = self.server_id
                 self.dispatcher.enqueue(record)
+
+    def _calls_back(self, record: TaskRecord) -> dict[str, Any]:
+        """The field that records, with an end this server records for another server's
+        task, that this server calls it back: if it dies before it has, the server
+        that takes it over does (:meth:`resume_callbacks`)."""
+        return {"callback": CallbackState(by=self.server_id)} if record.callback_url else {}
 
     async def drain(self) -> None:
         """Refuse new tasks, let running ones finish (bounded), then stop.
@@ -602,14 +615,11 @@ class TaskService:
         record = await self.get(task_id, tenant)
         if record.status.terminal:
             raise NotCancellable(f"task {task_id!r} already ended ({record.status.value})")
-        # Called back from here: recorded with the cancel, so that if this server
-        # dies before delivering it, whoever takes it over does (_resume_callbacks).
-        owner = {"callback": CallbackState(by=self.server_id)} if record.callback_url else {}
         cancelled = await self.dispatcher.record_end(
             task_id,
             Status.CANCELLED,
             error={"code": "cancelled", "message": "cancelled by a client", "data": {}},
-            **owner,
+            **self._calls_back(record),
         )
         if cancelled is None:  # it ended meanwhile
             record = await self.get(task_id, tenant)

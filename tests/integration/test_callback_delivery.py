@@ -113,9 +113,13 @@ def resolver(*answers: str) -> outbound.Resolver:
 
 
 def deliver(
-    url: str, policy: RetryPolicy, allow: Allowlist, resolve: outbound.Resolver = outbound.resolve
+    url: str,
+    policy: RetryPolicy,
+    allow: Allowlist,
+    resolve: outbound.Resolver = outbound.resolve,
+    state: CallbackState | None = None,
 ) -> list[CallbackState]:
-    """Deliver a small body to ``url``; every state recorded, the last one final."""
+    """Deliver a small body to ``url`` (going on from ``state``); every state recorded."""
     states: list[CallbackState] = []
 
     async def record(state: CallbackState) -> None:
@@ -124,7 +128,15 @@ def deliver(
     async def main() -> None:
         async with callbacks.new_client() as client:
             await callbacks.deliver(
-                client, url, b"{}", b"secret", policy, record, allow=allow, resolver=resolve
+                client,
+                url,
+                b"{}",
+                b"secret",
+                policy,
+                record,
+                allow=allow,
+                resolver=resolve,
+                state=state,
             )
 
     asyncio.run(main())
@@ -198,3 +210,30 @@ def test_a_name_that_does_not_resolve_is_retried() -> None:
     assert [s.status for s in states] == ["retrying", "retrying", "failed"]
     assert states[-1].last_error is not None
     assert states[-1].last_error.startswith("cannot resolve the callback host: ")
+
+
+def test_a_resumed_delivery_goes_on_from_the_attempts_already_made(
+    receivers: list[Receiver],
+) -> None:
+    """Adopted after two failed attempts of three: one more, numbered 3, then failed."""
+    receiver = Receiver([500])
+    receivers.append(receiver)
+    policy = RetryPolicy(attempts=3, first_delay_s=0.05)
+    begun = CallbackState("retrying", 2, "HTTP 503", by="dead")
+    states = deliver(f"http://127.0.0.1:{receiver.port}/hook", policy, LOOPBACK, state=begun)
+    assert len(receiver.hosts) == 1
+    assert [(s.status, s.attempts, s.last_error) for s in states] == [("failed", 3, "HTTP 500")]
+
+
+def test_a_resumed_delivery_whose_attempts_are_used_up_fails_without_one(
+    receivers: list[Receiver],
+) -> None:
+    """Adopted with every attempt made: recorded failed, and nothing is sent."""
+    receiver = Receiver([200])
+    receivers.append(receiver)
+    begun = CallbackState("retrying", 3, "HTTP 503", by="dead")
+    states = deliver(
+        f"http://127.0.0.1:{receiver.port}/hook", RetryPolicy(attempts=3), LOOPBACK, state=begun
+    )
+    assert receiver.hosts == []
+    assert [(s.status, s.attempts, s.last_error) for s in states] == [("failed", 3, "HTTP 503")]

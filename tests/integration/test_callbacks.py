@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import secrets
+import sqlite3
 import threading
 import time
 from collections.abc import Iterator
@@ -262,7 +263,12 @@ def test_a_callback_under_way_when_the_server_is_killed_is_delivered_when_it_res
         task = submit(url, receiver.url)
         assert task["status"] == "succeeded"
         receiver.wait_for(1)
-        assert callback_state(url, task["id"], "pending")["status"] == "pending"
+        # Before its first attempt, the server recorded itself as the task's deliverer.
+        with sqlite3.connect(tmp_path / "tarea.db") as db:
+            (state,) = db.execute(
+                "SELECT callback FROM tasks WHERE id = ?", (task["id"],)
+            ).fetchone()
+        assert json.loads(state)["by"] == env["TAREA_SERVER_ID"]
     finally:
         proc.kill()
         proc.wait()
@@ -279,6 +285,51 @@ def test_a_callback_under_way_when_the_server_is_killed_is_delivered_when_it_res
         assert (state["status"], state["attempts"]) == ("delivered", 1)
         time.sleep(0.5)
         assert len(receiver.calls) == 2
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def test_a_task_running_when_the_server_is_killed_is_called_back_once_after_restart(
+    tmp_path: Path,
+) -> None:
+    """Killed mid-task: the restart ends the task worker_lost and calls it back, once."""
+    env = {
+        "TAREA_DATABASE_URL": f"sqlite:///{tmp_path}/tarea.db",
+        "TAREA_SERVER_ID": f"tarea-test-callback-{secrets.token_hex(3)}",
+        "TAREA_CALLBACK_SECRET": SECRET,
+        "TAREA_CALLBACK_BACKOFF_S": "0.1",
+        "TAREA_CALLBACK_ALLOW": "127.0.0.1",
+    }
+    receiver = Receiver([200])
+    proc, url = start_server(env, tmp_path / "first.log")
+    try:
+        task = httpx.post(
+            f"{url}/v1/tasks",
+            json={
+                "image": "tasks_image:latest",
+                "function": "esperar",
+                "params": {"segundos": 120},
+                "callback_url": receiver.url,
+            },
+        ).json()
+        deadline = time.monotonic() + 30
+        while httpx.get(f"{url}/v1/tasks/{task['id']}").json()["status"] != "running":
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+    finally:
+        proc.kill()
+        proc.wait()
+
+    proc, url = start_server(env, tmp_path / "second.log")
+    try:
+        receiver.wait_for(1)
+        called = json.loads(receiver.calls[0][1])
+        assert (called["id"], called["status"]) == (task["id"], "failed")
+        assert called["error"]["code"] == "worker_lost"
+        assert callback_state(url, task["id"], "delivered")["status"] == "delivered"
+        time.sleep(1.0)  # a second one would come within this
+        assert len(receiver.calls) == 1
     finally:
         proc.terminate()
         proc.wait(timeout=30)

@@ -877,6 +877,7 @@ def test_the_callbacks_a_server_owes_are_adopted_once(store: SqlStore) -> None:
         ended(worker="dead", callback=CallbackState("failed", 5, "HTTP 500", by="dead")),
         task(status=Status.RUNNING, worker="dead", callback_url="http://127.0.0.1:9/hook"),
         ended(worker="dead", callback_url=None),
+        ended(worker="w-other"),
     ]
     for record in [not_begun, retrying, *not_owed]:
         store.create(record)
@@ -886,11 +887,13 @@ def test_the_callbacks_a_server_owes_are_adopted_once(store: SqlStore) -> None:
     assert set(adopted) == {not_begun.id, retrying.id}
     for task_id in adopted:
         stored = store.get(task_id)
-        assert stored is not None and stored.callback is not None
+        assert stored is not None
+        assert stored.callback is not None
         assert stored.callback.by == "taker"
         assert adopted[task_id].callback == stored.callback
     resumed = store.get(retrying.id)
-    assert resumed is not None and resumed.callback is not None
+    assert resumed is not None
+    assert resumed.callback is not None
     assert (resumed.callback.status, resumed.callback.attempts) == ("retrying", 2)
     assert resumed.callback.last_error == "HTTP 503"
     assert store.adopt_callbacks(was="dead", by="another") == []
@@ -914,5 +917,45 @@ def test_servers_adopting_the_same_callbacks_at_once_each_get_different_ones(
     for index, records in enumerate(adopted):
         for record in records:
             stored = store.get(record.id)
-            assert stored is not None and stored.callback is not None
+            assert stored is not None
+            assert stored.callback is not None
             assert stored.callback.by == f"server-{index}"
+
+
+def test_a_server_starting_again_adopts_what_it_owed_itself(store: SqlStore) -> None:
+    """``was`` = ``by``: its own deliveries, begun or not, come back to it once."""
+    not_begun = ended(worker="me")
+    begun = ended(worker="w-other", callback=CallbackState("pending", by="me"))
+    store.create(not_begun)
+    store.create(begun)
+
+    adopted = store.adopt_callbacks(was="me", by="me")
+
+    assert sorted(ids(adopted)) == sorted([not_begun.id, begun.id])
+    for record in adopted:
+        assert record.callback is not None
+        assert record.callback.by == "me"
+
+
+def test_migration_0011_records_the_deliveries_left_undone_failed(store_url: str) -> None:
+    """Deliveries an older tarea left undone are recorded failed, with the reason, not
+    sent in a burst; delivered ones are left as they are."""
+    store = SqlStore(store_url)
+    store.migrate("0010")
+    left = ended(callback=CallbackState("retrying", 2, "HTTP 503"))
+    never = ended()
+    delivered = ended(callback=CallbackState("delivered", 1))
+    for record in (left, never, delivered):
+        store.create(record)
+
+    store.migrate()
+
+    for record, attempts in ((left, 2), (never, 0)):
+        stored = store.get(record.id)
+        assert stored is not None
+        assert stored.callback is not None
+        assert (stored.callback.status, stored.callback.attempts) == ("failed", attempts)
+        assert "stopped" in (stored.callback.last_error or "")
+    assert store.get(delivered.id) == delivered
+    assert store.adopt_callbacks(was="anyone", by="me") == []
+    store.close()

@@ -87,6 +87,11 @@ class Cluster:
 
     def start_worker(self, server_id: str, **env: str) -> WorkerProc:
         """Start worker ``server_id`` and wait until it consumes and is listed alive."""
+        return self.launch_worker(server_id, env, via_api=True)
+
+    def launch_worker(self, server_id: str, env: dict[str, str], *, via_api: bool) -> WorkerProc:
+        """Start worker ``server_id`` and wait until it consumes and (``via_api``) is
+        listed alive by the API server."""
         log = self.tmp / f"{server_id}.log"
         with log.open("ab") as out:
             proc = subprocess.Popen(
@@ -101,7 +106,8 @@ class Cluster:
         while True:
             if proc.poll() is not None:
                 pytest.fail(f"worker {server_id} exited:\n{log.read_text()}", pytrace=False)
-            if " ready." in log.read_text(errors="replace") and self.listed(server_id):
+            ready = " ready." in log.read_text(errors="replace")
+            if ready and (not via_api or self.listed(server_id)):
                 return worker
             assert time.monotonic() < deadline, f"worker {server_id} not ready:\n{log.read_text()}"
             time.sleep(0.2)
@@ -372,6 +378,45 @@ def test_a_task_cancelled_before_any_worker_had_it_is_called_back_by_the_api_ser
         assert delivered["callback"]["attempts"] == 1
 
 
+def test_a_cancels_callback_left_by_a_killed_api_server_is_delivered_by_a_worker(
+    tmp_path: Path, postgres_url: str, postgres_admin: Engine, broker_url: str
+) -> None:
+    """The API server that recorded a cancel is killed during its first attempt at the
+    callback (held unanswered): a worker, taking the dead API server over, delivers it."""
+    receiver = Receiver([HOLD, 200])
+    with (
+        postgres_schema(postgres_url, postgres_admin) as url,
+        broker_vhost(broker_url) as amqp,
+        running_cluster(tmp_path, url, amqp, {}, **CALLBACKS) as lone,
+    ):
+        task = lone.submit({**SUMA, "callback_url": receiver.url})
+        cancelled = lone.api.post(f"/v1/tasks/{task['id']}/cancel")
+        assert cancelled.status_code == 200, cancelled.text
+        receiver.wait_for(1)
+        lone.api_proc.kill()
+        lone.api_proc.wait(timeout=10)
+        receiver.released.set()
+
+        lone.launch_worker(f"{os.environ['TAREA_SERVER_ID']}-late", {}, via_api=False)
+        receiver.wait_for(2, timeout_s=LEASE_S * 2 + 30)
+        headers, body, _ = receiver.calls[1]
+        assert verify(SECRET.encode(), body, headers["X-Tarea-Signature"])
+        called = json.loads(body)
+        assert (called["id"], called["status"]) == (task["id"], "cancelled")
+        deadline = time.monotonic() + 10
+        while True:
+            with lone.db.connect() as connection:
+                state = connection.execute(
+                    text("SELECT callback FROM tasks WHERE id = :id"), {"id": task["id"]}
+                ).scalar_one()
+            if state["status"] == "delivered" or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        assert (state["status"], state["attempts"]) == ("delivered", 1)
+        time.sleep(1.0)  # a third one, from anyone, would come within this
+        assert len(receiver.calls) == 2
+
+
 def _kill_mid_task(cluster: Cluster, body: dict[str, Any]) -> tuple[dict[str, Any], str, float]:
     """Submit ``body``; SIGKILL the worker running it; the task, that worker, the kill's time."""
     task = cluster.submit(body)
@@ -444,19 +489,20 @@ def test_a_callback_under_way_on_a_killed_worker_is_delivered_by_whoever_takes_i
     victim = task["worker"]
     cluster.stop_worker(victim, signal.SIGKILL)
     receiver.released.set()
-
-    receiver.wait_for(2, timeout_s=LEASE_S + 20)
-    headers, body, _ = receiver.calls[1]
-    assert verify(SECRET.encode(), body, headers["X-Tarea-Signature"])
-    called = json.loads(body)
-    assert (called["id"], called["status"]) == (task["id"], "succeeded")
-    delivered = cluster.until(
-        task["id"], lambda t: (t["callback"] or {}).get("status") == "delivered"
-    )
-    assert delivered["callback"]["attempts"] == 1
-    time.sleep(1.0)  # a third one, from anyone, would come within this
-    assert len(receiver.calls) == 2
-    cluster.start_worker(victim)
+    try:
+        receiver.wait_for(2, timeout_s=LEASE_S + 20)
+        headers, body, _ = receiver.calls[1]
+        assert verify(SECRET.encode(), body, headers["X-Tarea-Signature"])
+        called = json.loads(body)
+        assert (called["id"], called["status"]) == (task["id"], "succeeded")
+        delivered = cluster.until(
+            task["id"], lambda t: (t["callback"] or {}).get("status") == "delivered"
+        )
+        assert delivered["callback"]["attempts"] == 1
+        time.sleep(1.0)  # a third one, from anyone, would come within this
+        assert len(receiver.calls) == 2
+    finally:
+        cluster.start_worker(victim)
 
 
 def test_tasks_accepted_while_rabbitmq_is_down_run_when_it_returns(cluster: Cluster) -> None:

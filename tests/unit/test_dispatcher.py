@@ -27,8 +27,8 @@ class CalledBack:
     def __init__(self) -> None:
         self.records: list[TaskRecord] = []
 
-    def start(self, record: TaskRecord) -> None:
-        self.records.append(record)
+    def resume(self, records: list[TaskRecord]) -> None:
+        self.records.extend(records)
 
 
 class Tasks:

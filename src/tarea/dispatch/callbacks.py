@@ -22,7 +22,7 @@ import hmac
 import http.cookiejar
 import json
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -35,6 +35,8 @@ from tarea.errors import CallbackUrlNotAllowed
 log = logging.getLogger(__name__)
 
 SIGNATURE_HEADER = "X-Tarea-Signature"
+#: How many adopted deliveries (:meth:`Caller.resume`) one server runs at once.
+RESUMED_AT_ONCE = 16
 
 
 def sign(secret: bytes, body: bytes) -> str:
@@ -172,6 +174,8 @@ async def deliver(
         state.status = "failed"
         await record(state)
         return state
+    if state.attempts:  # an earlier delivery's attempt failed: its backoff first
+        await asyncio.sleep(policy.delay(state.attempts))
     for number in range(state.attempts + 1, policy.attempts + 1):
         state.attempts = number
         failure = await attempt(client, target, body, headers, policy, allow, resolver)
@@ -237,21 +241,45 @@ class Caller:
         self._policy = policy
         self._allow = allow
         self._client = new_client()
-        #: Deliveries started by :meth:`start` and not done yet.
-        self._under_way: set[asyncio.Task[CallbackState]] = set()
+        #: Deliveries started and not done yet, by task id.
+        self._under_way: dict[str, asyncio.Task[CallbackState]] = {}
+        #: Bounds the deliveries :meth:`resume` runs at once.
+        self._resuming = asyncio.Semaphore(RESUMED_AT_ONCE)
         self._closed = False
 
     def start(self, record: TaskRecord) -> None:
-        """Deliver ``record`` in the background (kept until done; a failure is logged)."""
-        if self._closed:
-            log.warning("task %s is called back when this server starts again", record.id)
-            return
-        delivery = asyncio.create_task(self.call_back(record))
-        self._under_way.add(delivery)
-        delivery.add_done_callback(self._delivered)
+        """Deliver ``record`` in the background (kept until done; a failure is logged).
 
-    def _delivered(self, delivery: asyncio.Task[CallbackState]) -> None:
-        self._under_way.discard(delivery)
+        A task whose delivery is under way here is not delivered twice.
+        """
+        self._spawn(record, self.call_back(record))
+
+    def resume(self, records: list[TaskRecord]) -> None:
+        """Deliver ``records`` (adopted deliveries) in the background, a few at once."""
+        for record in records:
+            self._spawn(record, self._resume(record))
+
+    async def _resume(self, record: TaskRecord) -> CallbackState:
+        async with self._resuming:
+            return await self.call_back(record)
+
+    def _spawn(self, record: TaskRecord, delivery: Coroutine[Any, Any, CallbackState]) -> None:
+        if self._closed or record.id in self._under_way:
+            delivery.close()
+            if self._closed:
+                log.warning(
+                    "task %s is not called back now: this server stops (it is when a server "
+                    "with its id starts again, or takes it over)",
+                    record.id,
+                )
+            return
+        task = asyncio.create_task(delivery)
+        self._under_way[record.id] = task
+        task.add_done_callback(lambda done: self._delivered(record.id, done))
+
+    def _delivered(self, task_id: str, delivery: asyncio.Task[CallbackState]) -> None:
+        if self._under_way.get(task_id) is delivery:
+            del self._under_way[task_id]
         if not delivery.cancelled() and delivery.exception() is not None:
             log.error("a callback failed", exc_info=delivery.exception())
 
@@ -291,7 +319,7 @@ class Caller:
         """Start no more; give deliveries under way ``timeout_s``, stop the rest, close."""
         self._closed = True
         if self._under_way:
-            _, pending = await asyncio.wait(set(self._under_way), timeout=timeout_s)
+            _, pending = await asyncio.wait(set(self._under_way.values()), timeout=timeout_s)
             for delivery in pending:
                 delivery.cancel()
         await self._client.aclose()

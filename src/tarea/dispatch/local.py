@@ -30,8 +30,8 @@ log = logging.getLogger(__name__)
 class CallsBack(Protocol):
     """What calls ended tasks back (:class:`~tarea.dispatch.callbacks.Caller`)."""
 
-    def start(self, record: TaskRecord) -> None:
-        """Deliver the ended ``record`` in the background."""
+    def resume(self, records: list[TaskRecord]) -> None:
+        """Deliver the ended ``records`` in the background, a few at once."""
         ...
 
 
@@ -289,9 +289,9 @@ class LocalDispatcher:
         """Record a terminal status (guarded) and announce it; None if not allowed."""
         return await self._runner.record_end(task_id, status, **fields)
 
-    def call_back(self, record: TaskRecord) -> None:
-        """Deliver the ended ``record`` to its ``callback_url``, in the background."""
-        self._runner.caller.start(record)
+    def call_back(self, records: list[TaskRecord]) -> None:
+        """Deliver the ended ``records`` to their callback URLs, a few at a time."""
+        self._runner.caller.resume(records)
 
     async def remove_containers(self, server_id: str) -> int:
         """Remove every task container ``server_id`` started on this engine; how many."""

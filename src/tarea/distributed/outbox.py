@@ -503,10 +503,10 @@ class OutboxDispatcher:
                 self._caller.start(record)
         return record
 
-    def call_back(self, record: TaskRecord) -> None:
-        """Deliver the ended ``record`` to its ``callback_url``, in the background."""
+    def call_back(self, records: list[TaskRecord]) -> None:
+        """Deliver the ended ``records`` to their callback URLs, a few at a time."""
         if self._caller is not None:
-            self._caller.start(record)
+            self._caller.resume(records)
 
     async def remove_containers(self, server_id: str) -> int:
         """No containers here (a worker removes its own when it starts again)."""

@@ -63,7 +63,7 @@ from tarea.distributed.broker import (
     worker_queue_name,
 )
 from tarea.distributed.presence import Presence
-from tarea.domain.records import TaskRecord, utcnow
+from tarea.domain.records import CallbackState, TaskRecord, utcnow
 from tarea.domain.status import Status, runs_again
 from tarea.domain.task import RegistryAuth
 from tarea.errors import ConfigurationError, StoreUnavailable, TareaError
@@ -172,9 +172,9 @@ class WorkerDispatcher:
         """Record a terminal status (guarded) and announce it."""
         return await self._runner.record_end(task_id, status, **fields)
 
-    def call_back(self, record: TaskRecord) -> None:
-        """Deliver the ended ``record`` to its ``callback_url``, in the background."""
-        self._runner.caller.start(record)
+    def call_back(self, records: list[TaskRecord]) -> None:
+        """Deliver the ended ``records`` to their callback URLs, a few at a time."""
+        self._runner.caller.resume(records)
 
     async def remove_containers(self, server_id: str) -> int:
         """Remove every task container ``server_id`` started on this engine."""
@@ -293,7 +293,11 @@ class WorkerDispatcher:
                     again.id, "status", status=again.status.value, attempt=again.attempt
                 )
             return again
-        ended = await self._store.finish(record, Status.FAILED, finished_at=utcnow(), error=error)
+        # Called back from here: recorded with the end (see TaskService.cancel).
+        owner = {"callback": CallbackState(by=self.server_id)} if record.callback_url else {}
+        ended = await self._store.finish(
+            record, Status.FAILED, finished_at=utcnow(), error=error, **owner
+        )
         if ended is not None:
             self._runner.announce(ended)
         return None
@@ -439,6 +443,8 @@ class WorkerRuntime:
         kinds = {s.id: s.kind for s in await self.store.servers(self.settings.lease_s)}
         if kinds.get(dead, "server") == "worker":
             await self.service.take_over(dead)
+        else:  # but the callbacks it had not delivered are delivered from here
+            await self.service.resume_callbacks(dead)
 
     def report(self) -> dict[str, Any]:
         """What each heartbeat reports: queue, engine, load, warm containers, pool stats."""
@@ -478,12 +484,14 @@ class WorkerRuntime:
 
     async def drain(self) -> None:
         """SIGTERM: take nothing new, let running tasks finish (bounded), settle the rest."""
+        self.membership.taking_over = False  # its callbacks stop with it
         await self.service.drain()
 
     async def aclose(self) -> None:
         """Stop heartbeating, release containers, connections and the presence lock."""
         if self._warming is not None:
             self._warming.cancel()
+        self.membership.taking_over = False
         await self.service.drain()  # idempotent
         await self.membership.aclose()
         await self.notices.aclose()

@@ -218,8 +218,8 @@ class SqlStore:
         """The SQLAlchemy engine (for health checks and tests)."""
         return self._engine
 
-    def migrate(self) -> None:
-        """Bring the schema to the newest migration; a no-op when it is there.
+    def migrate(self, revision: str = "head") -> None:
+        """Bring the schema to the newest migration (or ``revision``); a no-op when it is there.
 
         Safe to call at every start, also from several processes at once.
         """
@@ -236,7 +236,7 @@ class SqlStore:
                         text("SELECT pg_advisory_xact_lock(:key)"), {"key": _MIGRATION_LOCK}
                     )
                 config.attributes["connection"] = locked
-                command.upgrade(config, "head")
+                command.upgrade(config, revision)
 
     def close(self) -> None:
         """Close every pooled connection (a later call would open new ones)."""

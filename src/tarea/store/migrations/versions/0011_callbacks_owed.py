@@ -13,7 +13,9 @@ Both look for ended tasks whose callback is none yet, ``pending`` or
 read every ended task.
 
 Servers of the version before this one neither write ``by`` nor resume
-deliveries; they ignore the index.
+deliveries; they ignore the index. Deliveries they left undone (stopped at
+their shutdown, perhaps long ago) are recorded ``failed`` here, with that
+reason, rather than all sent at the first start of this version.
 """
 
 from __future__ import annotations
@@ -35,14 +37,33 @@ _OWED = (
 )
 
 
+_LEFT = "not delivered: its server stopped before tarea took deliveries up again (0011)"
+
+# The set callback and the rows, for each dialect (the reason is bound: :why).
+_FAILED = {
+    "postgresql": "jsonb_build_object('status', 'failed', 'attempts', "
+    "COALESCE((callback ->> 'attempts')::int, 0), 'last_error', CAST(:why AS text), "
+    "'delivered_at', NULL)",
+    "sqlite": "json_object('status', 'failed', 'attempts', "
+    "COALESCE(json_extract(callback, '$.attempts'), 0), 'last_error', :why, 'delivered_at', NULL)",
+}
+_STATUS = {"postgresql": "callback ->> 'status'", "sqlite": "json_extract(callback, '$.status')"}
+
+
 def upgrade() -> None:
-    """Create ``ix_tasks_callback_owed``."""
+    """Record the deliveries left undone ``failed``; create ``ix_tasks_callback_owed``."""
+    bind = op.get_bind()
+    dialect = bind.dialect.name
+    where = _OWED.format(status=_STATUS[dialect])
+    # Constant text only: this module's, by dialect.
+    update = f"UPDATE tasks SET callback = {_FAILED[dialect]} WHERE {where}"  # noqa: S608
+    bind.execute(sa.text(update), {"why": _LEFT})
     op.create_index(
         "ix_tasks_callback_owed",
         "tasks",
         ["finished_at"],
-        postgresql_where=sa.text(_OWED.format(status="callback ->> 'status'")),
-        sqlite_where=sa.text(_OWED.format(status="json_extract(callback, '$.status')")),
+        postgresql_where=sa.text(_OWED.format(status=_STATUS["postgresql"])),
+        sqlite_where=sa.text(_OWED.format(status=_STATUS["sqlite"])),
     )
 
 
