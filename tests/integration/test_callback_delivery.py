@@ -237,3 +237,30 @@ def test_a_resumed_delivery_whose_attempts_are_used_up_fails_without_one(
     )
     assert receiver.hosts == []
     assert [(s.status, s.attempts, s.last_error) for s in states] == [("failed", 3, "HTTP 503")]
+
+
+def test_a_delivery_another_server_took_over_makes_no_more_attempts(
+    receivers: list[Receiver],
+) -> None:
+    """Its state refused after a failed attempt (adopted elsewhere): no second attempt."""
+    receiver = Receiver([500, 200])
+    receivers.append(receiver)
+
+    async def refused(state: CallbackState) -> bool:
+        return False
+
+    async def main() -> CallbackState:
+        async with callbacks.new_client() as client:
+            return await callbacks.deliver(
+                client,
+                f"http://127.0.0.1:{receiver.port}/hook",
+                b"{}",
+                b"secret",
+                RetryPolicy(attempts=3, first_delay_s=0.01),
+                refused,
+                allow=LOOPBACK,
+            )
+
+    state = asyncio.run(main())
+    assert (state.status, state.attempts) == ("retrying", 1)
+    assert len(receiver.hosts) == 1

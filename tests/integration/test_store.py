@@ -959,3 +959,22 @@ def test_migration_0011_records_the_deliveries_left_undone_failed(store_url: str
     assert store.get(delivered.id) == delivered
     assert store.adopt_callbacks(was="anyone", by="me") == []
     store.close()
+
+
+def test_a_delivery_another_server_adopted_is_not_written_over(store: SqlStore) -> None:
+    """A stalled deliverer's late state does not replace the adopter's: the write is
+    refused (False); the deliverer's own, or a first one, is written."""
+    adopted = ended(callback=CallbackState("retrying", 1, "HTTP 503", by="taker"))
+    fresh = ended()
+    store.create(adopted)
+    store.create(fresh)
+
+    late = CallbackState("failed", 5, "HTTP 500", by="stalled")
+    assert store.run(store.callback_write(adopted.id, late)) is False
+    assert store.get(adopted.id) == adopted
+    done = CallbackState("delivered", 2, by="taker")
+    assert store.run(store.callback_write(adopted.id, done)) is True
+    stored = store.get(adopted.id)
+    assert stored is not None
+    assert stored.callback == done
+    assert store.run(store.callback_write(fresh.id, CallbackState(by="me"))) is True

@@ -9,7 +9,7 @@ from typing import Any
 from tarea.dispatch import runner as runner_module
 from tarea.dispatch.callbacks import RetryPolicy
 from tarea.dispatch.runner import TaskRunner
-from tarea.domain.records import TaskRecord, new_task_id
+from tarea.domain.records import CallbackState, TaskRecord, new_task_id
 from tarea.domain.status import Status
 from tarea.domain.task import Outcome, TaskSpec
 from tarea.execution.executor import StartCallback
@@ -48,6 +48,9 @@ class Store:
         self, record: TaskRecord, error: dict[str, Any], *, worker: str
     ) -> asyncio.Future[TaskRecord | None]:
         raise AssertionError("no retry policy here: nothing runs again")
+
+    def save_callback(self, task_id: str, state: CallbackState) -> asyncio.Future[bool]:
+        return self._done(True)
 
     def update(
         self, task_id: str, *, droppable: bool = False, **fields: Any

@@ -155,7 +155,7 @@ async def deliver(
     body: bytes,
     secret: bytes,
     policy: RetryPolicy,
-    record: Callable[[CallbackState], Awaitable[None]],
+    record: Callable[[CallbackState], Awaitable[bool | None]],
     *,
     allow: outbound.Allowlist = outbound.NOTHING_ALLOWED,
     resolver: outbound.Resolver = outbound.resolve,
@@ -164,8 +164,10 @@ async def deliver(
     """POST ``body`` to ``url`` until a 2xx, a refusal by ``allow``, or the attempts run out.
 
     ``record`` is awaited after every attempt with the state so far, so the
-    outcome is durable even if the server stops mid-way. ``state``: how far
-    an earlier delivery of it got (its attempts count towards the policy's).
+    outcome is durable even if the server stops mid-way; when it answers
+    False (another server adopted the delivery), no more attempts are made.
+    ``state``: how far an earlier delivery of it got (its attempts count
+    towards the policy's).
     """
     state = CallbackState() if state is None else state
     headers = {"Content-Type": "application/json", SIGNATURE_HEADER: sign(secret, body)}
@@ -186,7 +188,9 @@ async def deliver(
         state.last_error = failure.reason
         last = failure.final or number == policy.attempts
         state.status = "failed" if last else "retrying"
-        await record(state)
+        if await record(state) is False:
+            log.info("callback to %s: another server took the delivery over", url)
+            return state
         if last:
             log.warning(
                 "callback to %s failed after %d attempts: %s", url, number, state.last_error
@@ -199,8 +203,8 @@ async def deliver(
 class CallbackStore(Protocol):
     """Where each delivery attempt is written (:class:`~tarea.store.aio.AsyncStore`)."""
 
-    def update(self, task_id: str, **fields: Any) -> Awaitable[Any]:
-        """Set ``fields`` of the task ``task_id``."""
+    def save_callback(self, task_id: str, state: CallbackState) -> Awaitable[bool]:
+        """Record ``state`` unless another server adopted the delivery; whether written."""
         ...
 
 
@@ -299,11 +303,11 @@ class Caller:
             by=self.owner,
         )
 
-        async def save(state: CallbackState) -> None:
-            await self._store.update(record.id, callback=state)
+        async def save(state: CallbackState) -> bool:
+            return await self._store.save_callback(record.id, state)
 
-        if prior is None or prior.by != self.owner:
-            await save(state)
+        if (prior is None or prior.by != self.owner) and not await save(state):
+            return state  # another server delivers it
         return await deliver(
             self._client,
             record.callback_url,

@@ -18,7 +18,7 @@ from typing import Any, Protocol
 from tarea.dispatch import callbacks, outbound
 from tarea.dispatch.progress import INTERVAL_S, Progress, ProgressCoalescer
 from tarea.domain.nesting import clean_text
-from tarea.domain.records import TaskRecord, utcnow
+from tarea.domain.records import CallbackState, TaskRecord, utcnow
 from tarea.domain.status import Status, runs_again, status_for_error
 from tarea.domain.task import ErrorInfo, Limits, Outcome, RegistryAuth, TaskSpec
 from tarea.errors import EngineUnavailable
@@ -63,6 +63,10 @@ class RunnerStore(Protocol):
         self, task_id: str, *, droppable: bool = False, **fields: Any
     ) -> asyncio.Future[None]:
         """Set non-status fields (a ``droppable`` write may be shed)."""
+        ...
+
+    def save_callback(self, task_id: str, state: CallbackState) -> asyncio.Future[bool]:
+        """Record a delivery's ``state`` unless another server adopted it; whether written."""
         ...
 
 

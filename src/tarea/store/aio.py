@@ -43,7 +43,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeAlias, TypeVar
 import sqlalchemy.exc
 from sqlalchemy.util import greenlet_spawn
 
-from tarea.domain.records import TaskRecord
+from tarea.domain.records import CallbackState, TaskRecord
 from tarea.domain.status import Status
 from tarea.errors import Refused, StoreUnavailable
 from tarea.overview import Ended
@@ -191,6 +191,10 @@ class AsyncStore:
         waiting: its future then fails with :class:`Shed`.
         """
         return self._writer.submit(self.sync.update_write(task_id, fields), droppable=droppable)
+
+    def save_callback(self, task_id: str, state: CallbackState) -> asyncio.Future[bool]:
+        """Record a delivery's ``state`` unless another server adopted it; whether written."""
+        return self._writer.submit(self.sync.callback_write(task_id, state))
 
     @property
     def shed(self) -> int:

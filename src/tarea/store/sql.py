@@ -696,6 +696,18 @@ class SqlStore:
         params = {**values, "_id": task_id}
         return Statement(sql, params, _nothing_read)
 
+    def callback_write(self, task_id: str, state: CallbackState) -> Write[bool]:
+        """Record ``state`` as the task's callback, while its deliverer is ``state.by``.
+
+        Guarded: a delivery another server adopted meanwhile (its ``by`` is that
+        server) is not written over; the result says whether it was written.
+        """
+        values = self._settable({"callback": state})
+        by = "callback ->> 'by'" if self._postgres else "json_extract(callback, '$.by')"
+        condition = f"({by} IS NULL OR {by} = {self._placeholder.format('_by')})"
+        sql = self._update_sql(tuple(values), status=False, condition=condition)
+        return Statement(sql, {**values, "_id": task_id, "_by": state.by}, _moved)
+
     # -- retention (tarea.retention) ------------------------------------------------------
 
     def purge_write(self, before: datetime, limit: int) -> Write[int]:
