@@ -150,8 +150,14 @@ class Dispatcher(Protocol):
         """Start running queued tasks."""
         ...
 
-    def enqueue(self, record: TaskRecord, auth: RegistryAuth | None = None) -> None:
-        """Run the recorded task ``record`` (``auth``: for its pull only, never stored)."""
+    def enqueue(
+        self, record: TaskRecord, auth: RegistryAuth | None = None, *, recorded_now: bool = False
+    ) -> None:
+        """Run the recorded task ``record`` (``auth``: for its pull only, never stored).
+
+        ``recorded_now``: this server recorded it just now and never handed it out
+        (not a task found again at a restart or a takeover).
+        """
         ...
 
     def reserve(self, record: TaskRecord) -> Reservation | None:

@@ -396,7 +396,7 @@ class TaskService:
         if reservation is not None:
             reservation.start(stored, auth)
         else:
-            self.dispatcher.enqueue(stored, auth)
+            self.dispatcher.enqueue(stored, auth, recorded_now=True)
         # Before any await: the task cannot have ended yet, so its end is not
         # missed; and the dispatcher has it, so the notices know where it runs.
         waiter = self.notices.waiter(stored.id) if wait_s is not None else None
@@ -459,7 +459,7 @@ class TaskService:
         if isinstance(created, Refused):
             raise created
         for record, auth in zip(created, auths, strict=True):
-            self.dispatcher.enqueue(record, auth)
+            self.dispatcher.enqueue(record, auth, recorded_now=True)
             self.notices.publish(record.id, "status", status=Status.QUEUED.value)
             self.notices.status_changed(record)
         return created

@@ -229,6 +229,7 @@ def assemble_api(settings: Settings, sql: SqlStore, store: AsyncStore) -> Server
         CelerySender(make_celery(settings.broker_url)),
         router,
         interval_s=settings.publish_interval_s,
+        server_id=settings.server_id,
     )
     # A task cancelled here that no live worker had is called back from here.
     caller = callbacks.Caller(

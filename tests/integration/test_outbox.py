@@ -21,23 +21,40 @@ from tests.integration.conftest import task_record
 
 
 class Sent:
-    """A send that records what it was asked to publish (thread-safe), or fails."""
+    """A send that records what it was asked to publish (thread-safe), or fails.
 
-    def __init__(self, fail: bool = False) -> None:
+    With ``gate``, each send first waits (at most 20 s) until the gate is set;
+    ``entered`` is set when a send begins.
+    """
+
+    def __init__(self, fail: bool = False, gate: threading.Event | None = None) -> None:
         self.messages: list[tuple[str, int, str]] = []
         self.fail = fail
+        self.gate = gate
+        self.entered = threading.Event()
         self._lock = threading.Lock()
 
     def __call__(self, task_id: str, attempt: int, queue_name: str) -> None:
+        self.entered.set()
+        if self.gate is not None:
+            self.gate.wait(20)
         if self.fail:
             raise ConnectionError("the broker is away")
         with self._lock:
             self.messages.append((task_id, attempt, queue_name))
 
 
-def publisher(store: SqlStore, send: Sent, interval_s: float = 3600, threads: int = 4) -> Publisher:
+def publisher(
+    store: SqlStore,
+    send: Sent,
+    interval_s: float = 3600,
+    threads: int = 4,
+    server_id: str = "api-test",
+) -> Publisher:
     router = Router(AsyncStore(store), lease_s=15)
-    return Publisher(store.engine, send, router, interval_s=interval_s, threads=threads)
+    return Publisher(
+        store.engine, send, router, interval_s=interval_s, threads=threads, server_id=server_id
+    )
 
 
 def publications(store: SqlStore, task_id: str) -> list[tuple[int, str]]:
@@ -201,3 +218,46 @@ def test_a_task_queued_by_an_api_server_is_claimed_by_one_worker(pg: SqlStore) -
             await aio.aclose()
 
     asyncio.run(claims())
+
+
+def test_a_task_recorded_now_is_published_first_and_the_sweep_leaves_it_alone(
+    pg: SqlStore,
+) -> None:
+    """Offered as recorded just now, the attempt is sent before its row is written; a
+    sweep meanwhile leaves it alone (it is this server's to publish); the row comes
+    after the send, and a later sweep finds nothing to do: one message."""
+    record = task_record(worker="api-a", created_at=utcnow() - timedelta(seconds=30))
+    pg.create(record)
+    gate = threading.Event()
+    sent = Sent(gate=gate)
+    one = publisher(pg, sent, threads=1, server_id="api-a")
+    one.start()
+    try:
+        one.offer(record.id, 1, "tarea.tasks", recorded_now=True)
+        assert sent.entered.wait(20)
+        assert publications(pg, record.id) == []  # sent before its row
+        one._sweep()  # as the sweeping thread would, while the send waits
+        gate.set()
+        _until(lambda: publications(pg, record.id) == [(1, "tarea.tasks")])
+        one._sweep()
+    finally:
+        one.stop()
+    assert sent.messages == [(record.id, 1, "tarea.tasks")]
+
+
+def test_the_sweep_leaves_another_live_api_servers_tasks_to_it(pg: SqlStore) -> None:
+    """A task recorded by another API server, never published: its sweep leaves it
+    while that server lives (it may be publishing it first), publishes it once the
+    server is silent."""
+    record = task_record(worker="api-a", created_at=utcnow() - timedelta(seconds=30))
+    pg.create(record)
+    sent = Sent()
+    other = publisher(pg, sent, threads=1, server_id="api-b")
+    other._router.api_servers = frozenset({"api-a", "api-b"})
+    other._sweep()
+    assert sent.messages == []
+    assert publications(pg, record.id) == []
+    other._router.api_servers = frozenset({"api-b"})  # api-a fell silent
+    other._sweep()
+    assert sent.messages == [(record.id, 1, "tarea.tasks")]
+    assert publications(pg, record.id) == [(1, "tarea.tasks")]

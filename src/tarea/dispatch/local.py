@@ -196,7 +196,9 @@ class LocalDispatcher:
             for i in range(self._concurrency)
         ]
 
-    def enqueue(self, record: TaskRecord, auth: RegistryAuth | None = None) -> None:
+    def enqueue(
+        self, record: TaskRecord, auth: RegistryAuth | None = None, *, recorded_now: bool = False
+    ) -> None:
         """Queue the recorded task; ``auth`` is kept in memory for its pull only."""
         if auth is not None:
             self._runner.credentials[record.id] = auth

@@ -10,15 +10,21 @@ records the task (as always: accepting never depends on the broker), and the
   attempt was never published (accepted while RabbitMQ was away, queued again
   for a retry, or left by an API server that died before publishing).
 
-An attempt is published once: the publisher inserts its ``publications`` row
-and publishes (with a publisher confirm) in one transaction, committed after
-RabbitMQ has the message. Two publishers of the same attempt (this fast path
-and another server's sweep) are serialised by the row's primary key: the
-second finds it and publishes nothing. Only a crash between RabbitMQ's confirm
-and the commit, or a confirm that comes later than ``PUBLISH_TIMEOUT_S`` (the
-publish counts as failed; the sweep publishes the attempt again), can publish
-an attempt twice, and a worker's claim (a guarded UPDATE) makes the second
-message a no-op.
+An attempt is published once. The sweep (and the hand-out of tasks found
+again: a restart, a takeover) inserts the attempt's ``publications`` row and
+publishes (with a publisher confirm) in one transaction, committed after
+RabbitMQ has the message: two of them publishing the same attempt are
+serialised by the row's primary key, and the second finds it and publishes
+nothing. A task this server has just recorded is published first and its row
+inserted after (one round trip fewer before the message goes out): no one
+else publishes it meanwhile, since the sweep leaves alone the attempts this
+server is publishing and the tasks of the other live API servers
+(:meth:`Publisher._sweep`). Only a crash (or a store that fails) between
+RabbitMQ's confirm and the row, a confirm that comes later than
+``PUBLISH_TIMEOUT_S`` (the publish counts as failed; the sweep publishes the
+attempt again), or an API server taken over while it was only stalled, can
+publish an attempt twice, and a worker's claim (a guarded UPDATE) makes the
+second message a no-op.
 
 Where a task goes (:class:`Router`): to the own queue of a worker that reports a
 container for its (tenant, image, limits) in its heartbeat, the least busy
@@ -75,6 +81,11 @@ _CLAIM_PUBLICATION = (
     "SELECT id, attempt, %(queue)s FROM tasks WHERE id = %(id)s AND attempt = %(attempt)s "
     "AND status = 'queued' ON CONFLICT DO NOTHING"
 )
+#: Record that an attempt was published (after the fact: see the module's docstring).
+_RECORD_PUBLICATION = (
+    "INSERT INTO publications (task_id, attempt, queue) "
+    "VALUES (%(id)s, %(attempt)s, %(queue)s) ON CONFLICT DO NOTHING"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +121,8 @@ class Router:
         self._lease_s = lease_s
         self._refresh_s = refresh_s
         self.workers: dict[str, WorkerInfo] = {}
+        #: The ids of the API servers heard of within the lease.
+        self.api_servers: frozenset[str] = frozenset()
         #: Each live worker's pool statistics, as it reported them.
         self.pools: dict[str, dict[str, Any]] = {}
         #: Tasks sent to each worker's queue since its report was read.
@@ -139,6 +152,7 @@ class Router:
             return
         workers: dict[str, WorkerInfo] = {}
         pools: dict[str, dict[str, Any]] = {}
+        self.api_servers = frozenset(s.id for s in servers if s.kind == "server" and s.alive)
         for server in servers:
             details = server.details or {}
             if server.kind != "worker" or not server.alive or not details.get("queue"):
@@ -193,6 +207,7 @@ class Publisher:
         router: chooses the queue of a task the sweep finds.
         interval_s: how often the sweep looks for unpublished attempts.
         threads: how many publish at once.
+        server_id: this API server's id (the ``worker`` of the tasks it records).
     """
 
     def __init__(
@@ -203,12 +218,17 @@ class Publisher:
         *,
         interval_s: float,
         threads: int = 4,
+        server_id: str = "",
     ) -> None:
         self._engine = engine
+        self._server_id = server_id
         self._send = send
         self._router = router
         self._interval_s = interval_s
-        self._queue: queue.SimpleQueue[tuple[str, int, str] | None] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[tuple[str, int, str, bool] | None] = queue.SimpleQueue()
+        #: Attempts recorded here and offered, until their publication row is in.
+        self._in_flight: set[tuple[str, int]] = set()
+        self._in_flight_lock = threading.Lock()
         # Several: a publish waits for RabbitMQ's confirm (a quorum queue's fsync), and
         # the next task need not wait for it. The first one also sweeps.
         self._threads = [
@@ -239,9 +259,18 @@ class Publisher:
         for thread in self._threads:
             thread.join(timeout=10)
 
-    def offer(self, task_id: str, attempt: int, queue_name: str) -> None:
-        """Publish ``task_id``'s ``attempt`` to ``queue_name`` soon (unless it was)."""
-        self._queue.put((task_id, attempt, queue_name))
+    def offer(
+        self, task_id: str, attempt: int, queue_name: str, *, recorded_now: bool = False
+    ) -> None:
+        """Publish ``task_id``'s ``attempt`` to ``queue_name`` soon (unless it was).
+
+        ``recorded_now``: this server recorded the task just now, and hands it
+        out for the first time: it is published first, its row inserted after.
+        """
+        if recorded_now:
+            with self._in_flight_lock:
+                self._in_flight.add((task_id, attempt))
+        self._queue.put((task_id, attempt, queue_name, recorded_now))
 
     def _serve(self, sweeps: bool) -> None:
         next_sweep = time.monotonic() + (self._interval_s if sweeps else float("inf"))
@@ -266,7 +295,13 @@ class Publisher:
             self._publish_guarded(*item)
 
     def _sweep(self) -> None:
-        """Publish every queued attempt that was never published (oldest first)."""
+        """Publish every queued attempt that was never published (oldest first).
+
+        Left alone: the attempts this server publishes first (:meth:`offer`,
+        ``recorded_now``) until their row is in, and the tasks another live
+        API server recorded (it publishes them, its own sweep included; once
+        it is silent for the lease, this server's sweep takes them).
+        """
         before = utcnow() - timedelta(seconds=1)  # the fast path's own, under way, left to it
         try:
             with self._engine.connect() as connection:
@@ -278,17 +313,30 @@ class Publisher:
             log.warning("outbox: cannot read the unpublished tasks: %s", exc)
             return
         live = self._router.live_workers()
+        others = self._router.api_servers - {self._server_id}
         for task_id, attempt, tenant, image, limits, worker in rows:
             if worker in live:  # a worker runs it (its own retry): nothing to hand out
+                continue
+            if worker in others or self._publishing(task_id, attempt):
                 continue
             queue_name = self._router.route(tenant, image, dict(limits))
             if not self._publish_guarded(task_id, attempt, queue_name):
                 return  # the broker (or the store) is away: the next sweep tries again
 
-    def _publish_guarded(self, task_id: str, attempt: int, queue_name: str) -> bool:
-        """Record and publish one attempt in one transaction; whether nothing failed."""
+    def _publishing(self, task_id: str, attempt: int) -> bool:
+        with self._in_flight_lock:
+            return (task_id, attempt) in self._in_flight
+
+    def _publish_guarded(
+        self, task_id: str, attempt: int, queue_name: str, recorded_now: bool = False
+    ) -> bool:
+        """Record and publish one attempt in one transaction (or, ``recorded_now``,
+        publish then record it); whether nothing failed."""
         try:
-            self._publish_once(task_id, attempt, queue_name)
+            if recorded_now:
+                self._publish_first(task_id, attempt, queue_name)
+            else:
+                self._publish_once(task_id, attempt, queue_name)
         except Exception as exc:
             self.failures += 1
             if self.broker_up:
@@ -329,6 +377,40 @@ class Publisher:
             raise
         if inserted == 1:
             self.published += 1
+
+    def _publish_first(self, task_id: str, attempt: int, queue_name: str) -> None:
+        """Publish an attempt recorded here just now, then insert its row.
+
+        The round trip of the row's INSERT is not on the message's way. No one
+        else publishes the attempt meanwhile (see :meth:`_sweep`). If the row
+        cannot be written, the attempt stays published: the sweep may publish
+        it again later, and the worker's claim makes that message a no-op.
+        """
+        try:
+            self._send(task_id, attempt, queue_name)
+            self.published += 1
+            connection = self._connection()
+            try:
+                cursor = connection.cursor()
+                try:
+                    cursor.execute(
+                        _RECORD_PUBLICATION,
+                        {"id": task_id, "attempt": attempt, "queue": queue_name},
+                    )
+                finally:
+                    cursor.close()
+                connection.commit()
+            except Exception as exc:
+                self._drop(connection)
+                log.warning(
+                    "outbox: task %s was published, but its publication not recorded (%s); "
+                    "it may be published again, and its worker's claim ignores the second",
+                    task_id,
+                    exc,
+                )
+        finally:
+            with self._in_flight_lock:
+                self._in_flight.discard((task_id, attempt))
 
     def _connection(self) -> PoolProxiedConnection:
         """This thread's connection, made when it has none."""
@@ -478,12 +560,17 @@ class OutboxDispatcher:
         """Start publishing."""
         self._publisher.start()
 
-    def enqueue(self, record: TaskRecord, auth: RegistryAuth | None = None) -> None:
-        """Hand the recorded task to the broker (``auth`` is refused before: never sent)."""
+    def enqueue(
+        self, record: TaskRecord, auth: RegistryAuth | None = None, *, recorded_now: bool = False
+    ) -> None:
+        """Hand the recorded task to the broker (``auth`` is refused before: never sent).
+
+        ``recorded_now``: recorded just now by this server, never handed out.
+        """
         if auth is not None:  # the service refuses them first; never put on the broker
             raise ValueError("registry credentials are never put on the broker")
         queue_name = self.router.route(record.tenant, record.image, record.limits)
-        self._publisher.offer(record.id, record.attempt, queue_name)
+        self._publisher.offer(record.id, record.attempt, queue_name, recorded_now=recorded_now)
 
     def reserve(self, record: TaskRecord) -> None:
         """None: a task recorded here starts on a worker, later (it is recorded queued)."""

@@ -139,7 +139,9 @@ class WorkerDispatcher:
     def start(self) -> None:
         """Nothing to start: Celery's threads bring the work."""
 
-    def enqueue(self, record: TaskRecord, auth: RegistryAuth | None = None) -> None:
+    def enqueue(
+        self, record: TaskRecord, auth: RegistryAuth | None = None, *, recorded_now: bool = False
+    ) -> None:
         """Run a task recover or take-over queued for this worker, in the background."""
         job = asyncio.create_task(self._run_local(record), name=f"tarea-local-{record.id}")
         self._local.add(job)
