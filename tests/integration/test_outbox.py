@@ -9,8 +9,10 @@ import time
 from collections.abc import Callable
 from datetime import timedelta
 
+import pytest
 from sqlalchemy import Engine, text
 
+from tarea.distributed import outbox
 from tarea.distributed.outbox import Publisher, Router
 from tarea.domain.records import utcnow
 from tarea.domain.status import Status
@@ -249,7 +251,7 @@ def test_the_sweep_leaves_another_live_api_servers_tasks_to_it(pg: SqlStore) -> 
     """A task recorded by another API server, never published: its sweep leaves it
     while that server lives (it may be publishing it first), publishes it once the
     server is silent."""
-    record = task_record(worker="api-a", created_at=utcnow() - timedelta(seconds=30))
+    record = task_record(worker="api-a", created_at=utcnow() - timedelta(seconds=5))
     pg.create(record)
     sent = Sent()
     other = publisher(pg, sent, threads=1, server_id="api-b")
@@ -261,3 +263,45 @@ def test_the_sweep_leaves_another_live_api_servers_tasks_to_it(pg: SqlStore) -> 
     other._sweep()
     assert sent.messages == [(record.id, 1, "tarea.tasks")]
     assert publications(pg, record.id) == [(1, "tarea.tasks")]
+
+
+def test_the_sweep_takes_a_live_api_servers_task_it_left_unpublished_too_long(
+    pg: SqlStore,
+) -> None:
+    """Past LEFT_TO_OWNER_S, a live API server's unpublished task is anyone's to
+    publish (that server cannot reach the broker, say)."""
+    record = task_record(
+        worker="api-a", created_at=utcnow() - timedelta(seconds=outbox.LEFT_TO_OWNER_S + 5)
+    )
+    pg.create(record)
+    sent = Sent()
+    other = publisher(pg, sent, threads=1, server_id="api-b")
+    other._router.api_servers = frozenset({"api-a", "api-b"})
+    other._sweep()
+    assert sent.messages == [(record.id, 1, "tarea.tasks")]
+    assert publications(pg, record.id) == [(1, "tarea.tasks")]
+
+
+def test_a_task_recorded_now_but_taken_late_is_published_row_first(
+    pg: SqlStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Taken by a publisher thread later than FIRST_WITHIN_S after its offer, a task
+    recorded here is published row first: one another server's sweep published
+    meanwhile (its row is in) is not published again."""
+    monkeypatch.setattr(outbox, "FIRST_WITHIN_S", -1.0)  # every hand-out is late
+    record = task_record(worker="api-a")
+    pg.create(record)
+    with pg.engine.begin() as connection:  # as another server's sweep left it
+        connection.execute(
+            text("INSERT INTO publications (task_id, attempt, queue) VALUES (:id, 1, 'q')"),
+            {"id": record.id},
+        )
+    sent = Sent()
+    one = publisher(pg, sent, threads=1, server_id="api-a")
+    one.start()
+    try:
+        one.offer(record.id, 1, "tarea.tasks", recorded_now=True)
+    finally:
+        one.stop()
+    assert sent.messages == []
+    assert not one._publishing(record.id, 1)

@@ -69,7 +69,7 @@ log = logging.getLogger(__name__)
 
 #: Queued tasks whose current attempt has no publication, oldest first (the sweep).
 _UNPUBLISHED = text(
-    "SELECT t.id, t.attempt, t.tenant, t.image, t.limits, t.worker FROM tasks t "
+    "SELECT t.id, t.attempt, t.tenant, t.image, t.limits, t.worker, t.created_at FROM tasks t "
     "WHERE t.status = 'queued' AND t.created_at < :before AND NOT EXISTS "
     "(SELECT 1 FROM publications p WHERE p.task_id = t.id AND p.attempt = t.attempt) "
     "ORDER BY t.created_at LIMIT :limit"
@@ -86,6 +86,14 @@ _RECORD_PUBLICATION = (
     "INSERT INTO publications (task_id, attempt, queue) "
     "VALUES (%(id)s, %(attempt)s, %(queue)s) ON CONFLICT DO NOTHING"
 )
+
+
+#: A task recorded here is published first only while its offer is this recent (s): a
+#: hand-out held up longer (a backlog, RabbitMQ away) publishes row first.
+FIRST_WITHIN_S = 5.0
+#: Another live API server's task is left to it by the sweep for this long (s): past
+#: FIRST_WITHIN_S and a publish's PUBLISH_TIMEOUT_S, it no longer publishes it first.
+LEFT_TO_OWNER_S = 30.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -225,7 +233,9 @@ class Publisher:
         self._send = send
         self._router = router
         self._interval_s = interval_s
-        self._queue: queue.SimpleQueue[tuple[str, int, str, bool] | None] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[tuple[str, int, str, bool, float] | None] = (
+            queue.SimpleQueue()
+        )
         #: Attempts recorded here and offered, until their publication row is in.
         self._in_flight: set[tuple[str, int]] = set()
         self._in_flight_lock = threading.Lock()
@@ -265,12 +275,13 @@ class Publisher:
         """Publish ``task_id``'s ``attempt`` to ``queue_name`` soon (unless it was).
 
         ``recorded_now``: this server recorded the task just now, and hands it
-        out for the first time: it is published first, its row inserted after.
+        out for the first time: it is published first, its row inserted after
+        (if a publisher thread takes it within ``FIRST_WITHIN_S``).
         """
         if recorded_now:
             with self._in_flight_lock:
                 self._in_flight.add((task_id, attempt))
-        self._queue.put((task_id, attempt, queue_name, recorded_now))
+        self._queue.put((task_id, attempt, queue_name, recorded_now, time.monotonic()))
 
     def _serve(self, sweeps: bool) -> None:
         next_sweep = time.monotonic() + (self._interval_s if sweeps else float("inf"))
@@ -298,9 +309,10 @@ class Publisher:
         """Publish every queued attempt that was never published (oldest first).
 
         Left alone: the attempts this server publishes first (:meth:`offer`,
-        ``recorded_now``) until their row is in, and the tasks another live
-        API server recorded (it publishes them, its own sweep included; once
-        it is silent for the lease, this server's sweep takes them).
+        ``recorded_now``) until their row is in, and for ``LEFT_TO_OWNER_S``
+        the tasks another live API server recorded (it may be publishing them
+        first; its own sweep takes them if it cannot). Past that, or once that
+        server is silent for the lease, this server's sweep takes them.
         """
         before = utcnow() - timedelta(seconds=1)  # the fast path's own, under way, left to it
         try:
@@ -314,10 +326,13 @@ class Publisher:
             return
         live = self._router.live_workers()
         others = self._router.api_servers - {self._server_id}
-        for task_id, attempt, tenant, image, limits, worker in rows:
+        left_to_owner = utcnow() - timedelta(seconds=LEFT_TO_OWNER_S)
+        for task_id, attempt, tenant, image, limits, worker, created_at in rows:
             if worker in live:  # a worker runs it (its own retry): nothing to hand out
                 continue
-            if worker in others or self._publishing(task_id, attempt):
+            if worker in others and created_at > left_to_owner:
+                continue
+            if self._publishing(task_id, attempt):
                 continue
             queue_name = self._router.route(tenant, image, dict(limits))
             if not self._publish_guarded(task_id, attempt, queue_name):
@@ -328,12 +343,18 @@ class Publisher:
             return (task_id, attempt) in self._in_flight
 
     def _publish_guarded(
-        self, task_id: str, attempt: int, queue_name: str, recorded_now: bool = False
+        self,
+        task_id: str,
+        attempt: int,
+        queue_name: str,
+        recorded_now: bool = False,
+        offered_at: float = 0.0,
     ) -> bool:
-        """Record and publish one attempt in one transaction (or, ``recorded_now``,
-        publish then record it); whether nothing failed."""
+        """Record and publish one attempt in one transaction (or, recorded here just
+        now and offered within ``FIRST_WITHIN_S``, publish then record it); whether
+        nothing failed."""
         try:
-            if recorded_now:
+            if recorded_now and time.monotonic() - offered_at <= FIRST_WITHIN_S:
                 self._publish_first(task_id, attempt, queue_name)
             else:
                 self._publish_once(task_id, attempt, queue_name)
@@ -348,6 +369,10 @@ class Publisher:
                 )
             self.broker_up = False
             return False
+        finally:
+            if recorded_now:  # published, or left to the sweep
+                with self._in_flight_lock:
+                    self._in_flight.discard((task_id, attempt))
         if not self.broker_up:
             log.info("outbox: the broker answers again")
         self.broker_up = True
@@ -386,31 +411,26 @@ class Publisher:
         cannot be written, the attempt stays published: the sweep may publish
         it again later, and the worker's claim makes that message a no-op.
         """
+        self._send(task_id, attempt, queue_name)
+        self.published += 1
+        connection = self._connection()
         try:
-            self._send(task_id, attempt, queue_name)
-            self.published += 1
-            connection = self._connection()
+            cursor = connection.cursor()
             try:
-                cursor = connection.cursor()
-                try:
-                    cursor.execute(
-                        _RECORD_PUBLICATION,
-                        {"id": task_id, "attempt": attempt, "queue": queue_name},
-                    )
-                finally:
-                    cursor.close()
-                connection.commit()
-            except Exception as exc:
-                self._drop(connection)
-                log.warning(
-                    "outbox: task %s was published, but its publication not recorded (%s); "
-                    "it may be published again, and its worker's claim ignores the second",
-                    task_id,
-                    exc,
+                cursor.execute(
+                    _RECORD_PUBLICATION, {"id": task_id, "attempt": attempt, "queue": queue_name}
                 )
-        finally:
-            with self._in_flight_lock:
-                self._in_flight.discard((task_id, attempt))
+            finally:
+                cursor.close()
+            connection.commit()
+        except Exception as exc:
+            self._drop(connection)
+            log.warning(
+                "outbox: task %s was published, but its publication not recorded (%s); "
+                "it may be published again, and its worker's claim ignores the second",
+                task_id,
+                exc,
+            )
 
     def _connection(self) -> PoolProxiedConnection:
         """This thread's connection, made when it has none."""
