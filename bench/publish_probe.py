@@ -31,7 +31,7 @@ from bench.distributed import Vhost, broker_url
 from bench.postgres import Postgres, postgres_url
 from tarea.distributed.broker import make_celery, shared_queue
 from tarea.distributed.outbox import CelerySender, Publisher, Router
-from tarea.domain.records import TaskRecord, new_task_id
+from tarea.domain.records import TaskRecord, new_task_id, utcnow
 from tarea.domain.status import Status
 from tarea.store.aio import AsyncStore
 from tarea.store.sql import SqlStore
@@ -102,7 +102,8 @@ def _probe(store_url: str, amqp: str) -> dict[str, list[float]]:
                     first = index % 2 == 0
                     arrived.clear()
                     started = time.perf_counter()
-                    publisher.offer(record.id, 1, shared_queue().name, recorded_now=first)
+                    recorded_at = utcnow() if first else None
+                    publisher.offer(record.id, 1, shared_queue().name, recorded_at=recorded_at)
                     if not arrived.wait(5):
                         raise RuntimeError(f"task {record.id} was not delivered within 5 s")
                     way = "publish first" if first else "row first"

@@ -9,7 +9,6 @@ import time
 from collections.abc import Callable
 from datetime import timedelta
 
-import pytest
 from sqlalchemy import Engine, text
 
 from tarea.distributed import outbox
@@ -235,7 +234,7 @@ def test_a_task_recorded_now_is_published_first_and_the_sweep_leaves_it_alone(
     one = publisher(pg, sent, threads=1, server_id="api-a")
     one.start()
     try:
-        one.offer(record.id, 1, "tarea.tasks", recorded_now=True)
+        one.offer(record.id, 1, "tarea.tasks", recorded_at=utcnow())
         assert sent.entered.wait(20)
         assert publications(pg, record.id) == []  # sent before its row
         one._sweep()  # as the sweeping thread would, while the send waits
@@ -282,13 +281,10 @@ def test_the_sweep_takes_a_live_api_servers_task_it_left_unpublished_too_long(
     assert publications(pg, record.id) == [(1, "tarea.tasks")]
 
 
-def test_a_task_recorded_now_but_taken_late_is_published_row_first(
-    pg: SqlStore, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Taken by a publisher thread later than FIRST_WITHIN_S after its offer, a task
-    recorded here is published row first: one another server's sweep published
-    meanwhile (its row is in) is not published again."""
-    monkeypatch.setattr(outbox, "FIRST_WITHIN_S", -1.0)  # every hand-out is late
+def test_a_task_recorded_here_but_taken_late_is_published_row_first(pg: SqlStore) -> None:
+    """Taken by a publisher thread later than FIRST_WITHIN_S after it was recorded, a
+    task recorded here is published row first: one a sweep published meanwhile (its
+    row is in) is not published again."""
     record = task_record(worker="api-a")
     pg.create(record)
     with pg.engine.begin() as connection:  # as another server's sweep left it
@@ -300,8 +296,68 @@ def test_a_task_recorded_now_but_taken_late_is_published_row_first(
     one = publisher(pg, sent, threads=1, server_id="api-a")
     one.start()
     try:
-        one.offer(record.id, 1, "tarea.tasks", recorded_now=True)
+        one.offer(record.id, 1, "tarea.tasks", recorded_at=utcnow() - timedelta(seconds=2))
     finally:
         one.stop()
     assert sent.messages == []
     assert not one._publishing(record.id, 1)
+
+
+def test_a_task_recorded_here_while_the_broker_is_away_is_published_by_the_sweep(
+    pg: SqlStore,
+) -> None:
+    """Its first publish fails (nothing recorded, nothing under way); this server's
+    own sweep publishes it, once, when the broker answers."""
+    record = task_record(worker="api-a", created_at=utcnow() - timedelta(seconds=30))
+    pg.create(record)
+    sent = Sent(fail=True)
+    one = publisher(pg, sent, threads=1, server_id="api-a")
+    one._router.api_servers = frozenset({"api-a"})
+    one.start()
+    try:
+        one.offer(record.id, 1, "tarea.tasks", recorded_at=utcnow())
+        _until(lambda: one.failures == 1)
+        assert publications(pg, record.id) == []
+        assert not one._publishing(record.id, 1)
+        sent.fail = False
+        one._sweep()
+    finally:
+        one.stop()
+    assert sent.messages == [(record.id, 1, "tarea.tasks")]
+    assert publications(pg, record.id) == [(1, "tarea.tasks")]
+
+
+def test_a_task_published_first_on_a_cut_connection_still_gets_its_row(
+    pg: SqlStore, postgres_admin: Engine
+) -> None:
+    """The publisher thread's kept connection was cut (a PostgreSQL restart): the
+    message goes out, the row's first INSERT fails, the second, on a new
+    connection, records it; no sweep publishes it again."""
+    first, second = task_record(worker="api-a"), task_record(worker="api-a")
+    pg.create(first)
+    pg.create(second)
+    sent = Sent()
+    pg.engine.dispose()  # so the publisher's connection is a new one, told apart by its pid
+    before = _backends(postgres_admin)
+    one = publisher(pg, sent, threads=1, server_id="api-a")
+    one.start()
+    try:
+        one.offer(first.id, 1, "tarea.tasks", recorded_at=utcnow())
+        _until(lambda: one.published == 1)
+        time.sleep(0.5)  # its row, after the message
+        mine = _backends(postgres_admin) - before
+        with postgres_admin.connect() as admin:
+            cut = [
+                admin.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid}).scalar()
+                for pid in mine
+            ]
+        assert cut == [True]  # the thread's one connection, kept
+        one.offer(second.id, 1, "tarea.tasks", recorded_at=utcnow())
+        _until(lambda: one.published == 2)
+        time.sleep(0.5)
+        assert publications(pg, second.id) == [(1, "tarea.tasks")]
+        one._sweep()
+    finally:
+        one.stop()
+    assert sent.messages == [(first.id, 1, "tarea.tasks"), (second.id, 1, "tarea.tasks")]
+    assert publications(pg, first.id) == [(1, "tarea.tasks")]

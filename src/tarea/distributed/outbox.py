@@ -15,16 +15,17 @@ again: a restart, a takeover) inserts the attempt's ``publications`` row and
 publishes (with a publisher confirm) in one transaction, committed after
 RabbitMQ has the message: two of them publishing the same attempt are
 serialised by the row's primary key, and the second finds it and publishes
-nothing. A task this server has just recorded is published first and its row
-inserted after (one round trip fewer before the message goes out): no one
-else publishes it meanwhile, since the sweep leaves alone the attempts this
-server is publishing and the tasks of the other live API servers
-(:meth:`Publisher._sweep`). Only a crash (or a store that fails) between
-RabbitMQ's confirm and the row, a confirm that comes later than
-``PUBLISH_TIMEOUT_S`` (the publish counts as failed; the sweep publishes the
-attempt again), or an API server taken over while it was only stalled, can
-publish an attempt twice, and a worker's claim (a guarded UPDATE) makes the
-second message a no-op.
+nothing. A task this server has just recorded (within ``FIRST_WITHIN_S``) is
+published first and its row inserted after: one round trip fewer before the
+message goes out. No one else publishes it meanwhile: this server's sweep
+takes only tasks older than ``SWEEP_AFTER_S`` and leaves alone the attempts
+under way here; another server's sweep leaves a live API server's tasks to it
+for ``LEFT_TO_OWNER_S`` (:meth:`Publisher._sweep`). Only a crash (or a store
+that fails twice) between RabbitMQ's confirm and the row, a confirm that
+comes later than ``PUBLISH_TIMEOUT_S`` (the publish counts as failed; the
+sweep publishes the attempt again), or an API server held up past those
+bounds, can publish an attempt twice, and a worker's claim (a guarded UPDATE)
+makes the second message a no-op.
 
 Where a task goes (:class:`Router`): to the own queue of a worker that reports a
 container for its (tenant, image, limits) in its heartbeat, the least busy
@@ -42,7 +43,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 from celery import Celery
@@ -88,12 +89,19 @@ _RECORD_PUBLICATION = (
 )
 
 
-#: A task recorded here is published first only while its offer is this recent (s): a
-#: hand-out held up longer (a backlog, RabbitMQ away) publishes row first.
-FIRST_WITHIN_S = 5.0
-#: Another live API server's task is left to it by the sweep for this long (s): past
-#: FIRST_WITHIN_S and a publish's PUBLISH_TIMEOUT_S, it no longer publishes it first.
-LEFT_TO_OWNER_S = 30.0
+#: The sweep takes a queued task only once it was recorded this long ago (s).
+SWEEP_AFTER_S = 1.0
+#: A task recorded here is published first only while it was recorded this recently
+#: (s; under SWEEP_AFTER_S, on the same clock, so this server's sweep cannot have
+#: taken it): a hand-out held up longer (a backlog, RabbitMQ away) goes row first.
+FIRST_WITHIN_S = 0.5
+#: Another live API server's task is left to it by the sweep for this long (s). It
+#: may be publishing it first: within FIRST_WITHIN_S of its recording, a connection
+#: (2 s), a publish and its confirm (PUBLISH_TIMEOUT_S each), the row's INSERT (at
+#: most ROW_TIMEOUT_S, twice): about 45 s; the rest is room for the hosts' clocks.
+LEFT_TO_OWNER_S = 120.0
+#: The longest a publisher thread's statement may run (its connection's statement_timeout).
+ROW_TIMEOUT_S = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,7 +214,7 @@ class Router:
 
 
 class Publisher:
-    """Threads that publish tasks' attempts, each in one transaction with its row.
+    """Threads that publish tasks' attempts and record them (see the module docstring).
 
     Args:
         engine: the store's SQLAlchemy engine (PostgreSQL).
@@ -233,7 +241,7 @@ class Publisher:
         self._send = send
         self._router = router
         self._interval_s = interval_s
-        self._queue: queue.SimpleQueue[tuple[str, int, str, bool, float] | None] = (
+        self._queue: queue.SimpleQueue[tuple[str, int, str, datetime | None] | None] = (
             queue.SimpleQueue()
         )
         #: Attempts recorded here and offered, until their publication row is in.
@@ -270,18 +278,23 @@ class Publisher:
             thread.join(timeout=10)
 
     def offer(
-        self, task_id: str, attempt: int, queue_name: str, *, recorded_now: bool = False
+        self,
+        task_id: str,
+        attempt: int,
+        queue_name: str,
+        *,
+        recorded_at: datetime | None = None,
     ) -> None:
         """Publish ``task_id``'s ``attempt`` to ``queue_name`` soon (unless it was).
 
-        ``recorded_now``: this server recorded the task just now, and hands it
-        out for the first time: it is published first, its row inserted after
-        (if a publisher thread takes it within ``FIRST_WITHIN_S``).
+        ``recorded_at``: this server recorded the task then (its ``created_at``),
+        and hands it out for the first time: a publisher thread that takes it
+        within ``FIRST_WITHIN_S`` of then publishes it first, its row after.
         """
-        if recorded_now:
+        if recorded_at is not None:
             with self._in_flight_lock:
                 self._in_flight.add((task_id, attempt))
-        self._queue.put((task_id, attempt, queue_name, recorded_now, time.monotonic()))
+        self._queue.put((task_id, attempt, queue_name, recorded_at))
 
     def _serve(self, sweeps: bool) -> None:
         next_sweep = time.monotonic() + (self._interval_s if sweeps else float("inf"))
@@ -314,7 +327,7 @@ class Publisher:
         first; its own sweep takes them if it cannot). Past that, or once that
         server is silent for the lease, this server's sweep takes them.
         """
-        before = utcnow() - timedelta(seconds=1)  # the fast path's own, under way, left to it
+        before = utcnow() - timedelta(seconds=SWEEP_AFTER_S)  # the fast path's, left to it
         try:
             with self._engine.connect() as connection:
                 rows = connection.execute(
@@ -343,18 +356,16 @@ class Publisher:
             return (task_id, attempt) in self._in_flight
 
     def _publish_guarded(
-        self,
-        task_id: str,
-        attempt: int,
-        queue_name: str,
-        recorded_now: bool = False,
-        offered_at: float = 0.0,
+        self, task_id: str, attempt: int, queue_name: str, recorded_at: datetime | None = None
     ) -> bool:
-        """Record and publish one attempt in one transaction (or, recorded here just
-        now and offered within ``FIRST_WITHIN_S``, publish then record it); whether
-        nothing failed."""
+        """Record and publish one attempt in one transaction (or, recorded here
+        within ``FIRST_WITHIN_S``, publish then record it); whether nothing failed."""
+        recorded_now = recorded_at is not None
         try:
-            if recorded_now and time.monotonic() - offered_at <= FIRST_WITHIN_S:
+            if (
+                recorded_at is not None
+                and (utcnow() - recorded_at).total_seconds() < FIRST_WITHIN_S
+            ):
                 self._publish_first(task_id, attempt, queue_name)
             else:
                 self._publish_once(task_id, attempt, queue_name)
@@ -407,36 +418,51 @@ class Publisher:
         """Publish an attempt recorded here just now, then insert its row.
 
         The round trip of the row's INSERT is not on the message's way. No one
-        else publishes the attempt meanwhile (see :meth:`_sweep`). If the row
-        cannot be written, the attempt stays published: the sweep may publish
-        it again later, and the worker's claim makes that message a no-op.
+        else publishes the attempt meanwhile (see :meth:`_sweep`). The row is
+        tried twice, the second time on a new connection (the kept one may
+        have been cut: a PostgreSQL restart). If it still cannot be written,
+        the attempt stays published: the sweep may publish it again later, and
+        the worker's claim makes that message a no-op.
         """
         self._send(task_id, attempt, queue_name)
         self.published += 1
-        connection = self._connection()
-        try:
-            cursor = connection.cursor()
+        row = {"id": task_id, "attempt": attempt, "queue": queue_name}
+        for last in (False, True):
+            connection = self._connection()
             try:
-                cursor.execute(
-                    _RECORD_PUBLICATION, {"id": task_id, "attempt": attempt, "queue": queue_name}
-                )
-            finally:
-                cursor.close()
-            connection.commit()
-        except Exception as exc:
-            self._drop(connection)
-            log.warning(
-                "outbox: task %s was published, but its publication not recorded (%s); "
-                "it may be published again, and its worker's claim ignores the second",
-                task_id,
-                exc,
-            )
+                cursor = connection.cursor()
+                try:
+                    cursor.execute(_RECORD_PUBLICATION, row)
+                finally:
+                    cursor.close()
+                connection.commit()
+                return
+            except Exception as exc:
+                self._drop(connection)
+                if last:
+                    log.warning(
+                        "outbox: task %s was published, but its publication not recorded "
+                        "(%s); it may be published again, and its worker's claim ignores "
+                        "the second",
+                        task_id,
+                        exc,
+                    )
 
     def _connection(self) -> PoolProxiedConnection:
         """This thread's connection, made when it has none."""
         connection: PoolProxiedConnection | None = getattr(self._connections, "connection", None)
         if connection is None:
             connection = self._engine.raw_connection()
+            try:
+                cursor = connection.cursor()
+                try:  # bounds the window in which a task is published but not recorded
+                    cursor.execute(f"SET statement_timeout = {int(ROW_TIMEOUT_S * 1000)}")
+                finally:
+                    cursor.close()
+                connection.commit()
+            except BaseException:
+                connection.invalidate()
+                raise
             self._connections.connection = connection
         return connection
 
@@ -590,7 +616,8 @@ class OutboxDispatcher:
         if auth is not None:  # the service refuses them first; never put on the broker
             raise ValueError("registry credentials are never put on the broker")
         queue_name = self.router.route(record.tenant, record.image, record.limits)
-        self._publisher.offer(record.id, record.attempt, queue_name, recorded_now=recorded_now)
+        recorded_at = record.created_at if recorded_now else None
+        self._publisher.offer(record.id, record.attempt, queue_name, recorded_at=recorded_at)
 
     def reserve(self, record: TaskRecord) -> None:
         """None: a task recorded here starts on a worker, later (it is recorded queued)."""
