@@ -245,18 +245,23 @@ def test_batch_with_a_callback_not_allowed_is_refused_with_that_code(server: str
     assert problem["detail"].startswith("tasks[1]: ")
 
 
-def test_a_callback_under_way_when_the_server_is_killed_is_delivered_when_it_restarts(
-    tmp_path: Path,
-) -> None:
-    """SIGKILL during the first attempt (held unanswered by the receiver): the server
-    started again with its id delivers the callback, once more, and records it."""
-    env = {
+def restartable(tmp_path: Path) -> dict[str, str]:
+    """A server's settings that a second start takes up: its store file, its id."""
+    return {
         "TAREA_DATABASE_URL": f"sqlite:///{tmp_path}/tarea.db",
         "TAREA_SERVER_ID": f"tarea-test-callback-{secrets.token_hex(3)}",
         "TAREA_CALLBACK_SECRET": SECRET,
         "TAREA_CALLBACK_BACKOFF_S": "0.1",
         "TAREA_CALLBACK_ALLOW": "127.0.0.1",
     }
+
+
+def test_a_callback_under_way_when_the_server_is_killed_is_delivered_when_it_restarts(
+    tmp_path: Path,
+) -> None:
+    """SIGKILL during the first attempt (held unanswered by the receiver): the server
+    started again with its id delivers the callback, once more, and records it."""
+    env = restartable(tmp_path)
     receiver = Receiver([HOLD, 200])
     proc, url = start_server(env, tmp_path / "first.log")
     try:
@@ -294,13 +299,7 @@ def test_a_task_running_when_the_server_is_killed_is_called_back_once_after_rest
     tmp_path: Path,
 ) -> None:
     """Killed mid-task: the restart ends the task worker_lost and calls it back, once."""
-    env = {
-        "TAREA_DATABASE_URL": f"sqlite:///{tmp_path}/tarea.db",
-        "TAREA_SERVER_ID": f"tarea-test-callback-{secrets.token_hex(3)}",
-        "TAREA_CALLBACK_SECRET": SECRET,
-        "TAREA_CALLBACK_BACKOFF_S": "0.1",
-        "TAREA_CALLBACK_ALLOW": "127.0.0.1",
-    }
+    env = restartable(tmp_path)
     receiver = Receiver([200])
     proc, url = start_server(env, tmp_path / "first.log")
     try:

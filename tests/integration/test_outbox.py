@@ -130,13 +130,7 @@ def test_a_publisher_connection_the_server_cut_fails_one_publish_and_is_made_aga
     try:
         one.offer(first.id, 1, "tarea.tasks")
         _until(lambda: one.published == 1)
-        mine = _backends(postgres_admin) - before
-        with postgres_admin.connect() as admin:
-            cut = [
-                admin.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid}).scalar()
-                for pid in mine
-            ]
-        assert cut == [True]  # the thread's one connection, kept
+        assert _cut(postgres_admin, before) == [True]  # the thread's one connection, kept
         one.offer(second.id, 1, "tarea.tasks")
         _until(lambda: one.failures == 1)
         assert publications(pg, second.id) == []
@@ -146,6 +140,18 @@ def test_a_publisher_connection_the_server_cut_fails_one_publish_and_is_made_aga
         one.stop()
     assert sent.messages == [(first.id, 1, "tarea.tasks"), (second.id, 1, "tarea.tasks")]
     assert publications(pg, second.id) == [(1, "tarea.tasks")]
+
+
+def _cut(admin: Engine, before: set[int]) -> list[bool]:
+    """Terminate the client backends of user ``tarea`` made since ``before``; each result."""
+    mine = _backends(admin) - before
+    with admin.connect() as connection:
+        return [
+            bool(
+                connection.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid}).scalar()
+            )
+            for pid in mine
+        ]
 
 
 def _backends(admin: Engine) -> set[int]:
@@ -345,13 +351,7 @@ def test_a_task_published_first_on_a_cut_connection_still_gets_its_row(
         one.offer(first.id, 1, "tarea.tasks", recorded_at=utcnow())
         _until(lambda: one.published == 1)
         time.sleep(0.5)  # its row, after the message
-        mine = _backends(postgres_admin) - before
-        with postgres_admin.connect() as admin:
-            cut = [
-                admin.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid}).scalar()
-                for pid in mine
-            ]
-        assert cut == [True]  # the thread's one connection, kept
+        assert _cut(postgres_admin, before) == [True]  # the thread's one connection, kept
         one.offer(second.id, 1, "tarea.tasks", recorded_at=utcnow())
         _until(lambda: one.published == 2)
         time.sleep(0.5)
