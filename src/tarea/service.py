@@ -22,10 +22,11 @@ from datetime import timedelta
 from typing import Any
 
 from tarea.dispatch import outbound
+from tarea.dispatch.callbacks import delivered_by
 from tarea.domain import nesting
 from tarea.domain.functions import ImageFunctions
 from tarea.domain.images import ImageReference, matches_any, parse_reference
-from tarea.domain.records import CallbackState, TaskRecord, new_task_id, utcnow
+from tarea.domain.records import TaskRecord, new_task_id, utcnow
 from tarea.domain.status import RETRYABLE, Status, runs_again
 from tarea.domain.task import RegistryAuth
 from tarea.errors import (
@@ -254,21 +255,15 @@ class TaskService:
                     if again is not None:
                         self.dispatcher.enqueue(again)
                         continue
-                # Called back from here: recorded with the end (see cancel).
+                # Called back from here: recorded with the end.
                 await self.dispatcher.record_end(
-                    record.id, Status.FAILED, error=error, **self._calls_back(record)
+                    record.id, Status.FAILED, error=error, **delivered_by(record, self.server_id)
                 )
             elif worker == self.server_id or await self.store.reassign(
                 record.id, was=worker, to=self.server_id
             ):
                 record.worker = self.server_id
                 self.dispatcher.enqueue(record)
-
-    def _calls_back(self, record: TaskRecord) -> dict[str, Any]:
-        """The field that records, with an end this server records for another server's
-        task, that this server calls it back: if it dies before it has, the server
-        that takes it over does (:meth:`resume_callbacks`)."""
-        return {"callback": CallbackState(by=self.server_id)} if record.callback_url else {}
 
     async def drain(self) -> None:
         """Refuse new tasks, let running ones finish (bounded), then stop.
@@ -619,7 +614,7 @@ class TaskService:
             task_id,
             Status.CANCELLED,
             error={"code": "cancelled", "message": "cancelled by a client", "data": {}},
-            **self._calls_back(record),
+            **delivered_by(record, self.server_id),
         )
         if cancelled is None:  # it ended meanwhile
             record = await self.get(task_id, tenant)

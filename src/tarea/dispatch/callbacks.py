@@ -23,7 +23,7 @@ import http.cookiejar
 import json
 import logging
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 import httpx
@@ -200,6 +200,13 @@ async def deliver(
     return state
 
 
+def delivered_by(record: TaskRecord, server_id: str) -> dict[str, Any]:
+    """The field that records, with an end ``server_id`` records for ``record``, that
+    ``server_id`` calls it back (none without a callback URL): if it dies before it
+    has, the server that takes it over does (``TaskService.resume_callbacks``)."""
+    return {"callback": CallbackState(by=server_id)} if record.callback_url else {}
+
+
 class CallbackStore(Protocol):
     """Where each delivery attempt is written (:class:`~tarea.store.aio.AsyncStore`)."""
 
@@ -296,12 +303,7 @@ class Caller:
         assert record.callback_url is not None
         body = json.dumps(self._render(record), separators=(",", ":")).encode()
         prior = record.callback
-        state = CallbackState(
-            status="pending" if prior is None else prior.status,
-            attempts=0 if prior is None else prior.attempts,
-            last_error=None if prior is None else prior.last_error,
-            by=self.owner,
-        )
+        state = CallbackState(by=self.owner) if prior is None else replace(prior, by=self.owner)
 
         async def save(state: CallbackState) -> bool:
             return await self._store.save_callback(record.id, state)

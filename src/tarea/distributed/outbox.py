@@ -322,7 +322,7 @@ class Publisher:
         """Publish every queued attempt that was never published (oldest first).
 
         Left alone: the attempts this server publishes first (:meth:`offer`,
-        ``recorded_now``) until their row is in, and for ``LEFT_TO_OWNER_S``
+        ``recorded_at``) until their row is in, and for ``LEFT_TO_OWNER_S``
         the tasks another live API server recorded (it may be publishing them
         first; its own sweep takes them if it cannot). Past that, or once that
         server is silent for the lease, this server's sweep takes them.
@@ -361,11 +361,9 @@ class Publisher:
         """Record and publish one attempt in one transaction (or, recorded here
         within ``FIRST_WITHIN_S``, publish then record it); whether nothing failed."""
         recorded_now = recorded_at is not None
+        age = None if recorded_at is None else (utcnow() - recorded_at).total_seconds()
         try:
-            if (
-                recorded_at is not None
-                and (utcnow() - recorded_at).total_seconds() < FIRST_WITHIN_S
-            ):
+            if age is not None and age < FIRST_WITHIN_S:
                 self._publish_first(task_id, attempt, queue_name)
             else:
                 self._publish_once(task_id, attempt, queue_name)

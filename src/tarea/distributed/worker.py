@@ -63,7 +63,7 @@ from tarea.distributed.broker import (
     worker_queue_name,
 )
 from tarea.distributed.presence import Presence
-from tarea.domain.records import CallbackState, TaskRecord, utcnow
+from tarea.domain.records import TaskRecord, utcnow
 from tarea.domain.status import Status, runs_again
 from tarea.domain.task import RegistryAuth
 from tarea.errors import ConfigurationError, StoreUnavailable, TareaError
@@ -295,10 +295,13 @@ class WorkerDispatcher:
                     again.id, "status", status=again.status.value, attempt=again.attempt
                 )
             return again
-        # Called back from here: recorded with the end (see TaskService.cancel).
-        owner = {"callback": CallbackState(by=self.server_id)} if record.callback_url else {}
+        # Called back from here: recorded with the end.
         ended = await self._store.finish(
-            record, Status.FAILED, finished_at=utcnow(), error=error, **owner
+            record,
+            Status.FAILED,
+            finished_at=utcnow(),
+            error=error,
+            **callbacks.delivered_by(record, self.server_id),
         )
         if ended is not None:
             self._runner.announce(ended)

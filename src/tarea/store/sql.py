@@ -59,7 +59,7 @@ from tarea.domain.records import CallbackState, TaskRecord, utcnow
 from tarea.domain.status import Status, can_transition
 from tarea.errors import ConfigurationError, InvalidRequest, QueueFull, QuotaExceeded, Refused
 from tarea.store.convert import FIELDS, aware, from_columns, to_columns, to_record
-from tarea.store.tables import TaskRow, callback_owed
+from tarea.store.tables import TaskRow, callback_field, callback_owed
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine
@@ -703,7 +703,7 @@ class SqlStore:
         server) is not written over; the result says whether it was written.
         """
         values = self._settable({"callback": state})
-        by = "callback ->> 'by'" if self._postgres else "json_extract(callback, '$.by')"
+        by = callback_field(self._engine.dialect.name, "by")
         condition = f"({by} IS NULL OR {by} = {self._placeholder.format('_by')})"
         sql = self._update_sql(tuple(values), status=False, condition=condition)
         return Statement(sql, {**values, "_id": task_id, "_by": state.by}, _moved)
@@ -934,7 +934,7 @@ class SqlStore:
         """
         dialect = self._engine.dialect.name
         owed = text(callback_owed(dialect))
-        deliverer = "callback ->> 'by'" if self._postgres else "json_extract(callback, '$.by')"
+        deliverer = callback_field(dialect, "by")
         owed_by_was = text(f"COALESCE({deliverer}, worker) = :was").bindparams(was=was)
         query = select(TaskRow).where(owed, owed_by_was).order_by(TaskRow.finished_at)
         adopted = []

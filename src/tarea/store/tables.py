@@ -85,18 +85,22 @@ _STATUSES = ", ".join(f"'{status.value}'" for status in Status)
 _ACTIVE = f"status IN ('{Status.QUEUED.value}', '{Status.RUNNING.value}')"
 
 
+def callback_field(dialect: str, key: str) -> str:
+    """SQL for the text of one field of a task's callback state (NULL if none)."""
+    if dialect == "postgresql":
+        return f"callback ->> '{key}'"
+    return f"json_extract(callback, '$.{key}')"
+
+
 def callback_owed(dialect: str) -> str:
     """SQL for "the task ended and its callback is still to deliver" (migration 0011).
 
     Its callback state is none yet (the end was just recorded), or ``pending``
     or ``retrying``: not ``delivered``, not ``failed``.
     """
-    status = (
-        "callback ->> 'status'" if dialect == "postgresql" else "json_extract(callback, '$.status')"
-    )
     return (
         "callback_url IS NOT NULL AND finished_at IS NOT NULL "
-        f"AND (callback IS NULL OR {status} IN ('pending', 'retrying'))"
+        f"AND (callback IS NULL OR {callback_field(dialect, 'status')} IN ('pending', 'retrying'))"
     )
 
 
