@@ -515,7 +515,15 @@ class CelerySender:
         producer = self._producer()
         args: Any = [task_id, attempt]  # a list, as send_task's (its stub says a tuple)
         headers, properties, body, _ = self._celery.amqp.as_task_v2(
-            uuid(), TASK_NAME, args=args, ignore_result=True, reply_to=self._celery.thread_oid
+            uuid(),
+            TASK_NAME,
+            args=args,
+            ignore_result=True,
+            reply_to=self._celery.thread_oid,
+            # What Celery's saferepr makes of a string and an int, without it:
+            # 5 µs a message against 21-30 (measured), on the message's way.
+            argsrepr=repr(args),
+            kwargsrepr="{}",
         )
         try:
             producer.publish(
