@@ -1,30 +1,38 @@
-"""Workers on many hosts, measured: tarea's distributed warm path against bare Celery.
+"""Workers on many hosts, measured: tarea's distributed warm path against Celery.
 
 One run's own RabbitMQ virtual host and PostgreSQL schema; a bare Celery round
 trip first (:mod:`bench.celery_noop`: a no-op task, ``rpc://`` results,
-``delay().get()`` one after another), then one API server with
-``TAREA_BROKER_URL`` and one ``tarea worker`` under wrk (warm suma: p50 at one
-connection, throughput at many), then the same with a second worker.
+``delay().get()`` one after another), then a durable Celery call
+(:mod:`bench.celery_durable`: the least work #11's durability needs, on the
+run's schema); then the distributed floor (:mod:`bench.distributed_floor`:
+the least work #11's whole path needs) and one API server with
+``TAREA_BROKER_URL`` and one ``tarea worker``, under wrk in turn, three rounds
+(warm suma: p50 at one connection, throughput at many); then tarea again
+with a second worker.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 from urllib.parse import urlsplit
 
 import httpx
+from sqlalchemy.engine import make_url
 
 from bench.config import ROOT, BenchConfig
 from bench.http_load import measure as measure_http
+from bench.http_load import measure_interleaved
 from bench.machine import busy_cpu_seconds
-from bench.procs import BenchError, Server
+from bench.procs import BenchError, Server, free_port
 from bench.results import Distributed, Series
 
 #: Round trips of the bare Celery baseline (after as many warm-up calls as a tenth of it).
@@ -119,50 +127,99 @@ class Proc:
 
 def celery_round_trips(broker: str, log_dir: Path, calls: int = CELERY_CALLS) -> Series:
     """Time ``noop.delay().get()`` ``calls`` times against a worker of bench.celery_noop."""
-    env = {**os.environ, "BENCH_CELERY_BROKER": broker}
-    worker = Proc(
-        "celery-noop",
-        [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "bench.celery_noop",
-            "worker",
-            "--pool=threads",
-            "--concurrency=4",
-            "--loglevel=WARNING",
-            "--without-gossip",
-            "--without-mingle",
-            "--without-heartbeat",
-        ],
-        env,
-        log_dir / "celery-noop.log",
-    )
     os.environ["BENCH_CELERY_BROKER"] = broker
     from bench.celery_noop import noop
 
-    series = Series("bare Celery round trip")
+    return _celery_calls(
+        "bare Celery round trip",
+        "bench.celery_noop",
+        lambda: noop.delay().get(timeout=10),
+        {"BENCH_CELERY_BROKER": broker},
+        log_dir,
+        calls,
+    )
+
+
+def durable_celery_calls(
+    broker: str, database: str, log_dir: Path, calls: int = CELERY_CALLS
+) -> Series:
+    """Time ``calls`` durable Celery calls (bench.celery_durable) on ``database``'s schema."""
+    os.environ["BENCH_CELERY_BROKER"] = broker
+    from bench import celery_durable
+
+    psycopg_url = make_url(database).set(drivername="postgresql")
+    libpq = psycopg_url.render_as_string(hide_password=False)
+    celery_durable.prepare(libpq)
+    client = celery_durable.Client(libpq)
+    try:
+        return _celery_calls(
+            "durable Celery call",
+            "bench.celery_durable",
+            client.call,
+            {"BENCH_CELERY_BROKER": broker, "BENCH_DURABLE_DATABASE": libpq},
+            log_dir,
+            calls,
+        )
+    finally:
+        client.close()
+
+
+def celery_worker(app: str) -> list[str]:
+    """The command of a Celery worker of ``app`` as the baselines run theirs: four
+    threads, warnings only, none of Celery's cluster chatter."""
+    return [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        app,
+        "worker",
+        "--pool=threads",
+        "--concurrency=4",
+        "--loglevel=WARNING",
+        "--without-gossip",
+        "--without-mingle",
+        "--without-heartbeat",
+    ]
+
+
+def _celery_calls(
+    label: str,
+    app: str,
+    call: Callable[[], object],
+    env: dict[str, str],
+    log_dir: Path,
+    calls: int,
+) -> Series:
+    """Start a Celery worker of ``app``; time ``calls`` of ``call``, one after another."""
+    name = app.rsplit(".", 1)[-1].replace("_", "-")
+    worker = Proc(
+        name,
+        celery_worker(app),
+        {**os.environ, **env},
+        log_dir / f"{name}.log",
+    )
+    series = Series(label)
     worker.start()
     try:
         deadline = time.monotonic() + 60
         while True:  # the first call waits for the worker to consume
             try:
-                noop.delay().get(timeout=5)
+                call()
                 break
             except Exception as exc:
                 if time.monotonic() > deadline or not worker.alive():
                     raise BenchError(
-                        f"the Celery worker never answered ({exc}):\n{worker.log_tail()}"
+                        f"the Celery worker of {app} never answered ({exc}):\n{worker.log_tail()}"
                     ) from exc
-        print(f"bench: bare Celery round trips ({calls})...", flush=True)
+        print(f"bench: {label}s ({calls})...", flush=True)
         for _ in range(calls // 10):
-            noop.delay().get(timeout=10)
+            call()
         machine_before = busy_cpu_seconds()
         for _ in range(calls):
             started = time.perf_counter()
             try:
-                noop.delay().get(timeout=10)
+                call()
             except Exception as exc:
                 series.errors.append(str(exc)[:200])
                 continue
@@ -172,6 +229,43 @@ def celery_round_trips(broker: str, log_dir: Path, calls: int = CELERY_CALLS) ->
     finally:
         worker.stop()
     return series
+
+
+@contextlib.contextmanager
+def floor_running(
+    broker: str, database: str, labels: dict[str, str], log_dir: Path
+) -> Iterator[Server]:
+    """bench.distributed_floor's server and worker, running; the server is yielded."""
+    libpq = make_url(database).set(drivername="postgresql").render_as_string(hide_password=False)
+    env = {
+        **os.environ,
+        "BENCH_CELERY_BROKER": broker,
+        "BENCH_FLOOR_DATABASE": libpq,
+        "BENCH_FLOOR_LABELS": ",".join(f"{key}={value}" for key, value in labels.items()),
+    }
+    port = free_port()
+    server = Server(
+        "distributed floor",
+        [sys.executable, "-m", "bench.distributed_floor", "serve", "--port", str(port)],
+        env,
+        port,
+        log_dir / "distributed-floor.log",
+        cwd=ROOT,
+    )
+    worker = Proc(
+        "distributed-floor-worker",
+        celery_worker("bench.distributed_floor"),
+        env,
+        log_dir / "distributed-floor-worker.log",
+    )
+    print("bench: starting the distributed floor's server and worker...", flush=True)
+    try:
+        server.start(ready_timeout_s=60)
+        worker.start()
+        yield server
+    finally:
+        worker.stop()
+        server.stop()
 
 
 def start_worker(api: Server, env: dict[str, str], server_id: str, log_dir: Path) -> Proc:
@@ -199,17 +293,36 @@ def start_worker(api: Server, env: dict[str, str], server_id: str, log_dir: Path
 
 
 def measure(
-    api: Server, config: BenchConfig, log_dir: Path, broker: str, server_id: str
+    api: Server,
+    config: BenchConfig,
+    log_dir: Path,
+    broker: str,
+    server_id: str,
+    labels: dict[str, str],
 ) -> Distributed:
-    """Bare Celery, then tarea's API with one worker, then with two, under wrk."""
-    result = Distributed(celery=celery_round_trips(broker, log_dir))
+    """Bare and durable Celery; tarea's API with one worker in turn with the
+    distributed floor; then with two workers, under wrk."""
+    database = api.env["TAREA_DATABASE_URL"]
+    result = Distributed(
+        celery=celery_round_trips(broker, log_dir),
+        durable_celery=durable_celery_calls(broker, database, log_dir),
+    )
     env = {k: v for k, v in api.env.items() if k not in ("TAREA_PORT",)}
     workers: list[Proc] = []
     try:
-        print("bench: starting an API server with a broker, and one worker...", flush=True)
-        api.start(ready_timeout_s=120)
-        workers.append(start_worker(api, env, f"{server_id}-w1", log_dir))
-        result.one = measure_http("distributed, 1 worker", api, config, log_dir / "wrk.log")
+        with floor_running(broker, database, labels, log_dir) as floor:
+            print("bench: starting an API server with a broker, and one worker...", flush=True)
+            api.start(ready_timeout_s=120)
+            workers.append(start_worker(api, env, f"{server_id}-w1", log_dir))
+            # In turn, three rounds: this machine's speed drifts (a checkpoint of
+            # PostgreSQL's, another tenant) by more than the ratio's margin.
+            result.floor, result.one = measure_interleaved(
+                ["distributed floor", "distributed, 1 worker"],
+                [floor, api],
+                config,
+                log_dir / "wrk.log",
+                rounds=3,
+            )
         workers.append(start_worker(api, env, f"{server_id}-w2", log_dir))
         result.two = measure_http("distributed, 2 workers", api, config, log_dir / "wrk.log")
     finally:

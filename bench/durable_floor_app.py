@@ -125,43 +125,12 @@ class Containers:
             await self._start_one()
 
     async def _start_one(self) -> None:
-        directory = tempfile.mkdtemp(prefix="floor")
-        os.chmod(directory, 0o711)  # noqa: S103 - task users differ from ours: traverse only
-        self.dirs.append(directory)
-        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        path = Path(directory) / "channel.sock"
-        listener.bind(str(path))
-        path.chmod(0o666)
-        listener.listen(1)
-        listener.setblocking(False)
-        container = await asyncio.to_thread(
-            self.client.containers.run,
-            TASK_IMAGE,
-            detach=True,
-            network_mode="none",
-            read_only=True,
-            cap_drop=["ALL"],
-            security_opt=["no-new-privileges"],
-            pids_limit=128,
-            mem_limit=256 * 1024 * 1024,
-            memswap_limit=256 * 1024 * 1024,
-            nano_cpus=1_000_000_000,
-            tmpfs={"/tmp": "rw,nosuid,nodev,noexec,size=64m"},  # noqa: S108
-            mounts=[docker.types.Mount("/run/tarea", directory, type="bind", read_only=True)],
-            environment={"TAREA_CHANNEL_SOCKET": "/run/tarea/channel.sock"},
-            labels=self.labels,
-            log_config=docker.types.LogConfig(type="none"),
+        container_id, directory, conn = await asyncio.to_thread(
+            open_channel, self.client, self.labels
         )
-        self.ids.append(str(container.id))
-        loop = asyncio.get_running_loop()
-        conn, _ = await asyncio.wait_for(loop.sock_accept(listener), timeout=30)
-        await asyncio.to_thread(container.reload)
-        identity = ProcessIdentity.of(int(container.attrs["State"]["Pid"]))
-        if identity is None or not peer_in_container(conn, identity):  # as tarea checks
-            raise RuntimeError("a process outside the task container took its channel")
-        await loop.sock_sendall(conn, WELCOME)
-        listener.close()
-        path.unlink()
+        self.ids.append(container_id)
+        self.dirs.append(directory)
+        conn.setblocking(False)
         reader, writer = await asyncio.open_connection(sock=conn, limit=2**20)
         ready = json.loads(await reader.readline())
         if ready.get("method") != "ready":
@@ -188,6 +157,51 @@ class Containers:
         for directory in self.dirs:
             shutil.rmtree(directory, ignore_errors=True)
         self.client.close()
+
+
+def open_channel(
+    client: docker.DockerClient, labels: dict[str, str]
+) -> tuple[str, str, socket.socket]:
+    """Start a warm task container, locked down as tarea's are, and take its channel.
+
+    Returns its id, the directory its socket was in (remove it after), and
+    the connected channel, welcomed: the container's ``ready`` line comes next.
+    """
+    directory = tempfile.mkdtemp(prefix="floor")
+    os.chmod(directory, 0o711)  # noqa: S103 - task users differ from ours: traverse only
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    path = Path(directory) / "channel.sock"
+    listener.bind(str(path))
+    path.chmod(0o666)
+    listener.listen(1)
+    listener.settimeout(30)
+    container = client.containers.run(
+        TASK_IMAGE,
+        detach=True,
+        network_mode="none",
+        read_only=True,
+        cap_drop=["ALL"],
+        security_opt=["no-new-privileges"],
+        pids_limit=128,
+        mem_limit=256 * 1024 * 1024,
+        memswap_limit=256 * 1024 * 1024,
+        nano_cpus=1_000_000_000,
+        tmpfs={"/tmp": "rw,nosuid,nodev,noexec,size=64m"},  # noqa: S108
+        mounts=[docker.types.Mount("/run/tarea", directory, type="bind", read_only=True)],
+        environment={"TAREA_CHANNEL_SOCKET": "/run/tarea/channel.sock"},
+        labels=labels,
+        log_config=docker.types.LogConfig(type="none"),
+    )
+    conn, _ = listener.accept()
+    conn.settimeout(None)
+    container.reload()
+    identity = ProcessIdentity.of(int(container.attrs["State"]["Pid"]))
+    if identity is None or not peer_in_container(conn, identity):  # as tarea checks
+        raise RuntimeError("a process outside the task container took its channel")
+    conn.sendall(WELCOME)
+    listener.close()
+    path.unlink()
+    return str(container.id), directory, conn
 
 
 def create_app(db_path: str, containers: int, labels: dict[str, str]) -> FastAPI:

@@ -148,8 +148,9 @@ def measure_interleaved(
     Each server is warmed up (sequential calls, then a wrk warm-up at one
     connection and at many); then each round runs wrk on every server in turn,
     at one connection and at many. Per server: its one-connection run with the
-    median p50, its many-connection run with the median throughput, and its
-    median CPU time per response over the rounds.
+    median p50, its many-connection run with the median throughput, its
+    median CPU time per response, and the whole machine's median busy CPU
+    time per response at one connection, over the rounds.
     """
     warmups: list[tuple[WrkResult, WrkResult]] = []
     errors: list[list[str]] = []
@@ -160,21 +161,24 @@ def measure_interleaved(
         many = _wrk(f"{label}, warm-up", server, config, config.load_connections,
                     config.warmup_seconds, log_path)[0]  # fmt: skip
         warmups.append((first, many))
-    runs: list[list[tuple[WrkResult, WrkResult, float]]] = [[] for _ in servers]
+    runs: list[list[tuple[WrkResult, WrkResult, float, float]]] = [[] for _ in servers]
     for round_no in range(1, rounds + 1):
         for index, (label, server) in enumerate(zip(labels, servers, strict=True)):
             name = f"{label}, round {round_no}"
+            machine_before = busy_cpu_seconds()
             one, _ = _wrk(name, server, config, config.latency_connections,
                           max(1, config.wrk_seconds // 2), log_path)  # fmt: skip
+            machine_ms = (busy_cpu_seconds() - machine_before) * 1000 / max(1, one.responses)
             many, cpu_s = _wrk(name, server, config, config.load_connections,
                                config.wrk_seconds, log_path)  # fmt: skip
-            runs[index].append((one, many, cpu_s * 1000 / max(1, many.responses)))
+            runs[index].append((one, many, cpu_s * 1000 / max(1, many.responses), machine_ms))
     loads = []
     for index, label in enumerate(labels):
         middle = len(runs[index]) // 2
         one = sorted((run[0] for run in runs[index]), key=_p50_ms)[middle]
         many = sorted((run[1] for run in runs[index]), key=lambda result: result.rps)[middle]
-        cpus = sorted(cpu for _, _, cpu in runs[index])
+        cpus = sorted(run[2] for run in runs[index])
+        machine = sorted(run[3] for run in runs[index])
         loads.append(
             HttpLoad(
                 label=label,
@@ -182,7 +186,8 @@ def measure_interleaved(
                 throughput=many,
                 warmups=warmups[index],
                 warmup_errors=tuple(errors[index]),
-                cpu_ms_per_request=cpus[len(cpus) // 2],
+                cpu_ms_per_request=cpus[middle],
+                machine_cpu_ms_at_one=machine[middle],
             )
         )
     return loads

@@ -365,7 +365,7 @@ def _measure_distributed(
         results.distributed = _phase(
             results,
             "workers on many hosts",
-            lambda: distributed.measure(api, config, log_dir, vhost.url, server_id),
+            lambda: distributed.measure(api, config, log_dir, vhost.url, server_id, session.labels),
         )
 
 

@@ -361,17 +361,37 @@ _METHOD = """\
    latency the worse server's p50 and p99 are shown. All of it shares the
    machine's cores with PostgreSQL, Docker and wrk, so on a small machine two
    servers measure contention more than scale-out.
-8. **Workers on many hosts**: the baseline is a bare Celery round trip
-   (`bench/celery_noop.py`: a no-op task, RabbitMQ as the broker on a virtual
-   host made for the run, `rpc://` results, a `--pool=threads` worker;
-   `noop.delay().get()` 1,000 times one after another, after 100 warm-up
-   calls). Then an API server with `TAREA_BROKER_URL` (on its own schema)
-   and one `tarea worker` are measured like tarea on SQLite above; then a
-   second worker is started and the same is measured again. Both paths are
-   also charged the whole machine's busy CPU time (`/proc/stat`: user, nice,
-   system, irq, softirq) while they ran one call at a time, per call: for
-   tarea the API server, the worker, PostgreSQL, RabbitMQ, the container and
-   wrk; for Celery its client, its worker and RabbitMQ.
+8. **Workers on many hosts**, against three baselines in the same run:
+   - a bare Celery round trip (`bench/celery_noop.py`: a no-op task,
+     RabbitMQ as the broker on a virtual host made for the run, `rpc://`
+     results, a `--pool=threads` worker; `noop.delay().get()` 1,000 times one
+     after another, after 100 warm-up calls): what a Python user would
+     otherwise pick, and issue #11's baseline;
+   - a durable Celery call (`bench/celery_durable.py`, timed the same way):
+     the durability #11 requires and nothing else. The client inserts a row
+     and commits, publishes to a quorum queue with publisher confirms; the
+     worker updates the row with the result and commits, the statement also
+     sending a `NOTIFY` that the client waits for;
+   - the distributed floor (`bench/distributed_floor.py`): the least work
+     #11's whole path needs, by hand. A FastAPI server inserts the task's
+     row (with its params) and commits, publishes Celery's message naming
+     the task to a quorum queue with confirms, and answers when it hears
+     the end's `NOTIFY`; a Celery worker (`--pool=threads`, `acks_late`,
+     prefetch 1) claims the row (`UPDATE ... RETURNING` its params,
+     committed: a message carries no params, and the claim keeps a message
+     delivered again from running an attempt twice), makes one JSON-RPC call
+     to a warm, locked-down container of the task image over its own Unix
+     socket, and records the end with its `NOTIFY` in one statement,
+     committed. Every statement is one round trip on a kept connection.
+   Then an API server with `TAREA_BROKER_URL` (on its own schema) and one
+   `tarea worker`, and the distributed floor beside them, each warmed up and
+   then measured like tarea on SQLite above, in turn, three rounds (the
+   median p50 and throughput of each); then a second worker is started and
+   tarea is measured again. Each path is also charged the whole machine's
+   busy CPU time (`/proc/stat`: user, nice, system, irq, softirq) while it
+   ran one call at a time, per call: for tarea the API server, the worker,
+   PostgreSQL, RabbitMQ, the container and wrk; for Celery its client, its
+   worker, RabbitMQ and (durable) PostgreSQL.
 9. **Targets** (issue #4): warm p50 at 1 connection ≤ 2× the floor's; warm
    throughput at 32 connections ≥ 0.5× the floor's; fresh p50 ≤ 0.5× the bare
    `docker run`'s; no failed responses (on SQLite and PostgreSQL); memory
@@ -381,7 +401,10 @@ _METHOD = """\
    its tasks and runs them in containers. Issue "Many API servers on one
    PostgreSQL": warm p50 at 1 connection on PostgreSQL ≤ 1.3× tarea's own on
    SQLite in the same run. Issue "Workers on many hosts": the distributed
-   warm p50 at 1 connection ≤ 1.5× the bare Celery round trip.
+   warm p50 at 1 connection ≤ 1.5× the bare Celery round trip; also checked
+   against the distributed floor, marked "(floor)": the floor itself, which
+   does only the work #11's path requires, is at 1.7-1.9× the bare Celery
+   round trip ([performance.md](performance.md)).
 """
 
 

@@ -147,9 +147,13 @@ class Memory:
 
 @dataclass
 class Distributed:
-    """Workers on many hosts: bare Celery's round trip, then tarea with one and two workers."""
+    """Workers on many hosts: bare and durable Celery calls, then tarea with one and two workers."""
 
     celery: Series
+    #: bench.celery_durable: a record, a quorum queue with confirms, the result in PostgreSQL.
+    durable_celery: Series | None = None
+    #: bench.distributed_floor: the least work #11's whole path needs, by hand.
+    floor: HttpLoad | None = None
     one: HttpLoad | None = None
     two: HttpLoad | None = None
 

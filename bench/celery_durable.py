@@ -1,0 +1,124 @@
+"""The least work a durable Celery call needs: issue #11's durability, and nothing of tarea's.
+
+What #11 requires of tarea's distributed path, done with the fewest round
+trips a Python user could write with Celery and psycopg:
+
+- the client records the task before it is published: one ``INSERT``,
+  committed (autocommit, one round trip);
+- Celery publishes it to a RabbitMQ **quorum** queue with publisher confirms
+  (``confirm_publish``: ``delay()`` returns once RabbitMQ has it);
+- the worker (``--pool=threads``, ``acks_late``, prefetch 1) records the
+  result: one ``UPDATE`` whose statement also sends a ``NOTIFY``, committed
+  (one round trip, on a connection each pool thread keeps);
+- the client hears the ``NOTIFY`` on a connection that ``LISTEN``\\s.
+
+No HTTP, no authentication or quota, no claim, no container: tarea's row pays
+for those, this one does not. A ``NOTIFY`` is how the client hears of the end
+because it is the least work: Celery's ``rpc://`` reply after the same
+``UPDATE`` measured 3.0 ms against 1.9 ms this way (p50 of 900 each,
+alternated), and its database result backend polls.
+
+The broker URL comes from ``BENCH_CELERY_BROKER`` (the run's own virtual
+host), PostgreSQL from ``BENCH_DURABLE_DATABASE`` (a libpq URL: the run's own
+schema). :func:`prepare` makes the table.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+
+import psycopg
+from celery import Celery
+from kombu import Exchange, Queue
+
+# The calls' table, made in the run's schema, and the channel each recorded result
+# is announced on (its payload: the call's id). Written out in each statement.
+_CREATE = (
+    "CREATE TABLE durable_celery_calls (id text PRIMARY KEY, "
+    "created_at timestamptz NOT NULL DEFAULT now(), result integer, ended_at timestamptz)"
+)
+_RECORD = "INSERT INTO durable_celery_calls (id) VALUES (%s)"
+#: The result recorded, and its NOTIFY sent, in one statement (one round trip).
+_RECORD_RESULT = (
+    "WITH ended AS (UPDATE durable_celery_calls SET result = 0, ended_at = now() "
+    "WHERE id = %s RETURNING id) SELECT pg_notify('durable_celery_end', id) FROM ended"
+)
+QUEUE = Queue(
+    "bench.durable",
+    Exchange("bench.durable", type="direct", durable=True),
+    routing_key="bench.durable",
+    durable=True,
+    queue_arguments={"x-queue-type": "quorum"},
+)
+
+app = Celery(
+    "bench_durable",
+    broker=os.environ.get("BENCH_CELERY_BROKER", "amqp://guest:guest@127.0.0.1:5672//"),
+    set_as_current=False,
+)
+app.conf.update(
+    task_queues=[QUEUE],
+    task_default_queue=QUEUE.name,
+    task_default_exchange=QUEUE.exchange.name,
+    task_default_routing_key=QUEUE.routing_key,
+    task_ignore_result=True,
+    task_acks_late=True,
+    worker_prefetch_multiplier=1,
+    broker_transport_options={"confirm_publish": True},
+    worker_hijack_root_logger=False,
+    worker_enable_remote_control=False,
+)
+
+_connections = threading.local()
+
+
+def prepare(database: str) -> None:
+    """Make the calls' table (empty) in ``database``."""
+    with psycopg.connect(database, autocommit=True) as connection:
+        connection.execute("DROP TABLE IF EXISTS durable_celery_calls")
+        connection.execute(_CREATE)
+
+
+def _connection() -> psycopg.Connection[tuple[object, ...]]:
+    """This pool thread's connection to ``BENCH_DURABLE_DATABASE`` (autocommit)."""
+    connection = getattr(_connections, "connection", None)
+    if connection is None or connection.closed:
+        connection = psycopg.connect(os.environ["BENCH_DURABLE_DATABASE"], autocommit=True)
+        _connections.connection = connection
+    return connection
+
+
+@app.task(name="bench.durable_noop")
+def durable_noop(call_id: str) -> None:
+    """Nothing, then its result recorded and announced."""
+    _connection().execute(_RECORD_RESULT, (call_id,))
+
+
+class Client:
+    """The client's side: record, publish, hear the end."""
+
+    def __init__(self, database: str) -> None:
+        self._records = psycopg.connect(database, autocommit=True)
+        self._ends = psycopg.connect(database, autocommit=True)
+        self._ends.execute("LISTEN durable_celery_end")
+        self._calls = 0
+
+    def call(self, timeout_s: float = 10.0) -> None:
+        """One durable call, from its record to hearing its result.
+
+        Raises:
+            TimeoutError: its end was not heard within ``timeout_s``.
+        """
+        self._calls += 1
+        call_id = f"c{self._calls}"
+        self._records.execute(_RECORD, (call_id,))
+        durable_noop.delay(call_id)
+        for notice in self._ends.notifies(timeout=timeout_s):
+            if notice.payload == call_id:
+                return
+        raise TimeoutError(f"no end of call {call_id} in {timeout_s:g} s")
+
+    def close(self) -> None:
+        self._records.close()
+        self._ends.close()
