@@ -7,16 +7,18 @@ trips a Python user could write with Celery and psycopg:
   committed (autocommit, one round trip);
 - Celery publishes it to a RabbitMQ **quorum** queue with publisher confirms
   (``confirm_publish``: ``delay()`` returns once RabbitMQ has it);
-- the worker (``--pool=threads``, ``acks_late``, prefetch 1) records the
-  result: one ``UPDATE`` whose statement also sends a ``NOTIFY``, committed
-  (one round trip, on a connection each pool thread keeps);
+- the worker (``--pool=solo``: the task runs in the consumer's thread;
+  ``acks_late``, prefetch 1) records the result: one ``UPDATE`` whose
+  statement also sends a ``NOTIFY``, committed (one round trip, on a
+  connection it keeps);
 - the client hears the ``NOTIFY`` on a connection that ``LISTEN``\\s.
 
 No HTTP, no authentication or quota, no claim, no container: tarea's row pays
 for those, this one does not. A ``NOTIFY`` is how the client hears of the end
 because it is the least work: Celery's ``rpc://`` reply after the same
-``UPDATE`` measured 3.0 ms against 1.9 ms this way (p50 of 900 each,
-alternated), and its database result backend polls.
+``UPDATE`` measured 3.0 ms against 1.9 ms this way (2026-12-06, a scratch
+script: p50 of 900 calls each, the two ways alternating in rounds of 150),
+and its database result backend polls.
 
 The broker URL comes from ``BENCH_CELERY_BROKER`` (the run's own virtual
 host), PostgreSQL from ``BENCH_DURABLE_DATABASE`` (a libpq URL: the run's own
@@ -27,6 +29,8 @@ from __future__ import annotations
 
 import os
 import threading
+import uuid
+from typing import Any
 
 import psycopg
 from celery import Celery
@@ -73,6 +77,18 @@ app.conf.update(
 _connections = threading.local()
 
 
+def thread_connection(variable: str) -> psycopg.Connection[tuple[Any, ...]]:
+    """This thread's connection (autocommit) to the libpq URL in the environment
+    variable ``variable``, made on its first use and kept."""
+    connection: psycopg.Connection[tuple[Any, ...]] | None = getattr(
+        _connections, "connection", None
+    )
+    if connection is None or connection.closed:
+        connection = psycopg.connect(os.environ[variable], autocommit=True)
+        _connections.connection = connection
+    return connection
+
+
 def prepare(database: str) -> None:
     """Make the calls' table (empty) in ``database``."""
     with psycopg.connect(database, autocommit=True) as connection:
@@ -80,19 +96,10 @@ def prepare(database: str) -> None:
         connection.execute(_CREATE)
 
 
-def _connection() -> psycopg.Connection[tuple[object, ...]]:
-    """This pool thread's connection to ``BENCH_DURABLE_DATABASE`` (autocommit)."""
-    connection = getattr(_connections, "connection", None)
-    if connection is None or connection.closed:
-        connection = psycopg.connect(os.environ["BENCH_DURABLE_DATABASE"], autocommit=True)
-        _connections.connection = connection
-    return connection
-
-
 @app.task(name="bench.durable_noop")
 def durable_noop(call_id: str) -> None:
     """Nothing, then its result recorded and announced."""
-    _connection().execute(_RECORD_RESULT, (call_id,))
+    thread_connection("BENCH_DURABLE_DATABASE").execute(_RECORD_RESULT, (call_id,))
 
 
 class Client:
@@ -102,7 +109,6 @@ class Client:
         self._records = psycopg.connect(database, autocommit=True)
         self._ends = psycopg.connect(database, autocommit=True)
         self._ends.execute("LISTEN durable_celery_end")
-        self._calls = 0
 
     def call(self, timeout_s: float = 10.0) -> None:
         """One durable call, from its record to hearing its result.
@@ -110,8 +116,7 @@ class Client:
         Raises:
             TimeoutError: its end was not heard within ``timeout_s``.
         """
-        self._calls += 1
-        call_id = f"c{self._calls}"
+        call_id = uuid.uuid4().hex  # NOTIFY's channels are the database's: unique across runs
         self._records.execute(_RECORD, (call_id,))
         durable_noop.delay(call_id)
         for notice in self._ends.notifies(timeout=timeout_s):

@@ -125,6 +125,11 @@ class Proc:
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
 
 
+def libpq_url(database: str) -> str:
+    """The SQLAlchemy URL ``database`` (psycopg's driver) as psycopg itself takes it."""
+    return make_url(database).set(drivername="postgresql").render_as_string(hide_password=False)
+
+
 def celery_round_trips(broker: str, log_dir: Path, calls: int = CELERY_CALLS) -> Series:
     """Time ``noop.delay().get()`` ``calls`` times against a worker of bench.celery_noop."""
     os.environ["BENCH_CELERY_BROKER"] = broker
@@ -133,6 +138,7 @@ def celery_round_trips(broker: str, log_dir: Path, calls: int = CELERY_CALLS) ->
     return _celery_calls(
         "bare Celery round trip",
         "bench.celery_noop",
+        "threads",
         lambda: noop.delay().get(timeout=10),
         {"BENCH_CELERY_BROKER": broker},
         log_dir,
@@ -147,14 +153,14 @@ def durable_celery_calls(
     os.environ["BENCH_CELERY_BROKER"] = broker
     from bench import celery_durable
 
-    psycopg_url = make_url(database).set(drivername="postgresql")
-    libpq = psycopg_url.render_as_string(hide_password=False)
+    libpq = libpq_url(database)
     celery_durable.prepare(libpq)
     client = celery_durable.Client(libpq)
     try:
         return _celery_calls(
             "durable Celery call",
             "bench.celery_durable",
+            "solo",
             client.call,
             {"BENCH_CELERY_BROKER": broker, "BENCH_DURABLE_DATABASE": libpq},
             log_dir,
@@ -164,9 +170,9 @@ def durable_celery_calls(
         client.close()
 
 
-def celery_worker(app: str) -> list[str]:
-    """The command of a Celery worker of ``app`` as the baselines run theirs: four
-    threads, warnings only, none of Celery's cluster chatter."""
+def celery_worker(app: str, pool: str) -> list[str]:
+    """The command of a Celery worker of ``app`` as the baselines run theirs: its
+    ``pool`` (``threads``: four), warnings only, none of Celery's cluster chatter."""
     return [
         sys.executable,
         "-m",
@@ -174,7 +180,7 @@ def celery_worker(app: str) -> list[str]:
         "-A",
         app,
         "worker",
-        "--pool=threads",
+        f"--pool={pool}",
         "--concurrency=4",
         "--loglevel=WARNING",
         "--without-gossip",
@@ -186,6 +192,7 @@ def celery_worker(app: str) -> list[str]:
 def _celery_calls(
     label: str,
     app: str,
+    pool: str,
     call: Callable[[], object],
     env: dict[str, str],
     log_dir: Path,
@@ -195,7 +202,7 @@ def _celery_calls(
     name = app.rsplit(".", 1)[-1].replace("_", "-")
     worker = Proc(
         name,
-        celery_worker(app),
+        celery_worker(app, pool),
         {**os.environ, **env},
         log_dir / f"{name}.log",
     )
@@ -236,7 +243,7 @@ def floor_running(
     broker: str, database: str, labels: dict[str, str], log_dir: Path
 ) -> Iterator[Server]:
     """bench.distributed_floor's server and worker, running; the server is yielded."""
-    libpq = make_url(database).set(drivername="postgresql").render_as_string(hide_password=False)
+    libpq = libpq_url(database)
     env = {
         **os.environ,
         "BENCH_CELERY_BROKER": broker,
@@ -254,7 +261,7 @@ def floor_running(
     )
     worker = Proc(
         "distributed-floor-worker",
-        celery_worker("bench.distributed_floor"),
+        celery_worker("bench.distributed_floor", "solo"),
         env,
         log_dir / "distributed-floor-worker.log",
     )

@@ -1,13 +1,17 @@
 """The distributed floor: the least work issue #11's path needs, by hand, and nothing else.
 
-An HTTP server (``POST /v1/tasks?wait=true``: FastAPI under uvicorn, as
-tarea's) and a Celery worker (``--pool=threads``, ``acks_late``, prefetch 1),
-on PostgreSQL and RabbitMQ. Per task:
+An HTTP server (``POST /v1/tasks?wait=true``: FastAPI under uvicorn, served
+as tarea's is) and a Celery worker (``--pool=solo``: the task runs in the
+consumer's thread; ``acks_late``, prefetch 1), on PostgreSQL and RabbitMQ.
+Per task:
 
 1. the server inserts the task's row (``queued``, with its params) and
    commits: an accepted task has a record before it is published;
 2. it publishes Celery's message naming the task's id to a **quorum** queue,
-   with publisher confirms, on a connection it keeps;
+   with publisher confirms, on a connection it keeps. #11 publishes from the
+   table, so any design notes what it published: every 50 ms, one ``UPDATE``
+   marks the tasks published since, committed, on a connection of its own
+   (as tarea records its publications: not while each task is on its way);
 3. the worker claims the row: one ``UPDATE ... RETURNING`` its function and
    params, committed. A message carries no params (#11), and the claim is
    what keeps a message delivered again from running an attempt twice;
@@ -20,14 +24,16 @@ on PostgreSQL and RabbitMQ. Per task:
    tarea's shape.
 
 Each statement is one round trip (autocommit) on a connection kept for it.
-No authentication, quota, events, outbox table, routing, leases, recovery or
-pool management: what tarea's distributed row costs above this row is the
-cost of its own machinery. The server publishes on its event loop, blocking
-it until RabbitMQ confirms: the least work for one request at a time, which
-is all this row is measured at (its p50 at one connection).
+No authentication, quota, events, routing, leases, recovery or pool
+management, and a publish that fails answers 500 (tarea's accepts the task
+and publishes it later): what tarea's distributed row costs above this row
+is the cost of its own machinery. The server publishes on its event loop,
+blocking it until RabbitMQ confirms, and the worker runs one task at a time
+with no hand-off to a pool thread: the least work for one request at a
+time, which is all this row is measured at (its p50 at one connection).
 
 Run: ``python -m bench.distributed_floor serve --port 8102`` and
-``celery -A bench.distributed_floor worker --pool=threads``, both with
+``celery -A bench.distributed_floor worker --pool=solo``, both with
 ``BENCH_CELERY_BROKER`` and ``BENCH_FLOOR_DATABASE`` (a libpq URL); the
 server makes the table (:func:`prepare`).
 """
@@ -57,6 +63,7 @@ from fastapi import FastAPI, HTTPException
 from fastapi.responses import JSONResponse
 from kombu import Exchange, Producer, Queue
 
+from bench.celery_durable import thread_connection
 from bench.durable_floor_app import open_channel
 from bench.floor_app import TaskIn, _now, finished_task
 
@@ -79,6 +86,7 @@ app.conf.update(
     task_default_queue=QUEUE.name,
     task_ignore_result=True,
     task_acks_late=True,
+    task_reject_on_worker_lost=True,
     worker_prefetch_multiplier=1,
     broker_transport_options={"confirm_publish": True},
     worker_hijack_root_logger=False,
@@ -88,15 +96,19 @@ app.conf.update(
 _CREATE = (
     "CREATE TABLE floor_tasks (id text PRIMARY KEY, status text NOT NULL, "
     "function text NOT NULL, params jsonb NOT NULL, result jsonb, worker text, "
-    "created_at timestamptz NOT NULL DEFAULT now(), started_at timestamptz, "
-    "finished_at timestamptz)"
+    "created_at timestamptz NOT NULL DEFAULT now(), published_at timestamptz, "
+    "started_at timestamptz, finished_at timestamptz)"
 )
 _RECORD = "INSERT INTO floor_tasks (id, status, function, params) VALUES (%s, 'queued', %s, %s)"
+_PUBLISHED = "UPDATE floor_tasks SET published_at = now() WHERE id = ANY(%s)"
+#: How often the tasks published since are marked published (s).
+PUBLISHED_EVERY_S = 0.05
 _CLAIM = (
     "UPDATE floor_tasks SET status = 'running', worker = %s, started_at = now() "
     "WHERE id = %s AND status = 'queued' RETURNING function, params"
 )
 #: The end recorded and announced (payload: the id and the result) in one statement.
+#: A NOTIFY's payload holds at most 8,000 bytes: enough for the results measured here.
 _END = (
     "WITH ended AS (UPDATE floor_tasks SET status = 'succeeded', result = %s, "
     "finished_at = now() WHERE id = %s AND status = 'running' RETURNING id, result) "
@@ -116,10 +128,11 @@ def prepare(database: str) -> None:
 
 
 class _Channels:
-    """The worker's warm containers, one per pool thread, started on first use."""
+    """The worker's warm containers: one is started when none is idle; the one
+    used last is used next (the warmest)."""
 
     def __init__(self) -> None:
-        self.idle: queue.SimpleQueue[tuple[socket.socket, Any]] = queue.SimpleQueue()
+        self.idle: queue.LifoQueue[tuple[socket.socket, Any]] = queue.LifoQueue()
         self._client: docker.DockerClient | None = None
         self._lock = threading.Lock()
         self._ids: list[str] = []
@@ -153,8 +166,10 @@ class _Channels:
             message = {"jsonrpc": "2.0", "id": request_id, "method": function, "params": params}
             conn.sendall(json.dumps(message, separators=(",", ":")).encode() + b"\n")
             answer = json.loads(lines.readline())
-        finally:
-            self.idle.put((conn, lines))
+        except BaseException:  # the channel is in doubt: never used again
+            conn.close()
+            raise
+        self.idle.put((conn, lines))
         if "error" in answer:
             raise RuntimeError(f"the task failed: {answer['error']}")
         return answer["result"]
@@ -171,23 +186,13 @@ class _Channels:
 
 
 _channels = _Channels()
-_connections = threading.local()
 _WORKER_ID = f"floor-{os.getpid()}"
-
-
-def _connection() -> psycopg.Connection[tuple[Any, ...]]:
-    """This pool thread's connection to ``BENCH_FLOOR_DATABASE`` (autocommit)."""
-    connection = getattr(_connections, "connection", None)
-    if connection is None or connection.closed:
-        connection = psycopg.connect(os.environ["BENCH_FLOOR_DATABASE"], autocommit=True)
-        _connections.connection = connection
-    return connection
 
 
 @app.task(name=TASK_NAME)
 def run(task_id: str) -> None:
     """Claim the task, call its container, record its end (the module's steps 3-5)."""
-    db = _connection()
+    db = thread_connection("BENCH_FLOOR_DATABASE")
     claimed = db.execute(_CLAIM, (_WORKER_ID, task_id)).fetchone()
     if claimed is None:
         return  # delivered again, or not this attempt's: nothing to run
@@ -208,6 +213,15 @@ def create_app(database: str) -> FastAPI:
     """The floor's HTTP server (see the module)."""
     ends: dict[str, asyncio.Future[Any]] = {}
     held: dict[str, Any] = {}
+    published: list[str] = []
+
+    async def mark_published(marks: psycopg.AsyncConnection[Any]) -> None:
+        while True:
+            await asyncio.sleep(PUBLISHED_EVERY_S)
+            if published:
+                ids = published.copy()
+                published.clear()
+                await marks.execute(_PUBLISHED, (ids,))
 
     async def hear(listener: psycopg.AsyncConnection[Any]) -> None:
         async for notice in listener.notifies():
@@ -223,6 +237,8 @@ def create_app(database: str) -> FastAPI:
         listener = await psycopg.AsyncConnection.connect(database, autocommit=True)
         await listener.execute("LISTEN floor_end")
         hearing = asyncio.create_task(hear(listener))
+        marks = await psycopg.AsyncConnection.connect(database, autocommit=True)
+        marking = asyncio.create_task(mark_published(marks))
         connection = app.connection_for_write()
         producer = Producer(connection.default_channel, exchange=QUEUE.exchange)
         QUEUE(connection.default_channel).declare()
@@ -231,7 +247,9 @@ def create_app(database: str) -> FastAPI:
             yield
         finally:
             hearing.cancel()
+            marking.cancel()
             connection.release()
+            await marks.close()
             await listener.close()
             await held["records"].close()
 
@@ -244,7 +262,10 @@ def create_app(database: str) -> FastAPI:
 
     @api.post("/v1/tasks")
     async def submit(body: TaskIn, wait: bool = False) -> JSONResponse:
-        """Record the task, publish it, answer its end (the module's steps 1, 2 and 6)."""
+        """Record the task, publish it, answer its end (the module's steps 1, 2 and 6).
+
+        ``wait`` is taken as tarea's is, and the answer always waits.
+        """
         task_id = uuid.uuid4().hex
         created = _now()
         end: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
@@ -254,7 +275,12 @@ def create_app(database: str) -> FastAPI:
                 _RECORD, (task_id, body.function, json.dumps(body.params))
             )
             headers, properties, message, _ = app.amqp.as_task_v2(
-                uuid.uuid4().hex, TASK_NAME, args=(task_id,), ignore_result=True
+                uuid.uuid4().hex,
+                TASK_NAME,
+                args=(task_id,),
+                ignore_result=True,
+                argsrepr=repr((task_id,)),  # as tarea's: without Celery's saferepr
+                kwargsrepr="{}",
             )
             held["producer"].publish(
                 message,
@@ -265,6 +291,7 @@ def create_app(database: str) -> FastAPI:
                 retry=False,
                 **properties,
             )
+            published.append(task_id)
             result = await asyncio.wait_for(end, timeout=30)
         except TimeoutError as exc:
             raise HTTPException(504, "the task's end was not heard in 30 s") from exc
@@ -285,7 +312,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, required=True)
     args = parser.parse_args(argv)
     api = create_app(os.environ["BENCH_FLOOR_DATABASE"])
-    config = uvicorn.Config(api, host="127.0.0.1", port=args.port, log_level="info")
+    config = uvicorn.Config(
+        api, host="127.0.0.1", port=args.port, log_level="info", access_log=False
+    )
     uvicorn.Server(config).run()
 
 

@@ -253,7 +253,9 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     labels = dict(label.split("=", 1) for label in args.label)
     app = create_app(args.db, args.containers, labels)
-    config = uvicorn.Config(app, host="127.0.0.1", port=args.port, log_level="info")
+    config = uvicorn.Config(
+        app, host="127.0.0.1", port=args.port, log_level="info", access_log=False
+    )
     uvicorn.Server(config).run()
 
 

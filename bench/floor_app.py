@@ -4,7 +4,8 @@
 model, as tarea's is) and answers 200 with a finished task of the same shape,
 without running anything. It is served the way ``python -m tarea`` serves
 tarea: one uvicorn process, the default loop and HTTP implementations as
-installed, ``log_level="info"`` with the access log on. Whatever tarea adds on
+installed, ``log_level="info"``, uvicorn's access log off (as tarea's by
+default: ``TAREA_ACCESS_LOG``). Whatever tarea adds on
 top of this is the cost of tarea itself.
 
 Run: ``python -m bench.floor_app --port 8100`` (binds 127.0.0.1).
@@ -94,7 +95,9 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--port", type=int, required=True)
     args = parser.parse_args(argv)
-    config = uvicorn.Config(create_app(), host="127.0.0.1", port=args.port, log_level="info")
+    config = uvicorn.Config(
+        create_app(), host="127.0.0.1", port=args.port, log_level="info", access_log=False
+    )
     uvicorn.Server(config).run()
 
 

@@ -16,6 +16,9 @@ from bench.results import HttpLoad, SplitLoad
 from bench.wrk import WrkResult, WrkRun, run_wrk
 
 SUBMIT_PATH = "/v1/tasks?wait=true"
+#: measure_interleaved's pause before each server's round: what the last load left
+#: (tasks in flight, the database's background work) drains first.
+ROUND_PAUSE_S = 2.0
 
 
 def warm_up(base_url: str, calls: int) -> list[str]:
@@ -147,7 +150,9 @@ def measure_interleaved(
 
     Each server is warmed up (sequential calls, then a wrk warm-up at one
     connection and at many); then each round runs wrk on every server in turn,
-    at one connection and at many. Per server: its one-connection run with the
+    at one connection and at many, each server after a pause of
+    ``ROUND_PAUSE_S``, and in the other order than the round before. Per
+    server: its one-connection run with the
     median p50, its many-connection run with the median throughput, its
     median CPU time per response, and the whole machine's median busy CPU
     time per response at one connection, over the rounds.
@@ -163,7 +168,12 @@ def measure_interleaved(
         warmups.append((first, many))
     runs: list[list[tuple[WrkResult, WrkResult, float, float]]] = [[] for _ in servers]
     for round_no in range(1, rounds + 1):
-        for index, (label, server) in enumerate(zip(labels, servers, strict=True)):
+        # Each round in the other order than the last, after a pause: no server
+        # always follows the same one, nor starts while another's load drains.
+        order = list(range(len(servers)))
+        for index in order if round_no % 2 else order[::-1]:
+            label, server = labels[index], servers[index]
+            time.sleep(ROUND_PAUSE_S)
             name = f"{label}, round {round_no}"
             machine_before = busy_cpu_seconds()
             one, _ = _wrk(name, server, config, config.latency_connections,
@@ -179,6 +189,7 @@ def measure_interleaved(
         many = sorted((run[1] for run in runs[index]), key=lambda result: result.rps)[middle]
         cpus = sorted(run[2] for run in runs[index])
         machine = sorted(run[3] for run in runs[index])
+        every = sum(run[0].failures + run[1].failures for run in runs[index])
         loads.append(
             HttpLoad(
                 label=label,
@@ -188,6 +199,7 @@ def measure_interleaved(
                 warmup_errors=tuple(errors[index]),
                 cpu_ms_per_request=cpus[middle],
                 machine_cpu_ms_at_one=machine[middle],
+                other_failures=every - one.failures - many.failures,
             )
         )
     return loads

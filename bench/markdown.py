@@ -303,7 +303,8 @@ _METHOD = """\
    `POST /v1/tasks` with a finished task of tarea's shape, doing no work; the
    body is validated by a pydantic model, as tarea's is. It is served like
    tarea: one uvicorn process, default loop and HTTP implementations as
-   installed (uvloop and httptools here), `log_level="info"`, access log on.
+   installed (uvloop and httptools here), `log_level="info"`, uvicorn's
+   access log off (tarea's default).
    Against it, tarea (`python -m tarea`, `TAREA_PREWARM=tasks_image:latest=2`,
    a temporary SQLite database, authentication off) answers `POST /v1/tasks?wait=true` for a warm
    `suma` on `tasks_image:latest`. Both get the same sequential warm-up calls,

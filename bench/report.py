@@ -302,7 +302,7 @@ def _distributed_rows(r: Results) -> list[Row]:
             ms(p50),
             times(ratio(p50, floor)),
             f"≤ {MAX_DISTRIBUTED_RATIO:g}× (floor)",
-            verdict(_at_most(ratio(p50, floor), MAX_DISTRIBUTED_RATIO)),
+            verdict(None if floor_failed else _at_most(ratio(p50, floor), MAX_DISTRIBUTED_RATIO)),
         ),
         Row(
             "workers: CPU per task, whole machine, 1 connection, 1 worker",

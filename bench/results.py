@@ -41,12 +41,14 @@ class HttpLoad:
     cpu_ms_per_request: float | None = None
     #: The whole machine's busy CPU time per response during the one-connection run.
     machine_cpu_ms_at_one: float | None = None
+    #: Failures in the runs measured but not kept (rounds whose result is not the median).
+    other_failures: int = 0
 
     @property
     def failures(self) -> int:
         """Failed responses and socket errors over every run against this server."""
         runs = (self.latency, self.throughput, *self.warmups)
-        return sum(r.failures for r in runs) + len(self.warmup_errors)
+        return sum(r.failures for r in runs) + len(self.warmup_errors) + self.other_failures
 
 
 @dataclass(frozen=True)
