@@ -9,6 +9,7 @@ import time
 from collections.abc import Callable
 from datetime import timedelta
 
+import pytest
 from sqlalchemy import Engine, text
 
 from tarea.distributed import outbox
@@ -361,3 +362,31 @@ def test_a_task_published_first_on_a_cut_connection_still_gets_its_row(
         one.stop()
     assert sent.messages == [(first.id, 1, "tarea.tasks"), (second.id, 1, "tarea.tasks")]
     assert publications(pg, first.id) == [(1, "tarea.tasks")]
+
+
+def test_the_rows_of_attempts_published_first_are_written_together_a_moment_later(
+    pg: SqlStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A thread's attempts published first get their rows later, in one INSERT
+    (here held back: ROWS_AFTER_S an hour): meanwhile a sweep leaves them alone,
+    as this server's; stopping writes them. One message each."""
+    monkeypatch.setattr(outbox, "ROWS_AFTER_S", 3600.0)
+    first = task_record(worker="api-a", created_at=utcnow() - timedelta(seconds=30))
+    second = task_record(worker="api-a", created_at=utcnow() - timedelta(seconds=30))
+    pg.create(first)
+    pg.create(second)
+    sent = Sent()
+    one = publisher(pg, sent, threads=1, server_id="api-a")
+    one._router.api_servers = frozenset({"api-a"})
+    one.start()
+    try:
+        one.offer(first.id, 1, "tarea.tasks", recorded_at=utcnow())
+        one.offer(second.id, 1, "tarea.tasks", recorded_at=utcnow())
+        _until(lambda: one.published == 2)
+        time.sleep(0.5)
+        assert publications(pg, first.id) == publications(pg, second.id) == []  # not yet
+        one._sweep()  # as the sweeping thread would: both are under way here
+    finally:
+        one.stop()
+    assert sent.messages == [(first.id, 1, "tarea.tasks"), (second.id, 1, "tarea.tasks")]
+    assert publications(pg, first.id) == publications(pg, second.id) == [(1, "tarea.tasks")]
