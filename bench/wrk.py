@@ -55,8 +55,10 @@ class WrkResult:
 
     @property
     def failures(self) -> int:
-        """Everything that was not a succeeded task: non-2xx, failed tasks, socket errors."""
-        return self.non_2xx + self.failed_tasks + self.socket_error_total
+        """Everything that was not a succeeded task: non-2xx, failed tasks, socket errors;
+        and a run that got no answer at all counts one (a request outlived the run)."""
+        silent = 1 if self.responses == 0 and self.duration_s > 0 else 0
+        return self.non_2xx + self.failed_tasks + self.socket_error_total + silent
 
     @property
     def rps(self) -> float:
