@@ -404,8 +404,8 @@ _METHOD = """\
    SQLite in the same run. Issue "Workers on many hosts": the distributed
    warm p50 at 1 connection ≤ 1.5× the bare Celery round trip; also checked
    against the distributed floor, marked "(floor)": the floor itself, which
-   does only the work #11's path requires, is at 1.7-1.9× the bare Celery
-   round trip ([performance.md](performance.md)).
+   does only the work #11's path requires, is well above 1.5× the bare
+   Celery round trip ([performance.md](performance.md)).
 """
 
 
@@ -423,8 +423,11 @@ def render(results: Results, config: BenchConfig) -> str:
         "should be compared with: the cost of FastAPI itself (the floor), the same",
         "durable work written by hand (the durable floor), a bare",
         "`docker run` of the same call, and the seed's way of running a task; and",
-        "tarea on PostgreSQL, one server and two, against tarea on SQLite. This",
-        "page is rewritten by each run; the numbers below are the latest run's.",
+        "tarea on PostgreSQL, one server and two, against tarea on SQLite; and",
+        "tarea with workers against a bare Celery round trip, a durable Celery",
+        "call and the same path's least work written by hand (the distributed",
+        "floor). This page is rewritten by each run; the numbers below are the",
+        "latest run's.",
         "",
         f"## Latest run: {date}, {mode}",
         "",
