@@ -48,31 +48,42 @@ _RECORD_RESULT = (
     "WITH ended AS (UPDATE durable_celery_calls SET result = 0, ended_at = now() "
     "WHERE id = %s RETURNING id) SELECT pg_notify('durable_celery_end', id) FROM ended"
 )
-QUEUE = Queue(
-    "bench.durable",
-    Exchange("bench.durable", type="direct", durable=True),
-    routing_key="bench.durable",
-    durable=True,
-    queue_arguments={"x-queue-type": "quorum"},
-)
 
-app = Celery(
-    "bench_durable",
-    broker=os.environ.get("BENCH_CELERY_BROKER", "amqp://guest:guest@127.0.0.1:5672//"),
-    set_as_current=False,
-)
-app.conf.update(
-    task_queues=[QUEUE],
-    task_default_queue=QUEUE.name,
-    task_default_exchange=QUEUE.exchange.name,
-    task_default_routing_key=QUEUE.routing_key,
-    task_ignore_result=True,
-    task_acks_late=True,
-    worker_prefetch_multiplier=1,
-    broker_transport_options={"confirm_publish": True},
-    worker_hijack_root_logger=False,
-    worker_enable_remote_control=False,
-)
+
+def durable_app(name: str, queue_name: str) -> tuple[Celery, Queue]:
+    """A Celery app of #11's durability, and its queue: a quorum queue (on a direct
+    exchange of its name), publisher confirms, ``acks_late``,
+    ``task_reject_on_worker_lost``, prefetch 1, no result backend. Its broker is
+    ``BENCH_CELERY_BROKER``."""
+    queue = Queue(
+        queue_name,
+        Exchange(queue_name, type="direct", durable=True),
+        routing_key=queue_name,
+        durable=True,
+        queue_arguments={"x-queue-type": "quorum"},
+    )
+    celery = Celery(
+        name,
+        broker=os.environ.get("BENCH_CELERY_BROKER", "amqp://guest:guest@127.0.0.1:5672//"),
+        set_as_current=False,
+    )
+    celery.conf.update(
+        task_queues=[queue],
+        task_default_queue=queue.name,
+        task_default_exchange=queue_name,
+        task_default_routing_key=queue.routing_key,
+        task_ignore_result=True,
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        broker_transport_options={"confirm_publish": True},
+        worker_hijack_root_logger=False,
+        worker_enable_remote_control=False,
+    )
+    return celery, queue
+
+
+app, QUEUE = durable_app("bench_durable", "bench.durable")
 
 _connections = threading.local()
 

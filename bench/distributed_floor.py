@@ -57,41 +57,17 @@ from typing import Any
 import docker
 import psycopg
 import uvicorn
-from celery import Celery
 from celery.signals import worker_shutting_down
 from fastapi import FastAPI, HTTPException
 from fastapi.responses import JSONResponse
-from kombu import Exchange, Producer, Queue
+from kombu import Producer
 
-from bench.celery_durable import thread_connection
+from bench.celery_durable import durable_app, thread_connection
 from bench.durable_floor_app import open_channel
 from bench.floor_app import TaskIn, _now, finished_task
 
-QUEUE = Queue(
-    "bench.floor",
-    Exchange("bench.floor", type="direct", durable=True),
-    routing_key="bench.floor",
-    durable=True,
-    queue_arguments={"x-queue-type": "quorum"},
-)
+app, QUEUE = durable_app("bench_floor", "bench.floor")
 TASK_NAME = "bench.floor_run"
-
-app = Celery(
-    "bench_floor",
-    broker=os.environ.get("BENCH_CELERY_BROKER", "amqp://guest:guest@127.0.0.1:5672//"),
-    set_as_current=False,
-)
-app.conf.update(
-    task_queues=[QUEUE],
-    task_default_queue=QUEUE.name,
-    task_ignore_result=True,
-    task_acks_late=True,
-    task_reject_on_worker_lost=True,
-    worker_prefetch_multiplier=1,
-    broker_transport_options={"confirm_publish": True},
-    worker_hijack_root_logger=False,
-    worker_enable_remote_control=False,
-)
 
 _CREATE = (
     "CREATE TABLE floor_tasks (id text PRIMARY KEY, status text NOT NULL, "

@@ -304,23 +304,18 @@ def _distributed_rows(r: Results) -> list[Row]:
             f"≤ {MAX_DISTRIBUTED_RATIO:g}× (floor)",
             verdict(None if floor_failed else _at_most(ratio(p50, floor), MAX_DISTRIBUTED_RATIO)),
         ),
-        Row(
-            "workers: CPU per task, whole machine, 1 connection, 1 worker",
-            f"bare Celery round trip {_ms_or_na(d.celery.machine_cpu_ms)}",
-            _ms_or_na(cpu),
-            times(ratio(cpu, d.celery.machine_cpu_ms)),
-        ),
-        Row(
-            "workers: CPU per task, whole machine, 1 connection, 1 worker",
-            f"durable Celery call {_ms_or_na(durable_cpu)}",
-            _ms_or_na(cpu),
-            times(ratio(cpu, durable_cpu)),
-        ),
-        Row(
-            "workers: CPU per task, whole machine, 1 connection, 1 worker",
-            f"distributed floor {_ms_or_na(floor_cpu)}",
-            _ms_or_na(cpu),
-            times(ratio(cpu, floor_cpu)),
+        *(
+            Row(
+                "workers: CPU per task, whole machine, 1 connection, 1 worker",
+                f"{baseline} {_ms_or_na(baseline_cpu)}",
+                _ms_or_na(cpu),
+                times(ratio(cpu, baseline_cpu)),
+            )
+            for baseline, baseline_cpu in (
+                ("bare Celery round trip", d.celery.machine_cpu_ms),
+                ("durable Celery call", durable_cpu),
+                ("distributed floor", floor_cpu),
+            )
         ),
         Row(
             "workers: warm suma, throughput, 32 connections, 1 worker",

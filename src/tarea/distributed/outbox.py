@@ -337,9 +337,8 @@ class Publisher:
                 if close is not None:  # this thread's broker connection (CelerySender)
                     close()
                 return
-            had = len(rows)
             self._publish_guarded(*item, rows=rows)
-            if len(rows) > had and not had:
+            if rows and rows_due == float("inf"):  # the first since the last were written
                 rows_due = time.monotonic() + ROWS_AFTER_S
 
     def _sweep(self) -> None:
@@ -396,12 +395,12 @@ class Publisher:
         (:meth:`_record_publications`); it stays under way here until then.
         """
         recorded_now = recorded_at is not None
-        age = None if recorded_at is None else (utcnow() - recorded_at).total_seconds()
-        first = rows is not None and age is not None and age < FIRST_WITHIN_S
+        recent = (
+            recorded_at is not None and (utcnow() - recorded_at).total_seconds() < FIRST_WITHIN_S
+        )
         pending = False
         try:
-            if first:
-                assert rows is not None
+            if rows is not None and recent:
                 self._send(task_id, attempt, queue_name)
                 self.published += 1
                 rows.append((task_id, attempt, queue_name))
@@ -471,17 +470,10 @@ class Publisher:
         }
         try:
             for last in (False, True):
-                connection = self._connection()
                 try:
-                    cursor = connection.cursor()
-                    try:
-                        cursor.execute(_RECORD_PUBLICATIONS, params)
-                    finally:
-                        cursor.close()
-                    connection.commit()
+                    self._write(_RECORD_PUBLICATIONS, params)
                     return
                 except Exception as exc:
-                    self._drop(connection)
                     if last:
                         log.warning(
                             "outbox: %d tasks were published, but their publications not "
@@ -493,6 +485,21 @@ class Publisher:
         finally:
             with self._in_flight_lock:
                 self._in_flight.difference_update((row[0], row[1]) for row in rows)
+
+    def _write(self, sql: str, params: dict[str, Any]) -> None:
+        """Run ``sql`` on this thread's connection and commit; a connection it failed on
+        is given up (the next write makes a new one)."""
+        connection = self._connection()
+        try:
+            cursor = connection.cursor()
+            try:
+                cursor.execute(sql, params)
+            finally:
+                cursor.close()
+            connection.commit()
+        except Exception:
+            self._drop(connection)
+            raise
 
     def _connection(self) -> PoolProxiedConnection:
         """This thread's connection, made when it has none."""
