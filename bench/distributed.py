@@ -28,9 +28,9 @@ from urllib.parse import urlsplit
 import httpx
 from sqlalchemy.engine import make_url
 
-from bench.config import ROOT, BenchConfig
+from bench.config import ROOT, BenchConfig, task_body
+from bench.http_load import SUBMIT_PATH, measure_interleaved
 from bench.http_load import measure as measure_http
-from bench.http_load import measure_interleaved
 from bench.machine import busy_cpu_seconds
 from bench.procs import BenchError, Server, free_port
 from bench.results import Distributed, Series
@@ -269,10 +269,53 @@ def floor_running(
     try:
         server.start(ready_timeout_s=60)
         worker.start()
+        _until_answered(server, worker)
         yield server
     finally:
         worker.stop()
         server.stop()
+
+
+def _until_answered(server: Server, worker: Proc, timeout_s: float = 60.0) -> None:
+    """Submit a task to ``server`` until one is answered: ``worker`` consumes then.
+
+    The measured runs start from a worker that is up, as tarea's do
+    (:func:`start_worker` waits for it to say it is ready).
+
+    Raises:
+        BenchError: the worker exited, or no task was answered in ``timeout_s``.
+    """
+    deadline = time.monotonic() + timeout_s
+    problem = "nothing answered"
+    with httpx.Client(base_url=server.url, timeout=35.0) as client:  # the floor waits 30 s
+        while time.monotonic() < deadline:
+            if not worker.alive():
+                raise BenchError(f"{worker.name} exited:\n{worker.log_tail()}")
+            try:
+                response = client.post(
+                    SUBMIT_PATH, content=task_body(), headers={"Content-Type": "application/json"}
+                )
+            except httpx.HTTPError as exc:
+                problem = repr(exc)
+            else:
+                if response.status_code == 200:
+                    return
+                problem = f"{response.status_code} {response.text[:200]}"
+            time.sleep(0.2)
+    raise BenchError(f"{worker.name} answered no task in {timeout_s:g} s ({problem})")
+
+
+def _baseline(label: str, measure: Callable[[], Series]) -> Series:
+    """``measure()``; one that failed is a series with no call and its error.
+
+    Its rows then say n/a, and tarea is measured still: a baseline that
+    failed says nothing of tarea.
+    """
+    try:
+        return measure()
+    except BenchError as exc:
+        print(f"bench: the {label} failed: {exc}", file=sys.stderr, flush=True)
+        return Series(label, errors=[str(exc)[:500]])
 
 
 def start_worker(api: Server, env: dict[str, str], server_id: str, log_dir: Path) -> Proc:
@@ -311,25 +354,37 @@ def measure(
     distributed floor; then with two workers, under wrk."""
     database = api.env["TAREA_DATABASE_URL"]
     result = Distributed(
-        celery=celery_round_trips(broker, log_dir),
-        durable_celery=durable_celery_calls(broker, database, log_dir),
+        celery=_baseline("bare Celery round trip", lambda: celery_round_trips(broker, log_dir)),
+        durable_celery=_baseline(
+            "durable Celery call", lambda: durable_celery_calls(broker, database, log_dir)
+        ),
     )
     env = {k: v for k, v in api.env.items() if k not in ("TAREA_PORT",)}
     workers: list[Proc] = []
     try:
-        with floor_running(broker, database, labels, log_dir) as floor:
+        with contextlib.ExitStack() as with_floor:
+            try:
+                floor: Server | None = with_floor.enter_context(
+                    floor_running(broker, database, labels, log_dir)
+                )
+            except BenchError as exc:  # tarea is measured still; its rows against it say n/a
+                print(f"bench: the distributed floor failed: {exc}", file=sys.stderr, flush=True)
+                floor = None
             print("bench: starting an API server with a broker, and one worker...", flush=True)
             api.start(ready_timeout_s=120)
             workers.append(start_worker(api, env, f"{server_id}-w1", log_dir))
-            # In turn, three rounds: this machine's speed drifts (a checkpoint of
-            # PostgreSQL's, another tenant) by more than the ratio's margin.
-            result.floor, result.one = measure_interleaved(
-                ["distributed floor", "distributed, 1 worker"],
-                [floor, api],
-                config,
-                log_dir / "wrk.log",
-                rounds=3,
-            )
+            if floor is None:
+                result.one = measure_http("distributed, 1 worker", api, config, log_dir / "wrk.log")
+            else:
+                # In turn, three rounds: this machine's speed drifts (a checkpoint of
+                # PostgreSQL's, another tenant) by more than the ratio's margin.
+                result.floor, result.one = measure_interleaved(
+                    ["distributed floor", "distributed, 1 worker"],
+                    [floor, api],
+                    config,
+                    log_dir / "wrk.log",
+                    rounds=3,
+                )
         workers.append(start_worker(api, env, f"{server_id}-w2", log_dir))
         result.two = measure_http("distributed, 2 workers", api, config, log_dir / "wrk.log")
     finally:

@@ -377,10 +377,11 @@ _METHOD = """\
      #11's whole path needs, by hand. A FastAPI server inserts the task's
      row (with its params) and commits, publishes Celery's message naming
      the task to a quorum queue with confirms, and answers when it hears
-     the end's `NOTIFY`; a Celery worker (`--pool=threads`, `acks_late`,
-     prefetch 1) claims the row (`UPDATE ... RETURNING` its params,
-     committed: a message carries no params, and the claim keeps a message
-     delivered again from running an attempt twice), makes one JSON-RPC call
+     the end's `NOTIFY`; a Celery worker (`--pool=solo`: the task runs in
+     the consumer's thread; `acks_late`, prefetch 1) claims the row
+     (`UPDATE ... RETURNING` its params, committed: a message carries no
+     params, and the claim keeps a message delivered again from running an
+     attempt twice), makes one JSON-RPC call
      to a warm, locked-down container of the task image over its own Unix
      socket, and records the end with its `NOTIFY` in one statement,
      committed. Every statement is one round trip on a kept connection.
@@ -388,7 +389,10 @@ _METHOD = """\
    `tarea worker`, and the distributed floor beside them, each warmed up and
    then measured like tarea on SQLite above, in turn, three rounds (the
    median p50 and throughput of each); then a second worker is started and
-   tarea is measured again. Each path is also charged the whole machine's
+   tarea is measured again. Each worker is measured once it consumes: tarea's
+   once it says it is ready and the API lists it alive, the floor's once it
+   has answered a task. A baseline that fails is shown n/a, its error in the
+   log, and tarea is measured still. Each path is also charged the whole machine's
    busy CPU time (`/proc/stat`: user, nice, system, irq, softirq) while it
    ran one call at a time, per call: for tarea the API server, the worker,
    PostgreSQL, RabbitMQ, the container and wrk; for Celery its client, its
