@@ -132,6 +132,16 @@ class StoreUnavailable(TareaError):
         self.message = message
 
 
+class ValueRefused(Exception):
+    """The store cannot hold a value a write carried: PEP 249's ``DataError``, whichever
+    driver's (text holding U+0000 on PostgreSQL, say), as the async store hands it on.
+
+    The write is refused for what it carries, not for the store's state: the
+    same write would be refused again. Not a :class:`TareaError`: no client
+    is answered with it (the checks at the door let nothing known through).
+    """
+
+
 class Refused(TareaError):
     """The service refused a request; ``code`` says why (its HTTP status: api.errors)."""
 

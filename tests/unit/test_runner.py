@@ -12,6 +12,7 @@ from tarea.dispatch.runner import TaskRunner
 from tarea.domain.records import CallbackState, TaskRecord, new_task_id
 from tarea.domain.status import Status
 from tarea.domain.task import Outcome, TaskSpec
+from tarea.errors import ValueRefused
 from tarea.execution.executor import StartCallback
 from tarea.execution.protocols.jsonrpc import LogCallback, ProgressCallback
 from tarea.notices import LocalNotices
@@ -228,10 +229,6 @@ async def test_an_end_the_store_refused_is_recorded_once_it_takes_writes() -> No
     await task_runner.aclose()
 
 
-class DataError(Exception):
-    """PEP 249's name for "a value the database cannot hold" (as psycopg's, sqlite3's)."""
-
-
 class RefusesTheAnswer(EndRefusedOnce):
     """A store that cannot hold the task's answer: every end carrying it is refused."""
 
@@ -244,7 +241,7 @@ class RefusesTheAnswer(EndRefusedOnce):
             return self._done(None)
         self.ends_tried.append(fields)
         if fields.get("result") is not None:
-            return self._done(DataError("invalid input syntax for type json\nDETAIL: ..."))
+            return self._done(ValueRefused("invalid input syntax for type json\nDETAIL: ..."))
         record = dataclasses.replace(
             queued(), id=task_id, status=new, result=None, error=fields["error"]
         )

@@ -21,7 +21,7 @@ from tarea.domain.nesting import clean_text
 from tarea.domain.records import CallbackState, TaskRecord, utcnow
 from tarea.domain.status import Status, runs_again, status_for_error
 from tarea.domain.task import ErrorInfo, Limits, Outcome, RegistryAuth, TaskSpec
-from tarea.errors import EngineUnavailable
+from tarea.errors import EngineUnavailable, ValueRefused
 from tarea.execution.executor import StartCallback
 from tarea.execution.protocols.jsonrpc import LogCallback, ProgressCallback
 from tarea.interfaces import Notices
@@ -93,13 +93,6 @@ def _retrieve(future: asyncio.Future[Any]) -> None:
 
 #: How long an end that could not be recorded waits before it is tried again (doubling).
 _END_RETRY_S = (0.5, 30.0)
-
-
-def _refused_data(error: BaseException) -> bool:
-    """Whether the store refused a write for a value it cannot hold: PEP 249's
-    ``DataError``, whichever driver's (the store passes its driver's errors on, and
-    SQLAlchemy's wrapper bears the same name)."""
-    return any(kind.__name__ == "DataError" for kind in type(error).__mro__)
 
 
 #: What an end keeps when the store refused the task's answer: tarea's own numbers.
@@ -413,7 +406,7 @@ class TaskRunner:
                     task_id, status, finished_at=utcnow(), **fields
                 )
             except Exception as exc:
-                if _refused_data(exc) and not stripped:
+                if isinstance(exc, ValueRefused) and not stripped:
                     # The store answered, and cannot hold what the task gave (the
                     # answer checks let nothing known through: tarea.domain.nesting).
                     # The same end would be refused for ever: end it without that.

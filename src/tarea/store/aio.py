@@ -45,7 +45,7 @@ from sqlalchemy.util import greenlet_spawn
 
 from tarea.domain.records import CallbackState, TaskRecord
 from tarea.domain.status import Status
-from tarea.errors import Refused, StoreUnavailable
+from tarea.errors import Refused, StoreUnavailable, ValueRefused
 from tarea.overview import Ended
 from tarea.store.cluster import Cluster, ServerInfo, StatusChange, StoredEvent
 from tarea.store.sql import Admission, Done, SqlStore, Statement, Write
@@ -87,14 +87,16 @@ class AsyncStore:
         unreachable = (dbapi.OperationalError, dbapi.InterfaceError)
         #: The driver's and SQLAlchemy's errors that mean "the database is away".
         self._unreachable: tuple[type[Exception], ...] = (*unreachable, *_UNREACHABLE)
+        #: The driver's and SQLAlchemy's errors that mean "it cannot hold this value".
+        refused = (dbapi.DataError, sqlalchemy.exc.DataError)
         self._writer: BatchWriter | LoopWriter
         #: PostgreSQL: reads by id on the event loop.
         self._loop_reader: LoopReader | None = None
         if store.engine.dialect.name == "postgresql":
-            self._writer = LoopWriter(store.loop_writer(), unreachable=unreachable)
+            self._writer = LoopWriter(store.loop_writer(), unreachable=unreachable, refused=refused)
             self._loop_reader = LoopReader(store.loop_reader)
         else:
-            self._writer = BatchWriter(store.writer(), unreachable=unreachable)
+            self._writer = BatchWriter(store.writer(), unreachable=unreachable, refused=refused)
 
     async def _read(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         loop = asyncio.get_running_loop()
@@ -425,6 +427,7 @@ class _Writer:
         runner: runs the batches.
         batch_max: the most writes one batch takes.
         unreachable: the driver's errors that mean "the database is away".
+        refused: the driver's errors that mean "it cannot hold a value the write carried".
         droppable_max: the most droppable writes waiting (queued or running) at once.
     """
 
@@ -434,6 +437,7 @@ class _Writer:
         batch_max: int = BATCH_MAX,
         *,
         unreachable: tuple[type[BaseException], ...] = (),
+        refused: tuple[type[BaseException], ...] = (),
         droppable_max: int = DROPPABLE_MAX,
     ) -> None:
         self._runner = runner
@@ -445,6 +449,8 @@ class _Writer:
         self.shed = 0
         #: The driver's errors that mean "the database is away": StoreUnavailable.
         self._unreachable = unreachable
+        #: The driver's errors that mean "it cannot hold this value": ValueRefused.
+        self._refused = refused
         self._closed = False
 
     @property
@@ -475,9 +481,16 @@ class BatchWriter(_Writer):
         batch_max: int = BATCH_MAX,
         *,
         unreachable: tuple[type[BaseException], ...] = (),
+        refused: tuple[type[BaseException], ...] = (),
         droppable_max: int = DROPPABLE_MAX,
     ) -> None:
-        super().__init__(runner, batch_max, unreachable=unreachable, droppable_max=droppable_max)
+        super().__init__(
+            runner,
+            batch_max,
+            unreachable=unreachable,
+            refused=refused,
+            droppable_max=droppable_max,
+        )
         # A C-implemented queue: no Python-level lock on the event loop's side.
         # None is the "stop" mark that close() puts last.
         self._queue: queue.SimpleQueue[_Item | None] = queue.SimpleQueue()
@@ -572,7 +585,10 @@ class BatchWriter(_Writer):
                 self._hand_back(batch, [(None, exc)] * len(batch))
                 raise
             self._ran(batch)
-            self._hand_back(batch, [_converted(done, self._unreachable) for done in outcomes])
+            self._hand_back(
+                batch,
+                [_converted(done, self._unreachable, self._refused) for done in outcomes],
+            )
 
     @staticmethod
     def _hand_back(
@@ -628,9 +644,16 @@ class LoopWriter(_Writer):
         batch_max: int = BATCH_MAX,
         *,
         unreachable: tuple[type[BaseException], ...] = (),
+        refused: tuple[type[BaseException], ...] = (),
         droppable_max: int = DROPPABLE_MAX,
     ) -> None:
-        super().__init__(runner, batch_max, unreachable=unreachable, droppable_max=droppable_max)
+        super().__init__(
+            runner,
+            batch_max,
+            unreachable=unreachable,
+            refused=refused,
+            droppable_max=droppable_max,
+        )
         self._waiting: deque[_Item] = deque()
         #: The task running batches, while there are any to run.
         self._running: asyncio.Task[None] | None = None
@@ -676,7 +699,7 @@ class LoopWriter(_Writer):
                 self._droppable -= sum(1 for _, _, droppable in batch if droppable)
                 self._hand_back(
                     [
-                        (future, _converted(done, self._unreachable))
+                        (future, _converted(done, self._unreachable, self._refused))
                         for (_, future, _), done in zip(batch, outcomes, strict=True)
                     ]
                 )
@@ -709,11 +732,22 @@ class LoopWriter(_Writer):
         raise RuntimeError("a LoopWriter is closed on its loop with aclose()")
 
 
-def _converted(done: Done, unreachable: tuple[type[BaseException], ...]) -> Done:
-    """An outcome whose error means "the database is away" carries StoreUnavailable."""
+def _converted(
+    done: Done,
+    unreachable: tuple[type[BaseException], ...],
+    refused: tuple[type[BaseException], ...],
+) -> Done:
+    """An outcome whose error means "the database is away" carries StoreUnavailable;
+    one whose error means "it cannot hold this value", ValueRefused (causes kept)."""
     _, error = done
-    if error is not None and isinstance(error, unreachable):
+    if error is None:
+        return done
+    if isinstance(error, unreachable):
         return None, unavailable(error)
+    if isinstance(error, refused):
+        failure = ValueRefused(str(error).strip())
+        failure.__cause__ = error
+        return None, failure
     return done
 
 
