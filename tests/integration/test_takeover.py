@@ -19,7 +19,7 @@ from tarea.domain.status import Status
 from tarea.leases import Membership
 from tarea.store.aio import AsyncStore
 from tarea.store.cluster import Cluster
-from tarea.store.sql import SqlStore
+from tarea.store.sql import Admission, SqlStore
 from tarea.store.tables import ServerRow
 from tests.integration.conftest import task_record
 from tests.integration.test_quota_accounting import service
@@ -141,3 +141,79 @@ def test_taking_over_fails_the_running_and_runs_the_queued_here(tmp_path: Path) 
     assert tasks["running"].error["data"] == {"worker": "dead"}
     assert (tasks["queued"].status, tasks["queued"].worker) == (Status.SUCCEEDED, "me")
     assert tasks["elsewhere"].status is Status.RUNNING
+
+
+def test_a_beat_reads_back_as_it_was_given_on_either_store(sql: SqlStore) -> None:
+    """Through the store (on SQLite, the one writer's own write), a beat of a server that
+    was taken over makes it alive again, taken by nobody, with what it reported."""
+    started = datetime.now(UTC) - timedelta(minutes=3)
+    details = {"queue": "q", "pools": {"k": 2}, "note": "ü"}
+    cluster = Cluster(sql.engine)
+    beat(cluster, "back")
+    silence(sql, "back", LEASE_S + 5)
+    assert cluster.take_over("back", by="b", lease_s=LEASE_S)
+
+    async def scenario() -> None:
+        store = AsyncStore(sql)
+        try:
+            await store.beat(
+                "back", host="h2", version="v2", started_at=started, kind="worker", details=details
+            )
+        finally:
+            await store.aclose()
+
+    asyncio.run(scenario())
+    listed = {s.id: s for s in cluster.servers(LEASE_S)}["back"]
+    assert (listed.alive, listed.taken_over_by) == (True, None)
+    assert (listed.host, listed.version, listed.kind, listed.details) == (
+        "h2",
+        "v2",
+        "worker",
+        details,
+    )
+    assert listed.started_at == started
+    assert cluster.silent(LEASE_S, besides="b") == []
+
+
+def test_on_sqlite_beats_land_while_the_writer_is_busy_with_tasks(tmp_path: Path) -> None:
+    """32 clients submitting tasks without pause keep SQLite's one writer busy, commit
+    after commit. A heartbeat written on another connection waited for the lock past
+    the busy timeout and failed ("database is locked"), most beats of a run, while the
+    server was well; each beat now lands, and the server stays alive."""
+    sql = SqlStore(f"sqlite:///{tmp_path}/tasks.db")
+    sql.migrate()
+    admission = Admission(max_active=10**9, max_queued=10**9)
+
+    async def scenario() -> tuple[int, list[BaseException | None]]:
+        store = AsyncStore(sql)
+        created = 0
+        busy = True
+
+        async def submit_without_pause() -> None:
+            nonlocal created
+            while busy:
+                await store.create(task_record(), admission)
+                created += 1
+
+        clients = [asyncio.create_task(submit_without_pause()) for _ in range(32)]
+        outcomes: list[BaseException | None] = []
+        try:
+            for _ in range(6):
+                await asyncio.sleep(0.5)
+                try:
+                    await store.beat("busy", host="h", version="v", started_at=datetime.now(UTC))
+                    outcomes.append(None)
+                except Exception as exc:  # the outcome asserted below
+                    outcomes.append(exc)
+        finally:
+            busy = False
+            await asyncio.gather(*clients)
+            await store.aclose()
+        return created, outcomes
+
+    created, outcomes = asyncio.run(scenario())
+    assert created > 1000, created  # the writer was busy throughout
+    assert outcomes == [None] * 6
+    [listed] = Cluster(sql.engine).servers(LEASE_S)
+    assert (listed.id, listed.alive) == ("busy", True)
+    sql.close()

@@ -255,16 +255,21 @@ class AsyncStore:
         kind: str = "server",
         details: dict[str, Any] | None = None,
     ) -> None:
-        """Record that ``server_id`` is alive now (and what it reports)."""
-        await self._read(
-            self.cluster.beat,
-            server_id,
-            host=host,
-            version=version,
-            started_at=started_at,
-            kind=kind,
-            details=details,
-        )
+        """Record that ``server_id`` is alive now (and what it reports).
+
+        SQLite: through the one writer (see :meth:`Cluster.beat_write`).
+        """
+        fields: dict[str, Any] = {
+            "host": host,
+            "version": version,
+            "started_at": started_at,
+            "kind": kind,
+            "details": details,
+        }
+        if isinstance(self._writer, BatchWriter):
+            await self._writer.submit(self.cluster.beat_write(server_id, **fields))
+            return
+        await self._read(self.cluster.beat, server_id, **fields)
 
     async def servers(self, lease_s: float) -> builtins.list[ServerInfo]:
         """Every server recorded, the most recently seen first."""
