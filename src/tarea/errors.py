@@ -38,6 +38,11 @@ Every ``TaskFailure`` carries a stable ``code`` (the ``error.code`` of the v1
 API, DESIGN §3), a human ``message`` and JSON-able ``data``. docker-py and
 requests errors never leave :mod:`tarea.execution.docker`; they become one of the
 classes above there.
+
+Outside the tree, on purpose: ``ValueRefused``, the store's word that it cannot
+hold a value a write carried (the driver's ``DataError``, converted where the
+async store hands outcomes back). No client is answered with it; the runner
+ends a task whose end it refuses without what the task gave.
 """
 
 from __future__ import annotations

@@ -8,11 +8,11 @@ SIGKILL, the other settling its task) is in test_many_servers.py.
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import update
+from sqlalchemy import text, update
 
 from tarea.domain.records import TaskRecord
 from tarea.domain.status import Status
@@ -25,6 +25,8 @@ from tests.integration.conftest import task_record
 from tests.integration.test_quota_accounting import service
 
 LEASE_S = 15.0
+#: A server's row but its id and its last_seen (the time of each beat).
+SERVER_COLUMNS = "host, version, started_at, taken_over_by, kind, details"
 LIMITS = {"timeout_s": 5.0, "memory_mb": 64, "cpus": 1.0, "pids": 16, "output_kb": 64}
 
 
@@ -143,34 +145,41 @@ def test_taking_over_fails_the_running_and_runs_the_queued_here(tmp_path: Path) 
     assert tasks["elsewhere"].status is Status.RUNNING
 
 
-def test_a_beat_reads_back_as_it_was_given_on_either_store(sql: SqlStore) -> None:
-    """Through the store (on SQLite, the one writer's own write), a beat of a server that
-    was taken over makes it alive again, taken by nobody, with what it reported."""
-    started = datetime.now(UTC) - timedelta(minutes=3)
+def test_a_beat_through_the_store_stores_what_core_stores(sql: SqlStore) -> None:
+    """A beat through the store (on SQLite, the one writer's own statement) leaves the
+    very row a beat through Core does (times stored in UTC, whatever zone they came in;
+    what it reported as JSON), and makes a server that was taken over alive again."""
+    started = datetime.now(timezone(timedelta(hours=2))) - timedelta(minutes=3)
     details = {"queue": "q", "pools": {"k": 2}, "note": "ü"}
+    fields: dict[str, Any] = {
+        "host": "h2",
+        "version": "v2",
+        "started_at": started,
+        "kind": "worker",
+        "details": details,
+    }
     cluster = Cluster(sql.engine)
     beat(cluster, "back")
     silence(sql, "back", LEASE_S + 5)
     assert cluster.take_over("back", by="b", lease_s=LEASE_S)
+    cluster.beat("by-core", **fields)
 
     async def scenario() -> None:
         store = AsyncStore(sql)
         try:
-            await store.beat(
-                "back", host="h2", version="v2", started_at=started, kind="worker", details=details
-            )
+            await store.beat("back", **fields)
         finally:
             await store.aclose()
 
     asyncio.run(scenario())
+    with sql.engine.connect() as connection:
+        stored = {
+            row[0]: row[1:]
+            for row in connection.execute(text(f"SELECT id, {SERVER_COLUMNS} FROM servers"))
+        }
+    assert stored["back"] == stored["by-core"]
     listed = {s.id: s for s in cluster.servers(LEASE_S)}["back"]
-    assert (listed.alive, listed.taken_over_by) == (True, None)
-    assert (listed.host, listed.version, listed.kind, listed.details) == (
-        "h2",
-        "v2",
-        "worker",
-        details,
-    )
+    assert (listed.alive, listed.taken_over_by, listed.details) == (True, None, details)
     assert listed.started_at == started
     assert cluster.silent(LEASE_S, besides="b") == []
 
@@ -211,9 +220,11 @@ def test_on_sqlite_beats_land_while_the_writer_is_busy_with_tasks(tmp_path: Path
             await store.aclose()
         return created, outcomes
 
-    created, outcomes = asyncio.run(scenario())
-    assert created > 1000, created  # the writer was busy throughout
-    assert outcomes == [None] * 6
-    [listed] = Cluster(sql.engine).servers(LEASE_S)
-    assert (listed.id, listed.alive) == ("busy", True)
-    sql.close()
+    try:
+        created, outcomes = asyncio.run(scenario())
+        assert created > 1000, created  # the writer was busy throughout
+        assert outcomes == [None] * 6
+        [listed] = Cluster(sql.engine).servers(LEASE_S)
+        assert (listed.id, listed.alive) == ("busy", True)
+    finally:
+        sql.close()

@@ -8,6 +8,7 @@ on each statement, so writes submitted meanwhile pile up for the next batch.
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import threading
 from collections.abc import Sequence
 from typing import Any
@@ -201,6 +202,24 @@ async def test_unreachable_errors_come_as_store_unavailable() -> None:
     writer = LoopWriter(run, unreachable=(ConnectionError,))
     with pytest.raises(StoreUnavailable, match="does not answer: refused"):
         await writer.submit(write(ConnectionError("refused")))
+    await writer.aclose()
+
+
+@in_loop
+async def test_values_the_store_refuses_come_as_value_refused_with_their_cause() -> None:
+    """The driver's DataError (here sqlite3's) comes as ValueRefused: its first line only
+    (the rest may quote the value), the driver's error as its cause."""
+    from tarea.errors import ValueRefused
+
+    run = Recorder()
+    run.gate.set()
+    writer = LoopWriter(run, unreachable=(ConnectionError,), refused=(sqlite3.DataError,))
+    refusal = sqlite3.DataError("string or blob too big\nDETAIL: the task's own text")
+    with pytest.raises(ValueRefused) as raised:
+        await writer.submit(write(refusal))
+    assert str(raised.value) == "string or blob too big"
+    assert raised.value.__cause__ is refusal
+    assert await writer.submit(write(3)) == 3  # the writer goes on
     await writer.aclose()
 
 

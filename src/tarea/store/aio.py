@@ -87,8 +87,10 @@ class AsyncStore:
         unreachable = (dbapi.OperationalError, dbapi.InterfaceError)
         #: The driver's and SQLAlchemy's errors that mean "the database is away".
         self._unreachable: tuple[type[Exception], ...] = (*unreachable, *_UNREACHABLE)
-        #: The driver's and SQLAlchemy's errors that mean "it cannot hold this value".
-        refused = (dbapi.DataError, sqlalchemy.exc.DataError)
+        # The driver's error that means "it cannot hold this value" (writes run on
+        # the driver's own cursor: SQLAlchemy's wrapper of it is never raised there).
+        refused = (dbapi.DataError,)
+        self._sqlite = store.engine.dialect.name == "sqlite"
         self._writer: BatchWriter | LoopWriter
         #: PostgreSQL: reads by id on the event loop.
         self._loop_reader: LoopReader | None = None
@@ -266,7 +268,7 @@ class AsyncStore:
             "kind": kind,
             "details": details,
         }
-        if isinstance(self._writer, BatchWriter):
+        if self._sqlite:
             await self._writer.submit(self.cluster.beat_write(server_id, **fields))
             return
         await self._read(self.cluster.beat, server_id, **fields)
@@ -750,7 +752,8 @@ def _converted(
     if isinstance(error, unreachable):
         return None, unavailable(error)
     if isinstance(error, refused):
-        failure = ValueRefused(str(error).strip())
+        # Its first line: what follows (DETAIL, CONTEXT) may quote the value.
+        failure = ValueRefused((str(error).strip().splitlines() or [""])[0][:200])
         failure.__cause__ = error
         return None, failure
     return done

@@ -151,7 +151,9 @@ class Cluster:
         heartbeat outwaited the busy timeout and failed ("database is locked")
         while the server was well (5 of 8 beats, 32 clients submitting tasks).
         In the writer's own batches it waits its turn instead. The time seen is
-        taken when the write is made (this host's clock, as :meth:`beat`'s).
+        taken when this is called, not when the writer runs it (this host's
+        clock, as :meth:`beat`'s): the writer runs writes in order, so a later
+        beat never records an earlier time.
         """
         if self._postgres:
             raise NotImplementedError("on PostgreSQL a server beats with beat()")
