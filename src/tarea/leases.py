@@ -130,7 +130,12 @@ class Membership:
             await asyncio.sleep(self.interval_s)
             try:
                 await self._beat()
-                if self.steady:
-                    await self.check()
             except Exception as exc:  # the store is away: try again next time
                 log.warning("heartbeat failed: %s", exc)
+                continue
+            if not self.steady:
+                continue
+            try:
+                await self.check()
+            except Exception as exc:  # this server beat: the look for silent ones failed
+                log.warning("could not look for silent servers to take over: %s", exc)
