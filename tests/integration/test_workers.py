@@ -25,6 +25,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -302,6 +303,34 @@ def test_get_workers_lists_both_with_their_engine_and_warm_containers(cluster: C
         assert time.monotonic() < deadline, f"no worker reported a warm container: {warm}"
         time.sleep(0.2)
     assert cluster.api.get("/v1/servers").json()["items"], "servers and workers share the table"
+
+
+def test_the_workers_declare_tareas_queues_and_none_of_celerys_delayed_delivery(
+    cluster: Cluster,
+) -> None:
+    """In the workers' virtual host, every queue is tarea's (the shared one, each worker's
+    own) and no exchange is Celery's native delayed delivery: with quorum queues Celery
+    declared 28 queues and their exchanges for ETA tasks, which tarea never publishes, and
+    warned at every worker start that tarea's direct exchange cannot carry them."""
+    vhost = urlsplit(cluster.env["TAREA_BROKER_URL"]).path.lstrip("/")
+
+    def listed(what: str) -> list[str]:
+        done = subprocess.run(
+            ["rabbitmqctl", "-q", "--no-table-headers", what, "-p", vhost, "name"],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=120,
+        )
+        return done.stdout.split()
+
+    queues = listed("list_queues")
+    assert "tarea.tasks" in queues
+    assert {f"tarea.worker.{server_id}" for server_id in worker_ids(cluster)} <= set(queues)
+    assert [name for name in queues if not name.startswith("tarea.")] == []
+    assert [name for name in listed("list_exchanges") if "delayed" in name] == []
+    for worker in cluster.workers.values():
+        assert "native delayed delivery" not in worker.log.read_text(errors="replace")
 
 
 def test_per_request_registry_credentials_are_refused_naming_the_alternative(

@@ -44,11 +44,12 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict
-from typing import Any
+from typing import Any, ClassVar
 
 from celery import Celery, Task
 from celery.exceptions import Reject
 from celery.signals import worker_shutting_down
+from celery.worker.consumer import Consumer as CeleryConsumer
 
 from tarea.api.schemas import render_task
 from tarea.dispatch import callbacks, outbound
@@ -551,6 +552,27 @@ def build_app(settings: Settings, runtime: WorkerRuntime, loop: LoopThread) -> C
     return app
 
 
+class Consumer(CeleryConsumer):
+    """Celery's consumer, without its native delayed delivery.
+
+    With quorum queues, Celery (5.5 on) declares 28 queues and their exchanges
+    for ETA tasks at every worker start, binds tarea's queues to them, and
+    warns that tarea's direct exchange cannot carry them. tarea publishes no
+    ETA task (a task runs when it is accepted, its next attempt at once): the
+    step is left out, and the broker holds tarea's queues only.
+    """
+
+    # celery-types declares Consumer.Blueprint an attribute, not the class it is.
+    class Blueprint(CeleryConsumer.Blueprint):  # type: ignore[misc,valid-type]
+        """The default steps but ``DelayedDelivery``."""
+
+        default_steps: ClassVar[list[str]] = [
+            step
+            for step in CeleryConsumer.Blueprint.default_steps
+            if not step.endswith(":DelayedDelivery")
+        ]
+
+
 def _consuming(worker: Any) -> bool:
     """Whether Celery's consumer of ``worker`` is connected to the broker now."""
     connection = getattr(getattr(worker, "consumer", None), "connection", None)
@@ -612,6 +634,7 @@ def main() -> None:
     worker = app.Worker(
         hostname=f"tarea@{settings.server_id}",
         pool_cls="threads",
+        consumer_cls=Consumer,
         concurrency=settings.concurrency,
         queues=[shared_queue().name, runtime.queue],
         loglevel="INFO",
