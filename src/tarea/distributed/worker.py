@@ -584,7 +584,8 @@ CELERY_PER_TASK_LOGGERS = ("celery.worker.strategy", "celery.app.trace")
 
 
 def quiet_celery_per_task_lines(settings: Settings) -> None:
-    """Celery's INFO line per message and per task: off unless ``TAREA_ACCESS_LOG``.
+    """Celery's INFO line per message and per task: off unless ``TAREA_ACCESS_LOG``;
+    its warning for a message this worker sent back itself: off (:class:`_OwnRequeues`).
 
     They are this worker's access log, off by default as the API server's is;
     tarea logs each task's end itself (``TAREA_LOG_TASK_ENDS``). The one
@@ -595,6 +596,23 @@ def quiet_celery_per_task_lines(settings: Settings) -> None:
     level = logging.NOTSET if settings.access_log else logging.WARNING
     for name in CELERY_PER_TASK_LOGGERS:
         logging.getLogger(name).setLevel(level)
+    trace = logging.getLogger("celery.app.trace")
+    if not any(isinstance(kept, _OwnRequeues) for kept in trace.filters):
+        trace.addFilter(_OwnRequeues())
+
+
+class _OwnRequeues(logging.Filter):
+    """Drops Celery's warning, with its traceback, for a message this worker sent back
+    to the queue itself (:class:`Requeue`: it drains, or the store is away).
+
+    The worker logged it already, in one line ("goes back to the queue"); on
+    SIGTERM each message it had taken but not started is one, and a traceback
+    for each read like a failure.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        return not (isinstance(error, Reject) and isinstance(error.__cause__, Requeue))
 
 
 def main() -> None:
