@@ -308,6 +308,11 @@ def test_a_wrong_key_is_refused_at_the_form(browser: WebDriver, server: TenantSe
     browser.delete_all_cookies()
     browser.get(f"{server.url}/ui/login")
     browser.find_element(By.NAME, "api_key").send_keys("not-a-key")
-    browser.find_element(By.CSS_SELECTOR, "form button[type=submit]").click()
+    submit = browser.find_element(By.CSS_SELECTOR, "form button[type=submit]")
+    submit.click()
+    # The form posts: the page that answers replaces this one, whose #failed is there
+    # too, hidden. Looked for before the answer came, it was found in the page going
+    # away, and asking whether it showed failed ("does not belong to the document").
+    wait(browser).until(ec.staleness_of(submit))
     wait(browser).until(ec.visibility_of_element_located((By.ID, "failed")))
     assert "tarea_session" not in {c["name"] for c in browser.get_cookies()}
