@@ -20,11 +20,11 @@ import argparse
 import os
 import re
 import subprocess
-from collections import Counter
 from pathlib import Path
 
 from bench.config import task_body
 from bench.http_load import SUBMIT_PATH
+from bench.procs import cpu_seconds
 from bench.wrk import WrkRun, run_wrk
 
 #: Processes shown under one name, by their command line.
@@ -35,20 +35,18 @@ FAMILIES = (
 )
 
 
-def cpu_ticks() -> dict[int, tuple[str, int]]:
-    """Every process's command line and CPU time so far (clock ticks)."""
-    seen: dict[int, tuple[str, int]] = {}
+def cpu_times() -> dict[int, tuple[str, float]]:
+    """Every process's command line (its name, for a kernel thread) and CPU time so far (s)."""
+    seen: dict[int, tuple[str, float]] = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         try:
-            stat = (entry / "stat").read_text()
             command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
+            name = command or (entry / "comm").read_text().strip()
+            seen[int(entry.name)] = (name, cpu_seconds(int(entry.name)))
         except OSError:  # it ended meanwhile
             continue
-        fields = stat.rsplit(")", 1)[1].split()
-        name = command or stat[stat.find("(") + 1 : stat.rfind(")")]
-        seen[int(entry.name)] = (name, int(fields[11]) + int(fields[12]))
     return seen
 
 
@@ -103,26 +101,26 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seconds", type=int, default=8)
     parser.add_argument("--database", help="a libpq URL: name PostgreSQL's backends")
     args = parser.parse_args(argv)
-    before = cpu_ticks()
+    before = cpu_times()
     result = run_wrk(
         WrkRun("cpu split", args.url + SUBMIT_PATH, task_body(), 1, args.seconds, 10),
         Path(os.devnull),
     )
-    after = cpu_ticks()
+    after = cpu_times()
     tasks = result.succeeded
     if tasks == 0:
         raise SystemExit(f"no task succeeded ({result.codes}, {result.socket_errors})")
     backends = _backends(args.database) if args.database else {}
-    ms_per_tick = 1000 / os.sysconf("SC_CLK_TCK")
-    spent: Counter[str] = Counter()
-    for pid, (command, ticks) in after.items():
-        used = ticks - before.get(pid, (command, 0))[1]
+    spent: dict[str, float] = {}
+    for pid, (command, seconds) in after.items():
+        used = seconds - before.get(pid, (command, 0.0))[1]
         if used > 0:
-            spent[_named(command, backends, pid)] += used
+            name = _named(command, backends, pid)
+            spent[name] = spent.get(name, 0.0) + used
     print(f"{tasks} tasks, p50 {result.latency_ms['p50']:.2f} ms; CPU per task:")
-    for name, ticks in spent.most_common():
-        print(f"  {ticks * ms_per_tick / tasks:6.3f} ms  {name}")
-    print(f"  {sum(spent.values()) * ms_per_tick / tasks:6.3f} ms  in all")
+    for name, seconds in sorted(spent.items(), key=lambda item: -item[1]):
+        print(f"  {seconds * 1000 / tasks:6.3f} ms  {name}")
+    print(f"  {sum(spent.values()) * 1000 / tasks:6.3f} ms  in all")
 
 
 if __name__ == "__main__":

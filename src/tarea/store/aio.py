@@ -94,7 +94,7 @@ class AsyncStore:
         self._writer: BatchWriter | LoopWriter
         #: PostgreSQL: reads by id on the event loop.
         self._loop_reader: LoopReader | None = None
-        if store.engine.dialect.name == "postgresql":
+        if not self._sqlite:  # PostgreSQL
             self._writer = LoopWriter(store.loop_writer(), unreachable=unreachable, refused=refused)
             self._loop_reader = LoopReader(store.loop_reader)
         else:

@@ -26,7 +26,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from tarea.domain.records import utcnow
 from tarea.overview import Ended
-from tarea.store.tables import ServerRow, TaskEventRow, TaskRow
+from tarea.store.tables import ServerRow, TaskEventRow, TaskRow, bind_processors
 
 if TYPE_CHECKING:
     from tarea.store.sql import Tx
@@ -80,21 +80,15 @@ class Cluster:
 
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
-        dialect = engine.dialect
-        self._postgres = dialect.name == "postgresql"
+        self._postgres = engine.dialect.name == "postgresql"
         table = cast(Table, ServerRow.__table__)
-        #: Each column's bind processor, as Core would convert its value (beat_write).
-        self._processors: dict[str, Callable[[Any], Any]] = {
-            column.name: process
-            for column in table.c
-            if (process := column.type.dialect_impl(dialect).bind_processor(dialect)) is not None
-        }
+        #: SQLite's (beat_write): each column's bind processor, as Core would convert it.
+        self._processors = bind_processors(table, engine.dialect)
         names = [column.name for column in table.c]
-        placeholder = "%({})s" if self._postgres else ":{}"
-        # The servers table's own column names, never a client's.
+        # The servers table's own column names, never a client's; SQLite's placeholders.
         self._beat_sql = (
             f"INSERT INTO servers ({', '.join(names)}) "  # noqa: S608
-            f"VALUES ({', '.join(placeholder.format(name) for name in names)}) "
+            f"VALUES ({', '.join(f':{name}' for name in names)}) "
             "ON CONFLICT (id) DO UPDATE SET "
             + ", ".join(f"{name} = excluded.{name}" for name in names if name != "id")
         )
@@ -161,7 +155,7 @@ class Cluster:
             "id": server_id,
             **_beat_values(host, version, started_at, kind, details, last_seen=utcnow()),
         }
-        for name, process in self._processors.items():
+        for name, process in self._processors:
             values[name] = process(values[name])
         sql = self._beat_sql
 

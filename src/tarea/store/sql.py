@@ -59,7 +59,7 @@ from tarea.domain.records import CallbackState, TaskRecord, utcnow
 from tarea.domain.status import Status, can_transition
 from tarea.errors import ConfigurationError, InvalidRequest, QueueFull, QuotaExceeded, Refused
 from tarea.store.convert import FIELDS, aware, from_columns, to_columns, to_record
-from tarea.store.tables import TaskRow, callback_field, callback_owed
+from tarea.store.tables import TaskRow, bind_processors, callback_field, callback_owed
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine
@@ -175,11 +175,7 @@ class SqlStore:
         # Hot writes run on the driver's cursor: its own placeholder style, and
         # each column's value converted by the bind processor Core would use.
         self._placeholder = "%({})s" if dialect.name == "postgresql" else ":{}"
-        self._processors: list[tuple[str, Callable[[Any], Any]]] = [
-            (column.name, process)
-            for column in table.c
-            if (process := column.type.dialect_impl(dialect).bind_processor(dialect)) is not None
-        ]
+        self._processors = bind_processors(table, dialect)
         # Identifiers below are the table's own column names, never a client's.
         names = [column.name for column in table.c]
         self._insert_sql = (

@@ -7,6 +7,7 @@ which must be kept in step with it by hand (or by autogenerate, then cleaned).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -21,6 +22,7 @@ from sqlalchemy import (
     Index,
     Integer,
     MetaData,
+    Table,
     Text,
     TypeDecorator,
     UniqueConstraint,
@@ -73,6 +75,16 @@ class UTCDateTime(TypeDecorator[datetime]):
         if value.tzinfo is None:
             return value.replace(tzinfo=UTC)
         return value.astimezone(UTC)
+
+
+def bind_processors(table: Table, dialect: Dialect) -> list[tuple[str, Callable[[Any], Any]]]:
+    """Each column of ``table`` that ``dialect`` converts, and the bind processor Core
+    would convert its value with: for writes sent on the driver's own cursor."""
+    return [
+        (column.name, process)
+        for column in table.c
+        if (process := column.type.dialect_impl(dialect).bind_processor(dialect)) is not None
+    ]
 
 
 class Base(DeclarativeBase):
